@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# Compare fanout with the Node.js peers (loadgen/peers/node-ws, loadgen/peers/uws) under the
+# same loadgen scenario, on one machine: Redis and loadgen pinned to core 0, the server under
+# test pinned to core 1.
+#
+# usage: scripts/bench-compare.sh [--scenario s1|s2|s3] [--repeat N] [--servers LIST]
+#                                 [--out FILE] [--cpu-server N] [--cpu-load N] [-- LOADGEN ARGS...]
+#
+#   --scenario s1   fanout --subs 1000  --channels 1    --pubs 1  --publish-via redis --payload 64  --rate 0
+#              s2   fanout --subs 10000 --channels 1000 --pubs 10 --publish-via ws    --payload 256 --rate 1000
+#              s3   conns  --conns 19900 --channels 1000 --hold 5
+#              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
+#   --repeat N      runs per server (default 3); each run gets a freshly started server
+#   --servers LIST  comma list out of fanout,node-ws,uws (default: all three, in that order)
+#   --out FILE      where the raw JSON lines go (default /tmp/bench-results/<date>-<scenario>.jsonl);
+#                   each line: {"server","scenario","run","invocation","args","exit","result":<loadgen JSON>}
+#   --cpu-server N  core for the server under test (default 1)
+#   --cpu-load N    core for redis-server and loadgen (default 0)
+#   -- ARGS         extra loadgen arguments appended after the preset (later flags win in clap
+#                   only if loadgen allows repeats; prefer not to repeat a preset flag)
+#
+# Prints one row per server with the medians over the runs and ratios to fanout.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+scenario=s1
+repeat=3
+servers="fanout,node-ws,uws"
+out=""
+cpu_server=1
+cpu_load=0
+extra=()
+
+die() { echo "bench-compare: $*" >&2; exit 2; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --scenario) scenario="${2:?}"; shift 2 ;;
+    --repeat) repeat="${2:?}"; shift 2 ;;
+    --servers) servers="${2:?}"; shift 2 ;;
+    --out) out="${2:?}"; shift 2 ;;
+    --cpu-server) cpu_server="${2:?}"; shift 2 ;;
+    --cpu-load) cpu_load="${2:?}"; shift 2 ;;
+    --) shift; extra=("$@"); break ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+case "$scenario" in
+  s1) preset=(fanout --subs 1000 --channels 1 --pubs 1 --publish-via redis --payload 64 --rate 0) ;;
+  s2) preset=(fanout --subs 10000 --channels 1000 --pubs 10 --publish-via ws --payload 256 --rate 1000) ;;
+  s3) preset=(conns --conns 19900 --channels 1000 --hold 5) ;;
+  custom) preset=(); [[ ${#extra[@]} -gt 0 ]] || die "--scenario custom needs a loadgen command after --" ;;
+  *) die "unknown scenario '$scenario' (s1, s2, s3, custom)" ;;
+esac
+[[ "$repeat" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer"
+IFS=',' read -r -a server_list <<<"$servers"
+for s in "${server_list[@]}"; do
+  case "$s" in fanout|node-ws|uws) ;; *) die "unknown server '$s' (fanout, node-ws, uws)" ;; esac
+done
+
+for tool in redis-server redis-cli python3 taskset; do
+  command -v "$tool" >/dev/null || die "$tool not found on PATH"
+done
+ncpu="$(nproc)"
+(( cpu_server < ncpu && cpu_load < ncpu )) || die "need cores $cpu_load and $cpu_server, this machine has $ncpu"
+
+# --- build / install what is missing -------------------------------------------------------
+# FANOUT / LOADGEN may point elsewhere (e.g. another build); by default the release builds.
+FANOUT="${FANOUT:-$ROOT/target/release/fanout}"
+LOADGEN="${LOADGEN:-$ROOT/target/release/loadgen}"
+if [[ ! -x "$FANOUT" || ! -x "$LOADGEN" ]]; then
+  echo "bench-compare: building release binaries" >&2
+  cargo build --release --workspace --bin fanout --bin loadgen >&2
+fi
+for s in "${server_list[@]}"; do
+  if [[ "$s" != fanout && ! -d "$ROOT/loadgen/peers/$s/node_modules" ]]; then
+    echo "bench-compare: installing peer dependencies" >&2
+    "$ROOT/loadgen/peers/install.sh" >&2
+    break
+  fi
+done
+
+# Many connections (s3): lift the soft fd limit to the hard one for everything started here.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+invocation="$(date +%Y%m%d-%H%M%S)-$$"
+if [[ -z "$out" ]]; then
+  out="/tmp/bench-results/$(date +%Y-%m-%d-%H%M%S)-$scenario.jsonl"
+fi
+mkdir -p "$(dirname "$out")"
+workdir="$(mktemp -d /tmp/bench-compare.XXXXXX)"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# --- process handling ----------------------------------------------------------------------
+redis_pid=""
+server_pid=""
+
+stop_pid() { # pid [timeout-seconds]
+  local pid="$1" t="${2:-5}" i
+  [[ -n "$pid" ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < t * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  stop_pid "$server_pid" 3
+  stop_pid "$redis_pid" 3
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_for_line() { # file regex pid timeout-seconds
+  local file="$1" re="$2" pid="$3" t="$4" i
+  for ((i = 0; i < t * 20; i++)); do
+    grep -Eq "$re" "$file" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+
+# --- redis ---------------------------------------------------------------------------------
+rport="$(free_port)"
+REDIS_URL="redis://127.0.0.1:$rport"
+taskset -c "$cpu_load" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+  --daemonize no --loglevel warning >"$workdir/redis.log" 2>&1 &
+redis_pid=$!
+for ((i = 0; i < 100; i++)); do
+  [[ "$(redis-cli -p "$rport" ping 2>/dev/null || true)" == PONG ]] && break
+  kill -0 "$redis_pid" 2>/dev/null || die "redis-server failed to start: $(cat "$workdir/redis.log")"
+  sleep 0.05
+done
+[[ "$(redis-cli -p "$rport" ping 2>/dev/null || true)" == PONG ]] || die "redis-server not answering on $rport"
+
+# --- header --------------------------------------------------------------------------------
+loadgen_cmd=("${preset[@]}" "${extra[@]}")
+{
+  echo "bench-compare: scenario $scenario, $repeat run(s) per server, servers: ${server_list[*]}"
+  echo "  loadgen ${loadgen_cmd[*]}"
+  echo "  server on core $cpu_server; redis-server $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) + loadgen on core $cpu_load; $ncpu cores, node $(node --version 2>/dev/null || echo '-')"
+  echo "  commit $(git rev-parse --short HEAD 2>/dev/null || echo '-'); raw results: $out; logs: $workdir"
+} >&2
+
+# --- one run -------------------------------------------------------------------------------
+start_server() { # name port log -> sets server_pid
+  local name="$1" port="$2" log="$3"
+  case "$name" in
+    fanout)
+      taskset -c "$cpu_server" "$FANOUT" --listen "127.0.0.1:$port" --redis "$REDIS_URL" --shards 1 \
+        >"$log" 2>&1 &
+      ;;
+    node-ws|uws)
+      PORT="$port" HOST=127.0.0.1 REDIS_URL="$REDIS_URL" NODE_ENV=production \
+        taskset -c "$cpu_server" node "$ROOT/loadgen/peers/$name/server.js" >"$log" 2>&1 &
+      ;;
+  esac
+  server_pid=$!
+}
+
+run_one() { # name run-number
+  local name="$1" run="$2" port log lg_out lg_err rc=0 json
+  port="$(free_port)"
+  log="$workdir/$name-$run.server.log"
+  lg_out="$workdir/$name-$run.loadgen.out"
+  lg_err="$workdir/$name-$run.loadgen.err"
+  start_server "$name" "$port" "$log"
+  if ! wait_for_line "$log" '^listening ' "$server_pid" 30; then
+    echo "bench-compare: $name did not report listening; log:" >&2
+    tail -20 "$log" >&2 || true
+    stop_pid "$server_pid"; server_pid=""
+    record "$name" "$run" 127 ""
+    return
+  fi
+  local args=("${loadgen_cmd[@]}" --url "ws://127.0.0.1:$port/" --server-pid "$server_pid" --json)
+  # loadgen needs Redis only to publish straight into it.
+  if [[ " ${loadgen_cmd[*]} " == *" --publish-via redis "* && " ${loadgen_cmd[*]} " != *" --redis "* ]]; then
+    args+=(--redis "$REDIS_URL")
+  fi
+  echo "bench-compare: [$name run $run/$repeat] loadgen ${args[*]}" >&2
+  taskset -c "$cpu_load" "$LOADGEN" "${args[@]}" >"$lg_out" 2>"$lg_err" || rc=$?
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "bench-compare: $name died during the run; log tail:" >&2
+    tail -5 "$log" >&2 || true
+  fi
+  stop_pid "$server_pid"; server_pid=""
+  json="$(grep -E '^[[:space:]]*\{' "$lg_out" | tail -1 || true)"
+  if [[ $rc -ne 0 || -z "$json" ]]; then
+    echo "bench-compare: loadgen exit $rc; stderr tail:" >&2
+    tail -5 "$lg_err" >&2 || true
+  fi
+  record "$name" "$run" "$rc" "$json" "${args[@]}"
+  sleep 1 # let sockets in TIME_WAIT and the kernel settle between runs
+}
+
+record() { # name run exit json args...
+  local name="$1" run="$2" rc="$3" json="$4"; shift 4
+  NAME="$name" RUN="$run" RC="$rc" JSON="$json" SCEN="$scenario" INV="$invocation" \
+    python3 - "$@" >>"$out" <<'PY'
+import json, os, sys
+raw = os.environ["JSON"].strip()
+try:
+    result = json.loads(raw) if raw else None
+    err = None if raw else "no JSON line from loadgen"
+except ValueError as e:
+    result, err = None, "unparsable loadgen output: %s" % e
+rec = {"server": os.environ["NAME"], "scenario": os.environ["SCEN"], "run": int(os.environ["RUN"]),
+       "invocation": os.environ["INV"], "args": sys.argv[1:], "exit": int(os.environ["RC"]), "result": result}
+if err:
+    rec["error"] = err
+print(json.dumps(rec, separators=(",", ":")))
+PY
+}
+
+for name in "${server_list[@]}"; do
+  for ((run = 1; run <= repeat; run++)); do
+    run_one "$name" "$run"
+  done
+done
+
+# --- summary -------------------------------------------------------------------------------
+INV="$invocation" python3 - "$out" <<'PY'
+import json, os, statistics, sys
+
+inv = os.environ["INV"]
+rows = {}
+order = []
+with open(sys.argv[1]) as f:
+    for line in f:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("invocation") != inv:
+            continue
+        name = rec["server"]
+        if name not in rows:
+            rows[name] = []
+            order.append(name)
+        rows[name].append(rec)
+
+def num(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+def median(recs, key):
+    vals = [num((r.get("result") or {}).get(key)) for r in recs]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+def fmt_rate(v):
+    if v is None: return "-"
+    if v >= 1e6: return "%.2fM" % (v / 1e6)
+    if v >= 1e4: return "%.1fk" % (v / 1e3)
+    return "%.0f" % v
+
+def fmt_us(v):
+    if v is None: return "-"
+    if v >= 1e6: return "%.2fs" % (v / 1e6)
+    if v >= 1e3: return "%.2fms" % (v / 1e3)
+    return "%.0fus" % v
+
+def fmt_num(v, p=0):
+    if v is None: return "-"
+    return ("%%.%df" % p) % v
+
+def ratio(a, b):
+    if a is None or b is None or b == 0: return "-"
+    return "%.2fx" % (a / b)
+
+cols = [("deliveries_per_sec", fmt_rate), ("deliveries_per_server_cpu_sec", fmt_rate),
+        ("p50_us", fmt_us), ("p99_us", fmt_us), ("p999_us", fmt_us), ("max_us", fmt_us),
+        ("lost", fmt_num), ("kib_per_conn", lambda v: fmt_num(v, 1))]
+heads = ["server", "ok/runs", "deliv/s", "deliv/cpu-s", "p50", "p99", "p99.9", "max", "lost",
+         "KiB/conn", "lg-sat", "x deliv/s", "x deliv/cpu-s", "x p99", "x KiB/conn"]
+
+med = {name: {k: median(recs, k) for k, _ in cols} for name, recs in rows.items()}
+base = med.get("fanout", {})
+table = []
+for name in order:
+    recs = rows[name]
+    ok = sum(1 for r in recs if r.get("result") is not None and r.get("exit") == 0)
+    sat = sum(1 for r in recs if (r.get("result") or {}).get("loadgen_saturated") is True)
+    m = med[name]
+    row = [name, "%d/%d" % (ok, len(recs))] + [f(m[k]) for k, f in cols] + [str(sat)]
+    row += [ratio(m["deliveries_per_sec"], base.get("deliveries_per_sec")),
+            ratio(m["deliveries_per_server_cpu_sec"], base.get("deliveries_per_server_cpu_sec")),
+            ratio(m["p99_us"], base.get("p99_us")),
+            ratio(m["kib_per_conn"], base.get("kib_per_conn"))]
+    table.append(row)
+
+widths = [max(len(h), *(len(r[i]) for r in table)) if table else len(h) for i, h in enumerate(heads)]
+def line(cells):
+    return "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+print()
+print(line(heads))
+for r in table:
+    print(line(r))
+print()
+print("medians over runs; x = ratio to fanout (deliv: higher is better, p99/KiB: lower is better);")
+print("lg-sat = runs where loadgen reported itself saturated (the result is capped by loadgen, not the server).")
+PY
