@@ -1,0 +1,52 @@
+//! The embedded in-process bus (no Redis): one thread that takes the same `BrokerCmd`s as
+//! the Redis broker and dispatches through the same `Router`, so embedded mode exercises
+//! exactly the cluster-mode delivery path minus the network.
+
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+
+use super::router::Wire;
+use super::{BrokerCmd, Router, ShardLinks};
+
+/// Capacity of the bus queue; a full queue answers publishers with `unavailable`.
+pub const QUEUE: usize = 65_536;
+
+/// Starts the bus thread. It ends when every sender is dropped.
+pub fn spawn(rx: Receiver<BrokerCmd>, links: ShardLinks) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("fanout-bus".into())
+        .spawn(move || run(rx, Router::new(links)))
+}
+
+fn run(rx: Receiver<BrokerCmd>, mut router: Router) {
+    while let Ok(cmd) = rx.recv() {
+        handle(&mut router, cmd);
+        while let Ok(cmd) = rx.try_recv() {
+            handle(&mut router, cmd);
+        }
+        let metrics = &router.links().metrics;
+        metrics.channels.store(router.channels() as u64, Ordering::Relaxed);
+    }
+}
+
+fn handle(router: &mut Router, cmd: BrokerCmd) {
+    match cmd {
+        BrokerCmd::Subscribe { channel, shard, epoch } => {
+            let name = channel.clone();
+            if router.subscribe(channel, shard, epoch) == Wire::Subscribe {
+                router.confirmed(&name);
+            }
+        }
+        BrokerCmd::Unsubscribe { channel, shard } => {
+            router.unsubscribe(&channel, shard);
+        }
+        BrokerCmd::Publish { channel, payload, ack } => {
+            router.dispatch(&channel, &payload, Some(true));
+            if let Some(ack) = ack {
+                router.links().ack(ack, Ok(()));
+            }
+        }
+    }
+}

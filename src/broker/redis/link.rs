@@ -1,0 +1,332 @@
+//! One non-blocking connection to Redis, as a small state machine (down → connecting →
+//! up) with capped exponential backoff between attempts, AUTH/SELECT on connect, a read
+//! buffer that RESP values are decoded from and a write buffer flushed until the socket
+//! would block. Used by both the reader and the writer; never blocks its thread.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use super::resp::{self, RespError, Value};
+use crate::config::backoff;
+
+/// Give up on a connect attempt after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: Option<u32>,
+}
+
+impl RedisUrl {
+    /// Parses `redis://[[user]:password@]host[:port][/db]`.
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("Redis URL must start with redis:// (got {url:?})"))?;
+        let (auth, hostpart) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let (hostport, db) = match hostpart.split_once('/') {
+            Some((hp, "")) => (hp, None),
+            Some((hp, db)) => (hp, Some(db.parse::<u32>().map_err(|_| format!("bad Redis db {db:?}"))?)),
+            None => (hostpart, None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| format!("bad Redis port {p:?}"))?)
+            }
+            _ => (hostport, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("Redis URL has no host".into());
+        }
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), Some(p.to_string())),
+                None => (None, Some(a.to_string())),
+            },
+        };
+        Ok(RedisUrl {
+            host: host.to_string(),
+            port,
+            username,
+            password,
+            db,
+        })
+    }
+
+    fn addr(&self) -> io::Result<SocketAddr> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "Redis host has no address"))
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Down { retry_at: Instant },
+    Connecting { since: Instant },
+    Up,
+}
+
+/// What happened on the link during one look at it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    Nothing,
+    /// The connection (and AUTH/SELECT) is established: (re)send state now.
+    Connected,
+    /// The connection was lost or refused.
+    Lost,
+}
+
+pub struct Link {
+    url: RedisUrl,
+    token: Token,
+    name: &'static str,
+    state: State,
+    stream: Option<TcpStream>,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    attempt: u32,
+    /// Replies to AUTH/SELECT still to be skipped.
+    handshake_replies: usize,
+    /// True once a connection was ever established (later ones are reconnects).
+    pub was_up: bool,
+}
+
+impl Link {
+    pub fn new(url: RedisUrl, token: Token, name: &'static str) -> Link {
+        Link {
+            url,
+            token,
+            name,
+            state: State::Down { retry_at: Instant::now() },
+            stream: None,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            attempt: 0,
+            handshake_replies: 0,
+            was_up: false,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, State::Up)
+    }
+
+    /// How long the owner may sleep before the link needs attention.
+    pub fn timeout(&self, now: Instant) -> Option<Duration> {
+        match self.state {
+            State::Down { retry_at } => Some(retry_at.saturating_duration_since(now)),
+            State::Connecting { since } => Some((since + CONNECT_TIMEOUT).saturating_duration_since(now)),
+            State::Up => None,
+        }
+    }
+
+    /// Starts a connect attempt when one is due; gives up on a slow one.
+    pub fn maintain(&mut self, registry: &Registry, now: Instant) -> LinkEvent {
+        match self.state {
+            State::Down { retry_at } if now >= retry_at => {
+                match self.start_connect(registry) {
+                    Ok(()) => self.state = State::Connecting { since: now },
+                    Err(e) => {
+                        tracing::warn!(link = self.name, "Redis connect to {}:{} failed: {e}", self.url.host, self.url.port);
+                        self.schedule_retry(now);
+                    }
+                }
+                LinkEvent::Nothing
+            }
+            State::Connecting { since } if now >= since + CONNECT_TIMEOUT => {
+                tracing::warn!(link = self.name, "Redis connect timed out");
+                self.drop_stream(registry);
+                self.schedule_retry(now);
+                LinkEvent::Nothing
+            }
+            _ => LinkEvent::Nothing,
+        }
+    }
+
+    fn start_connect(&mut self, registry: &Registry) -> io::Result<()> {
+        let addr = self.url.addr()?;
+        let mut stream = TcpStream::connect(addr)?;
+        registry.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)?;
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    fn schedule_retry(&mut self, now: Instant) {
+        let wait = backoff(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        self.state = State::Down { retry_at: now + wait };
+    }
+
+    fn drop_stream(&mut self, registry: &Registry) {
+        if let Some(mut s) = self.stream.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        self.rbuf.clear();
+        self.wbuf.clear();
+        self.handshake_replies = 0;
+    }
+
+    /// Closes the connection (after an error or on purpose) and schedules a reconnect.
+    pub fn disconnect(&mut self, registry: &Registry, now: Instant) {
+        self.drop_stream(registry);
+        self.schedule_retry(now);
+    }
+
+    /// Handles a readiness event on the link's token: completes a connect, reads what
+    /// arrived and writes what is queued.
+    pub fn on_ready(&mut self, registry: &Registry, now: Instant) -> LinkEvent {
+        if let State::Connecting { .. } = self.state {
+            let Some(stream) = self.stream.as_ref() else { return LinkEvent::Nothing };
+            match stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    tracing::warn!(link = self.name, "Redis connect failed: {e}");
+                    self.disconnect(registry, now);
+                    return LinkEvent::Nothing;
+                }
+            }
+            match stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotConnected => return LinkEvent::Nothing,
+                Err(e) => {
+                    tracing::warn!(link = self.name, "Redis connect failed: {e}");
+                    self.disconnect(registry, now);
+                    return LinkEvent::Nothing;
+                }
+            }
+            let _ = stream.set_nodelay(true);
+            self.state = State::Up;
+            self.attempt = 0;
+            self.queue_handshake();
+            tracing::info!(link = self.name, "connected to Redis {}:{}", self.url.host, self.url.port);
+            let _ = self.flush();
+            return LinkEvent::Connected;
+        }
+        if !self.is_up() {
+            return LinkEvent::Nothing;
+        }
+        if self.read().is_err() || self.flush().is_err() {
+            tracing::warn!(link = self.name, "Redis connection lost");
+            self.disconnect(registry, now);
+            return LinkEvent::Lost;
+        }
+        LinkEvent::Nothing
+    }
+
+    fn queue_handshake(&mut self) {
+        if let Some(pw) = self.url.password.clone() {
+            match self.url.username.clone() {
+                Some(user) => resp::encode(&mut self.wbuf, &[b"AUTH", user.as_bytes(), pw.as_bytes()]),
+                None => resp::encode(&mut self.wbuf, &[b"AUTH", pw.as_bytes()]),
+            }
+            self.handshake_replies += 1;
+        }
+        if let Some(db) = self.url.db {
+            resp::encode(&mut self.wbuf, &[b"SELECT", db.to_string().as_bytes()]);
+            self.handshake_replies += 1;
+        }
+    }
+
+    /// Reads everything available into `rbuf`. Errors on EOF.
+    fn read(&mut self) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
+                self.rbuf.reserve(64 * 1024);
+            }
+            let spare = self.rbuf.spare_capacity_mut();
+            // SAFETY-free path: zero-initialise the spare part we read into.
+            let len = spare.len();
+            let start = self.rbuf.len();
+            self.rbuf.resize(start + len, 0);
+            match stream.read(&mut self.rbuf[start..]) {
+                Ok(0) => {
+                    self.rbuf.truncate(start);
+                    return Err(ErrorKind::UnexpectedEof.into());
+                }
+                Ok(n) => self.rbuf.truncate(start + n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.rbuf.truncate(start);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => self.rbuf.truncate(start),
+                Err(e) => {
+                    self.rbuf.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Writes `wbuf` until empty or the socket would block.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
+        while !self.wbuf.is_empty() {
+            match stream.write(&self.wbuf) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    let _ = self.wbuf.split_to(n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next complete value received, skipping the AUTH/SELECT replies.
+    pub fn next_value(&mut self) -> Result<Option<Value>, RespError> {
+        loop {
+            let v = resp::decode(&mut self.rbuf)?;
+            match v {
+                Some(Value::Error(e)) if self.handshake_replies > 0 => {
+                    tracing::error!(link = self.name, "Redis refused AUTH/SELECT: {}", String::from_utf8_lossy(&e));
+                    return Err(RespError("AUTH/SELECT refused"));
+                }
+                Some(_) if self.handshake_replies > 0 => self.handshake_replies -= 1,
+                other => return Ok(other),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = RedisUrl::parse("redis://127.0.0.1:6380").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.db), ("127.0.0.1", 6380, None));
+        let u = RedisUrl::parse("redis://:secret@redis.local/2").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.db), ("redis.local", 6379, Some(2)));
+        assert_eq!(u.password.as_deref(), Some("secret"));
+        assert_eq!(u.username, None);
+        let u = RedisUrl::parse("redis://bob:pw@h:1/").unwrap();
+        assert_eq!(u.username.as_deref(), Some("bob"));
+        let u = RedisUrl::parse("redis://[::1]:7000").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 7000));
+        assert!(RedisUrl::parse("http://x").is_err());
+        assert!(RedisUrl::parse("redis://h:notaport").is_err());
+        assert!(RedisUrl::parse("redis://h/x").is_err());
+        assert!(RedisUrl::parse("redis://").is_err());
+    }
+}

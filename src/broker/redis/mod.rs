@@ -1,0 +1,77 @@
+//! Cluster mode through Redis pub/sub: a reader thread that owns the SUBSCRIBE
+//! connection and the routing table, and a writer thread that pipelines PUBLISHes.
+//! Both are mio loops over our own RESP codec (see docs/architecture.md for why not
+//! redis-rs): neither ever blocks on a shard or on Redis.
+
+pub mod link;
+pub mod reader;
+pub mod resp;
+pub mod writer;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::{Poll, Token, Waker};
+
+use super::{BrokerHandle, ShardLinks};
+use crate::config::Config;
+use crate::server::Health;
+use crate::shard::inbox::inbox;
+use link::RedisUrl;
+
+/// Capacity of the writer's publish queue and the reader's command queue.
+pub const QUEUE: usize = 65_536;
+
+pub(crate) const WAKER: Token = Token(0);
+pub(crate) const LINK: Token = Token(1);
+
+/// The running Redis broker.
+pub struct Started {
+    pub handle: BrokerHandle,
+    pub threads: Vec<JoinHandle<()>>,
+    /// Stops both threads (after the shards are gone).
+    pub stop: Box<dyn FnOnce() + Send>,
+}
+
+/// Starts the reader and writer threads for `url`.
+pub fn start(url: &str, config: &Config, links: ShardLinks, health: Arc<Health>) -> std::io::Result<Started> {
+    let url = RedisUrl::parse(url).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let writer_poll = Poll::new()?;
+    let writer_waker = Arc::new(Waker::new(writer_poll.registry(), WAKER)?);
+    let (writer_tx, writer_rx) = inbox(writer_waker.clone(), Some(QUEUE));
+
+    let reader_poll = Poll::new()?;
+    let reader_waker = Arc::new(Waker::new(reader_poll.registry(), WAKER)?);
+    let (reader_tx, reader_rx) = inbox(reader_waker.clone(), Some(QUEUE));
+
+    let writer = writer::Writer::new(writer_poll, writer_rx, url.clone(), links.clone(), health.clone(), stop.clone());
+    let reader = reader::Reader::new(
+        reader_poll,
+        reader_rx,
+        url,
+        links,
+        health,
+        writer_tx.clone(),
+        config.server_id.clone(),
+        stop.clone(),
+    );
+    let threads = vec![
+        std::thread::Builder::new().name("fanout-redis-reader".into()).spawn(move || reader.run())?,
+        std::thread::Builder::new().name("fanout-redis-writer".into()).spawn(move || writer.run())?,
+    ];
+    let stop_fn = move || {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = reader_waker.wake();
+        let _ = writer_waker.wake();
+    };
+    Ok(Started {
+        handle: BrokerHandle::Redis {
+            reader: reader_tx,
+            writer: writer_tx,
+        },
+        threads,
+        stop: Box::new(stop_fn),
+    })
+}

@@ -1,0 +1,293 @@
+//! The Redis reader thread: owns the SUBSCRIBE connection and the node's routing table.
+//! It subscribes on a channel's first local subscriber and unsubscribes after the last
+//! (batched per loop turn), decodes every message once, builds its frame once and hands
+//! it to the interested shards. After a reconnect it resubscribes everything and sends
+//! a gap notice; a private probe channel proves the path end to end. It never blocks on
+//! a shard: what a full shard queue cannot take is dropped and counted by the router.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::{Events, Poll};
+
+use super::link::{Link, LinkEvent, RedisUrl};
+use super::resp::{self, Value};
+use super::{LINK, WAKER};
+use crate::broker::router::Wire;
+use crate::broker::{BrokerCmd, Router, ShardLinks};
+use crate::server::Health;
+use crate::shard::inbox::{Inbox, InboxSender};
+
+/// Channels per SUBSCRIBE / UNSUBSCRIBE command.
+const BATCH: usize = 512;
+/// How often the probe is published.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe not back within this long means the subscriber is deaf.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Reader {
+    poll: Poll,
+    inbox: Inbox<BrokerCmd>,
+    link: Link,
+    router: Router,
+    health: Arc<Health>,
+    writer: InboxSender<BrokerCmd>,
+    stop: Arc<AtomicBool>,
+    probe_channel: Arc<str>,
+    /// Sequence of the last probe sent, and when; the last one seen back.
+    probe_sent: Option<(u64, Instant)>,
+    probe_seq: u64,
+    next_probe: Instant,
+    probe_subscribed: bool,
+    /// Channels resubscribed after a reconnect, owed a gap notice once confirmed.
+    owe_gap: HashSet<Arc<str>>,
+    to_subscribe: Vec<Arc<str>>,
+    to_unsubscribe: Vec<Arc<str>>,
+}
+
+impl Reader {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        poll: Poll,
+        inbox: Inbox<BrokerCmd>,
+        url: RedisUrl,
+        links: ShardLinks,
+        health: Arc<Health>,
+        writer: InboxSender<BrokerCmd>,
+        server_id: String,
+        stop: Arc<AtomicBool>,
+    ) -> Reader {
+        Reader {
+            poll,
+            inbox,
+            link: Link::new(url, LINK, "reader"),
+            router: Router::new(links),
+            health,
+            writer,
+            stop,
+            probe_channel: Arc::from(format!("__fanout:probe:{server_id}:{}", std::process::id())),
+            probe_sent: None,
+            probe_seq: 0,
+            next_probe: Instant::now(),
+            probe_subscribed: false,
+            owe_gap: HashSet::new(),
+            to_subscribe: Vec::new(),
+            to_unsubscribe: Vec::new(),
+        }
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            let mut timeout = self.link.timeout(now).unwrap_or(PROBE_EVERY).min(Duration::from_millis(250));
+            if !self.inbox.park() {
+                timeout = Duration::ZERO;
+            }
+            let _ = self.poll.poll(&mut events, Some(timeout));
+            self.inbox.unpark();
+            let now = Instant::now();
+            for event in events.iter() {
+                if event.token() == LINK {
+                    let ev = self.link.on_ready(self.poll.registry(), now);
+                    self.on_link_event(ev, now);
+                }
+                let _ = WAKER;
+            }
+            let ev = self.link.maintain(self.poll.registry(), now);
+            self.on_link_event(ev, now);
+            self.read_messages(now);
+            self.drain_inbox();
+            self.write_subscriptions();
+            self.probe(now);
+            if self.link.is_up() && self.link.flush().is_err() {
+                self.lost(now);
+            }
+            let metrics = &self.router.links().metrics;
+            metrics.channels.store(self.router.channels() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn on_link_event(&mut self, ev: LinkEvent, now: Instant) {
+        match ev {
+            LinkEvent::Connected => self.connected(),
+            LinkEvent::Lost => self.forget(now),
+            LinkEvent::Nothing => {}
+        }
+    }
+
+    /// A fresh connection: subscribe the probe and every channel with local subscribers.
+    fn connected(&mut self) {
+        let reconnect = self.link.was_up;
+        if reconnect {
+            self.router.links().metrics.broker_reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.link.was_up = true;
+        let channels = self.router.reset();
+        tracing::info!(channels = channels.len(), reconnect, "subscribing");
+        self.to_unsubscribe.clear();
+        self.to_subscribe.clear();
+        self.to_subscribe.push(self.probe_channel.clone());
+        for ch in channels {
+            self.router.resubscribing(&ch);
+            if reconnect {
+                self.owe_gap.insert(ch.clone());
+            }
+            self.to_subscribe.push(ch);
+        }
+        self.probe_subscribed = false;
+        self.probe_sent = None;
+        self.health.subscriber_ok.store(true, Ordering::Relaxed);
+    }
+
+    /// The connection is gone: nothing is subscribed any more.
+    fn forget(&mut self, _now: Instant) {
+        self.health.subscriber_ok.store(false, Ordering::Relaxed);
+        self.health.probe_ok.store(false, Ordering::Relaxed);
+        self.probe_subscribed = false;
+        self.probe_sent = None;
+        self.to_subscribe.clear();
+        self.to_unsubscribe.clear();
+    }
+
+    fn lost(&mut self, now: Instant) {
+        self.link.disconnect(self.poll.registry(), now);
+        self.forget(now);
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Some(cmd) = self.inbox.try_recv() {
+            match cmd {
+                BrokerCmd::Subscribe { channel, shard, epoch } => {
+                    if self.router.subscribe(channel.clone(), shard, epoch) == Wire::Subscribe {
+                        self.owe_gap.remove(&channel);
+                        if self.link.is_up() {
+                            self.to_subscribe.push(channel);
+                        }
+                    }
+                }
+                BrokerCmd::Unsubscribe { channel, shard } => {
+                    if self.router.unsubscribe(&channel, shard) == Wire::Unsubscribe && self.link.is_up() {
+                        self.owe_gap.remove(&channel);
+                        self.to_unsubscribe.push(channel);
+                    }
+                }
+                BrokerCmd::Publish { .. } => {}
+            }
+        }
+    }
+
+    /// Writes the SUBSCRIBE/UNSUBSCRIBE commands of this turn, in order, batched.
+    fn write_subscriptions(&mut self) {
+        if !self.link.is_up() {
+            return;
+        }
+        for (verb, list) in [(&b"UNSUBSCRIBE"[..], &mut self.to_unsubscribe), (&b"SUBSCRIBE"[..], &mut self.to_subscribe)] {
+            for chunk in list.chunks(BATCH) {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+                args.push(verb);
+                args.extend(chunk.iter().map(|c| c.as_bytes()));
+                resp::encode(&mut self.link.wbuf, &args);
+            }
+            list.clear();
+        }
+    }
+
+    fn read_messages(&mut self, now: Instant) {
+        let metrics = self.router.links().metrics.clone();
+        let mut count = 0u64;
+        loop {
+            match self.link.next_value() {
+                Ok(None) => break,
+                Ok(Some(Value::Array(items))) => {
+                    count += 1;
+                    self.on_push(items);
+                }
+                Ok(Some(other)) => tracing::debug!("unexpected value on subscriber: {other:?}"),
+                Err(e) => {
+                    tracing::warn!("bad data from Redis ({}): reconnecting", e.0);
+                    self.lost(now);
+                    break;
+                }
+            }
+        }
+        metrics.broker_messages.fetch_add(count, Ordering::Relaxed);
+    }
+
+    fn on_push(&mut self, items: Vec<Value>) {
+        let mut it = items.into_iter();
+        let (Some(Value::Bulk(kind)), Some(Value::Bulk(channel))) = (it.next(), it.next()) else {
+            return;
+        };
+        let Ok(channel) = std::str::from_utf8(&channel) else { return };
+        match &kind[..] {
+            b"message" => {
+                let Some(Value::Bulk(payload)) = it.next() else { return };
+                if *channel == *self.probe_channel {
+                    self.probe_back(&payload);
+                } else {
+                    self.router.dispatch(channel, &payload, None);
+                }
+            }
+            b"subscribe" => {
+                if *channel == *self.probe_channel {
+                    self.probe_subscribed = true;
+                    return;
+                }
+                self.router.confirmed(channel);
+                if self.owe_gap.remove(channel) {
+                    let live = self.router.route(channel).map(|r| r.live).unwrap_or(false);
+                    if live {
+                        self.router.gap(channel);
+                        self.router.links().metrics.gaps.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Publishes a probe through the writer once a second, and reconnects the subscriber
+    /// if the previous one did not come back in time.
+    fn probe(&mut self, now: Instant) {
+        if !self.link.is_up() || !self.probe_subscribed {
+            return;
+        }
+        match self.probe_sent {
+            Some((_, at)) if now.duration_since(at) > PROBE_TIMEOUT => {
+                self.health.probe_ok.store(false, Ordering::Relaxed);
+                if self.health.publisher_ok.load(Ordering::Relaxed) {
+                    tracing::warn!("pub/sub probe lost: reconnecting the subscriber");
+                    self.lost(now);
+                }
+            }
+            Some(_) => {}
+            None if now >= self.next_probe => {
+                self.probe_seq += 1;
+                let cmd = BrokerCmd::Publish {
+                    channel: self.probe_channel.as_ref().into(),
+                    payload: Bytes::from(self.probe_seq.to_string()),
+                    ack: None,
+                };
+                if self.writer.send(cmd).is_ok() {
+                    self.probe_sent = Some((self.probe_seq, now));
+                    self.next_probe = now + PROBE_EVERY;
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn probe_back(&mut self, payload: &[u8]) {
+        let seq = std::str::from_utf8(payload).ok().and_then(|s| s.parse::<u64>().ok());
+        if let (Some(seq), Some((sent, _))) = (seq, self.probe_sent) {
+            if seq == sent {
+                self.health.probe_ok.store(true, Ordering::Relaxed);
+                self.probe_sent = None;
+            }
+        }
+    }
+}

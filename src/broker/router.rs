@@ -1,0 +1,311 @@
+//! The node-wide routing table: channel → the set of shards with local subscribers, the
+//! state of the broker subscription, and the dispatch of one frame to those shards.
+//! Owned by exactly one broker thread; no locks.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{ShardId, ShardLinks, ShardMsg};
+use crate::protocol::envelope::EnvelopeBuilder;
+
+/// One channel as the node sees it.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// Bit i set: shard i has local subscribers.
+    pub shards: u64,
+    /// Shards waiting for confirmation, with the epoch each asked with.
+    waiting: Vec<(ShardId, u32)>,
+    /// SUBSCRIBE commands sent and not yet confirmed.
+    inflight: u32,
+    /// The last command sent for this channel was SUBSCRIBE (not UNSUBSCRIBE).
+    on_wire: bool,
+    /// The broker confirmed the latest SUBSCRIBE.
+    pub live: bool,
+}
+
+/// What the broker must do on the wire after a routing change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wire {
+    Nothing,
+    Subscribe,
+    Unsubscribe,
+}
+
+/// The routing table plus the dispatch path.
+pub struct Router {
+    routes: HashMap<Arc<str>, Route>,
+    links: ShardLinks,
+    envelope: EnvelopeBuilder,
+}
+
+impl Router {
+    pub fn new(links: ShardLinks) -> Router {
+        Router {
+            routes: HashMap::new(),
+            links,
+            envelope: EnvelopeBuilder::default(),
+        }
+    }
+
+    pub fn links(&self) -> &ShardLinks {
+        &self.links
+    }
+
+    /// Shard `shard` wants `channel`. Confirms at once if the subscription is live.
+    pub fn subscribe(&mut self, channel: Arc<str>, shard: ShardId, epoch: u32) -> Wire {
+        let bit = 1u64 << shard;
+        let route = self.routes.entry(channel.clone()).or_insert_with(|| Route {
+            name: channel,
+            shards: 0,
+            waiting: Vec::new(),
+            inflight: 0,
+            on_wire: false,
+            live: false,
+        });
+        route.shards |= bit;
+        route.waiting.retain(|(s, _)| *s != shard);
+        if route.live {
+            let name = route.name.clone();
+            self.links.control(shard, ShardMsg::Subscribed { channel: name, epoch });
+            Wire::Nothing
+        } else {
+            route.waiting.push((shard, epoch));
+            if !route.on_wire {
+                route.on_wire = true;
+                route.inflight += 1;
+                Wire::Subscribe
+            } else {
+                Wire::Nothing
+            }
+        }
+    }
+
+    /// Shard `shard` no longer wants `channel`.
+    pub fn unsubscribe(&mut self, channel: &str, shard: ShardId) -> Wire {
+        let Some(route) = self.routes.get_mut(channel) else {
+            return Wire::Nothing;
+        };
+        route.shards &= !(1u64 << shard);
+        route.waiting.retain(|(s, _)| *s != shard);
+        if route.shards != 0 {
+            return Wire::Nothing;
+        }
+        let was_subscribed = route.on_wire;
+        route.on_wire = false;
+        route.live = false;
+        if route.inflight == 0 {
+            self.routes.remove(channel);
+        }
+        if was_subscribed {
+            Wire::Unsubscribe
+        } else {
+            Wire::Nothing
+        }
+    }
+
+    /// A SUBSCRIBE for `channel` was confirmed by the broker.
+    pub fn confirmed(&mut self, channel: &str) {
+        let Some(route) = self.routes.get_mut(channel) else {
+            return;
+        };
+        route.inflight = route.inflight.saturating_sub(1);
+        if route.inflight > 0 {
+            return;
+        }
+        if route.shards == 0 {
+            self.routes.remove(channel);
+            return;
+        }
+        if !route.on_wire {
+            return;
+        }
+        route.live = true;
+        for (shard, epoch) in route.waiting.drain(..) {
+            let channel = route.name.clone();
+            self.links.control(shard, ShardMsg::Subscribed { channel, epoch });
+        }
+    }
+
+    /// A SUBSCRIBE for `channel` is about to be (re)sent after a reconnect.
+    pub fn resubscribing(&mut self, channel: &str) {
+        if let Some(route) = self.routes.get_mut(channel) {
+            route.inflight = 1;
+            route.on_wire = true;
+        }
+    }
+
+    /// Forgets every broker subscription (the connection was lost). Returns the channels
+    /// that still have local subscribers, to subscribe again.
+    pub fn reset(&mut self) -> Vec<Arc<str>> {
+        self.routes.retain(|_, r| r.shards != 0);
+        self.routes
+            .values_mut()
+            .map(|r| {
+                r.live = false;
+                r.inflight = 0;
+                r.on_wire = false;
+                r.name.clone()
+            })
+            .collect()
+    }
+
+    /// Tells the local subscribers of `channel` that messages may have been missed.
+    pub fn gap(&self, channel: &str) {
+        if let Some(route) = self.routes.get(channel) {
+            for shard in shards_of(route.shards) {
+                self.links.control(shard, ShardMsg::Gap { channel: route.name.clone() });
+            }
+        }
+    }
+
+    /// Number of channels with local subscribers.
+    pub fn channels(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn route(&self, channel: &str) -> Option<&Route> {
+        self.routes.get(channel)
+    }
+
+    /// Builds the delivery frame once and hands a clone to every interested shard.
+    /// Returns the number of shards reached. Never blocks: a full queue drops and counts.
+    pub fn dispatch(&mut self, channel: &str, payload: &[u8], payload_is_json: Option<bool>) -> usize {
+        let Some(route) = self.routes.get(channel) else {
+            self.links.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            return 0;
+        };
+        let frame: Bytes = match payload_is_json {
+            Some(is_json) => self.envelope.build(channel, payload, is_json),
+            None => self.envelope.build_checked(channel, payload),
+        };
+        let mut reached = 0;
+        for shard in shards_of(route.shards) {
+            let msg = ShardMsg::Deliver {
+                channel: route.name.clone(),
+                frame: frame.clone(),
+            };
+            match self.links.data[shard].send(msg) {
+                Ok(()) => reached += 1,
+                Err(_) => {
+                    self.links.metrics.dispatch_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        reached
+    }
+}
+
+/// The shard ids whose bits are set.
+fn shards_of(mut mask: u64) -> impl Iterator<Item = ShardId> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let s = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(s)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::shard::inbox::{inbox, Inbox};
+    use mio::{Poll, Token, Waker};
+
+    fn setup(n: usize) -> (Router, Vec<Inbox<ShardMsg>>, Vec<Inbox<ShardMsg>>, Vec<Poll>) {
+        let (mut data, mut control, mut data_rx, mut control_rx, mut polls) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..n {
+            let poll = Poll::new().unwrap();
+            let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+            let (tx, rx) = inbox(waker.clone(), Some(16));
+            data.push(tx);
+            data_rx.push(rx);
+            let (tx, rx) = inbox(waker, None);
+            control.push(tx);
+            control_rx.push(rx);
+            polls.push(poll);
+        }
+        let metrics = Arc::new(Metrics::new(n));
+        (Router::new(ShardLinks { data, control, metrics }), data_rx, control_rx, polls)
+    }
+
+    fn subscribed(rx: &Inbox<ShardMsg>) -> Vec<u32> {
+        std::iter::from_fn(|| rx.try_recv())
+            .filter_map(|m| match m {
+                ShardMsg::Subscribed { epoch, .. } => Some(epoch),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn refcounts_per_shard_and_confirms_waiters() {
+        let (mut r, _data, control, _p) = setup(2);
+        assert_eq!(r.subscribe("c".into(), 0, 1), Wire::Subscribe);
+        assert_eq!(r.subscribe("c".into(), 1, 1), Wire::Nothing);
+        assert!(subscribed(&control[0]).is_empty());
+        r.confirmed("c");
+        assert_eq!(subscribed(&control[0]), vec![1]);
+        assert_eq!(subscribed(&control[1]), vec![1]);
+        // Live: a new shard subscription is confirmed at once.
+        assert_eq!(r.unsubscribe("c", 1), Wire::Nothing);
+        assert_eq!(r.subscribe("c".into(), 1, 2), Wire::Nothing);
+        assert_eq!(subscribed(&control[1]), vec![2]);
+        assert_eq!(r.unsubscribe("c", 0), Wire::Nothing);
+        assert_eq!(r.unsubscribe("c", 1), Wire::Unsubscribe);
+        assert_eq!(r.channels(), 0);
+    }
+
+    #[test]
+    fn resubscribe_while_unsubscribe_in_flight_waits_for_the_latest_confirmation() {
+        let (mut r, _data, control, _p) = setup(1);
+        assert_eq!(r.subscribe("c".into(), 0, 1), Wire::Subscribe);
+        assert_eq!(r.unsubscribe("c", 0), Wire::Unsubscribe);
+        // Entry kept (one SUBSCRIBE in flight), but after the UNSUBSCRIBE a new
+        // SUBSCRIBE must go out, and only its confirmation counts.
+        assert_eq!(r.subscribe("c".into(), 0, 2), Wire::Subscribe);
+        r.confirmed("c");
+        assert!(subscribed(&control[0]).is_empty());
+        r.confirmed("c");
+        assert_eq!(subscribed(&control[0]), vec![2]);
+    }
+
+    #[test]
+    fn dispatch_shares_one_frame_and_counts_drops() {
+        let (mut r, data, _control, _p) = setup(2);
+        r.subscribe("c".into(), 0, 1);
+        r.subscribe("c".into(), 1, 1);
+        assert_eq!(r.dispatch("c", b"1", Some(true)), 2);
+        let a = match data[0].try_recv() {
+            Some(ShardMsg::Deliver { frame, .. }) => frame,
+            other => panic!("{other:?}"),
+        };
+        let b = match data[1].try_recv() {
+            Some(ShardMsg::Deliver { frame, .. }) => frame,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer shared by both shards");
+        assert_eq!(r.dispatch("nobody", b"1", Some(true)), 0);
+        for _ in 0..20 {
+            r.dispatch("c", b"1", Some(true));
+        }
+        assert!(r.links().metrics.dispatch_dropped.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn reset_keeps_channels_with_subscribers() {
+        let (mut r, _d, _c, _p) = setup(1);
+        r.subscribe("a".into(), 0, 1);
+        r.confirmed("a");
+        let again = r.reset();
+        assert_eq!(again.len(), 1);
+        assert!(!r.route("a").unwrap().live);
+    }
+}

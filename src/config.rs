@@ -1,0 +1,250 @@
+//! Configuration: command-line flags, environment variables and an optional TOML file,
+//! resolved once at start into `Config`. Every limit lives in `Limits`, in one place.
+//! Precedence: flag > environment variable > `--config` file > built-in default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Limits on everything a client controls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest client message (bytes of payload after reassembly).
+    pub max_message: usize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Longest channel name, in bytes.
+    pub max_channel_len: usize,
+    /// Bytes queued for one connection before the slow-consumer policy applies.
+    pub outbound_limit: usize,
+    /// Largest HTTP request head.
+    pub max_request_head: usize,
+    /// Largest HTTP request body (POST /api/publish).
+    pub max_request_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message: 64 * 1024,
+            max_subscriptions: 1024,
+            max_channel_len: 256,
+            outbound_limit: 1024 * 1024,
+            max_request_head: 8 * 1024,
+            max_request_body: 1024 * 1024,
+        }
+    }
+}
+
+/// The resolved configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None`: the embedded in-process bus.
+    pub redis: Option<String>,
+    pub server_id: String,
+    pub shards: usize,
+    pub limits: Limits,
+    /// Path of the WebSocket echo endpoint (conformance testing); off when `None`.
+    pub echo_path: Option<String>,
+}
+
+/// fanout: a WebSocket pub/sub server that scales horizontally through Redis.
+///
+/// Without --redis it runs alone with an in-process bus. With --redis every node on the
+/// same Redis acts as one: a publish on any node, or any Redis PUBLISH, reaches every
+/// subscriber on every node. Each flag can also be set in the TOML file given with
+/// --config (same names, with underscores: max_message = 65536).
+#[derive(Parser, Debug, Default)]
+#[command(name = "fanout", version, about, long_about)]
+pub struct Args {
+    /// WebSocket + HTTP listen address [default: 127.0.0.1:3000; env PORT sets only the port]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Redis URL (redis://[:password@]host:port[/db]); join the cluster through it [default: none, embedded in-process bus]
+    #[arg(long, env = "REDIS_URL", value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// This node's name in presence and logs [default: <hostname>-<pid>]
+    #[arg(long, env = "SERVER_ID", value_name = "ID")]
+    pub server_id: Option<String>,
+
+    /// Event-loop threads [default: number of cores]
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// Largest client message in bytes; larger ones get a too_large error [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub max_message: Option<usize>,
+
+    /// Subscriptions one connection may hold [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+
+    /// Longest channel name in bytes [default: 256]
+    #[arg(long, value_name = "BYTES")]
+    pub max_channel_len: Option<usize>,
+
+    /// Bytes queued for one slow connection before the slow-consumer policy applies [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub outbound_limit: Option<usize>,
+
+    /// Serve a WebSocket echo endpoint on this path, for conformance tests (Autobahn) [default: off]
+    #[arg(long, value_name = "PATH")]
+    pub echo_path: Option<String>,
+
+    /// TOML file with any of the settings above
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The same settings as read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    redis: Option<String>,
+    server_id: Option<String>,
+    shards: Option<usize>,
+    max_message: Option<usize>,
+    max_subscriptions: Option<usize>,
+    max_channel_len: Option<usize>,
+    outbound_limit: Option<usize>,
+    echo_path: Option<String>,
+}
+
+impl Config {
+    /// Resolves flags, environment and file. `port_env` is the value of `PORT`.
+    pub fn resolve(args: Args, port_env: Option<String>) -> Result<Config, String> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("bad config {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let env_port = match port_env {
+            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| format!("PORT is not a port: {p:?}"))?),
+            None => None,
+        };
+        let mut listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3000)));
+        if let (None, Some(port)) = (args.listen, env_port) {
+            listen.set_port(port);
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_message: args.max_message.or(file.max_message).unwrap_or(defaults.max_message),
+            max_subscriptions: args
+                .max_subscriptions
+                .or(file.max_subscriptions)
+                .unwrap_or(defaults.max_subscriptions),
+            max_channel_len: args
+                .max_channel_len
+                .or(file.max_channel_len)
+                .unwrap_or(defaults.max_channel_len),
+            outbound_limit: args
+                .outbound_limit
+                .or(file.outbound_limit)
+                .unwrap_or(defaults.outbound_limit),
+            ..defaults
+        };
+        if limits.max_message == 0 || limits.max_message > 16 * 1024 * 1024 {
+            return Err("--max-message must be between 1 and 16777216".into());
+        }
+        if limits.max_channel_len == 0 {
+            return Err("--max-channel-len must be at least 1".into());
+        }
+        if limits.outbound_limit < 1024 {
+            return Err("--outbound-limit must be at least 1024".into());
+        }
+        let shards = args
+            .shards
+            .or(file.shards)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        if shards == 0 || shards > 64 {
+            return Err("--shards must be between 1 and 64".into());
+        }
+        let redis = args.redis.or(file.redis).filter(|r| !r.is_empty());
+        let server_id = args
+            .server_id
+            .or(file.server_id)
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        Ok(Config {
+            listen,
+            redis,
+            server_id,
+            shards,
+            limits,
+            echo_path: args.echo_path.or(file.echo_path),
+        })
+    }
+}
+
+/// The machine's host name, or "fanout" when it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fanout".to_string())
+}
+
+/// How long to wait between Redis reconnect attempts: capped exponential backoff.
+pub fn backoff(attempt: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << attempt.min(6));
+    Duration::from_millis(ms.min(5_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_port_env() {
+        let c = Config::resolve(Args::default(), None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+        assert!(c.redis.is_none());
+        assert_eq!(c.limits, Limits::default());
+        let c = Config::resolve(Args::default(), Some("4000".into())).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+        assert!(Config::resolve(Args::default(), Some("x".into())).is_err());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("fanout-cfg-{}", std::process::id()));
+        std::fs::write(&dir, "max_message = 1000\nshards = 3\n").unwrap();
+        let args = Args { config: Some(dir.clone()), shards: Some(2), ..Args::default() };
+        let c = Config::resolve(args, None).unwrap();
+        assert_eq!(c.limits.max_message, 1000);
+        assert_eq!(c.shards, 2);
+        std::fs::write(&dir, "nonsense = 1\n").unwrap();
+        let args = Args { config: Some(dir.clone()), ..Args::default() };
+        assert!(Config::resolve(args, None).is_err());
+        let _ = std::fs::remove_file(dir);
+    }
+
+    #[test]
+    fn rejects_bad_limits() {
+        let bad = Args { shards: Some(0), ..Args::default() };
+        assert!(Config::resolve(bad, None).is_err());
+        let bad = Args { max_message: Some(0), ..Args::default() };
+        assert!(Config::resolve(bad, None).is_err());
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(30), Duration::from_millis(5000));
+    }
+}

@@ -1,0 +1,49 @@
+//! The `fanout` binary: flags → `server::start` → wait for SIGTERM/SIGINT → exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use fanout::config::{Args, Config};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match Config::resolve(args, std::env::var("PORT").ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fanout: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mode = config.redis.clone().unwrap_or_else(|| "embedded".into());
+    let (shards, server_id) = (config.shards, config.server_id.clone());
+    let signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fanout: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match fanout::server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fanout: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(addr = %server.local_addr, shards, server_id, broker = %mode, "fanout started");
+    // One machine-readable line on stdout, for scripts and tests.
+    println!("listening {}", server.local_addr);
+    let mut signals = signals;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    server.shutdown();
+    server.join();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,111 @@
+//! Counters and gauges of one node, written with relaxed atomics by the thread that owns
+//! each event (one writer per shard counter, so no contention), read by `/metrics`.
+//! Every loss has exactly one named counter here.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Per-shard figures, each written only by its shard.
+#[derive(Default, Debug)]
+pub struct ShardMetrics {
+    pub connections: AtomicU64,
+    pub subscriptions: AtomicU64,
+    /// Client messages received (any command).
+    pub messages_in: AtomicU64,
+    /// Client publishes handed to the broker.
+    pub publishes: AtomicU64,
+    /// Delivery frames queued to clients.
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Connections closed by the slow-consumer policy.
+    pub slow_consumer_closes: AtomicU64,
+    /// Frames dropped by the drop-oldest slow-consumer policy.
+    pub slow_consumer_dropped: AtomicU64,
+    /// Publishes refused because the broker queue was full or the broker was down.
+    pub publish_rejected: AtomicU64,
+    /// Protocol errors answered to clients.
+    pub client_errors: AtomicU64,
+    /// Depth of the shard's delivery queue, sampled each loop turn.
+    pub queue_depth: AtomicU64,
+}
+
+/// All figures of the node.
+#[derive(Debug)]
+pub struct Metrics {
+    pub shards: Vec<ShardMetrics>,
+    /// Channels with local subscribers (node-wide).
+    pub channels: AtomicU64,
+    /// Deliveries dropped because a shard queue was full.
+    pub dispatch_dropped: AtomicU64,
+    /// Broker messages for channels nobody here subscribes to (late after unsubscribe).
+    pub unrouted: AtomicU64,
+    /// Broker (Redis) connections re-established after a loss.
+    pub broker_reconnects: AtomicU64,
+    /// Client publishes that the broker reported as failed.
+    pub publish_failed: AtomicU64,
+    /// Gap notices sent to channels after a resubscribe.
+    pub gaps: AtomicU64,
+    /// Messages received from Redis.
+    pub broker_messages: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(shards: usize) -> Metrics {
+        Metrics {
+            shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
+            channels: AtomicU64::new(0),
+            dispatch_dropped: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
+            broker_reconnects: AtomicU64::new(0),
+            publish_failed: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            broker_messages: AtomicU64::new(0),
+        }
+    }
+
+    /// Sum of one per-shard figure.
+    pub fn total(&self, pick: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| pick(s).load(Ordering::Relaxed)).sum()
+    }
+
+    /// The Prometheus text exposition of every figure.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let per_shard: [(&str, &str, fn(&ShardMetrics) -> &AtomicU64, &str); 11] = [
+            ("fanout_connections", "gauge", |s| &s.connections, "Open client connections"),
+            ("fanout_subscriptions", "gauge", |s| &s.subscriptions, "Client subscriptions"),
+            ("fanout_messages_in_total", "counter", |s| &s.messages_in, "Client messages received"),
+            ("fanout_publishes_total", "counter", |s| &s.publishes, "Client publishes handed to the broker"),
+            ("fanout_messages_out_total", "counter", |s| &s.messages_out, "Delivery frames queued to clients"),
+            ("fanout_bytes_out_total", "counter", |s| &s.bytes_out, "Bytes written to clients"),
+            ("fanout_slow_consumer_closes_total", "counter", |s| &s.slow_consumer_closes, "Connections closed as slow consumers"),
+            ("fanout_slow_consumer_dropped_total", "counter", |s| &s.slow_consumer_dropped, "Frames dropped for slow consumers"),
+            ("fanout_publish_rejected_total", "counter", |s| &s.publish_rejected, "Publishes refused (broker queue full or down)"),
+            ("fanout_client_errors_total", "counter", |s| &s.client_errors, "Error replies sent to clients"),
+            ("fanout_dispatch_queue_depth", "gauge", |s| &s.queue_depth, "Deliveries waiting in the shard queue"),
+        ];
+        for (name, kind, pick, help) in per_shard {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", pick(s).load(Ordering::Relaxed));
+            }
+        }
+        let node: [(&str, &str, &AtomicU64, &str); 7] = [
+            ("fanout_channels", "gauge", &self.channels, "Channels with local subscribers"),
+            ("fanout_dispatch_dropped_total", "counter", &self.dispatch_dropped, "Deliveries dropped: shard queue full"),
+            ("fanout_unrouted_total", "counter", &self.unrouted, "Broker messages with no local subscriber"),
+            ("fanout_broker_reconnects_total", "counter", &self.broker_reconnects, "Redis reconnections"),
+            ("fanout_publish_failed_total", "counter", &self.publish_failed, "Publishes that failed in the broker"),
+            ("fanout_gaps_total", "counter", &self.gaps, "Gap notices after resubscribes"),
+            ("fanout_broker_messages_total", "counter", &self.broker_messages, "Messages received from Redis"),
+        ];
+        for (name, kind, value, help) in node {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}

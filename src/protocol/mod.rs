@@ -1,0 +1,11 @@
+//! Protocol v1 (docs/protocol.md): client commands, server replies and error codes,
+//! channel names, and the delivery envelope. Pure functions over bytes: no I/O.
+
+pub mod channel;
+pub mod command;
+pub mod envelope;
+pub mod json;
+pub mod reply;
+
+pub use command::{parse_command, Command, CommandError};
+pub use reply::ErrorCode;

@@ -1,0 +1,141 @@
+//! Server → client control messages (`subscribed`, `published`, `error`, `gap`, …), each
+//! returned as a complete WebSocket text frame. These are per-connection replies, not the
+//! fan-out path (see `envelope`).
+
+use bytes::Bytes;
+
+use super::json::push_string;
+use crate::ws::frame::{self, OutOp};
+
+/// The error codes of protocol v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadJson,
+    BadRequest,
+    UnknownType,
+    BadChannel,
+    TooLarge,
+    Forbidden,
+    RateLimited,
+    Unavailable,
+    SlowConsumer,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
+fn text_frame(body: &[u8]) -> Bytes {
+    frame::build(OutOp::Text, body).freeze()
+}
+
+fn typed(kind: &str, channel: &str) -> Bytes {
+    let mut body = Vec::with_capacity(32 + channel.len());
+    body.extend_from_slice(b"{\"type\":\"");
+    body.extend_from_slice(kind.as_bytes());
+    body.extend_from_slice(b"\",\"channel\":");
+    push_string(&mut body, channel);
+    body.push(b'}');
+    text_frame(&body)
+}
+
+/// `{"type":"subscribed","channel":C}`
+pub fn subscribed(channel: &str) -> Bytes {
+    typed("subscribed", channel)
+}
+
+/// `{"type":"unsubscribed","channel":C}`
+pub fn unsubscribed(channel: &str) -> Bytes {
+    typed("unsubscribed", channel)
+}
+
+/// `{"type":"gap","channel":C}`: messages on C may have been missed.
+pub fn gap(channel: &str) -> Bytes {
+    typed("gap", channel)
+}
+
+/// `{"type":"published","id":X}` with X the raw JSON the client sent.
+pub fn published(id: &str) -> Bytes {
+    let mut body = Vec::with_capacity(28 + id.len());
+    body.extend_from_slice(b"{\"type\":\"published\",\"id\":");
+    body.extend_from_slice(id.as_bytes());
+    body.push(b'}');
+    text_frame(&body)
+}
+
+/// `{"type":"error","code":…,"message":…[,"id":X][,"channel":C]}`
+pub fn error(code: ErrorCode, message: &str, id: Option<&str>, channel: Option<&str>) -> Bytes {
+    let mut body = Vec::with_capacity(64 + message.len());
+    body.extend_from_slice(b"{\"type\":\"error\",\"code\":\"");
+    body.extend_from_slice(code.as_str().as_bytes());
+    body.extend_from_slice(b"\",\"message\":");
+    push_string(&mut body, message);
+    if let Some(id) = id {
+        body.extend_from_slice(b",\"id\":");
+        body.extend_from_slice(id.as_bytes());
+    }
+    if let Some(channel) = channel {
+        body.extend_from_slice(b",\"channel\":");
+        push_string(&mut body, channel);
+    }
+    body.push(b'}');
+    text_frame(&body)
+}
+
+/// `{"type":"presence","user":U,"online":B,"connections":[…]}` with the connection
+/// objects given as raw JSON.
+pub fn presence(user: &str, connections: &[String]) -> Bytes {
+    let mut body = Vec::with_capacity(64);
+    body.extend_from_slice(b"{\"type\":\"presence\",\"user\":");
+    push_string(&mut body, user);
+    body.extend_from_slice(if connections.is_empty() {
+        b",\"online\":false,\"connections\":["
+    } else {
+        b",\"online\":true,\"connections\":["
+    });
+    for (i, c) in connections.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(c.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    text_frame(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(frame: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(&frame[2..]).unwrap()
+    }
+
+    #[test]
+    fn replies_are_valid_json_frames() {
+        assert_eq!(body(&subscribed("a\"b")), serde_json::json!({"type":"subscribed","channel":"a\"b"}));
+        assert_eq!(body(&unsubscribed("x")), serde_json::json!({"type":"unsubscribed","channel":"x"}));
+        assert_eq!(body(&gap("x")), serde_json::json!({"type":"gap","channel":"x"}));
+        assert_eq!(body(&published("\"q\"")), serde_json::json!({"type":"published","id":"q"}));
+        assert_eq!(
+            body(&error(ErrorCode::BadChannel, "bad \"name\"", Some("3"), Some("c"))),
+            serde_json::json!({"type":"error","code":"bad_channel","message":"bad \"name\"","id":3,"channel":"c"})
+        );
+        assert_eq!(
+            body(&presence("u", &[r#"{"serverId":"s"}"#.to_string()])),
+            serde_json::json!({"type":"presence","user":"u","online":true,"connections":[{"serverId":"s"}]})
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Starts a node: binds the listener, starts the broker threads (Redis reader and writer,
+//! or the in-process bus) and the shards, and returns a handle that shuts them down and
+//! joins them. Also owns the node's health flags.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::net::TcpListener;
+use mio::{Poll, Waker};
+
+use crate::broker::{self, BrokerHandle, ShardLinks, ShardMsg};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::shard::inbox::{inbox, InboxSender};
+use crate::shard::{Shard, ShardSetup, WAKER};
+
+/// Capacity of each shard's delivery queue (a full queue drops and counts).
+pub const SHARD_QUEUE: usize = 65_536;
+
+/// Largest message on the echo path (conformance tests send up to 16 MiB).
+pub const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Whether `path` is the configured echo endpoint.
+pub fn is_echo_path(config: &Config, path: &str) -> bool {
+    config.echo_path.as_deref() == Some(path)
+}
+
+/// Health as the broker threads see it.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The Redis subscriber connection is up and subscriptions are restored.
+    pub subscriber_ok: AtomicBool,
+    /// The Redis publisher connection is up.
+    pub publisher_ok: AtomicBool,
+    /// The last end-to-end probe came back in time.
+    pub probe_ok: AtomicBool,
+}
+
+impl Health {
+    /// (healthy, reason) for `/healthz`.
+    pub fn status(&self, cluster: bool) -> (bool, &'static str) {
+        if !cluster {
+            return (true, "embedded");
+        }
+        if !self.subscriber_ok.load(Ordering::Relaxed) {
+            (false, "redis subscriber down")
+        } else if !self.publisher_ok.load(Ordering::Relaxed) {
+            (false, "redis publisher down")
+        } else if !self.probe_ok.load(Ordering::Relaxed) {
+            (false, "redis pub/sub probe failing")
+        } else {
+            (true, "redis")
+        }
+    }
+}
+
+/// A running node.
+pub struct ServerHandle {
+    pub local_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    control: Vec<InboxSender<ShardMsg>>,
+    shards: Vec<JoinHandle<()>>,
+    broker: Vec<JoinHandle<()>>,
+    broker_stop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ServerHandle {
+    /// Asks every shard to close its clients with 1001 and stop.
+    pub fn shutdown(&self) {
+        for tx in &self.control {
+            let _ = tx.send(ShardMsg::Shutdown);
+        }
+    }
+
+    /// Waits for the shards, then stops and joins the broker threads.
+    pub fn join(mut self) {
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        drop(self.control);
+        if let Some(stop) = self.broker_stop.take() {
+            stop();
+        }
+        for h in self.broker.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts a node with `config`.
+pub fn start(config: Config) -> std::io::Result<ServerHandle> {
+    let config = Arc::new(config);
+    let std_listener = std::net::TcpListener::bind(config.listen)?;
+    std_listener.set_nonblocking(true)?;
+    let local_addr = std_listener.local_addr()?;
+    let mut listener = Some(TcpListener::from_std(std_listener));
+    let n = config.shards;
+    let metrics = Arc::new(Metrics::new(n));
+    let health = Arc::new(Health::default());
+
+    let mut polls = Vec::with_capacity(n);
+    let (mut data_tx, mut data_rx, mut control_tx, mut control_rx) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..n {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = inbox(waker.clone(), Some(SHARD_QUEUE));
+        data_tx.push(tx);
+        data_rx.push(rx);
+        let (tx, rx) = inbox(waker, None);
+        control_tx.push(tx);
+        control_rx.push(rx);
+        polls.push(poll);
+    }
+    let links = ShardLinks {
+        data: data_tx,
+        control: control_tx.clone(),
+        metrics: metrics.clone(),
+    };
+
+    let (broker_handle, broker_threads, broker_stop): (BrokerHandle, Vec<JoinHandle<()>>, Option<Box<dyn FnOnce() + Send>>) =
+        match &config.redis {
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded(broker::memory::QUEUE);
+                let thread = broker::memory::spawn(rx, links)?;
+                (BrokerHandle::Memory(tx), vec![thread], None)
+            }
+            Some(url) => {
+                let started = broker::redis::start(url, &config, links, health.clone())?;
+                (started.handle, started.threads, Some(started.stop))
+            }
+        };
+
+    let mut shards = Vec::with_capacity(n);
+    for (id, ((poll, data), control)) in polls.into_iter().zip(data_rx).zip(control_rx).enumerate() {
+        let setup = ShardSetup {
+            id,
+            poll,
+            data,
+            control,
+            listener: if id == 0 { listener.take() } else { None },
+            peers: control_tx.clone(),
+            broker: broker_handle.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+        };
+        let shard = Shard::new(setup);
+        shards.push(
+            std::thread::Builder::new()
+                .name(format!("fanout-shard-{id}"))
+                .spawn(move || shard.run())?,
+        );
+    }
+    drop(broker_handle);
+    Ok(ServerHandle {
+        local_addr,
+        metrics,
+        health,
+        control: control_tx,
+        shards,
+        broker: broker_threads,
+        broker_stop,
+    })
+}

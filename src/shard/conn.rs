@@ -1,0 +1,85 @@
+//! One client connection as its shard owns it: socket, phase, the bytes of an incomplete
+//! frame, the WebSocket decoder state, the outbound queue and its subscriptions. Kept
+//! small: an idle subscribed connection owns no buffer at all.
+
+use mio::net::TcpStream;
+
+use super::outq::OutQueue;
+use crate::ws::inbound::Inbound;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the HTTP request head.
+    Handshake,
+    /// A plain HTTP request waiting for its body of this many bytes.
+    HttpBody,
+    /// WebSocket open.
+    Open,
+    /// A close frame or final response is queued; drop the socket once it is flushed.
+    Closing,
+}
+
+/// A connection's identity across threads: slab key plus a generation, so an answer
+/// meant for a closed connection never reaches the one that reused its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub key: u32,
+    pub gen: u32,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    pub gen: u32,
+    pub phase: Phase,
+    /// Unconsumed input: a request head, or the start of an incomplete frame.
+    pub inbuf: Vec<u8>,
+    pub inbound: Inbound,
+    pub outq: OutQueue,
+    /// (local channel id, position in that channel's member list).
+    pub subs: Vec<(u32, u32)>,
+    /// Queued in the shard's dirty list for the end-of-turn flush.
+    pub dirty: bool,
+    /// The socket said WouldBlock: wait for a writable event before writing again.
+    pub blocked: bool,
+    /// Coarse second (shard clock) of the last frame received.
+    pub last_seen: u32,
+    /// Coarse second the connection was accepted.
+    pub opened: u32,
+    /// A ping was sent and no frame has arrived since.
+    pub ping_outstanding: bool,
+    /// The drop-oldest policy already told this client about dropped frames.
+    pub told_slow: bool,
+    /// HTTP request head waiting for its body (phase `HttpBody`).
+    pub pending_http: Option<Box<crate::ws::handshake::RequestHead>>,
+    /// The WebSocket was opened on the echo path (conformance testing).
+    pub echo: bool,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, gen: u32, now: u32) -> Conn {
+        Conn {
+            stream,
+            gen,
+            phase: Phase::Handshake,
+            inbuf: Vec::new(),
+            inbound: Inbound::default(),
+            outq: OutQueue::default(),
+            subs: Vec::new(),
+            dirty: false,
+            blocked: false,
+            last_seen: now,
+            opened: now,
+            ping_outstanding: false,
+            told_slow: false,
+            pending_http: None,
+            echo: false,
+        }
+    }
+
+    /// Position of this connection in local channel `chan`'s member list.
+    pub fn sub_index(&self, chan: u32) -> Option<usize> {
+        self.subs.iter().position(|&(c, _)| c == chan)
+    }
+}

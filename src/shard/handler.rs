@@ -1,0 +1,212 @@
+//! What a shard does with each complete client message and each broker answer:
+//! subscribe / unsubscribe against the local index (asking the broker only on a channel's
+//! first and last local subscriber), publish handed to the broker, replies queued.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::conn::{ConnId, Phase};
+use super::subs::Added;
+use super::Shard;
+use crate::broker::{AckTo, BrokerCmd};
+use crate::protocol::{parse_command, reply, Command, CommandError, ErrorCode};
+use crate::ws::frame::{self, OutOp};
+use crate::ws::inbound::{Flow, Message};
+
+impl Shard {
+    /// Handles one decoded message of connection `key`.
+    pub(super) fn on_message(&mut self, key: usize, msg: Message<'_>) -> Flow {
+        let echo = self.conns.get(key).map(|c| c.echo).unwrap_or(false);
+        match msg {
+            Message::Text(text) if echo => self.queue(key, frame::build(OutOp::Text, text.as_bytes()).freeze()),
+            Message::Binary(data) if echo => self.queue(key, frame::build(OutOp::Binary, data).freeze()),
+            Message::Text(text) => {
+                self.metrics.shards[self.id].messages_in.fetch_add(1, Ordering::Relaxed);
+                match parse_command(text, self.config.limits.max_channel_len) {
+                    Ok(cmd) => self.on_command(key, cmd),
+                    Err(e) => self.error(key, e),
+                }
+            }
+            Message::Binary(_) => self.error(
+                key,
+                CommandError {
+                    code: ErrorCode::BadRequest,
+                    message: "binary frames are not supported: send JSON text",
+                    id: None,
+                    channel: None,
+                },
+            ),
+            Message::TooLarge => self.error(
+                key,
+                CommandError {
+                    code: ErrorCode::TooLarge,
+                    message: "message exceeds the size limit",
+                    id: None,
+                    channel: None,
+                },
+            ),
+            Message::Ping(payload) => self.queue(key, frame::build(OutOp::Pong, payload).freeze()),
+            Message::Pong => {}
+            Message::Close(close) => {
+                let code = close.map(|(c, _)| c).unwrap_or(1000);
+                let code = if code == 1005 { 1000 } else { code };
+                self.queue(key, frame::close(code, "").freeze());
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.phase = Phase::Closing;
+                }
+                return Flow::Stop;
+            }
+        }
+        if self.conns.get(key).map(|c| c.phase == Phase::Closing).unwrap_or(true) {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+
+    fn error(&mut self, key: usize, e: CommandError<'_>) {
+        self.metrics.shards[self.id].client_errors.fetch_add(1, Ordering::Relaxed);
+        let frame = reply::error(e.code, e.message, e.id, e.channel.as_deref());
+        self.queue(key, frame);
+    }
+
+    fn simple_error(&mut self, key: usize, code: ErrorCode, message: &'static str, id: Option<&str>, channel: Option<&str>) {
+        self.metrics.shards[self.id].client_errors.fetch_add(1, Ordering::Relaxed);
+        self.queue(key, reply::error(code, message, id, channel));
+    }
+
+    fn on_command(&mut self, key: usize, cmd: Command<'_>) {
+        match cmd {
+            Command::Subscribe { channel } => self.subscribe(key, &channel),
+            Command::Unsubscribe { channel } => self.unsubscribe(key, &channel),
+            Command::Publish { channel, data, id } => self.publish(key, &channel, data, id),
+            Command::Presence { user } => self.presence(key, &user),
+        }
+    }
+
+    fn subscribe(&mut self, key: usize, channel: &str) {
+        let Some(conn) = self.conns.get(key) else { return };
+        if let Some(chan) = self.subs.lookup(channel) {
+            if conn.sub_index(chan).is_some() {
+                // Already subscribed: answer again once live (idempotent).
+                if self.subs.channel(chan).map(|c| c.live).unwrap_or(false) {
+                    self.queue(key, reply::subscribed(channel));
+                } else if let Some(ch) = self.subs.channel_mut(chan) {
+                    ch.waiters.push((key as u32, conn.gen));
+                }
+                return;
+            }
+        }
+        if conn.subs.len() >= self.config.limits.max_subscriptions {
+            self.simple_error(key, ErrorCode::BadRequest, "subscription limit reached", None, Some(channel));
+            return;
+        }
+        let gen = conn.gen;
+        let (chan, pos, added) = self.subs.add(channel, key as u32);
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.subs.push((chan, pos));
+        }
+        self.metrics.shards[self.id].subscriptions.fetch_add(1, Ordering::Relaxed);
+        match added {
+            Added::Live => self.queue(key, reply::subscribed(channel)),
+            Added::Pending => {
+                if let Some(ch) = self.subs.channel_mut(chan) {
+                    ch.waiters.push((key as u32, gen));
+                }
+            }
+            Added::NewChannel(epoch) => {
+                let Some(ch) = self.subs.channel_mut(chan) else { return };
+                ch.waiters.push((key as u32, gen));
+                let cmd = BrokerCmd::Subscribe {
+                    channel: ch.name.clone(),
+                    shard: self.id,
+                    epoch,
+                };
+                if self.broker.send(cmd).is_err() {
+                    // The broker cannot take it: undo, so a later subscribe tries again.
+                    self.drop_subscription(key, chan);
+                    self.simple_error(key, ErrorCode::Unavailable, "broker is busy, try again", None, Some(channel));
+                }
+            }
+        }
+    }
+
+    fn drop_subscription(&mut self, key: usize, chan: u32) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(i) = conn.sub_index(chan) else { return };
+        let (_, pos) = conn.subs.swap_remove(i);
+        self.metrics.shards[self.id].subscriptions.fetch_sub(1, Ordering::Relaxed);
+        self.leave(chan, pos);
+    }
+
+    fn unsubscribe(&mut self, key: usize, channel: &str) {
+        if let Some(chan) = self.subs.lookup(channel) {
+            self.drop_subscription(key, chan);
+        }
+        self.queue(key, reply::unsubscribed(channel));
+    }
+
+    fn publish(&mut self, key: usize, channel: &str, data: &str, id: Option<&str>) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let ack = id.map(|id| AckTo {
+            shard: self.id,
+            conn: ConnId { key: key as u32, gen: conn.gen },
+            id: id.into(),
+        });
+        let cmd = BrokerCmd::Publish {
+            channel: channel.into(),
+            payload: Bytes::copy_from_slice(data.as_bytes()),
+            ack,
+        };
+        let m = &self.metrics.shards[self.id];
+        if self.broker.send(cmd).is_err() {
+            m.publish_rejected.fetch_add(1, Ordering::Relaxed);
+            self.simple_error(key, ErrorCode::Unavailable, "broker is unavailable, message not published", id, Some(channel));
+        } else {
+            m.publishes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn presence(&mut self, key: usize, user: &str) {
+        let _ = user;
+        self.simple_error(key, ErrorCode::Unavailable, "presence is not enabled on this node", None, None);
+    }
+
+    /// The broker confirmed channel `channel` for the subscribe sent with `epoch`.
+    pub(super) fn on_subscribed(&mut self, channel: &str, epoch: u32) {
+        let Some(chan) = self.subs.lookup(channel) else { return };
+        let Some(ch) = self.subs.channel_mut(chan) else { return };
+        if ch.epoch != epoch {
+            return; // a confirmation of an earlier, since abandoned subscribe
+        }
+        ch.live = true;
+        let waiters = std::mem::take(&mut ch.waiters);
+        let frame = reply::subscribed(channel);
+        for (key, gen) in waiters {
+            let subscribed = self
+                .conns
+                .get(key as usize)
+                .map(|c| c.gen == gen && c.sub_index(chan).is_some())
+                .unwrap_or(false);
+            if subscribed {
+                self.queue(key as usize, frame.clone());
+            }
+        }
+    }
+
+    /// The broker's answer to a publish with an id.
+    pub(super) fn on_published(&mut self, conn: ConnId, id: &str, result: Result<(), ErrorCode>) {
+        let key = conn.key as usize;
+        if self.conns.get(key).map(|c| c.gen != conn.gen).unwrap_or(true) {
+            return;
+        }
+        match result {
+            Ok(()) => self.queue(key, reply::published(id)),
+            Err(code) => {
+                self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
+                self.simple_error(key, code, "publish failed: broker unavailable", Some(id), None)
+            }
+        }
+    }
+}

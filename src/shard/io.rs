@@ -1,0 +1,175 @@
+//! The read side of a shard: drains a readable socket into the shard's one shared read
+//! buffer, and feeds the bytes to the request-head parser or the WebSocket decoder. A
+//! connection keeps bytes of its own only while a frame or request is incomplete.
+
+use std::io::{ErrorKind, Read};
+use std::sync::atomic::Ordering;
+
+use super::conn::Phase;
+use super::{Shard, READS_PER_EVENT};
+use crate::ws::handshake::{self, Parsed};
+use crate::ws::inbound::Fail;
+
+impl Shard {
+    /// Reads until the socket would block (or the read budget is spent).
+    pub(super) fn on_readable(&mut self, key: usize) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        for round in 0.. {
+            let Some(conn) = self.conns.get_mut(key) else { break };
+            if round == READS_PER_EVENT {
+                self.read_again.push(key);
+                break;
+            }
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.close(key);
+                    break;
+                }
+                Ok(n) => {
+                    if conn.phase == Phase::Closing {
+                        continue; // draining what a closing peer still sends
+                    }
+                    conn.last_seen = self.now;
+                    conn.ping_outstanding = false;
+                    self.ingest(key, &mut buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(key);
+                    break;
+                }
+            }
+        }
+        self.read_buf = buf;
+    }
+
+    /// Consumes freshly read bytes.
+    fn ingest(&mut self, key: usize, data: &mut [u8]) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        match conn.phase {
+            Phase::Handshake | Phase::HttpBody => {
+                conn.inbuf.extend_from_slice(data);
+                self.advance_request(key);
+            }
+            Phase::Open if conn.inbuf.is_empty() => {
+                let used = self.feed(key, data);
+                if used < data.len() {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.inbuf.extend_from_slice(&data[used..]);
+                    }
+                }
+            }
+            Phase::Open => {
+                conn.inbuf.extend_from_slice(data);
+                let mut pending = std::mem::take(&mut conn.inbuf);
+                let used = self.feed(key, &mut pending);
+                pending.drain(..used);
+                if let Some(conn) = self.conns.get_mut(key) {
+                    if !pending.is_empty() {
+                        pending.shrink_to(pending.len().max(256));
+                        conn.inbuf = pending;
+                    }
+                }
+            }
+            Phase::Closing => {}
+        }
+    }
+
+    /// Runs the WebSocket decoder over `buf`; returns the bytes consumed.
+    fn feed(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let Some(conn) = self.conns.get_mut(key) else { return buf.len() };
+        let mut inbound = std::mem::take(&mut conn.inbound);
+        let max = if conn.echo { crate::server::ECHO_MAX_MESSAGE } else { self.config.limits.max_message };
+        let result = inbound.feed(buf, max, &mut |msg| self.on_message(key, msg));
+        let Some(conn) = self.conns.get_mut(key) else { return buf.len() };
+        conn.inbound = inbound;
+        match result {
+            Ok(used) => used,
+            Err(fail) => {
+                self.fail(key, fail);
+                buf.len()
+            }
+        }
+    }
+
+    /// A protocol violation: send the close code and drop the connection once flushed.
+    pub(super) fn fail(&mut self, key: usize, fail: Fail) {
+        self.queue(key, crate::ws::frame::close(fail.code, fail.reason).freeze());
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.phase = Phase::Closing;
+            conn.inbuf = Vec::new();
+        }
+    }
+
+    /// Parses the request head (and body) accumulated so far and answers it.
+    fn advance_request(&mut self, key: usize) {
+        let limits = &self.config.limits;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.phase == Phase::HttpBody {
+            let need = conn.pending_http.as_ref().and_then(|h| h.content_length).unwrap_or(0);
+            if conn.inbuf.len() >= need {
+                if let Some(head) = conn.pending_http.take() {
+                    let body: Vec<u8> = conn.inbuf.drain(..need).collect();
+                    self.answer_http(key, &head, &body);
+                }
+            }
+            return;
+        }
+        let head = match handshake::parse(&conn.inbuf, limits.max_request_head) {
+            Parsed::Incomplete => return,
+            Parsed::Reject(status, why) => {
+                self.respond_and_close(key, handshake::text_response(status, why));
+                return;
+            }
+            Parsed::Request(head) => head,
+        };
+        conn.inbuf.drain(..head.head_len);
+        if let Some(accept) = head.ws_accept.as_deref() {
+            if let Err((status, why)) = self.check_upgrade(&head) {
+                self.respond_and_close(key, handshake::text_response(status, why));
+                return;
+            }
+            let reply = handshake::switching_protocols(accept);
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            conn.echo = crate::server::is_echo_path(&self.config, &head.path);
+            conn.phase = Phase::Open;
+            let rest = std::mem::take(&mut conn.inbuf);
+            self.queue(key, reply.into());
+            if !rest.is_empty() {
+                let mut rest = rest;
+                self.ingest(key, &mut rest);
+            }
+            return;
+        }
+        let need = head.content_length.unwrap_or(0);
+        if need > limits.max_request_body {
+            self.respond_and_close(key, handshake::text_response(413, "request body too large"));
+            return;
+        }
+        if conn.inbuf.len() >= need {
+            let body: Vec<u8> = conn.inbuf.drain(..need).collect();
+            self.answer_http(key, &head, &body);
+        } else {
+            conn.phase = Phase::HttpBody;
+            conn.pending_http = Some(Box::new(head));
+        }
+    }
+
+    /// Queues a final HTTP response; the connection closes once it is written.
+    pub(super) fn respond_and_close(&mut self, key: usize, response: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.inbuf = Vec::new();
+        conn.phase = Phase::Open; // so the response is not refused by `queue`
+        self.queue(key, response.into());
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.phase = Phase::Closing;
+        }
+    }
+
+    fn answer_http(&mut self, key: usize, head: &handshake::RequestHead, body: &[u8]) {
+        let response = crate::http::respond(head, body, &self.http_context());
+        self.metrics.shards[self.id].messages_in.fetch_add(0, Ordering::Relaxed);
+        self.respond_and_close(key, response);
+    }
+}

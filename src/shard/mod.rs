@@ -1,0 +1,430 @@
+//! An event-loop shard: one thread, one `mio::Poll`, a `Slab` of the connections it
+//! owns, its own channel → subscribers index. The loop only routes events: sockets are
+//! read until `WouldBlock`, broker messages are drained from the inbox, replies and
+//! deliveries are queued during the turn and every touched connection is flushed once
+//! at its end with vectored writes. A shard never blocks on anything but `poll`.
+
+pub mod conn;
+mod handler;
+pub mod inbox;
+mod io;
+pub mod outq;
+pub mod subs;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::broker::{BrokerHandle, ShardId, ShardMsg};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::server::Health;
+pub use conn::ConnId;
+use conn::{Conn, Phase};
+use inbox::{Inbox, InboxSender};
+use subs::SubIndex;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+pub const WAKER: Token = Token(usize::MAX);
+
+/// Size of the shard's shared read buffer.
+const READ_BUF: usize = 64 * 1024;
+/// Reads per readable event before other connections get their turn.
+const READS_PER_EVENT: usize = 8;
+/// Deliveries taken from the inbox per loop turn before sockets get a look.
+const INBOX_BATCH: usize = 4096;
+
+/// Everything a shard needs from the node, handed over at start.
+pub struct ShardSetup {
+    pub id: ShardId,
+    pub poll: Poll,
+    pub data: Inbox<ShardMsg>,
+    pub control: Inbox<ShardMsg>,
+    /// Shard 0 owns the listener and hands connections to the others round robin.
+    pub listener: Option<TcpListener>,
+    pub peers: Vec<InboxSender<ShardMsg>>,
+    pub broker: BrokerHandle,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+pub struct Shard {
+    id: ShardId,
+    poll: Poll,
+    data: Inbox<ShardMsg>,
+    control: Inbox<ShardMsg>,
+    listener: Option<TcpListener>,
+    peers: Vec<InboxSender<ShardMsg>>,
+    next_peer: usize,
+    broker: BrokerHandle,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    conns: Slab<Conn>,
+    subs: SubIndex,
+    /// Connections with queued output, flushed at the end of the turn.
+    dirty: Vec<usize>,
+    /// Connections that still had input when their read budget ran out.
+    read_again: Vec<usize>,
+    read_buf: Vec<u8>,
+    next_gen: u32,
+    started: Instant,
+    /// Whole seconds since `started` (the coarse clock of timeouts).
+    now: u32,
+    last_tick: u32,
+    shutdown_deadline: Option<Instant>,
+    accept_paused_until: u32,
+}
+
+impl Shard {
+    pub fn new(s: ShardSetup) -> Shard {
+        Shard {
+            id: s.id,
+            poll: s.poll,
+            data: s.data,
+            control: s.control,
+            listener: s.listener,
+            peers: s.peers,
+            next_peer: 0,
+            broker: s.broker,
+            config: s.config,
+            metrics: s.metrics,
+            health: s.health,
+            conns: Slab::new(),
+            subs: SubIndex::default(),
+            dirty: Vec::new(),
+            read_again: Vec::new(),
+            read_buf: vec![0; READ_BUF],
+            next_gen: 0,
+            started: Instant::now(),
+            now: 0,
+            last_tick: 0,
+            shutdown_deadline: None,
+            accept_paused_until: 0,
+        }
+    }
+
+    /// Runs the loop until shutdown completes.
+    pub fn run(mut self) {
+        if let Some(l) = self.listener.as_mut() {
+            if let Err(e) = self.poll.registry().register(l, LISTENER, Interest::READABLE) {
+                tracing::error!(shard = self.id, "cannot register listener: {e}");
+                return;
+            }
+        }
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let busy = !self.read_again.is_empty() || !self.dirty.is_empty();
+            let timeout = if busy || !self.data.park() {
+                Some(Duration::ZERO)
+            } else if !self.control.park() {
+                self.data.unpark();
+                Some(Duration::ZERO)
+            } else {
+                Some(Duration::from_millis(250))
+            };
+            let polled = self.poll.poll(&mut events, timeout);
+            self.data.unpark();
+            self.control.unpark();
+            if let Err(e) = polled {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(shard = self.id, "poll failed: {e}");
+                    return;
+                }
+            }
+            self.now = self.started.elapsed().as_secs() as u32;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_writable() {
+                            if let Some(c) = self.conns.get_mut(key) {
+                                c.blocked = false;
+                                self.mark_dirty(key);
+                            }
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.on_readable(key);
+            }
+            self.drain_inbox();
+            self.flush_dirty();
+            if self.now != self.last_tick {
+                self.last_tick = self.now;
+                self.tick();
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() || Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        let shard = &self.metrics.shards[self.id];
+        shard.connections.store(0, Ordering::Relaxed);
+        tracing::debug!(shard = self.id, "shard stopped");
+    }
+
+    fn accept(&mut self) {
+        if self.shutdown_deadline.is_some() || self.accept_paused_until > self.now {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let target = self.next_peer % self.peers.len().max(1);
+                    self.next_peer = self.next_peer.wrapping_add(1);
+                    if target == self.id || self.peers.is_empty() {
+                        self.register(stream);
+                    } else if let Err(ShardMsg::Accept(stream)) = self.peers[target].send(ShardMsg::Accept(stream)) {
+                        self.register(stream);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors (EMFILE/ENFILE) or similar: pause accepting
+                    // for a second instead of spinning on a listener we cannot drain.
+                    tracing::warn!(shard = self.id, "accept failed, pausing 1 s: {e}");
+                    self.accept_paused_until = self.now + 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, mut stream: TcpStream) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), interest) {
+            tracing::warn!(shard = self.id, "cannot register connection: {e}");
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        entry.insert(Conn::new(stream, self.next_gen, self.now));
+        self.metrics.shards[self.id].connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Some(msg) = self.control.try_recv() {
+            self.on_msg(msg);
+        }
+        for _ in 0..INBOX_BATCH {
+            match self.data.try_recv() {
+                Some(msg) => self.on_msg(msg),
+                None => break,
+            }
+        }
+        self.metrics.shards[self.id]
+            .queue_depth
+            .store(self.data.len() as u64, Ordering::Relaxed);
+    }
+
+    fn on_msg(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver { channel, frame } => self.deliver(&channel, frame),
+            ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
+            ShardMsg::Gap { channel } => {
+                let frame = crate::protocol::reply::gap(&channel);
+                self.deliver(&channel, frame);
+            }
+            ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
+            ShardMsg::Accept(stream) => self.register(stream),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Queues one shared frame to every local subscriber of `channel`.
+    fn deliver(&mut self, channel: &str, frame: Bytes) {
+        let Some(id) = self.subs.lookup(channel) else { return };
+        let Some(ch) = self.subs.channel(id) else { return };
+        let limit = self.config.limits.outbound_limit;
+        let mut queued = 0u64;
+        for &member in &ch.members {
+            let key = member as usize;
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.phase != Phase::Open {
+                continue;
+            }
+            conn.outq.push(frame.clone());
+            queued += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+            if conn.outq.bytes() > limit {
+                Self::over_limit(conn, &self.metrics.shards[self.id], limit);
+            }
+        }
+        self.metrics.shards[self.id]
+            .messages_out
+            .fetch_add(queued, Ordering::Relaxed);
+    }
+
+    /// The slow-consumer policy: close with 4000.
+    fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, _limit: usize) {
+        conn.outq.clear();
+        conn.outq.push(crate::ws::frame::close(4000, "slow consumer").freeze());
+        conn.phase = Phase::Closing;
+        m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues a reply for one connection.
+    fn queue(&mut self, key: usize, frame: Bytes) {
+        let limit = self.config.limits.outbound_limit;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        conn.outq.push(frame);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        if conn.outq.bytes() > limit {
+            Self::over_limit(conn, &self.metrics.shards[self.id], limit);
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// The end-of-turn flush: one vectored write (or a few) per touched connection.
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut bytes = 0u64;
+        for &key in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            conn.dirty = false;
+            if conn.blocked {
+                continue;
+            }
+            match conn.outq.write_to(&mut conn.stream) {
+                Ok((outq::Flushed::Empty, n)) => {
+                    bytes += n as u64;
+                    if conn.phase == Phase::Closing {
+                        self.close(key);
+                    }
+                }
+                Ok((outq::Flushed::Blocked, n)) => {
+                    bytes += n as u64;
+                    conn.blocked = true;
+                }
+                Err(_) => self.close(key),
+            }
+        }
+        self.metrics.shards[self.id].bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Removes a connection: unsubscribes it everywhere and drops its socket.
+    fn close(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let m = &self.metrics.shards[self.id];
+        m.connections.fetch_sub(1, Ordering::Relaxed);
+        m.subscriptions.fetch_sub(conn.subs.len() as u64, Ordering::Relaxed);
+        for &(chan, pos) in &conn.subs {
+            self.leave(chan, pos);
+        }
+    }
+
+    /// Takes member `pos` out of local channel `chan`, fixing the position of the member
+    /// moved into its place, and tells the broker when the channel empties.
+    fn leave(&mut self, chan: u32, pos: u32) {
+        let removed = self.subs.remove(chan, pos);
+        if let Some((moved_key, new_pos)) = removed.moved {
+            if let Some(c) = self.conns.get_mut(moved_key as usize) {
+                if let Some(i) = c.sub_index(chan) {
+                    c.subs[i].1 = new_pos;
+                }
+            }
+        }
+        if let Some(channel) = removed.emptied {
+            let cmd = crate::broker::BrokerCmd::Unsubscribe { channel, shard: self.id };
+            if self.broker.send(cmd).is_err() {
+                tracing::warn!(shard = self.id, "broker queue full: unsubscribe dropped");
+            }
+        }
+    }
+
+    /// Once a second: timeouts.
+    fn tick(&mut self) {
+        let handshake_timeout = 10;
+        let now = self.now;
+        let stale: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.phase, Phase::Handshake | Phase::HttpBody) && now.saturating_sub(c.opened) >= handshake_timeout
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            self.close(key);
+        }
+        let _ = &self.health;
+    }
+
+    /// Admission checks on a WebSocket upgrade (origin policy).
+    fn check_upgrade(&self, _head: &crate::ws::handshake::RequestHead) -> Result<(), (u16, &'static str)> {
+        Ok(())
+    }
+
+    fn http_context(&self) -> crate::http::HttpContext<'_> {
+        crate::http::HttpContext {
+            config: &self.config,
+            metrics: &self.metrics,
+            health: &self.health,
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(Instant::now() + Duration::from_secs(5));
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let open = self.conns.get(key).map(|c| c.phase == Phase::Open).unwrap_or(false);
+            if open {
+                self.queue(key, crate::ws::frame::close(1001, "going away").freeze());
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.phase = Phase::Closing;
+                }
+            } else {
+                self.close(key);
+            }
+        }
+    }
+}

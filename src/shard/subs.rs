@@ -1,0 +1,152 @@
+//! A shard's subscription index: channel → its local subscribers (dense vectors of slab
+//! keys, so a delivery walks contiguous memory), with O(1) removal. Also tracks whether
+//! the broker subscription is live and who waits for the `subscribed` reply.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use slab::Slab;
+
+/// One channel's local state.
+#[derive(Debug)]
+pub struct LocalChannel {
+    pub name: Arc<str>,
+    /// Slab keys of subscribed connections.
+    pub members: Vec<u32>,
+    /// Epoch of the broker subscribe this shard sent (echoed in confirmations).
+    pub epoch: u32,
+    /// The broker confirmed the subscription.
+    pub live: bool,
+    /// Connections (key, generation) waiting for `subscribed`.
+    pub waiters: Vec<(u32, u32)>,
+}
+
+/// What adding a member changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    /// First local subscriber: ask the broker, with this epoch.
+    NewChannel(u32),
+    /// The broker subscription is pending: wait for it.
+    Pending,
+    /// The broker subscription is live: reply now.
+    Live,
+}
+
+/// Result of removing a member.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// The member that took the removed one's place: (its key, its new position).
+    pub moved: Option<(u32, u32)>,
+    /// The channel has no local subscriber left: tell the broker.
+    pub emptied: Option<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+pub struct SubIndex {
+    by_name: HashMap<Arc<str>, u32>,
+    channels: Slab<LocalChannel>,
+    next_epoch: u32,
+}
+
+impl SubIndex {
+    pub fn lookup(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    pub fn channel(&self, id: u32) -> Option<&LocalChannel> {
+        self.channels.get(id as usize)
+    }
+
+    pub fn channel_mut(&mut self, id: u32) -> Option<&mut LocalChannel> {
+        self.channels.get_mut(id as usize)
+    }
+
+    /// Number of channels with local subscribers.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Adds `conn` to `name`. Returns (channel id, member position, what changed).
+    pub fn add(&mut self, name: &str, conn: u32) -> (u32, u32, Added) {
+        if let Some(&id) = self.by_name.get(name) {
+            let ch = &mut self.channels[id as usize];
+            ch.members.push(conn);
+            let added = if ch.live { Added::Live } else { Added::Pending };
+            return (id, (ch.members.len() - 1) as u32, added);
+        }
+        self.next_epoch = self.next_epoch.wrapping_add(1);
+        let epoch = self.next_epoch;
+        let name: Arc<str> = Arc::from(name);
+        let id = self.channels.insert(LocalChannel {
+            name: name.clone(),
+            members: vec![conn],
+            epoch,
+            live: false,
+            waiters: Vec::new(),
+        }) as u32;
+        self.by_name.insert(name, id);
+        (id, 0, Added::NewChannel(epoch))
+    }
+
+    /// Removes the member at `pos` of channel `id`.
+    pub fn remove(&mut self, id: u32, pos: u32) -> Removed {
+        let Some(ch) = self.channels.get_mut(id as usize) else {
+            return Removed::default();
+        };
+        let pos = pos as usize;
+        if pos >= ch.members.len() {
+            return Removed::default();
+        }
+        ch.members.swap_remove(pos);
+        let moved = ch.members.get(pos).map(|&k| (k, pos as u32));
+        if !ch.members.is_empty() {
+            return Removed { moved, emptied: None };
+        }
+        let ch = self.channels.remove(id as usize);
+        self.by_name.remove(&ch.name);
+        Removed {
+            moved: None,
+            emptied: Some(ch.name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_remove_keeps_positions_consistent() {
+        let mut idx = SubIndex::default();
+        let (id, p0, a) = idx.add("c", 10);
+        assert!(matches!(a, Added::NewChannel(_)));
+        let (_, p1, a) = idx.add("c", 11);
+        assert_eq!(a, Added::Pending);
+        let (_, p2, _) = idx.add("c", 12);
+        assert_eq!((p0, p1, p2), (0, 1, 2));
+        // Removing the first moves the last (12) into position 0.
+        let r = idx.remove(id, 0);
+        assert_eq!(r.moved, Some((12, 0)));
+        assert_eq!(idx.channel(id).unwrap().members, vec![12, 11]);
+        idx.channel_mut(id).unwrap().live = true;
+        assert_eq!(idx.add("c", 13).2, Added::Live);
+        idx.remove(id, 2);
+        idx.remove(id, 1);
+        let r = idx.remove(id, 0);
+        assert_eq!(r.emptied.as_deref(), Some("c"));
+        assert!(idx.lookup("c").is_none());
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn out_of_range_removal_is_harmless() {
+        let mut idx = SubIndex::default();
+        let (id, _, _) = idx.add("c", 1);
+        assert_eq!(idx.remove(id, 5), Removed::default());
+        assert_eq!(idx.remove(99, 0), Removed::default());
+    }
+}

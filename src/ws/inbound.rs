@@ -1,0 +1,428 @@
+//! Incoming WebSocket frames: decodes client frames in place from a caller-owned buffer,
+//! reassembles fragmented messages, validates UTF-8 and enforces the message size limit.
+//! Holds only the state that must survive between reads (a fragmented message, bytes of
+//! an oversized frame still to skip); never allocates for an unfragmented message.
+
+use std::io::Cursor;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// A complete message or control frame, borrowed from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+    Ping(&'a [u8]),
+    Pong,
+    /// The peer's close frame: status code and reason, if it sent them.
+    Close(Option<(u16, &'a str)>),
+    /// A message over the size limit was skipped (without buffering it).
+    TooLarge,
+}
+
+/// What the handler wants after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A protocol violation: the connection must be closed with this code.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Fail {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn fail(code: u16, reason: &'static str) -> Fail {
+    Fail { code, reason }
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    data: Vec<u8>,
+    /// Prefix of `data` known to be valid UTF-8 (text messages fail fast).
+    valid_up_to: usize,
+    /// The message passed the size limit: its remaining fragments are skipped.
+    oversized: bool,
+}
+
+/// Per-connection decoder state. Small on purpose: an idle connection holds 16 bytes.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    partial: Option<Box<Partial>>,
+    /// Payload bytes of an oversized frame still to be skipped.
+    skip: u64,
+}
+
+impl Inbound {
+    /// True when no message is half received (used for memory accounting and tests).
+    pub fn is_idle(&self) -> bool {
+        self.partial.is_none() && self.skip == 0
+    }
+
+    /// Decodes every complete frame at the start of `buf` (unmasking it in place) and
+    /// hands each message to `handler`. Returns how many bytes were consumed; the rest is
+    /// an incomplete frame the caller must keep and present again with more bytes.
+    pub fn feed(
+        &mut self,
+        buf: &mut [u8],
+        max_message: usize,
+        handler: &mut dyn FnMut(Message<'_>) -> Flow,
+    ) -> Result<usize, Fail> {
+        let mut pos = 0;
+        loop {
+            if self.skip > 0 {
+                let n = (self.skip.min((buf.len() - pos) as u64)) as usize;
+                self.skip -= n as u64;
+                pos += n;
+                if self.skip > 0 {
+                    return Ok(pos);
+                }
+                continue;
+            }
+            let mut cursor = Cursor::new(&buf[pos..]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(pos),
+                Err(_) => return Err(fail(1002, "invalid opcode")),
+            };
+            let header_len = cursor.position() as usize;
+            if header.rsv1 || header.rsv2 || header.rsv3 {
+                return Err(fail(1002, "reserved bits set"));
+            }
+            let Some(mask) = header.mask else {
+                return Err(fail(1002, "client frames must be masked"));
+            };
+            let is_control = matches!(header.opcode, OpCode::Control(_));
+            if is_control && (len > 125 || !header.is_final) {
+                return Err(fail(1002, "bad control frame"));
+            }
+            if !is_control && len > max_message as u64 {
+                // Oversized: skip its payload as it streams in, never buffer it.
+                let started = match header.opcode {
+                    OpCode::Data(Data::Continue) => match self.partial.as_deref_mut() {
+                        Some(p) => p.oversized,
+                        None => return Err(fail(1002, "continuation without a message")),
+                    },
+                    _ if self.partial.is_some() => {
+                        return Err(fail(1002, "new message inside a fragmented one"))
+                    }
+                    _ => false,
+                };
+                pos += header_len;
+                self.skip = len;
+                self.mark_oversized(header.is_final, started, handler);
+                continue;
+            }
+            let total = header_len + len as usize;
+            if buf.len() - pos < total {
+                return Ok(pos);
+            }
+            let payload = &mut buf[pos + header_len..pos + total];
+            unmask(payload, mask);
+            pos += total;
+            let flow = match header.opcode {
+                OpCode::Control(Control::Ping) => handler(Message::Ping(payload)),
+                OpCode::Control(Control::Pong) => handler(Message::Pong),
+                OpCode::Control(Control::Close) => {
+                    let close = parse_close(payload)?;
+                    handler(Message::Close(close));
+                    return Ok(pos);
+                }
+                OpCode::Data(Data::Text) | OpCode::Data(Data::Binary) => {
+                    if self.partial.is_some() {
+                        return Err(fail(1002, "new message inside a fragmented one"));
+                    }
+                    let text = header.opcode == OpCode::Data(Data::Text);
+                    if header.is_final {
+                        deliver(text, payload, handler)?
+                    } else {
+                        let mut p = Box::new(Partial {
+                            text,
+                            data: Vec::new(),
+                            valid_up_to: 0,
+                            oversized: false,
+                        });
+                        append(&mut p, payload)?;
+                        self.partial = Some(p);
+                        Flow::Continue
+                    }
+                }
+                OpCode::Data(Data::Continue) => {
+                    let Some(p) = self.partial.as_deref_mut() else {
+                        return Err(fail(1002, "continuation without a message"));
+                    };
+                    if !p.oversized {
+                        if p.data.len() + payload.len() > max_message {
+                            p.oversized = true;
+                            p.data = Vec::new();
+                        } else {
+                            append(p, payload)?;
+                        }
+                    }
+                    if header.is_final {
+                        let done = self.partial.take();
+                        match done {
+                            Some(p) if p.oversized => handler(Message::TooLarge),
+                            Some(p) => deliver(p.text, &p.data, handler)?,
+                            None => Flow::Continue,
+                        }
+                    } else {
+                        Flow::Continue
+                    }
+                }
+                // Reserved opcodes are rejected by FrameHeader::parse.
+                _ => return Err(fail(1002, "invalid opcode")),
+            };
+            if flow == Flow::Stop {
+                return Ok(pos);
+            }
+        }
+    }
+
+    fn mark_oversized(
+        &mut self,
+        is_final: bool,
+        started: bool,
+        handler: &mut dyn FnMut(Message<'_>) -> Flow,
+    ) {
+        if is_final {
+            self.partial = None;
+            handler(Message::TooLarge);
+        } else if !started {
+            self.partial = Some(Box::new(Partial {
+                text: false,
+                data: Vec::new(),
+                valid_up_to: 0,
+                oversized: true,
+            }));
+        } else if let Some(p) = self.partial.as_deref_mut() {
+            p.oversized = true;
+            p.data = Vec::new();
+        }
+    }
+}
+
+fn deliver(
+    text: bool,
+    payload: &[u8],
+    handler: &mut dyn FnMut(Message<'_>) -> Flow,
+) -> Result<Flow, Fail> {
+    if text {
+        match std::str::from_utf8(payload) {
+            Ok(s) => Ok(handler(Message::Text(s))),
+            Err(_) => Err(fail(1007, "invalid UTF-8")),
+        }
+    } else {
+        Ok(handler(Message::Binary(payload)))
+    }
+}
+
+/// Appends a fragment, checking UTF-8 as far as it is complete (fail fast).
+fn append(p: &mut Partial, payload: &[u8]) -> Result<(), Fail> {
+    p.data.extend_from_slice(payload);
+    if p.text {
+        match std::str::from_utf8(&p.data[p.valid_up_to..]) {
+            Ok(_) => p.valid_up_to = p.data.len(),
+            Err(e) if e.error_len().is_none() => p.valid_up_to += e.valid_up_to(),
+            Err(_) => return Err(fail(1007, "invalid UTF-8")),
+        }
+    }
+    Ok(())
+}
+
+fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, Fail> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(fail(1002, "close frame of one byte")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999) {
+                return Err(fail(1002, "invalid close code"));
+            }
+            match std::str::from_utf8(&payload[2..]) {
+                Ok(reason) => Ok(Some((code, reason))),
+                Err(_) => Err(fail(1007, "invalid UTF-8 in close reason")),
+            }
+        }
+    }
+}
+
+/// XORs `data` with the 4-byte masking key, eight bytes at a time.
+pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_ne_bytes(word) ^ wide;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Builds a masked client frame (used by tests, benches and fuzz seeds).
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(opcode | if fin { 0x80 } else { 0 });
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [1, 2, 3, 4];
+
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<(u16, String)>),
+        TooLarge,
+    }
+
+    fn run(inb: &mut Inbound, bytes: &[u8], max: usize) -> (Result<usize, Fail>, Vec<Got>) {
+        let mut buf = bytes.to_vec();
+        let mut got = Vec::new();
+        let r = inb.feed(&mut buf, max, &mut |m| {
+            got.push(match m {
+                Message::Text(s) => Got::Text(s.to_string()),
+                Message::Binary(b) => Got::Binary(b.to_vec()),
+                Message::Ping(b) => Got::Ping(b.to_vec()),
+                Message::Pong => Got::Pong,
+                Message::Close(c) => Got::Close(c.map(|(c, r)| (c, r.to_string()))),
+                Message::TooLarge => Got::TooLarge,
+            });
+            Flow::Continue
+        });
+        (r, got)
+    }
+
+    #[test]
+    fn unmask_matches_bytewise_xor() {
+        let mut data: Vec<u8> = (0..37).collect();
+        let expect: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]).collect();
+        unmask(&mut data, MASK);
+        assert_eq!(data, expect);
+    }
+
+    #[test]
+    fn decodes_several_frames_and_keeps_the_incomplete_tail() {
+        let mut bytes = client_frame(1, true, b"hello", MASK);
+        bytes.extend(client_frame(9, true, b"p", MASK));
+        let third = client_frame(2, true, &[7; 300], MASK);
+        bytes.extend(&third[..10]);
+        let mut inb = Inbound::default();
+        let (r, got) = run(&mut inb, &bytes, 1024);
+        assert_eq!(got, vec![Got::Text("hello".into()), Got::Ping(b"p".to_vec())]);
+        assert_eq!(r, Ok(bytes.len() - 10));
+        let (r, got) = run(&mut inb, &third, 1024);
+        assert_eq!(r, Ok(third.len()));
+        assert_eq!(got, vec![Got::Binary(vec![7; 300])]);
+    }
+
+    #[test]
+    fn reassembles_fragments_with_interleaved_control_frames() {
+        let mut bytes = client_frame(1, false, "héll".as_bytes(), MASK);
+        bytes.extend(client_frame(9, true, b"", MASK));
+        bytes.extend(client_frame(0, true, "o".as_bytes(), MASK));
+        let mut inb = Inbound::default();
+        let (r, got) = run(&mut inb, &bytes, 1024);
+        assert_eq!(r, Ok(bytes.len()));
+        assert_eq!(got, vec![Got::Ping(vec![]), Got::Text("héllo".into())]);
+        assert!(inb.is_idle());
+    }
+
+    #[test]
+    fn utf8_split_across_fragments_is_accepted_and_invalid_fails_fast() {
+        let e = "é".as_bytes();
+        let mut bytes = client_frame(1, false, &e[..1], MASK);
+        bytes.extend(client_frame(0, true, &e[1..], MASK));
+        let (r, got) = run(&mut Inbound::default(), &bytes, 1024);
+        assert_eq!(r, Ok(bytes.len()));
+        assert_eq!(got, vec![Got::Text("é".into())]);
+        let bad = client_frame(1, false, &[0xff, b'a'], MASK);
+        let (r, _) = run(&mut Inbound::default(), &bad, 1024);
+        assert_eq!(r.map_err(|f| f.code), Err(1007));
+    }
+
+    #[test]
+    fn oversized_frame_is_skipped_across_reads_without_closing() {
+        let big = client_frame(1, true, &[b'a'; 5000], MASK);
+        let mut inb = Inbound::default();
+        let (r, got) = run(&mut inb, &big[..1000], 100);
+        assert_eq!(r, Ok(1000));
+        assert_eq!(got, vec![Got::TooLarge]);
+        let mut rest = big[1000..].to_vec();
+        rest.extend(client_frame(1, true, b"ok", MASK));
+        let (r, got) = run(&mut inb, &rest, 100);
+        assert_eq!(r, Ok(rest.len()));
+        assert_eq!(got, vec![Got::Text("ok".into())]);
+    }
+
+    #[test]
+    fn oversized_fragmented_message_reports_once_at_its_end() {
+        let mut bytes = client_frame(1, false, &[b'a'; 60], MASK);
+        bytes.extend(client_frame(0, false, &[b'a'; 60], MASK));
+        bytes.extend(client_frame(0, true, &[b'a'; 60], MASK));
+        bytes.extend(client_frame(1, true, b"x", MASK));
+        let (r, got) = run(&mut Inbound::default(), &bytes, 100);
+        assert_eq!(r, Ok(bytes.len()));
+        assert_eq!(got, vec![Got::TooLarge, Got::Text("x".into())]);
+    }
+
+    #[test]
+    fn protocol_violations_fail_with_the_right_code() {
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (vec![0x81, 0x02, b'h', b'i'], 1002),                       // unmasked
+            (client_frame(0x3, true, b"", MASK), 1002),                 // reserved opcode
+            (client_frame(0, true, b"x", MASK), 1002),                  // stray continuation
+            (client_frame(9, false, b"", MASK), 1002),                  // fragmented ping
+            (client_frame(9, true, &[0; 126], MASK), 1002),             // long ping
+            (client_frame(8, true, &[3], MASK), 1002),                  // 1-byte close
+            (client_frame(8, true, &[0x03, 0xEC], MASK), 1002),         // close 1004
+            (client_frame(8, true, &[0x03, 0xE8, 0xff], MASK), 1007),   // bad reason
+            (client_frame(1, true, &[0xc3, 0x28], MASK), 1007),         // bad utf-8
+            ({ let mut f = client_frame(1, true, b"", MASK); f[0] |= 0x40; f }, 1002),
+        ];
+        for (i, (bytes, code)) in cases.into_iter().enumerate() {
+            let (r, _) = run(&mut Inbound::default(), &bytes, 1024);
+            assert_eq!(r.map_err(|f| f.code), Err(code), "case {i}");
+        }
+    }
+
+    #[test]
+    fn close_frame_stops_decoding() {
+        let mut bytes = client_frame(8, true, &[0x03, 0xE8, b'b', b'y', b'e'], MASK);
+        bytes.extend(client_frame(1, true, b"after", MASK));
+        let (r, got) = run(&mut Inbound::default(), &bytes, 1024);
+        assert_eq!(got, vec![Got::Close(Some((1000, "bye".into())))]);
+        assert!(r.unwrap() < bytes.len());
+    }
+}
