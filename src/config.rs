@@ -130,7 +130,11 @@ impl Config {
             None => FileConfig::default(),
         };
         let env_port = match port_env {
-            Some(p) => Some(p.trim().parse::<u16>().map_err(|_| format!("PORT is not a port: {p:?}"))?),
+            Some(p) => Some(
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("PORT is not a port: {p:?}"))?,
+            ),
             None => None,
         };
         let mut listen = args
@@ -142,7 +146,10 @@ impl Config {
         }
         let defaults = Limits::default();
         let limits = Limits {
-            max_message: args.max_message.or(file.max_message).unwrap_or(defaults.max_message),
+            max_message: args
+                .max_message
+                .or(file.max_message)
+                .unwrap_or(defaults.max_message),
             max_subscriptions: args
                 .max_subscriptions
                 .or(file.max_subscriptions)
@@ -166,10 +173,11 @@ impl Config {
         if limits.outbound_limit < 1024 {
             return Err("--outbound-limit must be at least 1024".into());
         }
-        let shards = args
-            .shards
-            .or(file.shards)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let shards = args.shards.or(file.shards).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
         if shards == 0 || shards > 64 {
             return Err("--shards must be between 1 and 64".into());
         }
@@ -223,21 +231,34 @@ mod tests {
     fn file_then_flags() {
         let dir = std::env::temp_dir().join(format!("fanout-cfg-{}", std::process::id()));
         std::fs::write(&dir, "max_message = 1000\nshards = 3\n").unwrap();
-        let args = Args { config: Some(dir.clone()), shards: Some(2), ..Args::default() };
+        let args = Args {
+            config: Some(dir.clone()),
+            shards: Some(2),
+            ..Args::default()
+        };
         let c = Config::resolve(args, None).unwrap();
         assert_eq!(c.limits.max_message, 1000);
         assert_eq!(c.shards, 2);
         std::fs::write(&dir, "nonsense = 1\n").unwrap();
-        let args = Args { config: Some(dir.clone()), ..Args::default() };
+        let args = Args {
+            config: Some(dir.clone()),
+            ..Args::default()
+        };
         assert!(Config::resolve(args, None).is_err());
         let _ = std::fs::remove_file(dir);
     }
 
     #[test]
     fn rejects_bad_limits() {
-        let bad = Args { shards: Some(0), ..Args::default() };
+        let bad = Args {
+            shards: Some(0),
+            ..Args::default()
+        };
         assert!(Config::resolve(bad, None).is_err());
-        let bad = Args { max_message: Some(0), ..Args::default() };
+        let bad = Args {
+            max_message: Some(0),
+            ..Args::default()
+        };
         assert!(Config::resolve(bad, None).is_err());
     }
 

@@ -20,8 +20,16 @@ pub fn respond(head: &RequestHead, _body: &[u8], ctx: &HttpContext<'_>) -> Vec<u
     match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/healthz") | ("HEAD", "/healthz") => {
             let (ok, detail) = ctx.health.status(ctx.config.redis.is_some());
-            let body = format!("{{\"status\":\"{}\",\"detail\":\"{detail}\"}}\n", if ok { "ok" } else { "unavailable" });
-            http_response(if ok { 200 } else { 503 }, "application/json", body.as_bytes(), "")
+            let body = format!(
+                "{{\"status\":\"{}\",\"detail\":\"{detail}\"}}\n",
+                if ok { "ok" } else { "unavailable" }
+            );
+            http_response(
+                if ok { 200 } else { 503 },
+                "application/json",
+                body.as_bytes(),
+                "",
+            )
         }
         ("GET", "/metrics") => http_response(
             200,

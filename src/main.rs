@@ -22,7 +22,10 @@ fn main() -> ExitCode {
     };
     let mode = config.redis.clone().unwrap_or_else(|| "embedded".into());
     let (shards, server_id) = (config.shards, config.server_id.clone());
-    let signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fanout: cannot install signal handlers: {e}");

@@ -5,6 +5,14 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// One exported per-shard series: name, type, field, help.
+type ShardSeries = (
+    &'static str,
+    &'static str,
+    fn(&ShardMetrics) -> &AtomicU64,
+    &'static str,
+);
+
 /// Per-shard figures, each written only by its shard.
 #[derive(Default, Debug)]
 pub struct ShardMetrics {
@@ -65,39 +73,136 @@ impl Metrics {
 
     /// Sum of one per-shard figure.
     pub fn total(&self, pick: impl Fn(&ShardMetrics) -> &AtomicU64) -> u64 {
-        self.shards.iter().map(|s| pick(s).load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|s| pick(s).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The Prometheus text exposition of every figure.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [(&str, &str, fn(&ShardMetrics) -> &AtomicU64, &str); 11] = [
-            ("fanout_connections", "gauge", |s| &s.connections, "Open client connections"),
-            ("fanout_subscriptions", "gauge", |s| &s.subscriptions, "Client subscriptions"),
-            ("fanout_messages_in_total", "counter", |s| &s.messages_in, "Client messages received"),
-            ("fanout_publishes_total", "counter", |s| &s.publishes, "Client publishes handed to the broker"),
-            ("fanout_messages_out_total", "counter", |s| &s.messages_out, "Delivery frames queued to clients"),
-            ("fanout_bytes_out_total", "counter", |s| &s.bytes_out, "Bytes written to clients"),
-            ("fanout_slow_consumer_closes_total", "counter", |s| &s.slow_consumer_closes, "Connections closed as slow consumers"),
-            ("fanout_slow_consumer_dropped_total", "counter", |s| &s.slow_consumer_dropped, "Frames dropped for slow consumers"),
-            ("fanout_publish_rejected_total", "counter", |s| &s.publish_rejected, "Publishes refused (broker queue full or down)"),
-            ("fanout_client_errors_total", "counter", |s| &s.client_errors, "Error replies sent to clients"),
-            ("fanout_dispatch_queue_depth", "gauge", |s| &s.queue_depth, "Deliveries waiting in the shard queue"),
+        let per_shard: [ShardSeries; 11] = [
+            (
+                "fanout_connections",
+                "gauge",
+                |s| &s.connections,
+                "Open client connections",
+            ),
+            (
+                "fanout_subscriptions",
+                "gauge",
+                |s| &s.subscriptions,
+                "Client subscriptions",
+            ),
+            (
+                "fanout_messages_in_total",
+                "counter",
+                |s| &s.messages_in,
+                "Client messages received",
+            ),
+            (
+                "fanout_publishes_total",
+                "counter",
+                |s| &s.publishes,
+                "Client publishes handed to the broker",
+            ),
+            (
+                "fanout_messages_out_total",
+                "counter",
+                |s| &s.messages_out,
+                "Delivery frames queued to clients",
+            ),
+            (
+                "fanout_bytes_out_total",
+                "counter",
+                |s| &s.bytes_out,
+                "Bytes written to clients",
+            ),
+            (
+                "fanout_slow_consumer_closes_total",
+                "counter",
+                |s| &s.slow_consumer_closes,
+                "Connections closed as slow consumers",
+            ),
+            (
+                "fanout_slow_consumer_dropped_total",
+                "counter",
+                |s| &s.slow_consumer_dropped,
+                "Frames dropped for slow consumers",
+            ),
+            (
+                "fanout_publish_rejected_total",
+                "counter",
+                |s| &s.publish_rejected,
+                "Publishes refused (broker queue full or down)",
+            ),
+            (
+                "fanout_client_errors_total",
+                "counter",
+                |s| &s.client_errors,
+                "Error replies sent to clients",
+            ),
+            (
+                "fanout_dispatch_queue_depth",
+                "gauge",
+                |s| &s.queue_depth,
+                "Deliveries waiting in the shard queue",
+            ),
         ];
         for (name, kind, pick, help) in per_shard {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (i, s) in self.shards.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", pick(s).load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "{name}{{shard=\"{i}\"}} {}",
+                    pick(s).load(Ordering::Relaxed)
+                );
             }
         }
         let node: [(&str, &str, &AtomicU64, &str); 7] = [
-            ("fanout_channels", "gauge", &self.channels, "Channels with local subscribers"),
-            ("fanout_dispatch_dropped_total", "counter", &self.dispatch_dropped, "Deliveries dropped: shard queue full"),
-            ("fanout_unrouted_total", "counter", &self.unrouted, "Broker messages with no local subscriber"),
-            ("fanout_broker_reconnects_total", "counter", &self.broker_reconnects, "Redis reconnections"),
-            ("fanout_publish_failed_total", "counter", &self.publish_failed, "Publishes that failed in the broker"),
-            ("fanout_gaps_total", "counter", &self.gaps, "Gap notices after resubscribes"),
-            ("fanout_broker_messages_total", "counter", &self.broker_messages, "Messages received from Redis"),
+            (
+                "fanout_channels",
+                "gauge",
+                &self.channels,
+                "Channels with local subscribers",
+            ),
+            (
+                "fanout_dispatch_dropped_total",
+                "counter",
+                &self.dispatch_dropped,
+                "Deliveries dropped: shard queue full",
+            ),
+            (
+                "fanout_unrouted_total",
+                "counter",
+                &self.unrouted,
+                "Broker messages with no local subscriber",
+            ),
+            (
+                "fanout_broker_reconnects_total",
+                "counter",
+                &self.broker_reconnects,
+                "Redis reconnections",
+            ),
+            (
+                "fanout_publish_failed_total",
+                "counter",
+                &self.publish_failed,
+                "Publishes that failed in the broker",
+            ),
+            (
+                "fanout_gaps_total",
+                "counter",
+                &self.gaps,
+                "Gap notices after resubscribes",
+            ),
+            (
+                "fanout_broker_messages_total",
+                "counter",
+                &self.broker_messages,
+                "Messages received from Redis",
+            ),
         ];
         for (name, kind, value, help) in node {
             let _ = writeln!(

@@ -56,6 +56,9 @@ impl Health {
     }
 }
 
+/// Stops the broker threads.
+type StopFn = Box<dyn FnOnce() + Send>;
+
 /// A running node.
 pub struct ServerHandle {
     pub local_addr: SocketAddr,
@@ -64,7 +67,7 @@ pub struct ServerHandle {
     control: Vec<InboxSender<ShardMsg>>,
     shards: Vec<JoinHandle<()>>,
     broker: Vec<JoinHandle<()>>,
-    broker_stop: Option<Box<dyn FnOnce() + Send>>,
+    broker_stop: Option<StopFn>,
 }
 
 impl ServerHandle {
@@ -102,7 +105,8 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     let health = Arc::new(Health::default());
 
     let mut polls = Vec::with_capacity(n);
-    let (mut data_tx, mut data_rx, mut control_tx, mut control_rx) = (vec![], vec![], vec![], vec![]);
+    let (mut data_tx, mut data_rx, mut control_tx, mut control_rx) =
+        (vec![], vec![], vec![], vec![]);
     for _ in 0..n {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -120,21 +124,25 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
         metrics: metrics.clone(),
     };
 
-    let (broker_handle, broker_threads, broker_stop): (BrokerHandle, Vec<JoinHandle<()>>, Option<Box<dyn FnOnce() + Send>>) =
-        match &config.redis {
-            None => {
-                let (tx, rx) = crossbeam_channel::bounded(broker::memory::QUEUE);
-                let thread = broker::memory::spawn(rx, links)?;
-                (BrokerHandle::Memory(tx), vec![thread], None)
-            }
-            Some(url) => {
-                let started = broker::redis::start(url, &config, links, health.clone())?;
-                (started.handle, started.threads, Some(started.stop))
-            }
-        };
+    let (broker_handle, broker_threads, broker_stop): (
+        BrokerHandle,
+        Vec<JoinHandle<()>>,
+        Option<StopFn>,
+    ) = match &config.redis {
+        None => {
+            let (tx, rx) = crossbeam_channel::bounded(broker::memory::QUEUE);
+            let thread = broker::memory::spawn(rx, links)?;
+            (BrokerHandle::Memory(tx), vec![thread], None)
+        }
+        Some(url) => {
+            let started = broker::redis::start(url, &config, links, health.clone())?;
+            (started.handle, started.threads, Some(started.stop))
+        }
+    };
 
     let mut shards = Vec::with_capacity(n);
-    for (id, ((poll, data), control)) in polls.into_iter().zip(data_rx).zip(control_rx).enumerate() {
+    for (id, ((poll, data), control)) in polls.into_iter().zip(data_rx).zip(control_rx).enumerate()
+    {
         let setup = ShardSetup {
             id,
             poll,

@@ -27,13 +27,19 @@ fn run(rx: Receiver<BrokerCmd>, mut router: Router) {
             handle(&mut router, cmd);
         }
         let metrics = &router.links().metrics;
-        metrics.channels.store(router.channels() as u64, Ordering::Relaxed);
+        metrics
+            .channels
+            .store(router.channels() as u64, Ordering::Relaxed);
     }
 }
 
 fn handle(router: &mut Router, cmd: BrokerCmd) {
     match cmd {
-        BrokerCmd::Subscribe { channel, shard, epoch } => {
+        BrokerCmd::Subscribe {
+            channel,
+            shard,
+            epoch,
+        } => {
             let name = channel.clone();
             if router.subscribe(channel, shard, epoch) == Wire::Subscribe {
                 router.confirmed(&name);
@@ -42,7 +48,11 @@ fn handle(router: &mut Router, cmd: BrokerCmd) {
         BrokerCmd::Unsubscribe { channel, shard } => {
             router.unsubscribe(&channel, shard);
         }
-        BrokerCmd::Publish { channel, payload, ack } => {
+        BrokerCmd::Publish {
+            channel,
+            payload,
+            ack,
+        } => {
             router.dispatch(&channel, &payload, Some(true));
             if let Some(ack) = ack {
                 router.links().ack(ack, Ok(()));

@@ -70,7 +70,13 @@ impl Router {
         route.waiting.retain(|(s, _)| *s != shard);
         if route.live {
             let name = route.name.clone();
-            self.links.control(shard, ShardMsg::Subscribed { channel: name, epoch });
+            self.links.control(
+                shard,
+                ShardMsg::Subscribed {
+                    channel: name,
+                    epoch,
+                },
+            );
             Wire::Nothing
         } else {
             route.waiting.push((shard, epoch));
@@ -126,7 +132,8 @@ impl Router {
         route.live = true;
         for (shard, epoch) in route.waiting.drain(..) {
             let channel = route.name.clone();
-            self.links.control(shard, ShardMsg::Subscribed { channel, epoch });
+            self.links
+                .control(shard, ShardMsg::Subscribed { channel, epoch });
         }
     }
 
@@ -157,7 +164,12 @@ impl Router {
     pub fn gap(&self, channel: &str) {
         if let Some(route) = self.routes.get(channel) {
             for shard in shards_of(route.shards) {
-                self.links.control(shard, ShardMsg::Gap { channel: route.name.clone() });
+                self.links.control(
+                    shard,
+                    ShardMsg::Gap {
+                        channel: route.name.clone(),
+                    },
+                );
             }
         }
     }
@@ -173,7 +185,12 @@ impl Router {
 
     /// Builds the delivery frame once and hands a clone to every interested shard.
     /// Returns the number of shards reached. Never blocks: a full queue drops and counts.
-    pub fn dispatch(&mut self, channel: &str, payload: &[u8], payload_is_json: Option<bool>) -> usize {
+    pub fn dispatch(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        payload_is_json: Option<bool>,
+    ) -> usize {
         let Some(route) = self.routes.get(channel) else {
             self.links.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
             return 0;
@@ -191,7 +208,10 @@ impl Router {
             match self.links.data[shard].send(msg) {
                 Ok(()) => reached += 1,
                 Err(_) => {
-                    self.links.metrics.dispatch_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.links
+                        .metrics
+                        .dispatch_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -218,7 +238,14 @@ mod tests {
     use crate::shard::inbox::{inbox, Inbox};
     use mio::{Poll, Token, Waker};
 
-    fn setup(n: usize) -> (Router, Vec<Inbox<ShardMsg>>, Vec<Inbox<ShardMsg>>, Vec<Poll>) {
+    fn setup(
+        n: usize,
+    ) -> (
+        Router,
+        Vec<Inbox<ShardMsg>>,
+        Vec<Inbox<ShardMsg>>,
+        Vec<Poll>,
+    ) {
         let (mut data, mut control, mut data_rx, mut control_rx, mut polls) =
             (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..n {
@@ -233,7 +260,16 @@ mod tests {
             polls.push(poll);
         }
         let metrics = Arc::new(Metrics::new(n));
-        (Router::new(ShardLinks { data, control, metrics }), data_rx, control_rx, polls)
+        (
+            Router::new(ShardLinks {
+                data,
+                control,
+                metrics,
+            }),
+            data_rx,
+            control_rx,
+            polls,
+        )
     }
 
     fn subscribed(rx: &Inbox<ShardMsg>) -> Vec<u32> {

@@ -94,37 +94,65 @@ pub fn parse_command(text: &str, max_channel: usize) -> Result<Command<'_>, Comm
         Err(e) if e.is_syntax() || e.is_eof() => {
             return Err(err(ErrorCode::BadJson, "message is not valid JSON"))
         }
-        Err(_) => return Err(err(ErrorCode::BadRequest, "malformed command (duplicate field?)")),
+        Err(_) => {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "malformed command (duplicate field?)",
+            ))
+        }
     };
     let id = match wire.id {
         None => None,
         Some(raw) => {
             let t = raw.get();
-            let ok = t.starts_with('"') || t.starts_with('-') || t.starts_with(|c: char| c.is_ascii_digit());
+            let ok = t.starts_with('"')
+                || t.starts_with('-')
+                || t.starts_with(|c: char| c.is_ascii_digit());
             if !ok {
-                return Err(err(ErrorCode::BadRequest, "id must be a string or a number"));
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    "id must be a string or a number",
+                ));
             }
             Some(t)
         }
     };
     let kind = match wire.kind.map(as_string) {
         None => return Err(with(id, err(ErrorCode::BadRequest, "missing type"))),
-        Some(None) => return Err(with(id, err(ErrorCode::BadRequest, "type must be a string"))),
+        Some(None) => {
+            return Err(with(
+                id,
+                err(ErrorCode::BadRequest, "type must be a string"),
+            ))
+        }
         Some(Some(k)) => k,
     };
     if kind == "presence" {
         return match wire.user.and_then(as_string) {
-            Some(user) if !user.is_empty() && user.len() <= max_channel => Ok(Command::Presence { user }),
-            _ => Err(with(id, err(ErrorCode::BadRequest, "presence needs a user string"))),
+            Some(user) if !user.is_empty() && user.len() <= max_channel => {
+                Ok(Command::Presence { user })
+            }
+            _ => Err(with(
+                id,
+                err(ErrorCode::BadRequest, "presence needs a user string"),
+            )),
         };
     }
     if !matches!(&*kind, "subscribe" | "unsubscribe" | "publish") {
-        return Err(with(id, err(ErrorCode::UnknownType, "unknown message type")));
+        return Err(with(
+            id,
+            err(ErrorCode::UnknownType, "unknown message type"),
+        ));
     }
     let channel = match wire.channel {
         None => return Err(with(id, err(ErrorCode::BadChannel, "missing channel"))),
         Some(raw) => match as_string(raw) {
-            None => return Err(with(id, err(ErrorCode::BadChannel, "channel must be a string"))),
+            None => {
+                return Err(with(
+                    id,
+                    err(ErrorCode::BadChannel, "channel must be a string"),
+                ))
+            }
             Some(c) => c,
         },
     };
@@ -168,15 +196,23 @@ mod tests {
     fn parses_the_three_commands() {
         assert_eq!(
             ok(r#"{"type":"subscribe","channel":"news"}"#),
-            Command::Subscribe { channel: "news".into() }
+            Command::Subscribe {
+                channel: "news".into()
+            }
         );
         assert_eq!(
             ok(r#" {"channel":"a\"b","type":"unsubscribe","extra":1} "#),
-            Command::Unsubscribe { channel: "a\"b".into() }
+            Command::Unsubscribe {
+                channel: "a\"b".into()
+            }
         );
         assert_eq!(
             ok(r#"{"type":"publish","channel":"c","data": {"x": [1, 2.50]} ,"id":7}"#),
-            Command::Publish { channel: "c".into(), data: r#"{"x": [1, 2.50]}"#, id: Some("7") }
+            Command::Publish {
+                channel: "c".into(),
+                data: r#"{"x": [1, 2.50]}"#,
+                id: Some("7")
+            }
         );
         assert_eq!(
             ok(r#"{"type":"presence","user":"u1"}"#),
@@ -196,11 +232,23 @@ mod tests {
             (r#"{"type":"dance","channel":"a"}"#, ErrorCode::UnknownType),
             (r#"{"type":"subscribe"}"#, ErrorCode::BadChannel),
             (r#"{"type":"subscribe","channel":7}"#, ErrorCode::BadChannel),
-            (r#"{"type":"subscribe","channel":""}"#, ErrorCode::BadChannel),
-            (r#"{"type":"subscribe","channel":"a\nb"}"#, ErrorCode::BadChannel),
+            (
+                r#"{"type":"subscribe","channel":""}"#,
+                ErrorCode::BadChannel,
+            ),
+            (
+                r#"{"type":"subscribe","channel":"a\nb"}"#,
+                ErrorCode::BadChannel,
+            ),
             (r#"{"type":"publish","channel":"a"}"#, ErrorCode::BadRequest),
-            (r#"{"type":"publish","channel":"a","data":1,"id":{}}"#, ErrorCode::BadRequest),
-            (r#"{"type":"publish","type":"publish","channel":"a","data":1}"#, ErrorCode::BadRequest),
+            (
+                r#"{"type":"publish","channel":"a","data":1,"id":{}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"publish","type":"publish","channel":"a","data":1}"#,
+                ErrorCode::BadRequest,
+            ),
         ];
         for (text, expect) in cases {
             assert_eq!(code(text), expect, "{text}");

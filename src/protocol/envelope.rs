@@ -56,7 +56,10 @@ mod tests {
     fn json_payload_is_kept_byte_for_byte() {
         let mut b = EnvelopeBuilder::default();
         let f = b.build_checked("news", br#"{"a": 1.50,  "b":[ ]}"#);
-        assert_eq!(&f[2..], br#"{"channel":"news","data":{"a": 1.50,  "b":[ ]}}"#);
+        assert_eq!(
+            &f[2..],
+            br#"{"channel":"news","data":{"a": 1.50,  "b":[ ]}}"#
+        );
         assert_eq!(f[0], 0x81);
         assert_eq!(f[1] as usize, f.len() - 2);
     }
@@ -66,7 +69,10 @@ mod tests {
         let mut b = EnvelopeBuilder::default();
         let f = b.build_checked("q\"", b"hello \"world\"\n");
         let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
-        assert_eq!(v, serde_json::json!({"channel":"q\"","data":"hello \"world\"\n"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"channel":"q\"","data":"hello \"world\"\n"})
+        );
         let f = b.build_checked("c", &[0xff, b'a']);
         let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
         assert_eq!(v["data"], "\u{fffd}a");

@@ -125,12 +125,29 @@ mod tests {
 
     #[test]
     fn replies_are_valid_json_frames() {
-        assert_eq!(body(&subscribed("a\"b")), serde_json::json!({"type":"subscribed","channel":"a\"b"}));
-        assert_eq!(body(&unsubscribed("x")), serde_json::json!({"type":"unsubscribed","channel":"x"}));
-        assert_eq!(body(&gap("x")), serde_json::json!({"type":"gap","channel":"x"}));
-        assert_eq!(body(&published("\"q\"")), serde_json::json!({"type":"published","id":"q"}));
         assert_eq!(
-            body(&error(ErrorCode::BadChannel, "bad \"name\"", Some("3"), Some("c"))),
+            body(&subscribed("a\"b")),
+            serde_json::json!({"type":"subscribed","channel":"a\"b"})
+        );
+        assert_eq!(
+            body(&unsubscribed("x")),
+            serde_json::json!({"type":"unsubscribed","channel":"x"})
+        );
+        assert_eq!(
+            body(&gap("x")),
+            serde_json::json!({"type":"gap","channel":"x"})
+        );
+        assert_eq!(
+            body(&published("\"q\"")),
+            serde_json::json!({"type":"published","id":"q"})
+        );
+        assert_eq!(
+            body(&error(
+                ErrorCode::BadChannel,
+                "bad \"name\"",
+                Some("3"),
+                Some("c")
+            )),
             serde_json::json!({"type":"error","code":"bad_channel","message":"bad \"name\"","id":3,"channel":"c"})
         );
         assert_eq!(

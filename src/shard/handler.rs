@@ -19,10 +19,16 @@ impl Shard {
     pub(super) fn on_message(&mut self, key: usize, msg: Message<'_>) -> Flow {
         let echo = self.conns.get(key).map(|c| c.echo).unwrap_or(false);
         match msg {
-            Message::Text(text) if echo => self.queue(key, frame::build(OutOp::Text, text.as_bytes()).freeze()),
-            Message::Binary(data) if echo => self.queue(key, frame::build(OutOp::Binary, data).freeze()),
+            Message::Text(text) if echo => {
+                self.queue(key, frame::build(OutOp::Text, text.as_bytes()).freeze())
+            }
+            Message::Binary(data) if echo => {
+                self.queue(key, frame::build(OutOp::Binary, data).freeze())
+            }
             Message::Text(text) => {
-                self.metrics.shards[self.id].messages_in.fetch_add(1, Ordering::Relaxed);
+                self.metrics.shards[self.id]
+                    .messages_in
+                    .fetch_add(1, Ordering::Relaxed);
                 match parse_command(text, self.config.limits.max_channel_len) {
                     Ok(cmd) => self.on_command(key, cmd),
                     Err(e) => self.error(key, e),
@@ -58,7 +64,12 @@ impl Shard {
                 return Flow::Stop;
             }
         }
-        if self.conns.get(key).map(|c| c.phase == Phase::Closing).unwrap_or(true) {
+        if self
+            .conns
+            .get(key)
+            .map(|c| c.phase == Phase::Closing)
+            .unwrap_or(true)
+        {
             Flow::Stop
         } else {
             Flow::Continue
@@ -66,13 +77,24 @@ impl Shard {
     }
 
     fn error(&mut self, key: usize, e: CommandError<'_>) {
-        self.metrics.shards[self.id].client_errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.shards[self.id]
+            .client_errors
+            .fetch_add(1, Ordering::Relaxed);
         let frame = reply::error(e.code, e.message, e.id, e.channel.as_deref());
         self.queue(key, frame);
     }
 
-    fn simple_error(&mut self, key: usize, code: ErrorCode, message: &'static str, id: Option<&str>, channel: Option<&str>) {
-        self.metrics.shards[self.id].client_errors.fetch_add(1, Ordering::Relaxed);
+    fn simple_error(
+        &mut self,
+        key: usize,
+        code: ErrorCode,
+        message: &'static str,
+        id: Option<&str>,
+        channel: Option<&str>,
+    ) {
+        self.metrics.shards[self.id]
+            .client_errors
+            .fetch_add(1, Ordering::Relaxed);
         self.queue(key, reply::error(code, message, id, channel));
     }
 
@@ -86,7 +108,9 @@ impl Shard {
     }
 
     fn subscribe(&mut self, key: usize, channel: &str) {
-        let Some(conn) = self.conns.get(key) else { return };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
         if let Some(chan) = self.subs.lookup(channel) {
             if conn.sub_index(chan).is_some() {
                 // Already subscribed: answer again once live (idempotent).
@@ -99,7 +123,13 @@ impl Shard {
             }
         }
         if conn.subs.len() >= self.config.limits.max_subscriptions {
-            self.simple_error(key, ErrorCode::BadRequest, "subscription limit reached", None, Some(channel));
+            self.simple_error(
+                key,
+                ErrorCode::BadRequest,
+                "subscription limit reached",
+                None,
+                Some(channel),
+            );
             return;
         }
         let gen = conn.gen;
@@ -107,7 +137,9 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.subs.push((chan, pos));
         }
-        self.metrics.shards[self.id].subscriptions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.shards[self.id]
+            .subscriptions
+            .fetch_add(1, Ordering::Relaxed);
         match added {
             Added::Live => self.queue(key, reply::subscribed(channel)),
             Added::Pending => {
@@ -116,7 +148,9 @@ impl Shard {
                 }
             }
             Added::NewChannel(epoch) => {
-                let Some(ch) = self.subs.channel_mut(chan) else { return };
+                let Some(ch) = self.subs.channel_mut(chan) else {
+                    return;
+                };
                 ch.waiters.push((key as u32, gen));
                 let cmd = BrokerCmd::Subscribe {
                     channel: ch.name.clone(),
@@ -126,17 +160,29 @@ impl Shard {
                 if self.broker.send(cmd).is_err() {
                     // The broker cannot take it: undo, so a later subscribe tries again.
                     self.drop_subscription(key, chan);
-                    self.simple_error(key, ErrorCode::Unavailable, "broker is busy, try again", None, Some(channel));
+                    self.simple_error(
+                        key,
+                        ErrorCode::Unavailable,
+                        "broker is busy, try again",
+                        None,
+                        Some(channel),
+                    );
                 }
             }
         }
     }
 
     fn drop_subscription(&mut self, key: usize, chan: u32) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        let Some(i) = conn.sub_index(chan) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(i) = conn.sub_index(chan) else {
+            return;
+        };
         let (_, pos) = conn.subs.swap_remove(i);
-        self.metrics.shards[self.id].subscriptions.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.shards[self.id]
+            .subscriptions
+            .fetch_sub(1, Ordering::Relaxed);
         self.leave(chan, pos);
     }
 
@@ -148,10 +194,15 @@ impl Shard {
     }
 
     fn publish(&mut self, key: usize, channel: &str, data: &str, id: Option<&str>) {
-        let Some(conn) = self.conns.get(key) else { return };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
         let ack = id.map(|id| AckTo {
             shard: self.id,
-            conn: ConnId { key: key as u32, gen: conn.gen },
+            conn: ConnId {
+                key: key as u32,
+                gen: conn.gen,
+            },
             id: id.into(),
         });
         let cmd = BrokerCmd::Publish {
@@ -162,7 +213,13 @@ impl Shard {
         let m = &self.metrics.shards[self.id];
         if self.broker.send(cmd).is_err() {
             m.publish_rejected.fetch_add(1, Ordering::Relaxed);
-            self.simple_error(key, ErrorCode::Unavailable, "broker is unavailable, message not published", id, Some(channel));
+            self.simple_error(
+                key,
+                ErrorCode::Unavailable,
+                "broker is unavailable, message not published",
+                id,
+                Some(channel),
+            );
         } else {
             m.publishes.fetch_add(1, Ordering::Relaxed);
         }
@@ -170,13 +227,23 @@ impl Shard {
 
     fn presence(&mut self, key: usize, user: &str) {
         let _ = user;
-        self.simple_error(key, ErrorCode::Unavailable, "presence is not enabled on this node", None, None);
+        self.simple_error(
+            key,
+            ErrorCode::Unavailable,
+            "presence is not enabled on this node",
+            None,
+            None,
+        );
     }
 
     /// The broker confirmed channel `channel` for the subscribe sent with `epoch`.
     pub(super) fn on_subscribed(&mut self, channel: &str, epoch: u32) {
-        let Some(chan) = self.subs.lookup(channel) else { return };
-        let Some(ch) = self.subs.channel_mut(chan) else { return };
+        let Some(chan) = self.subs.lookup(channel) else {
+            return;
+        };
+        let Some(ch) = self.subs.channel_mut(chan) else {
+            return;
+        };
         if ch.epoch != epoch {
             return; // a confirmation of an earlier, since abandoned subscribe
         }
@@ -198,14 +265,25 @@ impl Shard {
     /// The broker's answer to a publish with an id.
     pub(super) fn on_published(&mut self, conn: ConnId, id: &str, result: Result<(), ErrorCode>) {
         let key = conn.key as usize;
-        if self.conns.get(key).map(|c| c.gen != conn.gen).unwrap_or(true) {
+        if self
+            .conns
+            .get(key)
+            .map(|c| c.gen != conn.gen)
+            .unwrap_or(true)
+        {
             return;
         }
         match result {
             Ok(()) => self.queue(key, reply::published(id)),
             Err(code) => {
                 self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
-                self.simple_error(key, code, "publish failed: broker unavailable", Some(id), None)
+                self.simple_error(
+                    key,
+                    code,
+                    "publish failed: broker unavailable",
+                    Some(id),
+                    None,
+                )
             }
         }
     }

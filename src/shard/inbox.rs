@@ -68,7 +68,9 @@ impl<T> InboxSender<T> {
 
     /// Wakes the owner if it is parked.
     pub fn wake(&self) {
-        if self.shared.parked.load(Ordering::SeqCst) && self.shared.parked.swap(false, Ordering::SeqCst) {
+        if self.shared.parked.load(Ordering::SeqCst)
+            && self.shared.parked.swap(false, Ordering::SeqCst)
+        {
             let _ = self.shared.waker.wake();
         }
     }
@@ -131,7 +133,8 @@ mod tests {
         tx.send(2).unwrap();
         assert_eq!(tx.send(3), Err(3));
         let mut events = Events::with_capacity(4);
-        poll.poll(&mut events, Some(Duration::from_secs(5))).unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
         assert_eq!(events.iter().count(), 1);
         rx.unpark();
         assert!(!rx.park(), "messages waiting: must not park");

@@ -15,7 +15,9 @@ impl Shard {
     pub(super) fn on_readable(&mut self, key: usize) {
         let mut buf = std::mem::take(&mut self.read_buf);
         for round in 0.. {
-            let Some(conn) = self.conns.get_mut(key) else { break };
+            let Some(conn) = self.conns.get_mut(key) else {
+                break;
+            };
             if round == READS_PER_EVENT {
                 self.read_again.push(key);
                 break;
@@ -46,7 +48,9 @@ impl Shard {
 
     /// Consumes freshly read bytes.
     fn ingest(&mut self, key: usize, data: &mut [u8]) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         match conn.phase {
             Phase::Handshake | Phase::HttpBody => {
                 conn.inbuf.extend_from_slice(data);
@@ -78,11 +82,19 @@ impl Shard {
 
     /// Runs the WebSocket decoder over `buf`; returns the bytes consumed.
     fn feed(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let Some(conn) = self.conns.get_mut(key) else { return buf.len() };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return buf.len();
+        };
         let mut inbound = std::mem::take(&mut conn.inbound);
-        let max = if conn.echo { crate::server::ECHO_MAX_MESSAGE } else { self.config.limits.max_message };
+        let max = if conn.echo {
+            crate::server::ECHO_MAX_MESSAGE
+        } else {
+            self.config.limits.max_message
+        };
         let result = inbound.feed(buf, max, &mut |msg| self.on_message(key, msg));
-        let Some(conn) = self.conns.get_mut(key) else { return buf.len() };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return buf.len();
+        };
         conn.inbound = inbound;
         match result {
             Ok(used) => used,
@@ -95,7 +107,10 @@ impl Shard {
 
     /// A protocol violation: send the close code and drop the connection once flushed.
     pub(super) fn fail(&mut self, key: usize, fail: Fail) {
-        self.queue(key, crate::ws::frame::close(fail.code, fail.reason).freeze());
+        self.queue(
+            key,
+            crate::ws::frame::close(fail.code, fail.reason).freeze(),
+        );
         if let Some(conn) = self.conns.get_mut(key) {
             conn.phase = Phase::Closing;
             conn.inbuf = Vec::new();
@@ -105,9 +120,15 @@ impl Shard {
     /// Parses the request head (and body) accumulated so far and answers it.
     fn advance_request(&mut self, key: usize) {
         let limits = &self.config.limits;
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.phase == Phase::HttpBody {
-            let need = conn.pending_http.as_ref().and_then(|h| h.content_length).unwrap_or(0);
+            let need = conn
+                .pending_http
+                .as_ref()
+                .and_then(|h| h.content_length)
+                .unwrap_or(0);
             if conn.inbuf.len() >= need {
                 if let Some(head) = conn.pending_http.take() {
                     let body: Vec<u8> = conn.inbuf.drain(..need).collect();
@@ -131,7 +152,9 @@ impl Shard {
                 return;
             }
             let reply = handshake::switching_protocols(accept);
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             conn.echo = crate::server::is_echo_path(&self.config, &head.path);
             conn.phase = Phase::Open;
             let rest = std::mem::take(&mut conn.inbuf);
@@ -158,7 +181,9 @@ impl Shard {
 
     /// Queues a final HTTP response; the connection closes once it is written.
     pub(super) fn respond_and_close(&mut self, key: usize, response: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         conn.inbuf = Vec::new();
         conn.phase = Phase::Open; // so the response is not refused by `queue`
         self.queue(key, response.into());
@@ -169,7 +194,9 @@ impl Shard {
 
     fn answer_http(&mut self, key: usize, head: &handshake::RequestHead, body: &[u8]) {
         let response = crate::http::respond(head, body, &self.http_context());
-        self.metrics.shards[self.id].messages_in.fetch_add(0, Ordering::Relaxed);
+        self.metrics.shards[self.id]
+            .messages_in
+            .fetch_add(0, Ordering::Relaxed);
         self.respond_and_close(key, response);
     }
 }

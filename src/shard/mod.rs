@@ -113,7 +113,11 @@ impl Shard {
     /// Runs the loop until shutdown completes.
     pub fn run(mut self) {
         if let Some(l) = self.listener.as_mut() {
-            if let Err(e) = self.poll.registry().register(l, LISTENER, Interest::READABLE) {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)
+            {
                 tracing::error!(shard = self.id, "cannot register listener: {e}");
                 return;
             }
@@ -181,7 +185,9 @@ impl Shard {
             return;
         }
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
@@ -189,7 +195,9 @@ impl Shard {
                     self.next_peer = self.next_peer.wrapping_add(1);
                     if target == self.id || self.peers.is_empty() {
                         self.register(stream);
-                    } else if let Err(ShardMsg::Accept(stream)) = self.peers[target].send(ShardMsg::Accept(stream)) {
+                    } else if let Err(ShardMsg::Accept(stream)) =
+                        self.peers[target].send(ShardMsg::Accept(stream))
+                    {
                         self.register(stream);
                     }
                 }
@@ -213,13 +221,19 @@ impl Shard {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), interest) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(key), interest)
+        {
             tracing::warn!(shard = self.id, "cannot register connection: {e}");
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
         entry.insert(Conn::new(stream, self.next_gen, self.now));
-        self.metrics.shards[self.id].connections.fetch_add(1, Ordering::Relaxed);
+        self.metrics.shards[self.id]
+            .connections
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn drain_inbox(&mut self) {
@@ -253,13 +267,19 @@ impl Shard {
 
     /// Queues one shared frame to every local subscriber of `channel`.
     fn deliver(&mut self, channel: &str, frame: Bytes) {
-        let Some(id) = self.subs.lookup(channel) else { return };
-        let Some(ch) = self.subs.channel(id) else { return };
+        let Some(id) = self.subs.lookup(channel) else {
+            return;
+        };
+        let Some(ch) = self.subs.channel(id) else {
+            return;
+        };
         let limit = self.config.limits.outbound_limit;
         let mut queued = 0u64;
         for &member in &ch.members {
             let key = member as usize;
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             if conn.phase != Phase::Open {
                 continue;
             }
@@ -281,7 +301,8 @@ impl Shard {
     /// The slow-consumer policy: close with 4000.
     fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, _limit: usize) {
         conn.outq.clear();
-        conn.outq.push(crate::ws::frame::close(4000, "slow consumer").freeze());
+        conn.outq
+            .push(crate::ws::frame::close(4000, "slow consumer").freeze());
         conn.phase = Phase::Closing;
         m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
     }
@@ -289,7 +310,9 @@ impl Shard {
     /// Queues a reply for one connection.
     fn queue(&mut self, key: usize, frame: Bytes) {
         let limit = self.config.limits.outbound_limit;
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.phase == Phase::Closing {
             return;
         }
@@ -317,7 +340,9 @@ impl Shard {
         let dirty = std::mem::take(&mut self.dirty);
         let mut bytes = 0u64;
         for &key in &dirty {
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             conn.dirty = false;
             if conn.blocked {
                 continue;
@@ -336,7 +361,9 @@ impl Shard {
                 Err(_) => self.close(key),
             }
         }
-        self.metrics.shards[self.id].bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        self.metrics.shards[self.id]
+            .bytes_out
+            .fetch_add(bytes, Ordering::Relaxed);
         let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
@@ -346,11 +373,14 @@ impl Shard {
 
     /// Removes a connection: unsubscribes it everywhere and drops its socket.
     fn close(&mut self, key: usize) {
-        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let m = &self.metrics.shards[self.id];
         m.connections.fetch_sub(1, Ordering::Relaxed);
-        m.subscriptions.fetch_sub(conn.subs.len() as u64, Ordering::Relaxed);
+        m.subscriptions
+            .fetch_sub(conn.subs.len() as u64, Ordering::Relaxed);
         for &(chan, pos) in &conn.subs {
             self.leave(chan, pos);
         }
@@ -368,7 +398,10 @@ impl Shard {
             }
         }
         if let Some(channel) = removed.emptied {
-            let cmd = crate::broker::BrokerCmd::Unsubscribe { channel, shard: self.id };
+            let cmd = crate::broker::BrokerCmd::Unsubscribe {
+                channel,
+                shard: self.id,
+            };
             if self.broker.send(cmd).is_err() {
                 tracing::warn!(shard = self.id, "broker queue full: unsubscribe dropped");
             }
@@ -383,7 +416,8 @@ impl Shard {
             .conns
             .iter()
             .filter(|(_, c)| {
-                matches!(c.phase, Phase::Handshake | Phase::HttpBody) && now.saturating_sub(c.opened) >= handshake_timeout
+                matches!(c.phase, Phase::Handshake | Phase::HttpBody)
+                    && now.saturating_sub(c.opened) >= handshake_timeout
             })
             .map(|(k, _)| k)
             .collect();
@@ -394,7 +428,10 @@ impl Shard {
     }
 
     /// Admission checks on a WebSocket upgrade (origin policy).
-    fn check_upgrade(&self, _head: &crate::ws::handshake::RequestHead) -> Result<(), (u16, &'static str)> {
+    fn check_upgrade(
+        &self,
+        _head: &crate::ws::handshake::RequestHead,
+    ) -> Result<(), (u16, &'static str)> {
         Ok(())
     }
 
@@ -416,7 +453,11 @@ impl Shard {
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let open = self.conns.get(key).map(|c| c.phase == Phase::Open).unwrap_or(false);
+            let open = self
+                .conns
+                .get(key)
+                .map(|c| c.phase == Phase::Open)
+                .unwrap_or(false);
             if open {
                 self.queue(key, crate::ws::frame::close(1001, "going away").freeze());
                 if let Some(c) = self.conns.get_mut(key) {

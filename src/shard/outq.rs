@@ -87,7 +87,9 @@ impl OutQueue {
                     written += sent;
                     self.advance(sent);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Flushed::Blocked, written)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((Flushed::Blocked, written))
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -101,7 +103,9 @@ impl OutQueue {
     fn advance(&mut self, mut sent: usize) {
         self.bytes -= sent;
         while sent > 0 {
-            let Some(front) = self.frames.front() else { break };
+            let Some(front) = self.frames.front() else {
+                break;
+            };
             let left = front.len() - self.offset;
             if sent >= left {
                 sent -= left;
@@ -154,7 +158,11 @@ mod tests {
         for s in ["hello ", "shared ", "world"] {
             q.push(Bytes::from_static(s.as_bytes()));
         }
-        let mut w = Trickle { out: vec![], cap: 4, calls: 2 };
+        let mut w = Trickle {
+            out: vec![],
+            cap: 4,
+            calls: 2,
+        };
         assert_eq!(q.write_to(&mut w).unwrap(), (Flushed::Blocked, 8));
         assert_eq!(q.bytes(), 10);
         w.calls = 100;
@@ -169,7 +177,11 @@ mod tests {
         for _ in 0..10 {
             q.push(Bytes::from_static(b"abc"));
         }
-        let mut w = Trickle { out: vec![], cap: 1000, calls: 1 };
+        let mut w = Trickle {
+            out: vec![],
+            cap: 1000,
+            calls: 1,
+        };
         assert_eq!(q.write_to(&mut w).unwrap(), (Flushed::Empty, 30));
     }
 
@@ -179,7 +191,11 @@ mod tests {
         for _ in 0..5 {
             q.push(Bytes::from(vec![1u8; 10]));
         }
-        let mut w = Trickle { out: vec![], cap: 3, calls: 1 };
+        let mut w = Trickle {
+            out: vec![],
+            cap: 3,
+            calls: 1,
+        };
         q.write_to(&mut w).unwrap();
         assert_eq!(q.drop_oldest(20), 3);
         assert_eq!(q.frames(), 2);

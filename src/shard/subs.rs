@@ -104,7 +104,10 @@ impl SubIndex {
         ch.members.swap_remove(pos);
         let moved = ch.members.get(pos).map(|&k| (k, pos as u32));
         if !ch.members.is_empty() {
-            return Removed { moved, emptied: None };
+            return Removed {
+                moved,
+                emptied: None,
+            };
         }
         let ch = self.channels.remove(id as usize);
         self.by_name.remove(&ch.name);

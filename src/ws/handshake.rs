@@ -74,9 +74,13 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
         };
         let name = h.name;
         if name.eq_ignore_ascii_case("upgrade") {
-            upgrade = value.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+            upgrade = value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade = value.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+            connection_upgrade = value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             version = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
@@ -120,7 +124,9 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
 fn valid_key(key: &str) -> bool {
     key.len() == 24
         && key.ends_with("==")
-        && key[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// The `101 Switching Protocols` answer to an accepted upgrade.
@@ -145,8 +151,17 @@ pub fn http_response(status: u16, content_type: &str, body: &[u8], extra: &str) 
 
 /// A response whose body is one line of text.
 pub fn text_response(status: u16, text: &str) -> Vec<u8> {
-    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
-    http_response(status, "text/plain; charset=utf-8", format!("{text}\n").as_bytes(), extra)
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
+    http_response(
+        status,
+        "text/plain; charset=utf-8",
+        format!("{text}\n").as_bytes(),
+        extra,
+    )
 }
 
 fn reason(status: u16) -> &'static str {
@@ -192,18 +207,33 @@ mod tests {
     #[test]
     fn incomplete_until_blank_line_then_limits_apply() {
         assert_eq!(parse(&UPGRADE.as_bytes()[..40], 8192), Parsed::Incomplete);
-        assert_eq!(parse(&UPGRADE.as_bytes()[..40], 20), Parsed::Reject(431, "request head too large"));
+        assert_eq!(
+            parse(&UPGRADE.as_bytes()[..40], 20),
+            Parsed::Reject(431, "request head too large")
+        );
     }
 
     #[test]
     fn rejects_bad_upgrades() {
         let bad_version = UPGRADE.replace("Version: 13", "Version: 8");
-        assert!(matches!(parse(bad_version.as_bytes(), 8192), Parsed::Reject(426, _)));
+        assert!(matches!(
+            parse(bad_version.as_bytes(), 8192),
+            Parsed::Reject(426, _)
+        ));
         let bad_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
-        assert!(matches!(parse(bad_key.as_bytes(), 8192), Parsed::Reject(400, _)));
+        assert!(matches!(
+            parse(bad_key.as_bytes(), 8192),
+            Parsed::Reject(400, _)
+        ));
         let post = UPGRADE.replace("GET", "POST");
-        assert!(matches!(parse(post.as_bytes(), 8192), Parsed::Reject(400, _)));
-        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n", 8192), Parsed::Reject(400, _)));
+        assert!(matches!(
+            parse(post.as_bytes(), 8192),
+            Parsed::Reject(400, _)
+        ));
+        assert!(matches!(
+            parse(b"\x00\x01garbage\r\n\r\n", 8192),
+            Parsed::Reject(400, _)
+        ));
     }
 
     #[test]

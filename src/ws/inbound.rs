@@ -327,7 +327,11 @@ mod tests {
     #[test]
     fn unmask_matches_bytewise_xor() {
         let mut data: Vec<u8> = (0..37).collect();
-        let expect: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]).collect();
+        let expect: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ MASK[i % 4])
+            .collect();
         unmask(&mut data, MASK);
         assert_eq!(data, expect);
     }
@@ -340,7 +344,10 @@ mod tests {
         bytes.extend(&third[..10]);
         let mut inb = Inbound::default();
         let (r, got) = run(&mut inb, &bytes, 1024);
-        assert_eq!(got, vec![Got::Text("hello".into()), Got::Ping(b"p".to_vec())]);
+        assert_eq!(
+            got,
+            vec![Got::Text("hello".into()), Got::Ping(b"p".to_vec())]
+        );
         assert_eq!(r, Ok(bytes.len() - 10));
         let (r, got) = run(&mut inb, &third, 1024);
         assert_eq!(r, Ok(third.len()));
@@ -400,16 +407,23 @@ mod tests {
     #[test]
     fn protocol_violations_fail_with_the_right_code() {
         let cases: Vec<(Vec<u8>, u16)> = vec![
-            (vec![0x81, 0x02, b'h', b'i'], 1002),                       // unmasked
-            (client_frame(0x3, true, b"", MASK), 1002),                 // reserved opcode
-            (client_frame(0, true, b"x", MASK), 1002),                  // stray continuation
-            (client_frame(9, false, b"", MASK), 1002),                  // fragmented ping
-            (client_frame(9, true, &[0; 126], MASK), 1002),             // long ping
-            (client_frame(8, true, &[3], MASK), 1002),                  // 1-byte close
-            (client_frame(8, true, &[0x03, 0xEC], MASK), 1002),         // close 1004
-            (client_frame(8, true, &[0x03, 0xE8, 0xff], MASK), 1007),   // bad reason
-            (client_frame(1, true, &[0xc3, 0x28], MASK), 1007),         // bad utf-8
-            ({ let mut f = client_frame(1, true, b"", MASK); f[0] |= 0x40; f }, 1002),
+            (vec![0x81, 0x02, b'h', b'i'], 1002),               // unmasked
+            (client_frame(0x3, true, b"", MASK), 1002),         // reserved opcode
+            (client_frame(0, true, b"x", MASK), 1002),          // stray continuation
+            (client_frame(9, false, b"", MASK), 1002),          // fragmented ping
+            (client_frame(9, true, &[0; 126], MASK), 1002),     // long ping
+            (client_frame(8, true, &[3], MASK), 1002),          // 1-byte close
+            (client_frame(8, true, &[0x03, 0xEC], MASK), 1002), // close 1004
+            (client_frame(8, true, &[0x03, 0xE8, 0xff], MASK), 1007), // bad reason
+            (client_frame(1, true, &[0xc3, 0x28], MASK), 1007), // bad utf-8
+            (
+                {
+                    let mut f = client_frame(1, true, b"", MASK);
+                    f[0] |= 0x40;
+                    f
+                },
+                1002,
+            ),
         ];
         for (i, (bytes, code)) in cases.into_iter().enumerate() {
             let (r, _) = run(&mut Inbound::default(), &bytes, 1024);

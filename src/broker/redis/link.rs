@@ -39,13 +39,21 @@ impl RedisUrl {
         };
         let (hostport, db) = match hostpart.split_once('/') {
             Some((hp, "")) => (hp, None),
-            Some((hp, db)) => (hp, Some(db.parse::<u32>().map_err(|_| format!("bad Redis db {db:?}"))?)),
+            Some((hp, db)) => (
+                hp,
+                Some(
+                    db.parse::<u32>()
+                        .map_err(|_| format!("bad Redis db {db:?}"))?,
+                ),
+            ),
             None => (hostpart, None),
         };
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("bad Redis port {p:?}"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad Redis port {p:?}"))?,
+            ),
             _ => (hostport, 6379),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -114,7 +122,9 @@ impl Link {
             url,
             token,
             name,
-            state: State::Down { retry_at: Instant::now() },
+            state: State::Down {
+                retry_at: Instant::now(),
+            },
             stream: None,
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::with_capacity(64 * 1024),
@@ -132,7 +142,9 @@ impl Link {
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
         match self.state {
             State::Down { retry_at } => Some(retry_at.saturating_duration_since(now)),
-            State::Connecting { since } => Some((since + CONNECT_TIMEOUT).saturating_duration_since(now)),
+            State::Connecting { since } => {
+                Some((since + CONNECT_TIMEOUT).saturating_duration_since(now))
+            }
             State::Up => None,
         }
     }
@@ -144,7 +156,12 @@ impl Link {
                 match self.start_connect(registry) {
                     Ok(()) => self.state = State::Connecting { since: now },
                     Err(e) => {
-                        tracing::warn!(link = self.name, "Redis connect to {}:{} failed: {e}", self.url.host, self.url.port);
+                        tracing::warn!(
+                            link = self.name,
+                            "Redis connect to {}:{} failed: {e}",
+                            self.url.host,
+                            self.url.port
+                        );
                         self.schedule_retry(now);
                     }
                 }
@@ -163,7 +180,11 @@ impl Link {
     fn start_connect(&mut self, registry: &Registry) -> io::Result<()> {
         let addr = self.url.addr()?;
         let mut stream = TcpStream::connect(addr)?;
-        registry.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)?;
+        registry.register(
+            &mut stream,
+            self.token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         self.stream = Some(stream);
         Ok(())
     }
@@ -171,7 +192,9 @@ impl Link {
     fn schedule_retry(&mut self, now: Instant) {
         let wait = backoff(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
-        self.state = State::Down { retry_at: now + wait };
+        self.state = State::Down {
+            retry_at: now + wait,
+        };
     }
 
     fn drop_stream(&mut self, registry: &Registry) {
@@ -193,7 +216,9 @@ impl Link {
     /// arrived and writes what is queued.
     pub fn on_ready(&mut self, registry: &Registry, now: Instant) -> LinkEvent {
         if let State::Connecting { .. } = self.state {
-            let Some(stream) = self.stream.as_ref() else { return LinkEvent::Nothing };
+            let Some(stream) = self.stream.as_ref() else {
+                return LinkEvent::Nothing;
+            };
             match stream.take_error() {
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => {
@@ -215,7 +240,12 @@ impl Link {
             self.state = State::Up;
             self.attempt = 0;
             self.queue_handshake();
-            tracing::info!(link = self.name, "connected to Redis {}:{}", self.url.host, self.url.port);
+            tracing::info!(
+                link = self.name,
+                "connected to Redis {}:{}",
+                self.url.host,
+                self.url.port
+            );
             let _ = self.flush();
             return LinkEvent::Connected;
         }
@@ -233,7 +263,9 @@ impl Link {
     fn queue_handshake(&mut self) {
         if let Some(pw) = self.url.password.clone() {
             match self.url.username.clone() {
-                Some(user) => resp::encode(&mut self.wbuf, &[b"AUTH", user.as_bytes(), pw.as_bytes()]),
+                Some(user) => {
+                    resp::encode(&mut self.wbuf, &[b"AUTH", user.as_bytes(), pw.as_bytes()])
+                }
                 None => resp::encode(&mut self.wbuf, &[b"AUTH", pw.as_bytes()]),
             }
             self.handshake_replies += 1;
@@ -246,7 +278,9 @@ impl Link {
 
     /// Reads everything available into `rbuf`. Errors on EOF.
     fn read(&mut self) -> io::Result<()> {
-        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
         loop {
             if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
                 self.rbuf.reserve(64 * 1024);
@@ -277,7 +311,9 @@ impl Link {
 
     /// Writes `wbuf` until empty or the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
-        let Some(stream) = self.stream.as_mut() else { return Ok(()) };
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
         while !self.wbuf.is_empty() {
             match stream.write(&self.wbuf) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -298,7 +334,11 @@ impl Link {
             let v = resp::decode(&mut self.rbuf)?;
             match v {
                 Some(Value::Error(e)) if self.handshake_replies > 0 => {
-                    tracing::error!(link = self.name, "Redis refused AUTH/SELECT: {}", String::from_utf8_lossy(&e));
+                    tracing::error!(
+                        link = self.name,
+                        "Redis refused AUTH/SELECT: {}",
+                        String::from_utf8_lossy(&e)
+                    );
                     return Err(RespError("AUTH/SELECT refused"));
                 }
                 Some(_) if self.handshake_replies > 0 => self.handshake_replies -= 1,
@@ -317,7 +357,10 @@ mod tests {
         let u = RedisUrl::parse("redis://127.0.0.1:6380").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.db), ("127.0.0.1", 6380, None));
         let u = RedisUrl::parse("redis://:secret@redis.local/2").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.db), ("redis.local", 6379, Some(2)));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.db),
+            ("redis.local", 6379, Some(2))
+        );
         assert_eq!(u.password.as_deref(), Some("secret"));
         assert_eq!(u.username, None);
         let u = RedisUrl::parse("redis://bob:pw@h:1/").unwrap();

@@ -34,8 +34,14 @@ pub struct Started {
 }
 
 /// Starts the reader and writer threads for `url`.
-pub fn start(url: &str, config: &Config, links: ShardLinks, health: Arc<Health>) -> std::io::Result<Started> {
-    let url = RedisUrl::parse(url).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+pub fn start(
+    url: &str,
+    config: &Config,
+    links: ShardLinks,
+    health: Arc<Health>,
+) -> std::io::Result<Started> {
+    let url = RedisUrl::parse(url)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let writer_poll = Poll::new()?;
@@ -46,7 +52,14 @@ pub fn start(url: &str, config: &Config, links: ShardLinks, health: Arc<Health>)
     let reader_waker = Arc::new(Waker::new(reader_poll.registry(), WAKER)?);
     let (reader_tx, reader_rx) = inbox(reader_waker.clone(), Some(QUEUE));
 
-    let writer = writer::Writer::new(writer_poll, writer_rx, url.clone(), links.clone(), health.clone(), stop.clone());
+    let writer = writer::Writer::new(
+        writer_poll,
+        writer_rx,
+        url.clone(),
+        links.clone(),
+        health.clone(),
+        stop.clone(),
+    );
     let reader = reader::Reader::new(
         reader_poll,
         reader_rx,
@@ -58,8 +71,12 @@ pub fn start(url: &str, config: &Config, links: ShardLinks, health: Arc<Health>)
         stop.clone(),
     );
     let threads = vec![
-        std::thread::Builder::new().name("fanout-redis-reader".into()).spawn(move || reader.run())?,
-        std::thread::Builder::new().name("fanout-redis-writer".into()).spawn(move || writer.run())?,
+        std::thread::Builder::new()
+            .name("fanout-redis-reader".into())
+            .spawn(move || reader.run())?,
+        std::thread::Builder::new()
+            .name("fanout-redis-writer".into())
+            .spawn(move || writer.run())?,
     ];
     let stop_fn = move || {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);

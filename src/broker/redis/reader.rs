@@ -83,7 +83,11 @@ impl Reader {
         let mut events = Events::with_capacity(64);
         while !self.stop.load(Ordering::SeqCst) {
             let now = Instant::now();
-            let mut timeout = self.link.timeout(now).unwrap_or(PROBE_EVERY).min(Duration::from_millis(250));
+            let mut timeout = self
+                .link
+                .timeout(now)
+                .unwrap_or(PROBE_EVERY)
+                .min(Duration::from_millis(250));
             if !self.inbox.park() {
                 timeout = Duration::ZERO;
             }
@@ -107,7 +111,9 @@ impl Reader {
                 self.lost(now);
             }
             let metrics = &self.router.links().metrics;
-            metrics.channels.store(self.router.channels() as u64, Ordering::Relaxed);
+            metrics
+                .channels
+                .store(self.router.channels() as u64, Ordering::Relaxed);
         }
     }
 
@@ -123,7 +129,11 @@ impl Reader {
     fn connected(&mut self) {
         let reconnect = self.link.was_up;
         if reconnect {
-            self.router.links().metrics.broker_reconnects.fetch_add(1, Ordering::Relaxed);
+            self.router
+                .links()
+                .metrics
+                .broker_reconnects
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.link.was_up = true;
         let channels = self.router.reset();
@@ -161,7 +171,11 @@ impl Reader {
     fn drain_inbox(&mut self) {
         while let Some(cmd) = self.inbox.try_recv() {
             match cmd {
-                BrokerCmd::Subscribe { channel, shard, epoch } => {
+                BrokerCmd::Subscribe {
+                    channel,
+                    shard,
+                    epoch,
+                } => {
                     if self.router.subscribe(channel.clone(), shard, epoch) == Wire::Subscribe {
                         self.owe_gap.remove(&channel);
                         if self.link.is_up() {
@@ -170,7 +184,9 @@ impl Reader {
                     }
                 }
                 BrokerCmd::Unsubscribe { channel, shard } => {
-                    if self.router.unsubscribe(&channel, shard) == Wire::Unsubscribe && self.link.is_up() {
+                    if self.router.unsubscribe(&channel, shard) == Wire::Unsubscribe
+                        && self.link.is_up()
+                    {
                         self.owe_gap.remove(&channel);
                         self.to_unsubscribe.push(channel);
                     }
@@ -185,7 +201,10 @@ impl Reader {
         if !self.link.is_up() {
             return;
         }
-        for (verb, list) in [(&b"UNSUBSCRIBE"[..], &mut self.to_unsubscribe), (&b"SUBSCRIBE"[..], &mut self.to_subscribe)] {
+        for (verb, list) in [
+            (&b"UNSUBSCRIBE"[..], &mut self.to_unsubscribe),
+            (&b"SUBSCRIBE"[..], &mut self.to_subscribe),
+        ] {
             for chunk in list.chunks(BATCH) {
                 let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
                 args.push(verb);
@@ -222,10 +241,14 @@ impl Reader {
         let (Some(Value::Bulk(kind)), Some(Value::Bulk(channel))) = (it.next(), it.next()) else {
             return;
         };
-        let Ok(channel) = std::str::from_utf8(&channel) else { return };
+        let Ok(channel) = std::str::from_utf8(&channel) else {
+            return;
+        };
         match &kind[..] {
             b"message" => {
-                let Some(Value::Bulk(payload)) = it.next() else { return };
+                let Some(Value::Bulk(payload)) = it.next() else {
+                    return;
+                };
                 if *channel == *self.probe_channel {
                     self.probe_back(&payload);
                 } else {
@@ -242,7 +265,11 @@ impl Reader {
                     let live = self.router.route(channel).map(|r| r.live).unwrap_or(false);
                     if live {
                         self.router.gap(channel);
-                        self.router.links().metrics.gaps.fetch_add(1, Ordering::Relaxed);
+                        self.router
+                            .links()
+                            .metrics
+                            .gaps
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -282,7 +309,9 @@ impl Reader {
     }
 
     fn probe_back(&mut self, payload: &[u8]) {
-        let seq = std::str::from_utf8(payload).ok().and_then(|s| s.parse::<u64>().ok());
+        let seq = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
         if let (Some(seq), Some((sent, _))) = (seq, self.probe_sent) {
             if seq == sent {
                 self.health.probe_ok.store(true, Ordering::Relaxed);

@@ -42,7 +42,9 @@ fn check(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, RespErro
     if depth > MAX_DEPTH {
         return Err(RespError("nesting too deep"));
     }
-    let Some(&tag) = buf.get(pos) else { return Ok(None) };
+    let Some(&tag) = buf.get(pos) else {
+        return Ok(None);
+    };
     let Some(line_end) = find_crlf(buf, pos + 1) else {
         if buf.len() - pos > 64 * 1024 && tag != b'$' {
             return Err(RespError("line too long"));
@@ -142,7 +144,10 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     if from >= buf.len() {
         return None;
     }
-    buf[from..].windows(2).position(|w| w == b"\r\n").map(|i| from + i)
+    buf[from..]
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|i| from + i)
 }
 
 fn parse_int(line: &[u8]) -> Result<i64, RespError> {
@@ -227,7 +232,13 @@ mod tests {
 
     #[test]
     fn hostile_input_is_refused() {
-        for bad in [&b"?x\r\n"[..], b":abc\r\n", b"$5\r\nhelloXX", b"$99999999999\r\n", b"*9999999999\r\n"] {
+        for bad in [
+            &b"?x\r\n"[..],
+            b":abc\r\n",
+            b"$5\r\nhelloXX",
+            b"$99999999999\r\n",
+            b"*9999999999\r\n",
+        ] {
             assert!(decode(&mut BytesMut::from(bad)).is_err(), "{bad:?}");
         }
         let deep = "*1\r\n".repeat(20);
@@ -238,7 +249,10 @@ mod tests {
     fn encode_round_trips() {
         let mut out = BytesMut::new();
         encode(&mut out, &[b"PUBLISH", b"news", b"{\"a\":1}"]);
-        assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nnews\r\n$7\r\n{\"a\":1}\r\n");
+        assert_eq!(
+            &out[..],
+            b"*3\r\n$7\r\nPUBLISH\r\n$4\r\nnews\r\n$7\r\n{\"a\":1}\r\n"
+        );
         let mut empty = BytesMut::new();
         encode(&mut empty, &[b""]);
         assert_eq!(&empty[..], b"*1\r\n$0\r\n\r\n");

@@ -62,7 +62,9 @@ impl Writer {
             if !self.inbox.park() {
                 timeout = Duration::ZERO;
             }
-            let _ = self.poll.poll(&mut events, Some(timeout.min(Duration::from_millis(500))));
+            let _ = self
+                .poll
+                .poll(&mut events, Some(timeout.min(Duration::from_millis(500))));
             self.inbox.unpark();
             let now = Instant::now();
             for event in events.iter() {
@@ -86,7 +88,10 @@ impl Writer {
         match ev {
             LinkEvent::Connected => {
                 if self.link.was_up {
-                    self.links.metrics.broker_reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.links
+                        .metrics
+                        .broker_reconnects
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 self.link.was_up = true;
                 self.health.publisher_ok.store(true, Ordering::Relaxed);
@@ -141,16 +146,29 @@ impl Writer {
 
     fn drain_inbox(&mut self, now: Instant) {
         while let Some(cmd) = self.inbox.try_recv() {
-            let BrokerCmd::Publish { channel, payload, ack } = cmd else { continue };
+            let BrokerCmd::Publish {
+                channel,
+                payload,
+                ack,
+            } = cmd
+            else {
+                continue;
+            };
             if !self.link.is_up() || self.link.wbuf.len() > MAX_UNSENT {
                 if let Some(ack) = ack {
                     self.links.ack(ack, Err(ErrorCode::Unavailable));
                 } else {
-                    self.links.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
+                    self.links
+                        .metrics
+                        .publish_failed
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
             }
-            resp::encode(&mut self.link.wbuf, &[b"PUBLISH", channel.as_bytes(), &payload]);
+            resp::encode(
+                &mut self.link.wbuf,
+                &[b"PUBLISH", channel.as_bytes(), &payload],
+            );
             self.pending.push_back((ack, now));
         }
     }
@@ -158,7 +176,9 @@ impl Writer {
     fn check_stuck(&mut self, now: Instant) {
         if let Some((_, sent)) = self.pending.front() {
             if now.duration_since(*sent) > REPLY_TIMEOUT {
-                tracing::warn!("Redis did not answer a PUBLISH within {REPLY_TIMEOUT:?}: reconnecting");
+                tracing::warn!(
+                    "Redis did not answer a PUBLISH within {REPLY_TIMEOUT:?}: reconnecting"
+                );
                 self.lost(now);
             }
         }

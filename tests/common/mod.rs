@@ -1,0 +1,306 @@
+//! Test harness: a real `redis-server` on a free port (killed on drop), real `fanout`
+//! nodes started from the built binary (killed on drop), and a WebSocket client with
+//! deadline-based waits. Tests never sleep to wait for something: they wait for the
+//! event itself, with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::{Message, WebSocket};
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Waits until `f` returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > end {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real redis-server for one test.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    pub fn start() -> RedisProcess {
+        let mut r = RedisProcess {
+            port: free_port(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers PING.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        wait_for("redis to answer PING", DEADLINE, || {
+            let mut c = self.try_conn()?;
+            redis::cmd("PING").query::<String>(&mut c).ok()
+        });
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn try_conn(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url()).ok()?.get_connection().ok()
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        wait_for("a redis connection", DEADLINE, || self.try_conn())
+    }
+
+    pub fn publish(&self, channel: &str, payload: &str) -> i64 {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query(&mut self.conn())
+            .unwrap()
+    }
+
+    /// Number of Redis subscribers of `channel` (PUBSUB NUMSUB).
+    pub fn numsub(&self, channel: &str) -> i64 {
+        let v: (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut self.conn())
+            .unwrap();
+        v.1
+    }
+
+    pub fn wait_numsub(&self, channel: &str, n: i64) {
+        wait_for(&format!("NUMSUB {channel} == {n}"), DEADLINE, || {
+            (self.numsub(channel) == n).then_some(())
+        });
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real fanout node started from the test binary.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// Starts a node with `args` (plus `--listen 127.0.0.1:0`) and waits for its
+    /// `listening ADDR` line.
+    pub fn start(args: &[&str]) -> TestNode {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        Self::spawn(cmd)
+    }
+
+    pub fn with_redis(redis: &RedisProcess, extra: &[&str]) -> TestNode {
+        let url = redis.url();
+        let mut args = vec!["--redis", url.as_str()];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    pub fn spawn(mut cmd: Command) -> TestNode {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("RUST_LOG", "warn");
+        let mut child = cmd.spawn().expect("start fanout");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .expect("fanout printed no listening line");
+        let addr = line
+            .strip_prefix("listening ")
+            .expect("listening line")
+            .parse()
+            .unwrap();
+        TestNode {
+            addr,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub fn client(&self) -> WsClient {
+        WsClient::connect(&self.url())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the exit status (panics after `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe_kill(child.id(), 15);
+        wait_for("fanout to exit", timeout, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A blocking WebSocket client (tungstenite) with deadline-based receive.
+pub struct WsClient {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl WsClient {
+    pub fn connect(url: &str) -> WsClient {
+        let addr = url
+            .trim_start_matches("ws://")
+            .trim_end_matches('/')
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let stream = TcpStream::connect(&addr).expect("tcp connect");
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        WsClient { ws }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next message (any kind), or None at the deadline.
+    pub fn recv_message(&mut self, timeout: Duration) -> Option<Message> {
+        let end = Instant::now() + timeout;
+        loop {
+            match self.ws.read() {
+                Ok(m) => return Some(m),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    if Instant::now() > end {
+                        return None;
+                    }
+                }
+                Err(e) => panic!("websocket read failed: {e}"),
+            }
+        }
+    }
+
+    /// The next text message as JSON, skipping pings; None at the deadline.
+    pub fn recv_json(&mut self, timeout: Duration) -> Option<Value> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.recv_message(left)? {
+                Message::Text(t) => {
+                    return Some(serde_json::from_str(&t).expect("server sent invalid JSON"))
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    pub fn expect_json(&mut self) -> Value {
+        self.recv_json(DEADLINE)
+            .expect("a message before the deadline")
+    }
+
+    /// Asserts that nothing arrives within `quiet`.
+    pub fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(v) = self.recv_json(quiet) {
+            panic!("expected nothing, got {v}");
+        }
+    }
+
+    pub fn subscribe(&mut self, channel: &str) {
+        self.send(&serde_json::json!({"type":"subscribe","channel":channel}).to_string());
+        let v = self.expect_json();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"subscribed","channel":channel})
+        );
+    }
+
+    pub fn publish(&mut self, channel: &str, data: &str) {
+        self.send(&format!(
+            r#"{{"type":"publish","channel":{},"data":{data}}}"#,
+            serde_json::to_string(channel).unwrap()
+        ));
+    }
+}
