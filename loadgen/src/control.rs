@@ -229,8 +229,6 @@ pub fn child_main(plan: SubPlan, gids: Vec<usize>, threads: usize) -> Result<(),
     use std::io::BufRead;
     let deadline = plan.setup_deadline;
     let mut set = SubSet::local(plan, gids, threads);
-    let (ok, errs) = set.wait_ready(deadline)?;
-    println!("READY {ok} {errs}");
     let ctl = match &set {
         SubSet::Local { ctl, .. } => ctl.clone(),
         SubSet::Remote { .. } => return Err("child must run locally".into()),
@@ -250,6 +248,8 @@ pub fn child_main(plan: SubPlan, gids: Vec<usize>, threads: usize) -> Result<(),
             }
         })
     };
+    let (ok, errs) = set.wait_ready(deadline)?;
+    println!("READY {ok} {errs}");
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let mut next = |want: &str| -> Result<String, String> {

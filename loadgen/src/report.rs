@@ -83,6 +83,9 @@ fn fmt_val(v: &Value) -> String {
             }
         }
         Value::String(s) => s.clone(),
+        Value::Object(o) if o.get("count").and_then(Value::as_u64) == Some(0) => {
+            "no samples".into()
+        }
         Value::Object(o) if o.contains_key("p50") => format!(
             "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})",
             fmt_val(&o["p50"]),
