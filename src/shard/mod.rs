@@ -340,6 +340,8 @@ impl Shard {
             conn.dirty = true;
             self.dirty.push(key);
         }
+        // The echo endpoint answers messages of up to 16 MiB by design.
+        let limit = if conn.echo { limit.max(4 * crate::server::ECHO_MAX_MESSAGE) } else { limit };
         if conn.outq.bytes() > limit {
             Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
         }
