@@ -67,7 +67,7 @@ pub struct Common {
     #[arg(long, default_value_t = 60.0)]
     pub setup_timeout: f64,
     /// Connections in connect/handshake/subscribe at once, per process.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 256)]
     pub max_pending: usize,
     /// Internal: run as child I/N of a multi-process run.
     #[arg(long, hide = true)]
@@ -110,7 +110,8 @@ pub struct FanoutArgs {
     /// Total publishes per second over all publishers (0 = open loop).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Outstanding (unacknowledged) publishes per publisher.
+    /// Outstanding (unacknowledged) publishes per publisher (0 = unbounded, for servers
+    /// that do not acknowledge publishes with an id).
     #[arg(long, default_value_t = 64)]
     pub window: u64,
     /// Seconds of traffic before measuring.

@@ -37,13 +37,28 @@ fn pct_label(nines: u32) -> String {
     }
 }
 
+fn short(v: f64) -> String {
+    let s = if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    };
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 fn us_label(us: f64) -> String {
     if us >= 1_000_000.0 {
-        format!("{}s", us / 1e6)
+        format!("{}s", short(us / 1e6))
     } else if us >= 1000.0 {
-        format!("{}ms", us / 1e3)
+        format!("{}ms", short(us / 1e3))
     } else {
-        format!("{us}µs")
+        format!("{}µs", short(us))
     }
 }
 
@@ -95,7 +110,7 @@ pub fn write(path: &Path, title: &str, series: &[(&str, &Hist)]) -> Result<(), S
 /// The SVG document for `data`.
 pub fn svg(title: &str, data: &[(String, Vec<(f64, f64)>)]) -> String {
     let (w, h) = (960.0, 540.0);
-    let (l, r, t, b) = (80.0, 30.0, 50.0, 60.0 + 18.0 * data.len() as f64);
+    let (l, r, t, b) = (80.0, 45.0, 50.0, 60.0 + 18.0 * data.len() as f64);
     let (pw, ph) = (w - l - r, h - t - b);
     let (ylo, yhi) = y_range(data);
     let (lylo, lyhi) = (ylo.log10(), yhi.log10());
@@ -201,6 +216,7 @@ fn write_png(path: &Path, title: &str, data: &[(String, Vec<(f64, f64)>)]) -> Re
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(15)
+            .margin_right(40)
             .x_label_area_size(40)
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..MAX_NINES, (ylo..yhi).log_scale())
@@ -259,5 +275,8 @@ mod tests {
         assert!(s.contains("<polyline"));
         assert!(s.contains("test &lt;plot&gt;"));
         assert!(s.trim_end().ends_with("</svg>"));
+        assert_eq!(us_label(12492.8), "12.5ms");
+        assert_eq!(us_label(1000.0), "1ms");
+        assert_eq!(us_label(3.25), "3.25µs");
     }
 }

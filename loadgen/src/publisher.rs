@@ -32,6 +32,7 @@ pub struct PubPlan {
     pub payload: usize,
     /// Total publishes per second over all publishers; 0 = open loop.
     pub rate: f64,
+    /// Outstanding publishes per publisher; 0 = unbounded.
     pub window: u64,
     pub setup_deadline: u64,
     pub drain_ns: u64,
@@ -246,7 +247,12 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                 if !p.alive {
                     continue;
                 }
-                let room = plan.window.saturating_sub(p.outstanding);
+                let window = if plan.window == 0 {
+                    u64::MAX
+                } else {
+                    plan.window
+                };
+                let room = window.saturating_sub(p.outstanding);
                 let mut n = room;
                 if rate_per_pub > 0.0 {
                     let el = (now - t0) as f64;
