@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..BATCH {
                 router.dispatch("room.42", payload, Some(true));
             }
+            router.wake();
             for r in &rx {
                 while r.try_recv().is_some() {}
             }

@@ -68,6 +68,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Longest a SIGTERM shutdown may take.
     pub shutdown_timeout: Duration,
+    /// Least time between two flushes of a shard's connections (0: flush every turn).
+    pub flush_interval: Duration,
 }
 
 /// fanout: a WebSocket pub/sub server that scales horizontally through Redis.
@@ -127,6 +129,12 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
 
+    /// Pacing of a shard's flushes under high per-connection message rates: while connections
+    /// get two or more frames per flush, flush at most once per this many microseconds, so each
+    /// write carries every frame of the interval (0: never pace) [default: 10000]
+    #[arg(long, value_name = "MICROS")]
+    pub flush_interval: Option<u64>,
+
     /// Serve a WebSocket echo endpoint on this path, for conformance tests (Autobahn) [default: off]
     #[arg(long, value_name = "PATH")]
     pub echo_path: Option<String>,
@@ -153,6 +161,7 @@ struct FileConfig {
     ping_interval: Option<u64>,
     handshake_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
+    flush_interval: Option<u64>,
 }
 
 impl Config {
@@ -248,6 +257,13 @@ impl Config {
             5,
             "shutdown-timeout",
         )?;
+        let flush_us = args
+            .flush_interval
+            .or(file.flush_interval)
+            .unwrap_or(10_000);
+        if flush_us > 100_000 {
+            return Err("--flush-interval must be at most 100000 microseconds".into());
+        }
         Ok(Config {
             listen,
             redis,
@@ -262,6 +278,7 @@ impl Config {
             ping_interval,
             handshake_timeout,
             shutdown_timeout,
+            flush_interval: Duration::from_micros(flush_us),
         })
     }
 }

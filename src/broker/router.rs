@@ -40,6 +40,8 @@ pub struct Router {
     routes: HashMap<Arc<str>, Route>,
     links: ShardLinks,
     envelope: EnvelopeBuilder,
+    /// Shards sent deliveries since the last `wake` (bit per shard).
+    unwoken: u64,
 }
 
 impl Router {
@@ -48,6 +50,7 @@ impl Router {
             routes: HashMap::new(),
             links,
             envelope: EnvelopeBuilder::default(),
+            unwoken: 0,
         }
     }
 
@@ -183,7 +186,17 @@ impl Router {
         self.routes.get(channel)
     }
 
-    /// Builds the delivery frame once and hands a clone to every interested shard.
+    /// Wakes every shard that was handed deliveries since the last call: once per batch
+    /// of messages, not once per message.
+    pub fn wake(&mut self) {
+        for shard in shards_of(self.unwoken) {
+            self.links.data[shard].wake();
+        }
+        self.unwoken = 0;
+    }
+
+    /// Builds the delivery frame once and hands a clone to every interested shard
+    /// (call `wake` after the batch).
     /// Returns the number of shards reached. Never blocks: a full queue drops and counts.
     pub fn dispatch(
         &mut self,
@@ -205,8 +218,11 @@ impl Router {
                 channel: route.name.clone(),
                 frame: frame.clone(),
             };
-            match self.links.data[shard].send(msg) {
-                Ok(()) => reached += 1,
+            match self.links.data[shard].send_quiet(msg) {
+                Ok(()) => {
+                    reached += 1;
+                    self.unwoken |= 1 << shard;
+                }
                 Err(_) => {
                     self.links
                         .metrics
@@ -314,6 +330,7 @@ mod tests {
         r.subscribe("c".into(), 0, 1);
         r.subscribe("c".into(), 1, 1);
         assert_eq!(r.dispatch("c", b"1", Some(true)), 2);
+        r.wake();
         let a = match data[0].try_recv() {
             Some(ShardMsg::Deliver { frame, .. }) => frame,
             other => panic!("{other:?}"),

@@ -66,6 +66,13 @@ impl<T> InboxSender<T> {
         }
     }
 
+    /// Queues `msg` without waking the owner; the caller wakes it once after a batch.
+    pub fn send_quiet(&self, msg: T) -> Result<(), T> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(m) | TrySendError::Disconnected(m) => m,
+        })
+    }
+
     /// Wakes the owner if it is parked.
     pub fn wake(&self) {
         if self.shared.parked.load(Ordering::SeqCst)

@@ -80,6 +80,10 @@ pub struct Shard {
     last_tick: u32,
     shutdown_deadline: Option<Instant>,
     accept_paused_until: u32,
+    /// When connections were last flushed (flushes are paced by `flush_interval`).
+    last_flush: Instant,
+    /// The last flush averaged two or more frames per connection: pace the next one.
+    paced: bool,
 }
 
 impl Shard {
@@ -107,6 +111,8 @@ impl Shard {
             last_tick: 0,
             shutdown_deadline: None,
             accept_paused_until: 0,
+            last_flush: Instant::now(),
+            paced: false,
         }
     }
 
@@ -124,15 +130,22 @@ impl Shard {
         }
         let mut events = Events::with_capacity(1024);
         loop {
-            let busy = !self.read_again.is_empty() || !self.dirty.is_empty();
-            let timeout = if busy || !self.data.park() {
-                Some(Duration::ZERO)
-            } else if !self.control.park() {
-                self.data.unpark();
-                Some(Duration::ZERO)
-            } else {
-                Some(Duration::from_millis(250))
-            };
+            let mut timeout = Duration::from_millis(250);
+            if !self.dirty.is_empty() {
+                timeout = self.flush_due_in(Instant::now());
+            }
+            if !self.read_again.is_empty() {
+                timeout = Duration::ZERO;
+            }
+            if !timeout.is_zero() {
+                if !self.data.park() {
+                    timeout = Duration::ZERO;
+                } else if !self.control.park() {
+                    self.data.unpark();
+                    timeout = Duration::ZERO;
+                }
+            }
+            let timeout = Some(timeout);
             let polled = self.poll.poll(&mut events, timeout);
             self.data.unpark();
             self.control.unpark();
@@ -164,7 +177,13 @@ impl Shard {
                 self.on_readable(key);
             }
             self.drain_inbox();
-            self.flush_dirty();
+            if !self.dirty.is_empty() {
+                let now = Instant::now();
+                if self.flush_due_in(now).is_zero() {
+                    self.last_flush = now;
+                    self.flush_dirty();
+                }
+            }
             if self.now != self.last_tick {
                 self.last_tick = self.now;
                 self.tick();
@@ -178,6 +197,19 @@ impl Shard {
         let shard = &self.metrics.shards[self.id];
         shard.connections.store(0, Ordering::Relaxed);
         tracing::debug!(shard = self.id, "shard stopped");
+    }
+
+    /// How long until the next flush may run. While connections receive several frames
+    /// per flush (high per-connection rates), flushes are paced to one per
+    /// `flush_interval`, so each `writev` carries many frames; otherwise (one frame per
+    /// connection per flush, the common case) output is written at the end of the turn.
+    fn flush_due_in(&self, now: Instant) -> Duration {
+        if !self.paced {
+            return Duration::ZERO;
+        }
+        self.config
+            .flush_interval
+            .saturating_sub(now.saturating_duration_since(self.last_flush))
     }
 
     fn accept(&mut self) {
@@ -341,7 +373,11 @@ impl Shard {
             self.dirty.push(key);
         }
         // The echo endpoint answers messages of up to 16 MiB by design.
-        let limit = if conn.echo { limit.max(4 * crate::server::ECHO_MAX_MESSAGE) } else { limit };
+        let limit = if conn.echo {
+            limit.max(4 * crate::server::ECHO_MAX_MESSAGE)
+        } else {
+            limit
+        };
         if conn.outq.bytes() > limit {
             Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
         }
@@ -360,6 +396,7 @@ impl Shard {
     fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         let mut bytes = 0u64;
+        let (mut frames, mut writes) = (0usize, 0usize);
         for &key in &dirty {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -368,6 +405,8 @@ impl Shard {
             if conn.blocked {
                 continue;
             }
+            frames += conn.outq.frames();
+            writes += 1;
             match conn.outq.write_to(&mut conn.stream) {
                 Ok((outq::Flushed::Empty, n)) => {
                     bytes += n as u64;
@@ -386,6 +425,11 @@ impl Shard {
         self.metrics.shards[self.id]
             .bytes_out
             .fetch_add(bytes, Ordering::Relaxed);
+        // Pace the next flush only while connections get several frames per write:
+        // evidence that per-connection message rates are high and batching pays.
+        if writes > 0 {
+            self.paced = frames >= 2 * writes;
+        }
         let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {

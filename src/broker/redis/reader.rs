@@ -233,6 +233,7 @@ impl Reader {
                 }
             }
         }
+        self.router.wake();
         metrics.broker_messages.fetch_add(count, Ordering::Relaxed);
     }
 
