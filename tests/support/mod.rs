@@ -89,7 +89,7 @@ pub fn post(addr: SocketAddr, path: &str, body: &str, headers: &str) -> Response
     raw(
         addr,
         format!(
-            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
             body.len()
         )
         .as_bytes(),
