@@ -240,6 +240,7 @@ mod tests {
     use crate::shard::inbox::{inbox, Inbox};
     use mio::{Poll, Token, Waker};
 
+    #[allow(clippy::type_complexity)]
     fn setup(
         n: usize,
     ) -> (

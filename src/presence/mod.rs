@@ -9,6 +9,7 @@
 //! entries live in Redis (`store.rs`, layout in docs/protocol.md); in embedded mode the
 //! thread's own table answers queries.
 
+pub mod bench;
 mod client;
 mod local;
 pub mod store;

@@ -56,6 +56,9 @@ struct Head<'a> {
     server_id: std::borrow::Cow<'a, str>,
 }
 
+/// An entry a query read: (user index, connection id, value, server id if readable).
+type Found = (usize, Box<str>, Box<str>, Option<String>);
+
 pub struct RedisStore {
     client: Client,
     server_id: String,
@@ -341,8 +344,7 @@ impl RedisStore {
             pipe.cmd(&[b"HGETALL", user_key(user).as_bytes()]);
         }
         let reply = self.round(&pipe)?;
-        // (user index, connection id, value, server id)
-        let mut found: Vec<(usize, Box<str>, Box<str>, Option<String>)> = Vec::new();
+        let mut found: Vec<Found> = Vec::new();
         for (i, v) in reply.iter().enumerate() {
             let Value::Array(items) = v else { continue };
             for pair in items.chunks(2) {
