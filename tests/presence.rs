@@ -286,3 +286,20 @@ fn heartbeat_cost_for_100k_connections() {
     let ttl: i64 = redis_cmd(&redis, &["TTL", "connections:bench-99999"]);
     assert!(ttl > 0);
 }
+
+#[test]
+fn connect_disconnect_churn_leaves_no_entries() {
+    let redis = RedisProcess::start();
+    let a = node(&redis, "churn-node");
+    for _ in 0..5 {
+        let clients: Vec<WsClient> = (0..40).map(|_| connect(&a, "churn")).collect();
+        drop(clients);
+    }
+    let mut probe = connect(&a, "probe");
+    wait_for("every churned entry removed", DEADLINE, || {
+        let v = ws_presence(&mut probe, "churn");
+        let n: i64 = redis_cmd(&redis, &["EXISTS", "connections:churn"]);
+        let left: i64 = redis_cmd(&redis, &["HLEN", "fanout:node:churn-node:conns"]);
+        (v["online"] == false && n == 0 && left == 1).then_some(())
+    });
+}

@@ -153,20 +153,10 @@ impl RedisStore {
         pipe.cmd(&[b"HDEL", self.conns_key.as_bytes(), cid.as_bytes()]);
     }
 
-    /// Writes a batch of changes in one round (`local` already reflects them). After a
-    /// failure the next round rewrites every local entry and replays the removals.
+    /// Writes a batch of changes in one round, in their order (`local` already reflects
+    /// them). After a failure the next round rewrites every local entry and replays the
+    /// removals that did not reach Redis.
     pub fn write(&mut self, ops: Vec<Op>, local: &Local) {
-        let mut opens = Vec::new();
-        for op in ops {
-            match op {
-                Op::Open { user, entry } => opens.push((user, entry)),
-                Op::Close { user, cid } => self.removals.push((user, cid)),
-            }
-        }
-        if self.removals.len() > MAX_REMOVALS {
-            let excess = self.removals.len() - MAX_REMOVALS;
-            self.removals.drain(..excess);
-        }
         let mut pipe = Pipe::default();
         for (user, cid) in &self.removals {
             self.close_cmds(&mut pipe, user, cid);
@@ -176,9 +166,20 @@ impl RedisStore {
             for (user, entry) in local.iter() {
                 self.open_cmds(&mut pipe, user, entry);
             }
-        } else {
-            for (user, entry) in &opens {
-                self.open_cmds(&mut pipe, user, entry);
+        }
+        let mut closes = Vec::new();
+        for op in ops {
+            match op {
+                Op::Open { user, entry } => {
+                    // In a resync every local entry is already written.
+                    if !self.resync {
+                        self.open_cmds(&mut pipe, &user, &entry);
+                    }
+                }
+                Op::Close { user, cid } => {
+                    self.close_cmds(&mut pipe, &user, &cid);
+                    closes.push((user, cid));
+                }
             }
         }
         if self.round(&pipe).is_some() {
@@ -186,6 +187,11 @@ impl RedisStore {
             self.resync = false;
         } else {
             self.resync = true;
+            self.removals.extend(closes);
+            if self.removals.len() > MAX_REMOVALS {
+                let excess = self.removals.len() - MAX_REMOVALS;
+                self.removals.drain(..excess);
+            }
         }
     }
 
