@@ -303,3 +303,27 @@ fn connect_disconnect_churn_leaves_no_entries() {
         (v["online"] == false && n == 0 && left == 1).then_some(())
     });
 }
+
+#[test]
+fn after_a_redis_outage_the_node_rewrites_its_entries() {
+    let mut redis = RedisProcess::start();
+    let a = node(&redis, "outage-node");
+    let alice = connect(&a, "alice");
+    wait_entries(&redis, "alice", 1);
+    redis.kill();
+    let mut bob = connect(&a, "bob");
+    drop(alice);
+    let v = wait_for("an answer while Redis is down", DEADLINE, || {
+        bob.send(r#"{"type":"presence","user":"bob"}"#);
+        bob.recv_json(DEADLINE)
+    });
+    assert_eq!(v["code"], "unavailable", "{v}");
+    redis.restart(); // empty: nothing persisted
+    wait_entries(&redis, "bob", 1);
+    assert!(entries(&redis, "alice").is_empty());
+    let live: i64 = redis_cmd(&redis, &["EXISTS", "fanout:node:outage-node"]);
+    assert_eq!(live, 1);
+    wait_for("bob online again", DEADLINE, || {
+        (ws_presence(&mut bob, "bob")["online"] == true).then_some(())
+    });
+}
