@@ -39,6 +39,17 @@ impl Default for Limits {
     }
 }
 
+/// What happens to a connection whose outbound queue passes `outbound_limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowPolicy {
+    /// Close it with code 4000 "slow consumer".
+    #[default]
+    Close,
+    /// Drop its oldest queued frames and send it one `slow_consumer` error.
+    DropOldest,
+}
+
 /// The resolved configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -50,6 +61,13 @@ pub struct Config {
     pub limits: Limits,
     /// Path of the WebSocket echo endpoint (conformance testing); off when `None`.
     pub echo_path: Option<String>,
+    pub slow_policy: SlowPolicy,
+    /// Server ping interval; a client silent for two intervals is dropped.
+    pub ping_interval: Duration,
+    /// Time allowed to complete the HTTP request / WebSocket handshake.
+    pub handshake_timeout: Duration,
+    /// Longest a SIGTERM shutdown may take.
+    pub shutdown_timeout: Duration,
     /// Allowed `Origin` values of WebSocket upgrades; empty: any.
     pub allowed_origins: Vec<String>,
     /// Key required by the HTTP API (`/api/...`); `None`: open.
@@ -130,6 +148,22 @@ pub struct Args {
     #[arg(long, value_name = "BYTES")]
     pub outbound_limit: Option<usize>,
 
+    /// What to do with a slow consumer: close it (code 4000) or drop its oldest frames [default: close]
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub slow_consumer: Option<SlowPolicy>,
+
+    /// Seconds between server pings; a client silent for two intervals is dropped [default: 25]
+    #[arg(long, value_name = "SECS")]
+    pub ping_interval: Option<u64>,
+
+    /// Seconds a client has to complete its handshake (or HTTP request) [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub handshake_timeout: Option<u64>,
+
+    /// Seconds a SIGTERM/SIGINT shutdown may take before the node exits anyway [default: 5]
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_timeout: Option<u64>,
+
     /// Serve a WebSocket echo endpoint on this path, for conformance tests (Autobahn) [default: off]
     #[arg(long, value_name = "PATH")]
     pub echo_path: Option<String>,
@@ -176,6 +210,10 @@ struct FileConfig {
     max_channel_len: Option<usize>,
     outbound_limit: Option<usize>,
     echo_path: Option<String>,
+    slow_consumer: Option<SlowPolicy>,
+    ping_interval: Option<u64>,
+    handshake_timeout: Option<u64>,
+    shutdown_timeout: Option<u64>,
     allowed_origins: Option<String>,
     api_key: Option<String>,
     presence: Option<OnOff>,
@@ -254,6 +292,30 @@ impl Config {
             .server_id
             .or(file.server_id)
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+        let secs = |flag: Option<u64>,
+                    file: Option<u64>,
+                    default: u64,
+                    name: &str|
+         -> Result<Duration, String> {
+            let v = flag.or(file).unwrap_or(default);
+            if v == 0 || v > 86_400 {
+                return Err(format!("--{name} must be between 1 and 86400 seconds"));
+            }
+            Ok(Duration::from_secs(v))
+        };
+        let ping_interval = secs(args.ping_interval, file.ping_interval, 25, "ping-interval")?;
+        let handshake_timeout = secs(
+            args.handshake_timeout,
+            file.handshake_timeout,
+            10,
+            "handshake-timeout",
+        )?;
+        let shutdown_timeout = secs(
+            args.shutdown_timeout,
+            file.shutdown_timeout,
+            5,
+            "shutdown-timeout",
+        )?;
         let allowed_origins = args
             .allowed_origins
             .or(file.allowed_origins)
@@ -267,6 +329,13 @@ impl Config {
             shards,
             limits,
             echo_path: args.echo_path.or(file.echo_path),
+            slow_policy: args
+                .slow_consumer
+                .or(file.slow_consumer)
+                .unwrap_or_default(),
+            ping_interval,
+            handshake_timeout,
+            shutdown_timeout,
             allowed_origins,
             api_key,
             presence,

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     };
     let mode = config.redis.clone().unwrap_or_else(|| "embedded".into());
     let (shards, server_id) = (config.shards, config.server_id.clone());
+    let shutdown_timeout = config.shutdown_timeout;
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -47,6 +48,13 @@ fn main() -> ExitCode {
         tracing::info!(signal = sig, "shutting down");
     }
     server.shutdown();
+    // The shards give up on slow clients at the deadline; this is the backstop.
+    std::thread::spawn(move || {
+        std::thread::sleep(shutdown_timeout + std::time::Duration::from_secs(1));
+        tracing::warn!("shutdown deadline passed: exiting");
+        std::process::exit(0);
+    });
     server.join();
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -33,6 +33,8 @@ pub struct ShardMetrics {
     pub publish_rejected: AtomicU64,
     /// Protocol errors answered to clients.
     pub client_errors: AtomicU64,
+    /// Connections dropped for a handshake timeout or for being silent too long.
+    pub timeouts: AtomicU64,
     /// Depth of the shard's delivery queue, sampled each loop turn.
     pub queue_depth: AtomicU64,
     /// Broker frame built → queued to this shard's subscribers.
@@ -87,7 +89,7 @@ impl Metrics {
     /// The Prometheus text exposition of every figure.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [ShardSeries; 11] = [
+        let per_shard: [ShardSeries; 12] = [
             (
                 "fanout_connections",
                 "gauge",
@@ -147,6 +149,12 @@ impl Metrics {
                 "counter",
                 |s| &s.client_errors,
                 "Error replies sent to clients",
+            ),
+            (
+                "fanout_timeouts_total",
+                "counter",
+                |s| &s.timeouts,
+                "Connections dropped by handshake or keepalive timeouts",
             ),
             (
                 "fanout_dispatch_queue_depth",

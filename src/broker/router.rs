@@ -240,15 +240,9 @@ mod tests {
     use crate::shard::inbox::{inbox, Inbox};
     use mio::{Poll, Token, Waker};
 
-    #[allow(clippy::type_complexity)]
-    fn setup(
-        n: usize,
-    ) -> (
-        Router,
-        Vec<Inbox<ShardMsg>>,
-        Vec<Inbox<ShardMsg>>,
-        Vec<Poll>,
-    ) {
+    type Inboxes = Vec<Inbox<ShardMsg>>;
+
+    fn setup(n: usize) -> (Router, Inboxes, Inboxes, Vec<Poll>) {
         let (mut data, mut control, mut data_rx, mut control_rx, mut polls) =
             (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..n {

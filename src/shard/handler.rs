@@ -211,7 +211,9 @@ impl Shard {
             ack,
         };
         let m = &self.metrics.shards[self.id];
-        if self.broker.send(cmd).is_err() {
+        let broker_down =
+            self.config.redis.is_some() && !self.health.publisher_ok.load(Ordering::Relaxed);
+        if broker_down || self.broker.send(cmd).is_err() {
             m.publish_rejected.fetch_add(1, Ordering::Relaxed);
             self.simple_error(
                 key,

@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::broker::{BrokerHandle, ShardId, ShardMsg};
-use crate::config::Config;
+use crate::config::{Config, SlowPolicy};
 use crate::metrics::Metrics;
 use crate::server::Health;
 pub use conn::ConnId;
@@ -304,7 +304,7 @@ impl Shard {
                 self.dirty.push(key);
             }
             if conn.outq.bytes() > limit {
-                Self::over_limit(conn, &self.metrics.shards[self.id], limit);
+                Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
             }
         }
         self.metrics.shards[self.id]
@@ -312,13 +312,32 @@ impl Shard {
             .fetch_add(queued, Ordering::Relaxed);
     }
 
-    /// The slow-consumer policy: close with 4000.
-    fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, _limit: usize) {
-        conn.outq.clear();
-        conn.outq
-            .push(crate::ws::frame::close(4000, "slow consumer").freeze());
-        conn.phase = Phase::Closing;
-        m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+    /// The slow-consumer policy, applied when a queue passes the limit.
+    fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, config: &Config) {
+        let limit = config.limits.outbound_limit;
+        match config.slow_policy {
+            SlowPolicy::Close => {
+                conn.outq.clear();
+                conn.outq
+                    .push(crate::ws::frame::close(4000, "slow consumer").freeze());
+                conn.phase = Phase::Closing;
+                m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+            }
+            SlowPolicy::DropOldest => {
+                let dropped = conn.outq.drop_oldest(limit);
+                m.slow_consumer_dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                if !conn.told_slow {
+                    conn.told_slow = true;
+                    conn.outq.push(crate::protocol::reply::error(
+                        crate::protocol::ErrorCode::SlowConsumer,
+                        "you are not reading fast enough: oldest messages were dropped",
+                        None,
+                        None,
+                    ));
+                }
+            }
+        }
     }
 
     /// Queues a reply for one connection.
@@ -335,8 +354,10 @@ impl Shard {
             conn.dirty = true;
             self.dirty.push(key);
         }
+        // The echo endpoint answers messages of up to 16 MiB by design.
+        let limit = if conn.echo { limit.max(4 * crate::server::ECHO_MAX_MESSAGE) } else { limit };
         if conn.outq.bytes() > limit {
-            Self::over_limit(conn, &self.metrics.shards[self.id], limit);
+            Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
         }
     }
 
@@ -364,6 +385,7 @@ impl Shard {
             match conn.outq.write_to(&mut conn.stream) {
                 Ok((outq::Flushed::Empty, n)) => {
                     bytes += n as u64;
+                    conn.told_slow = false;
                     if conn.phase == Phase::Closing {
                         self.close(key);
                     }
@@ -423,23 +445,47 @@ impl Shard {
         }
     }
 
-    /// Once a second: timeouts.
+    /// Once a second: handshake timeouts, pings, and dropping silent clients.
     fn tick(&mut self) {
-        let handshake_timeout = 10;
         let now = self.now;
-        let stale: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
-                matches!(c.phase, Phase::Handshake | Phase::HttpBody)
-                    && now.saturating_sub(c.opened) >= handshake_timeout
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for key in stale {
+        let handshake = self.config.handshake_timeout.as_secs() as u32;
+        let ping = self.config.ping_interval.as_secs() as u32;
+        let mut expired = Vec::new();
+        let mut to_ping = Vec::new();
+        for (key, c) in self.conns.iter_mut() {
+            match c.phase {
+                Phase::Handshake | Phase::HttpBody => {
+                    if now.saturating_sub(c.opened) >= handshake {
+                        expired.push(key);
+                    }
+                }
+                Phase::Open => {
+                    let silent = now.saturating_sub(c.last_seen);
+                    if silent >= 2 * ping {
+                        expired.push(key);
+                    } else if silent >= ping && !c.ping_outstanding {
+                        c.ping_outstanding = true;
+                        to_ping.push(key);
+                    }
+                }
+                // A peer that never reads its close frame is not waited for forever.
+                Phase::Closing => {
+                    if now.saturating_sub(c.last_seen) >= handshake.max(2 * ping) {
+                        expired.push(key);
+                    }
+                }
+            }
+        }
+        let ping_frame = crate::ws::frame::build(crate::ws::frame::OutOp::Ping, b"").freeze();
+        for key in to_ping {
+            self.queue(key, ping_frame.clone());
+        }
+        let m = &self.metrics.shards[self.id];
+        m.timeouts
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        for key in expired {
             self.close(key);
         }
-        let _ = &self.health;
         self.presence_tick();
     }
 
@@ -463,7 +509,7 @@ impl Shard {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        self.shutdown_deadline = Some(Instant::now() + Duration::from_secs(5));
+        self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

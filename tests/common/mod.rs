@@ -70,6 +70,7 @@ impl RedisProcess {
                 "--bind",
                 "127.0.0.1",
             ])
+            .args(["--enable-debug-command", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

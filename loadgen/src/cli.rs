@@ -1,0 +1,182 @@
+//! Command line: the `fanout`, `conns` and `churn` scenarios and their flags (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "loadgen",
+    version,
+    args_override_self = true,
+    about = "Load generator for WebSocket pub/sub servers speaking fanout protocol v1",
+    long_about = "Load generator for WebSocket pub/sub servers speaking fanout protocol v1.\n\
+        Every scenario is bounded in time and count and stops by itself. See docs/loadgen.md."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Cmd {
+    /// Subscribers over channels, publishers at a fixed rate or open loop; measures
+    /// deliveries/s, end-to-end latency, lost/duplicated/reordered messages.
+    Fanout(FanoutArgs),
+    /// Many idle subscribed connections; measures connect rate and server memory per
+    /// connection.
+    Conns(ConnsArgs),
+    /// Connect/subscribe/disconnect storms; measures connects/s, subscribe latency and
+    /// errors.
+    Churn(ChurnArgs),
+}
+
+/// Flags shared by every scenario.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// WebSocket URL of the server under test.
+    #[arg(long, default_value = "ws://127.0.0.1:3000/")]
+    pub url: String,
+    /// Channel names are PREFIX.0, PREFIX.1, ...
+    #[arg(long, default_value = "lg")]
+    pub channel_prefix: String,
+    /// Threads (each with its own epoll) per process for the connections.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Processes to spread connections over (0 = auto: enough to stay under the
+    /// open-file limit). Children report to the parent, which aggregates.
+    #[arg(long, default_value_t = 0)]
+    pub procs: usize,
+    /// Spread connections over 127.0.0.1..=127.0.0.N source addresses (0 = auto: at
+    /// most 20k connections per address). Only used for loopback targets.
+    #[arg(long, default_value_t = 0)]
+    pub source_addrs: u32,
+    /// Server process id(s) to account CPU and RSS for (repeatable or comma list; summed).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Print one machine-readable JSON line on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw the latency distribution to FILE (.svg, or .png).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Seconds allowed for connecting and subscribing everything.
+    #[arg(long, default_value_t = 60.0)]
+    pub setup_timeout: f64,
+    /// Connections in connect/handshake/subscribe at once, per process.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending: usize,
+    /// Internal: run as child I/N of a multi-process run.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishVia {
+    /// WebSocket `publish` frames (with `id` acks) through the server.
+    Ws,
+    /// `PUBLISH` straight into Redis.
+    Redis,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscriber connections in total.
+    #[arg(long, default_value_t = 1000)]
+    pub subs: usize,
+    /// Channels; subscribers and publishers are spread round-robin over them.
+    #[arg(long, default_value_t = 1)]
+    pub channels: u32,
+    /// Channels each subscriber connection subscribes to.
+    #[arg(long, default_value_t = 1)]
+    pub subs_per_conn: u32,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    pub pubs: u32,
+    /// Publish through the server (ws) or straight into Redis (redis).
+    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+    pub publish_via: PublishVia,
+    /// Redis URL for --publish-via redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// Payload size in bytes (the `data` JSON).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Total publishes per second over all publishers (0 = open loop).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Outstanding (unacknowledged) publishes per publisher (0 = unbounded, for servers
+    /// that do not acknowledge publishes with an id).
+    #[arg(long, default_value_t = 64)]
+    pub window: u64,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds to wait for in-flight deliveries after publishing stops.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to open (each subscribes).
+    #[arg(long, default_value_t = 20_000)]
+    pub conns: usize,
+    /// Channels, spread round-robin.
+    #[arg(long, default_value_t = 1000)]
+    pub channels: u32,
+    /// Channels each connection subscribes to.
+    #[arg(long, default_value_t = 1)]
+    pub subs_per_conn: u32,
+    /// Seconds to hold the connections open after all subscribed.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Send a close frame and wait (bounded) for the server's.
+    Clean,
+    /// Drop the TCP connection (RST) without a close frame.
+    Abort,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Stop after this many connection cycles in total (0 = only --duration bounds it).
+    #[arg(long, default_value_t = 0)]
+    pub conns: u64,
+    /// New connections per second in total (0 = as fast as --concurrency allows).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Connection cycles in flight at once, in total.
+    #[arg(long, default_value_t = 1000)]
+    pub concurrency: usize,
+    /// Seconds to keep starting new cycles.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Channels, spread round-robin.
+    #[arg(long, default_value_t = 100)]
+    pub channels: u32,
+    /// Milliseconds to stay subscribed before disconnecting.
+    #[arg(long, default_value_t = 0)]
+    pub hold_ms: u64,
+    /// How to disconnect.
+    #[arg(long, value_enum, default_value_t = CloseMode::Clean)]
+    pub close: CloseMode,
+    /// Seconds one cycle may take before it counts as a timeout.
+    #[arg(long, default_value_t = 10.0)]
+    pub op_timeout: f64,
+}

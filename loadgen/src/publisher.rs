@@ -1,0 +1,428 @@
+//! Publisher thread: `--pubs` connections (WebSocket `publish` frames with `id` acks, or
+//! plain TCP Redis connections with pipelined `PUBLISH`), paced to `--rate` or open loop
+//! bounded by `--window` outstanding publishes each. Payloads carry publisher id,
+//! per-stream sequence number and send time, padded to `--payload` bytes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token};
+
+use crate::client::{Event, WsConn, WBUF_HIGH};
+use crate::clock::{now_ns, thread_cpu_ns};
+use crate::net::{self, RedisTarget, Target};
+use crate::redis_pub::{encode_command, flush_raw, push_num, RedisConn};
+use crate::scan::{scan, Msg};
+use crate::subs::n_streams;
+
+#[derive(Debug, Clone)]
+pub enum Via {
+    Ws(Target),
+    Redis(RedisTarget),
+}
+
+#[derive(Debug, Clone)]
+pub struct PubPlan {
+    pub via: Via,
+    pub pubs: u32,
+    pub channels: u32,
+    pub prefix: String,
+    pub payload: usize,
+    /// Total publishes per second over all publishers; 0 = open loop.
+    pub rate: f64,
+    /// Outstanding publishes per publisher; 0 = unbounded.
+    pub window: u64,
+    pub setup_deadline: u64,
+    pub drain_ns: u64,
+}
+
+/// Shared between the driver and the publisher thread.
+pub struct PubShared {
+    pub ready: AtomicBool,
+    pub failed: Mutex<Option<String>>,
+    pub t0: AtomicU64,
+    pub ws: AtomicU64,
+    pub we: AtomicU64,
+    pub stopped: AtomicBool,
+    pub per_channel: Mutex<Vec<u64>>,
+    pub published: AtomicU64,
+}
+
+impl Default for PubShared {
+    fn default() -> Self {
+        PubShared {
+            ready: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            t0: AtomicU64::new(u64::MAX),
+            ws: AtomicU64::new(u64::MAX),
+            we: AtomicU64::new(u64::MAX),
+            stopped: AtomicBool::new(false),
+            per_channel: Mutex::new(Vec::new()),
+            published: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PubResult {
+    pub per_stream_window: Vec<u64>,
+    pub per_stream_total: Vec<u64>,
+    pub published_total: u64,
+    pub published_window: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub error_codes: BTreeMap<String, u64>,
+    pub conn_failures: u64,
+    /// Redis PUBLISH replies saying 0 clients received the message.
+    pub redis_zero_receivers: u64,
+    pub outstanding_at_end: u64,
+    pub window_cpu_s: f64,
+    pub window_thread_frac: f64,
+}
+
+enum PConn {
+    Ws(WsConn),
+    Redis(RedisConn),
+}
+
+struct Pub {
+    streams: Vec<u32>,
+    rr: usize,
+    conn: PConn,
+    outstanding: u64,
+    sent: u64,
+    alive: bool,
+    next_id: u64,
+}
+
+/// Append loadgen's payload: `{"p":P,"s":S,"t":T,"x":"aaa…"}` padded to `size` bytes
+/// (or the minimum length if `size` is smaller).
+pub fn build_payload(out: &mut Vec<u8>, p: u32, s: u64, t: u64, size: usize) {
+    let start = out.len();
+    out.extend_from_slice(b"{\"p\":");
+    push_num(out, p as u64);
+    out.extend_from_slice(b",\"s\":");
+    push_num(out, s);
+    out.extend_from_slice(b",\"t\":");
+    push_num(out, t);
+    out.extend_from_slice(b",\"x\":\"");
+    let used = out.len() - start + 2;
+    out.resize(out.len() + size.saturating_sub(used), b'a');
+    out.extend_from_slice(b"\"}");
+}
+
+/// Run the publisher thread to completion.
+pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
+    let fail = |msg: String| {
+        if let Ok(mut f) = sh.failed.lock() {
+            *f = Some(msg);
+        }
+    };
+    let nstreams = n_streams(plan.pubs, plan.channels) as usize;
+    let mut res = PubResult {
+        per_stream_window: vec![0; nstreams],
+        per_stream_total: vec![0; nstreams],
+        ..Default::default()
+    };
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            fail(format!("poll: {e}"));
+            return res;
+        }
+    };
+    let mut pubs: Vec<Pub> = Vec::new();
+    for p in 0..plan.pubs {
+        let addr = match &plan.via {
+            Via::Ws(t) => t.addr,
+            Via::Redis(r) => r.addr,
+        };
+        let mut sock = match net::connect_nb(addr, None) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(format!("publisher {p}: connect {addr}: {e}"));
+                return res;
+            }
+        };
+        if let Err(e) = poll.registry().register(
+            &mut sock,
+            Token(p as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            fail(format!("register: {e}"));
+            return res;
+        }
+        let conn = match &plan.via {
+            Via::Ws(t) => PConn::Ws(WsConn::new(sock, &t.host, &t.path, 0x9e37_79b9 ^ p)),
+            Via::Redis(r) => {
+                let mut wbuf = Vec::new();
+                let mut skip = 0;
+                if let Some(pw) = &r.password {
+                    match &r.user {
+                        Some(u) => {
+                            encode_command(&mut wbuf, &[b"AUTH", u.as_bytes(), pw.as_bytes()])
+                        }
+                        None => encode_command(&mut wbuf, &[b"AUTH", pw.as_bytes()]),
+                    }
+                    skip = 1;
+                }
+                PConn::Redis(RedisConn::new(sock, wbuf, skip))
+            }
+        };
+        pubs.push(Pub {
+            streams: (p as usize..nstreams)
+                .step_by(plan.pubs as usize)
+                .map(|k| k as u32)
+                .collect(),
+            rr: 0,
+            conn,
+            outstanding: 0,
+            sent: 0,
+            alive: true,
+            next_id: 0,
+        });
+    }
+
+    let mut events = Events::with_capacity(256);
+    let mut rbuf = vec![0u8; 1 << 18];
+    let mut seq = vec![0u64; nstreams];
+    let mut scratch: Vec<u8> = Vec::with_capacity(plan.payload + 256);
+    let mut msg: Vec<u8> = Vec::with_capacity(plan.payload + 256);
+    let chan_names: Vec<Vec<u8>> = (0..plan.channels)
+        .map(|c| format!("{}.{}", plan.prefix, c).into_bytes())
+        .collect();
+    let rate_per_pub = plan.rate / plan.pubs.max(1) as f64;
+    let mut ws_mark: Option<(u64, u64)> = None;
+    let mut we_mark: Option<(u64, u64)> = None;
+    let mut stopped = false;
+
+    loop {
+        let now = now_ns();
+        let t0 = sh.t0.load(Ordering::Acquire);
+        let ws = sh.ws.load(Ordering::Acquire);
+        let we = sh.we.load(Ordering::Acquire);
+        let publishing = sh.ready.load(Ordering::Relaxed) && now >= t0 && now < we;
+        if !sh.ready.load(Ordering::Relaxed) {
+            let all = pubs.iter().all(|p| match &p.conn {
+                PConn::Ws(w) => w.state == crate::client::State::Open,
+                PConn::Redis(r) => r.connected && r.skip == 0,
+            });
+            if all {
+                sh.ready.store(true, Ordering::Release);
+            } else if now > plan.setup_deadline {
+                fail("publishers did not connect before the setup timeout".into());
+                return res;
+            }
+        }
+        if ws_mark.is_none() && now >= ws {
+            ws_mark = Some((now, thread_cpu_ns()));
+        }
+        if we_mark.is_none() && now >= we {
+            we_mark = Some((now, thread_cpu_ns()));
+        }
+        if !stopped && now >= we {
+            stopped = true;
+            let mut per = vec![0u64; plan.channels as usize];
+            for (k, n) in res.per_stream_total.iter().enumerate() {
+                per[k % plan.channels as usize] += n;
+            }
+            if let Ok(mut v) = sh.per_channel.lock() {
+                *v = per;
+            }
+            sh.stopped.store(true, Ordering::Release);
+        }
+        if stopped {
+            let out: u64 = pubs.iter().filter(|p| p.alive).map(|p| p.outstanding).sum();
+            if out == 0 || now >= we.saturating_add(plan.drain_ns) {
+                res.outstanding_at_end = out;
+                break;
+            }
+        }
+
+        let mut next_due = u64::MAX;
+        if publishing {
+            for (pi, p) in pubs.iter_mut().enumerate() {
+                if !p.alive {
+                    continue;
+                }
+                let window = if plan.window == 0 {
+                    u64::MAX
+                } else {
+                    plan.window
+                };
+                let room = window.saturating_sub(p.outstanding);
+                let mut n = room;
+                if rate_per_pub > 0.0 {
+                    let el = (now - t0) as f64;
+                    let due = (el * rate_per_pub / 1e9) as u64 + 1;
+                    n = n.min(due.saturating_sub(p.sent));
+                    let t_next = t0 + (((p.sent + n) as f64) * 1e9 / rate_per_pub) as u64;
+                    next_due = next_due.min(t_next);
+                }
+                for _ in 0..n {
+                    let pending = match &p.conn {
+                        PConn::Ws(w) => w.pending_out(),
+                        PConn::Redis(r) => r.wbuf.len() - r.wpos,
+                    };
+                    if pending > WBUF_HIGH {
+                        break;
+                    }
+                    let k = p.streams[p.rr % p.streams.len()] as usize;
+                    p.rr += 1;
+                    let ch = k % plan.channels as usize;
+                    let s = seq[k];
+                    seq[k] += 1;
+                    let t = now_ns();
+                    scratch.clear();
+                    build_payload(&mut scratch, pi as u32, s, t, plan.payload);
+                    match &mut p.conn {
+                        PConn::Ws(w) => {
+                            msg.clear();
+                            msg.extend_from_slice(b"{\"type\":\"publish\",\"channel\":\"");
+                            msg.extend_from_slice(&chan_names[ch]);
+                            msg.extend_from_slice(b"\",\"data\":");
+                            msg.extend_from_slice(&scratch);
+                            msg.extend_from_slice(b",\"id\":");
+                            push_num(&mut msg, p.next_id);
+                            msg.push(b'}');
+                            p.next_id += 1;
+                            w.queue_text(&msg);
+                        }
+                        PConn::Redis(r) => {
+                            encode_command(&mut r.wbuf, &[b"PUBLISH", &chan_names[ch], &scratch]);
+                        }
+                    }
+                    p.outstanding += 1;
+                    p.sent += 1;
+                    res.published_total += 1;
+                    res.per_stream_total[k] += 1;
+                    if t >= ws && t < we {
+                        res.published_window += 1;
+                        res.per_stream_window[k] += 1;
+                    }
+                }
+                let r = match &mut p.conn {
+                    PConn::Ws(w) => w.flush(),
+                    PConn::Redis(r) => flush_raw(&mut r.sock, &mut r.wbuf, &mut r.wpos),
+                };
+                if r.is_err() {
+                    p.alive = false;
+                    res.conn_failures += 1;
+                }
+            }
+            sh.published.store(res.published_total, Ordering::Relaxed);
+        }
+
+        let now = now_ns();
+        let timeout = if next_due != u64::MAX {
+            next_due.saturating_sub(now).min(1_000_000)
+        } else {
+            1_000_000
+        };
+        let _ = poll.poll(&mut events, Some(Duration::from_nanos(timeout)));
+        for ev in events.iter() {
+            let Some(p) = pubs.get_mut(ev.token().0) else {
+                continue;
+            };
+            if !p.alive {
+                continue;
+            }
+            let Pub {
+                conn, outstanding, ..
+            } = p;
+            let ok = match conn {
+                PConn::Ws(w) => {
+                    let mut ok = !ev.is_writable() || w.on_writable().is_ok();
+                    if ok && (ev.is_readable() || ev.is_read_closed()) {
+                        let r = w.read(&mut rbuf, &mut |e, _| {
+                            if let Event::Text(t) = e {
+                                match scan(t) {
+                                    Msg::Published { .. } => {
+                                        res.acked += 1;
+                                        *outstanding = outstanding.saturating_sub(1);
+                                    }
+                                    Msg::Error { code, id } => {
+                                        res.errors += 1;
+                                        *res.error_codes
+                                            .entry(String::from_utf8_lossy(code).into_owned())
+                                            .or_default() += 1;
+                                        if id.is_some() {
+                                            *outstanding = outstanding.saturating_sub(1);
+                                        }
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        });
+                        ok = matches!(r, Ok(true));
+                    }
+                    ok
+                }
+                PConn::Redis(r) => {
+                    let mut ok = !ev.is_writable() || r.on_writable().is_ok();
+                    if ok && (ev.is_readable() || ev.is_read_closed()) {
+                        match r.on_readable() {
+                            Ok((n, e, z, open)) => {
+                                res.acked += n - e;
+                                res.redis_zero_receivers += z;
+                                res.errors += e;
+                                if e > 0 {
+                                    *res.error_codes.entry("redis_error".into()).or_default() += e;
+                                }
+                                *outstanding = outstanding.saturating_sub(n);
+                                ok = open;
+                            }
+                            Err(_) => ok = false,
+                        }
+                    }
+                    ok
+                }
+            };
+            if !ok {
+                p.alive = false;
+                res.conn_failures += 1;
+                if !sh.ready.load(Ordering::Relaxed) {
+                    fail(format!("publisher {} failed during setup", ev.token().0));
+                    return res;
+                }
+            }
+        }
+    }
+    if let (Some((t0, c0)), Some((t1, c1))) = (ws_mark, we_mark) {
+        let cpu = c1.saturating_sub(c0) as f64;
+        res.window_cpu_s = cpu / 1e9;
+        res.window_thread_frac = cpu / (t1.saturating_sub(t0).max(1) as f64);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_padded_and_scannable() {
+        let mut v = Vec::new();
+        build_payload(&mut v, 3, 12345, 987654321, 64);
+        assert_eq!(v.len(), 64);
+        let s = std::str::from_utf8(&v).unwrap();
+        assert!(s.starts_with(r#"{"p":3,"s":12345,"t":987654321,"x":"aaa"#));
+        let parsed: serde_json::Value = serde_json::from_str(s).unwrap();
+        assert_eq!(parsed["s"], 12345);
+        let mut small = Vec::new();
+        build_payload(&mut small, 1, 2, 3, 4);
+        assert_eq!(small, br#"{"p":1,"s":2,"t":3,"x":""}"#.to_vec());
+        let env = [br#"{"channel":"lg.0","data":"#.as_slice(), &v, b"}"].concat();
+        assert_eq!(
+            crate::scan::scan(&env),
+            crate::scan::Msg::Delivery {
+                channel: b"lg.0",
+                p: 3,
+                s: 12345,
+                t: 987654321
+            }
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! Subscriber worker thread: owns a share of the subscriber connections in its own
+//! mio Poll, connects them (bounded concurrency, spread over source addresses),
+//! subscribes, then receives deliveries, tracking sequence numbers and latency.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mio::{Events, Interest, Poll, Token};
+
+use crate::client::{Event, Failure, State, WsConn};
+use crate::clock::{now_ns, thread_cpu_ns};
+use crate::control::Control;
+use crate::net::{self, Target};
+use crate::scan::{channel_index, scan, Msg};
+use crate::seq::{Seen, Tracker};
+use crate::stats::{StreamRecv, SubResult};
+
+/// Everything a subscriber worker needs to know about the run.
+#[derive(Debug, Clone)]
+pub struct SubPlan {
+    pub target: Target,
+    pub prefix: String,
+    pub channels: u32,
+    pub subs_per_conn: u32,
+    pub pubs: u32,
+    pub source_addrs: u32,
+    /// Connections in connect/handshake/subscribe at once, per worker.
+    pub max_pending: usize,
+    pub setup_deadline: u64,
+}
+
+/// Channels subscribed by global connection `gid`.
+pub fn conn_channels(gid: usize, spc: u32, channels: u32) -> Vec<u32> {
+    (0..spc as usize)
+        .map(|m| ((gid * spc as usize + m) % channels as usize) as u32)
+        .collect()
+}
+
+/// Number of streams (publisher × channel pairs): each channel has at least one
+/// publisher when pubs ≥ 1, and each publisher at least one channel.
+pub fn n_streams(pubs: u32, channels: u32) -> u32 {
+    if pubs == 0 {
+        0
+    } else {
+        pubs.max(channels)
+    }
+}
+
+/// Stream k is published by publisher k % pubs on channel k % channels.
+pub fn stream_of(p: u32, ch: u32, pubs: u32, channels: u32) -> Option<u32> {
+    if pubs == 0 || p >= pubs || ch >= channels {
+        return None;
+    }
+    if pubs >= channels {
+        (p % channels == ch).then_some(p)
+    } else {
+        (ch % pubs == p).then_some(ch)
+    }
+}
+
+struct St {
+    gid: usize,
+    chans: Vec<u32>,
+    pending_subs: u32,
+    t_start: u64,
+    t_sub: u64,
+    opened: bool,
+    ready: bool,
+    failed: Option<Failure>,
+    sub_failed: bool,
+    /// Per channel slot, per publisher-on-that-channel.
+    trk: Vec<Vec<Tracker>>,
+}
+
+struct Conn {
+    ws: WsConn,
+    st: St,
+}
+
+/// Run one worker over global connection ids `mine` until the run is over.
+pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult {
+    let mut res = SubResult {
+        streams: vec![StreamRecv::default(); n_streams(plan.pubs, plan.channels) as usize],
+        subscribed_per_channel: vec![0; plan.channels as usize],
+        threads: 1,
+        ..Default::default()
+    };
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("loadgen: cannot create poll: {e}");
+            res.connect_errors = mine.len() as u64;
+            ctl.worker_ready(0, mine.len() as u64);
+            return res;
+        }
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Vec<Option<Conn>> = (0..mine.len()).map(|_| None).collect();
+    let mut rbuf = vec![0u8; 1 << 20];
+    let prefix = plan.prefix.as_bytes().to_vec();
+    let (pubs, channels) = (plan.pubs, plan.channels);
+
+    let mut next_start = 0usize;
+    let mut pending = 0usize;
+    let mut resolved = 0usize;
+    let mut setup = true;
+    let setup_t0 = now_ns();
+    let setup_cpu0 = thread_cpu_ns();
+    let mut ws_mark: Option<(u64, u64)> = None;
+    let mut we_mark: Option<(u64, u64)> = None;
+    let mut expected_total: Option<u64> = None;
+    let mut reported = 0u64;
+    let mut errors_reported = 0u64;
+
+    loop {
+        // Start new connections while under the pending bound.
+        while setup && next_start < mine.len() && pending < plan.max_pending {
+            let i = next_start;
+            next_start += 1;
+            let gid = mine[i];
+            let src = net::source_ip(gid, plan.source_addrs, &plan.target.addr);
+            let started = now_ns();
+            match net::connect_nb(plan.target.addr, src) {
+                Ok(mut sock) => {
+                    if poll
+                        .registry()
+                        .register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        res.connect_errors += 1;
+                        resolved += 1;
+                        continue;
+                    }
+                    let chans = conn_channels(gid, plan.subs_per_conn, channels);
+                    let trk = chans.iter().map(|_| Vec::new()).collect();
+                    conns[i] = Some(Conn {
+                        ws: WsConn::new(
+                            sock,
+                            &plan.target.host,
+                            &plan.target.path,
+                            gid as u32 ^ started as u32,
+                        ),
+                        st: St {
+                            gid,
+                            chans,
+                            pending_subs: 0,
+                            t_start: started,
+                            t_sub: 0,
+                            opened: false,
+                            ready: false,
+                            failed: None,
+                            sub_failed: false,
+                            trk,
+                        },
+                    });
+                    pending += 1;
+                }
+                Err(_) => {
+                    res.connect_errors += 1;
+                    resolved += 1;
+                }
+            }
+        }
+
+        let _ = poll.poll(&mut events, Some(std::time::Duration::from_millis(5)));
+        let ws = ctl.ws.load(Ordering::Acquire);
+        let we = ctl.we.load(Ordering::Acquire);
+
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some(conn) = conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            let Conn { ws: wsc, st } = conn;
+            let mut alive = true;
+            if ev.is_writable() {
+                if let Err(f) = wsc.on_writable() {
+                    st.failed = Some(f);
+                    alive = false;
+                }
+            }
+            if alive && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) {
+                let r = wsc.read(&mut rbuf, &mut |e, now| {
+                    on_event(st, e, now, ws, we, &prefix, pubs, channels, &mut res)
+                });
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => alive = false,
+                    Err(f) => {
+                        st.failed = Some(f);
+                        alive = false;
+                    }
+                }
+            }
+            if alive && st.opened && st.t_sub == 0 {
+                let now = now_ns();
+                res.connect_latency.record(now - st.t_start);
+                st.t_sub = now;
+                st.pending_subs = st.chans.len() as u32;
+                for &c in &st.chans {
+                    let msg = format!(
+                        "{{\"type\":\"subscribe\",\"channel\":\"{}.{}\"}}",
+                        plan.prefix, c
+                    );
+                    wsc.queue_text(msg.as_bytes());
+                }
+                if wsc.flush().is_err() {
+                    st.failed = Some(Failure::Io);
+                    alive = false;
+                }
+            }
+            if alive && !st.ready && st.t_sub != 0 && st.pending_subs == 0 && !st.sub_failed {
+                st.ready = true;
+                res.subscribe_latency.record(now_ns() - st.t_sub);
+                res.conns_ok += 1;
+                for &c in &st.chans {
+                    res.subscribed_per_channel[c as usize] += 1;
+                }
+                ctl.subscribed.fetch_add(1, Ordering::Relaxed);
+                pending -= 1;
+                resolved += 1;
+            }
+            if alive && st.sub_failed && !st.ready {
+                res.subscribe_errors += 1;
+                alive = false;
+                st.failed = Some(Failure::Protocol);
+            }
+            if !alive {
+                if st.ready {
+                    res.disconnects += 1;
+                } else {
+                    if !st.sub_failed {
+                        match (st.failed, wsc.state) {
+                            (Some(Failure::Connect), _) | (None, State::Connecting) => {
+                                res.connect_errors += 1
+                            }
+                            (_, State::Handshake) | (Some(Failure::Handshake), _) => {
+                                res.handshake_errors += 1
+                            }
+                            _ => res.subscribe_errors += 1,
+                        }
+                    }
+                    pending -= 1;
+                    resolved += 1;
+                }
+                let _ = st.gid;
+                conns[i] = None;
+            }
+        }
+
+        let now = now_ns();
+        if setup && (resolved >= mine.len() || now >= plan.setup_deadline) {
+            setup = false;
+            for c in conns.iter_mut() {
+                if c.as_ref().is_some_and(|c| !c.st.ready) {
+                    res.setup_timeouts += 1;
+                    *c = None;
+                }
+            }
+            let wall = (now - setup_t0).max(1) as f64;
+            let cpu = (thread_cpu_ns() - setup_cpu0) as f64;
+            res.setup_cpu_s = cpu / 1e9;
+            res.setup_max_thread_frac = cpu / wall;
+            ctl.worker_ready(res.conns_ok, res.setup_errors());
+        }
+        if ws_mark.is_none() && now >= ws {
+            ws_mark = Some((now, thread_cpu_ns()));
+        }
+        if we_mark.is_none() && now >= we {
+            we_mark = Some((now, thread_cpu_ns()));
+        }
+        if res.delivered_total != reported {
+            ctl.delivered
+                .fetch_add(res.delivered_total - reported, Ordering::Relaxed);
+            reported = res.delivered_total;
+        }
+        let errs = res.setup_errors() + res.disconnects + res.error_frames;
+        if errs != errors_reported {
+            ctl.errors
+                .fetch_add(errs - errors_reported, Ordering::Relaxed);
+            errors_reported = errs;
+        }
+        if ctl.abort.load(Ordering::Relaxed) {
+            break;
+        }
+        if !setup && ctl.finish.load(Ordering::Acquire) {
+            let exp = *expected_total.get_or_insert_with(|| {
+                let per = ctl
+                    .published_per_channel
+                    .lock()
+                    .map(|v| v.clone())
+                    .unwrap_or_default();
+                conns
+                    .iter()
+                    .flatten()
+                    .map(|c| {
+                        c.st.chans
+                            .iter()
+                            .map(|&ch| per.get(ch as usize).copied().unwrap_or(0))
+                            .sum::<u64>()
+                    })
+                    .sum()
+            });
+            if res.delivered_total >= exp || now >= ctl.drain_deadline.load(Ordering::Acquire) {
+                break;
+            }
+        }
+    }
+    if let (Some((t0, c0)), Some((t1, c1))) = (ws_mark, we_mark) {
+        let cpu = c1.saturating_sub(c0) as f64;
+        res.window_cpu_s = cpu / 1e9;
+        res.window_max_thread_frac = cpu / (t1.saturating_sub(t0).max(1) as f64);
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn on_event(
+    st: &mut St,
+    e: Event,
+    now: u64,
+    ws: u64,
+    we: u64,
+    prefix: &[u8],
+    pubs: u32,
+    channels: u32,
+    res: &mut SubResult,
+) {
+    let text = match e {
+        Event::Open => {
+            st.opened = true;
+            return;
+        }
+        Event::Text(t) => t,
+        Event::Binary | Event::Close(_) => {
+            res.other_frames += 1;
+            return;
+        }
+    };
+    match scan(text) {
+        Msg::Delivery { channel, p, s, t } => {
+            res.delivered_total += 1;
+            let Some(ch) = channel_index(channel, prefix) else {
+                res.foreign += 1;
+                return;
+            };
+            let (Some(slot), Some(k)) = (
+                st.chans.iter().position(|&c| c == ch),
+                stream_of(p as u32, ch, pubs, channels).filter(|_| p < pubs as u64),
+            ) else {
+                res.foreign += 1;
+                return;
+            };
+            let j = if pubs >= channels {
+                (p as u32 / channels) as usize
+            } else {
+                0
+            };
+            let v = &mut st.trk[slot];
+            if v.len() <= j {
+                v.resize(j + 1, Tracker::new());
+            }
+            let seen = v[j].observe(s);
+            if t >= ws && t < we {
+                res.delivered_window += 1;
+                res.bytes_window += text.len() as u64;
+                res.latency.record(now.saturating_sub(t));
+                let sr = &mut res.streams[k as usize];
+                match seen {
+                    Seen::InOrder | Seen::Gap(_) => sr.received += 1,
+                    Seen::Reordered => {
+                        sr.received += 1;
+                        sr.reordered += 1;
+                    }
+                    Seen::Duplicate => sr.duplicates += 1,
+                }
+            }
+        }
+        Msg::Subscribed { .. } => {
+            if st.pending_subs > 0 {
+                st.pending_subs -= 1;
+            } else {
+                res.other_frames += 1;
+            }
+        }
+        Msg::Error { .. } => {
+            res.error_frames += 1;
+            if !st.ready {
+                st.sub_failed = true;
+            }
+        }
+        Msg::Gap { .. } => res.gap_frames += 1,
+        Msg::Foreign { .. } => {
+            res.delivered_total += 1;
+            res.foreign += 1;
+        }
+        Msg::Unparsed => res.unparsed += 1,
+        Msg::Published { .. } | Msg::Unsubscribed { .. } | Msg::Other => res.other_frames += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_cover_channels_and_publishers() {
+        for (pubs, channels) in [(1u32, 1u32), (1, 5), (5, 1), (4, 6), (6, 4), (3, 3)] {
+            let n = n_streams(pubs, channels);
+            let mut seen = std::collections::HashSet::new();
+            for p in 0..pubs {
+                for ch in 0..channels {
+                    if let Some(k) = stream_of(p, ch, pubs, channels) {
+                        assert_eq!((k % pubs, k % channels), (p, ch));
+                        assert!(seen.insert(k));
+                    }
+                }
+            }
+            assert_eq!(seen.len() as u32, n, "pubs {pubs} channels {channels}");
+        }
+        assert_eq!(conn_channels(3, 2, 5), vec![1, 2]);
+    }
+}

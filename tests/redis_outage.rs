@@ -1,0 +1,182 @@
+//! Redis killed, restarted, paused, or our subscriber killed: nodes stay up, clients
+//! stay connected, publishers hear `unavailable` promptly, and delivery comes back with
+//! a `gap` notice and no client action.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{RedisProcess, TestNode, WsClient, DEADLINE};
+use serde_json::{json, Value};
+
+fn healthz(node: &TestNode) -> u16 {
+    let Ok(mut s) = std::net::TcpStream::connect(node.addr) else {
+        return 0;
+    };
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Reads until a message matching `want` arrives (skipping others), with a deadline.
+fn recv_until(c: &mut WsClient, want: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let v = c
+            .recv_json(left)
+            .expect("wanted message before the deadline");
+        if want(&v) {
+            return v;
+        }
+    }
+}
+
+/// Publishes with ids until one is acknowledged, returning the first acked id.
+fn publish_until_delivered(p: &mut WsClient, channel: &str) {
+    common::wait_for(
+        "publishes to be accepted again",
+        Duration::from_secs(20),
+        || {
+            p.send(&format!(
+                r#"{{"type":"publish","channel":"{channel}","data":"again","id":1}}"#
+            ));
+            let v = p.expect_json();
+            (v["type"] == "published").then_some(())
+        },
+    );
+}
+
+#[test]
+fn redis_restart_keeps_clients_and_resumes_delivery_with_a_gap() {
+    let mut redis = RedisProcess::start();
+    let a = TestNode::with_redis(&redis, &[]);
+    let b = TestNode::with_redis(&redis, &[]);
+    let mut sub_a = a.client();
+    let mut sub_b = b.client();
+    sub_a.subscribe("live");
+    sub_b.subscribe("live");
+    let mut p = a.client();
+    p.publish("live", "1");
+    assert_eq!(sub_a.expect_json(), json!({"channel":"live","data":1}));
+    assert_eq!(sub_b.expect_json(), json!({"channel":"live","data":1}));
+    assert_eq!(healthz(&a), 200);
+
+    redis.kill();
+    // Publishers hear about it promptly.
+    common::wait_for("node A to notice", DEADLINE, || {
+        (healthz(&a) == 503).then_some(())
+    });
+    let t = Instant::now();
+    p.send(r#"{"type":"publish","channel":"live","data":2,"id":"down"}"#);
+    let v = p.expect_json();
+    assert_eq!(
+        (v["code"].as_str(), v["id"].as_str()),
+        (Some("unavailable"), Some("down"))
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "unavailable took {:?}",
+        t.elapsed()
+    );
+
+    redis.restart();
+    // Both nodes resubscribe by themselves and tell their subscribers about the gap.
+    for s in [&mut sub_a, &mut sub_b] {
+        assert_eq!(
+            recv_until(s, |v| v["type"] == "gap"),
+            json!({"type":"gap","channel":"live"})
+        );
+    }
+    common::wait_for("node A healthy", DEADLINE, || {
+        (healthz(&a) == 200).then_some(())
+    });
+    publish_until_delivered(&mut p, "live");
+    for s in [&mut sub_a, &mut sub_b] {
+        assert_eq!(recv_until(s, |v| v["data"] == "again")["channel"], "live");
+    }
+    redis.wait_numsub("live", 2);
+}
+
+#[test]
+fn a_node_started_while_redis_is_down_connects_when_it_appears() {
+    let mut redis = RedisProcess::start();
+    redis.kill();
+    let node = TestNode::with_redis(&redis, &[]);
+    assert_eq!(healthz(&node), 503);
+    let mut c = node.client();
+    c.send(r#"{"type":"subscribe","channel":"late"}"#);
+    redis.restart();
+    assert_eq!(
+        c.expect_json(),
+        json!({"type":"subscribed","channel":"late"})
+    );
+    common::wait_for("healthy", DEADLINE, || {
+        (healthz(&node) == 200).then_some(())
+    });
+    redis.publish("late", "7");
+    assert_eq!(
+        recv_until(&mut c, |v| v.get("data").is_some()),
+        json!({"channel":"late","data":7})
+    );
+}
+
+#[test]
+fn client_kill_of_our_subscriber_is_repaired_with_a_gap() {
+    let redis = RedisProcess::start();
+    let node = TestNode::with_redis(&redis, &[]);
+    let mut c = node.client();
+    c.subscribe("k");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(killed >= 1);
+    assert_eq!(
+        recv_until(&mut c, |v| v["type"] == "gap"),
+        json!({"type":"gap","channel":"k"})
+    );
+    redis.wait_numsub("k", 1);
+    redis.publish("k", "1");
+    assert_eq!(
+        recv_until(&mut c, |v| v.get("data").is_some()),
+        json!({"channel":"k","data":1})
+    );
+}
+
+#[test]
+fn a_paused_redis_makes_publishers_fail_fast_and_recovers() {
+    let redis = RedisProcess::start();
+    let node = TestNode::with_redis(&redis, &[]);
+    let mut c = node.client();
+    c.subscribe("p");
+    let mut p = node.client();
+    // Block Redis's event loop for 5 s from another connection.
+    let url = redis.url();
+    let sleeper = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let slept: redis::RedisResult<String> =
+            redis::cmd("DEBUG").arg("SLEEP").arg("5").query(&mut conn);
+        slept.expect("DEBUG SLEEP must run (redis started with --enable-debug-command)");
+    });
+    std::thread::sleep(Duration::from_millis(200)); // let DEBUG SLEEP start (not a wait for our code)
+    let t = Instant::now();
+    p.send(r#"{"type":"publish","channel":"p","data":1,"id":"paused"}"#);
+    let v = p.expect_json();
+    // Either it got through after the pause, or it failed; never a hang past the deadline.
+    assert!(
+        v["type"] == "published" || v["code"] == "unavailable",
+        "{v}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(8));
+    sleeper.join().unwrap();
+    publish_until_delivered(&mut p, "p");
+    recv_until(&mut c, |v| v["data"] == "again");
+    common::wait_for("healthy after the pause", Duration::from_secs(15), || {
+        (healthz(&node) == 200).then_some(())
+    });
+}
