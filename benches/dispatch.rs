@@ -16,6 +16,9 @@ use mio::{Poll, Token, Waker};
 const SHARDS: usize = 2;
 const BATCH: usize = 1000;
 
+/// The baseline's per-shard queue.
+type MutexQueue = Arc<Mutex<VecDeque<(Arc<str>, Bytes)>>>;
+
 fn bench(c: &mut Criterion) {
     let mut polls = Vec::new();
     let (mut data, mut control, mut rx): (Vec<_>, Vec<_>, Vec<Inbox<ShardMsg>>) =
@@ -54,7 +57,7 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    let queues: Vec<Arc<Mutex<VecDeque<(Arc<str>, Bytes)>>>> = (0..SHARDS)
+    let queues: Vec<MutexQueue> = (0..SHARDS)
         .map(|_| Arc::new(Mutex::new(VecDeque::new())))
         .collect();
     let channel: Arc<str> = "room.42".into();

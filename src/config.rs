@@ -70,6 +70,43 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Least time between two flushes of a shard's connections (0: flush every turn).
     pub flush_interval: Duration,
+    /// Allowed `Origin` values of WebSocket upgrades; empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Key required by the HTTP API (`/api/...`); `None`: open.
+    pub api_key: Option<String>,
+    /// Presence settings (`src/presence/`).
+    pub presence: PresenceConfig,
+}
+
+/// Presence (connection manager) settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceConfig {
+    pub enabled: bool,
+    /// Take the user id from the `user` query parameter of the upgrade URL.
+    pub user_param: bool,
+    /// Interval of the batched heartbeat (liveness key and key TTLs refreshed).
+    pub heartbeat: Duration,
+    /// TTL of each `connections:{user}` hash, in seconds.
+    pub ttl_secs: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            enabled: true,
+            user_param: false,
+            heartbeat: Duration::from_secs(30),
+            ttl_secs: 120,
+        }
+    }
+}
+
+/// `--presence on|off`.
+#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// fanout: a WebSocket pub/sub server that scales horizontally through Redis.
@@ -139,6 +176,30 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub echo_path: Option<String>,
 
+    /// Comma list of allowed Origin values for WebSocket upgrades (others get 403; requests without Origin are allowed) [default: any]
+    #[arg(long, env = "ALLOWED_ORIGINS", value_name = "LIST")]
+    pub allowed_origins: Option<String>,
+
+    /// Key required by the HTTP API (Authorization: Bearer KEY or X-Api-Key: KEY) [default: none, API open]
+    #[arg(long, env = "API_KEY", value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Presence (connection manager): in Redis with --redis, in-process otherwise [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub presence: Option<OnOff>,
+
+    /// Take the presence user id from the `user` query parameter of the upgrade URL (?user=U) instead of the connection id [default: off]
+    #[arg(long)]
+    pub presence_user_param: bool,
+
+    /// Seconds between presence heartbeats (one pipelined round per node); the node's liveness key lives 3 intervals [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub presence_heartbeat: Option<u64>,
+
+    /// TTL in seconds of each connections:{user} hash, refreshed by heartbeats [default: 120]
+    #[arg(long, value_name = "SECS")]
+    pub presence_ttl: Option<u64>,
+
     /// TOML file with any of the settings above
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -162,6 +223,12 @@ struct FileConfig {
     handshake_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     flush_interval: Option<u64>,
+    allowed_origins: Option<String>,
+    api_key: Option<String>,
+    presence: Option<OnOff>,
+    presence_user_param: Option<bool>,
+    presence_heartbeat: Option<u64>,
+    presence_ttl: Option<u64>,
 }
 
 impl Config {
@@ -176,6 +243,7 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let presence = resolve_presence(&args, &file)?;
         let env_port = match port_env {
             Some(p) => Some(
                 p.trim()
@@ -264,6 +332,12 @@ impl Config {
         if flush_us > 100_000 {
             return Err("--flush-interval must be at most 100000 microseconds".into());
         }
+        let allowed_origins = args
+            .allowed_origins
+            .or(file.allowed_origins)
+            .map(|list| parse_origins(&list))
+            .unwrap_or_default();
+        let api_key = args.api_key.or(file.api_key).filter(|k| !k.is_empty());
         Ok(Config {
             listen,
             redis,
@@ -279,7 +353,48 @@ impl Config {
             handshake_timeout,
             shutdown_timeout,
             flush_interval: Duration::from_micros(flush_us),
+            allowed_origins,
+            api_key,
+            presence,
         })
+    }
+}
+
+fn resolve_presence(args: &Args, file: &FileConfig) -> Result<PresenceConfig, String> {
+    let d = PresenceConfig::default();
+    let heartbeat = args
+        .presence_heartbeat
+        .or(file.presence_heartbeat)
+        .unwrap_or(d.heartbeat.as_secs());
+    let ttl_secs = args
+        .presence_ttl
+        .or(file.presence_ttl)
+        .unwrap_or(d.ttl_secs);
+    if heartbeat == 0 || heartbeat > 3600 {
+        return Err("--presence-heartbeat must be between 1 and 3600".into());
+    }
+    if ttl_secs <= heartbeat {
+        return Err("--presence-ttl must be longer than --presence-heartbeat".into());
+    }
+    Ok(PresenceConfig {
+        enabled: args.presence.or(file.presence).unwrap_or(OnOff::On) == OnOff::On,
+        user_param: args.presence_user_param || file.presence_user_param.unwrap_or(false),
+        heartbeat: Duration::from_secs(heartbeat),
+        ttl_secs,
+    })
+}
+
+/// Splits a comma list of origins; `*` (or an empty list) means any.
+fn parse_origins(list: &str) -> Vec<String> {
+    let origins: Vec<String> = list
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.iter().any(|o| o == "*") {
+        Vec::new()
+    } else {
+        origins
     }
 }
 
@@ -343,6 +458,39 @@ mod tests {
         assert!(Config::resolve(bad, None).is_err());
         let bad = Args {
             max_message: Some(0),
+            ..Args::default()
+        };
+        assert!(Config::resolve(bad, None).is_err());
+    }
+
+    #[test]
+    fn origins_api_key_and_presence() {
+        let args = Args {
+            allowed_origins: Some(" https://A.example/ ,https://b.example".into()),
+            api_key: Some(String::new()),
+            presence: Some(OnOff::Off),
+            presence_heartbeat: Some(2),
+            presence_ttl: Some(10),
+            ..Args::default()
+        };
+        let c = Config::resolve(args, None).unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.api_key, None);
+        assert!(!c.presence.enabled);
+        assert_eq!(c.presence.heartbeat, Duration::from_secs(2));
+        let any = Args {
+            allowed_origins: Some("*".into()),
+            ..Args::default()
+        };
+        assert!(Config::resolve(any, None)
+            .unwrap()
+            .allowed_origins
+            .is_empty());
+        let bad = Args {
+            presence_heartbeat: Some(200),
             ..Args::default()
         };
         assert!(Config::resolve(bad, None).is_err());

@@ -21,12 +21,18 @@
 //! | [`ws`] | handshake parsing and RFC 6455 framing | I/O |
 //! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
 //! | [`http`] | `/healthz`, `/metrics` answers | keep a connection open |
+//! | [`api`] | HTTP API parsing, API-key and origin rules | I/O |
+//! | [`presence`] | the connection manager: presence thread, Redis layout | make a shard wait |
 //! | [`metrics`] | counters and their Prometheus text | lock |
+//! | [`latency`] | the publish→send histogram | lock |
 
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod latency;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod server;
 pub mod shard;

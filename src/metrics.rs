@@ -37,6 +37,8 @@ pub struct ShardMetrics {
     pub timeouts: AtomicU64,
     /// Depth of the shard's delivery queue, sampled each loop turn.
     pub queue_depth: AtomicU64,
+    /// Broker frame built → queued to this shard's subscribers.
+    pub deliver_latency: crate::latency::Histogram,
 }
 
 /// All figures of the node.
@@ -57,6 +59,8 @@ pub struct Metrics {
     pub gaps: AtomicU64,
     /// Messages received from Redis.
     pub broker_messages: AtomicU64,
+    /// Presence (connection manager) figures.
+    pub presence: crate::presence::PresenceMetrics,
 }
 
 impl Metrics {
@@ -70,6 +74,7 @@ impl Metrics {
             publish_failed: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             broker_messages: AtomicU64::new(0),
+            presence: Default::default(),
         }
     }
 
@@ -219,6 +224,21 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        self.render_extra(&mut out);
         out
+    }
+
+    /// The publish→send latency histograms and the presence figures.
+    fn render_extra(&self, out: &mut String) {
+        let name = "fanout_publish_to_send_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Broker frame built to queued for subscribers, per shard\n# TYPE {name} histogram"
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            s.deliver_latency
+                .render(out, name, &format!("shard=\"{i}\""));
+        }
+        self.presence.render(out);
     }
 }

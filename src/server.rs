@@ -124,7 +124,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
         metrics: metrics.clone(),
     };
 
-    let (broker_handle, broker_threads, broker_stop): (
+    let (broker_handle, mut broker_threads, broker_stop): (
         BrokerHandle,
         Vec<JoinHandle<()>>,
         Option<StopFn>,
@@ -140,6 +140,14 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
         }
     };
 
+    let presence = crate::presence::start(&config, control_tx.clone(), metrics.clone())?;
+    let presence_handle = presence.as_ref().map(|p| p.handle.clone());
+    if let Some(p) = presence {
+        // Joined after the shards: it ends (removing this node's entries) once the
+        // shards have dropped their handles.
+        broker_threads.push(p.thread);
+    }
+
     let mut shards = Vec::with_capacity(n);
     for (id, ((poll, data), control)) in polls.into_iter().zip(data_rx).zip(control_rx).enumerate()
     {
@@ -154,6 +162,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
             config: config.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
+            presence: presence_handle.clone(),
         };
         let shard = Shard::new(setup);
         shards.push(
@@ -163,6 +172,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
         );
     }
     drop(broker_handle);
+    drop(presence_handle);
     Ok(ServerHandle {
         local_addr,
         metrics,

@@ -53,8 +53,13 @@ pub enum BrokerCmd {
 /// Broker → shard.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// A delivery frame for every local subscriber of `channel`.
-    Deliver { channel: Arc<str>, frame: Bytes },
+    /// A delivery frame for every local subscriber of `channel`, built at `at`
+    /// (the start of the publish→send latency the shard measures).
+    Deliver {
+        channel: Arc<str>,
+        frame: Bytes,
+        at: std::time::Instant,
+    },
     /// The broker subscription to `channel` is live for the subscribe of `epoch`.
     Subscribed { channel: Arc<str>, epoch: u32 },
     /// Messages on `channel` may have been missed (broker resubscribed).
@@ -64,6 +69,14 @@ pub enum ShardMsg {
         conn: ConnId,
         id: Box<str>,
         result: Result<(), ErrorCode>,
+    },
+    /// Bytes for one connection (a presence answer, a deferred HTTP response): queued if
+    /// the connection still has generation `conn.gen`; closed once written if
+    /// `close_after`.
+    Reply {
+        conn: ConnId,
+        frame: Bytes,
+        close_after: bool,
     },
     /// A connection accepted by another shard, to be owned by this one.
     Accept(mio::net::TcpStream),

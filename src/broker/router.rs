@@ -213,10 +213,12 @@ impl Router {
             None => self.envelope.build_checked(channel, payload),
         };
         let mut reached = 0;
+        let at = std::time::Instant::now();
         for shard in shards_of(route.shards) {
             let msg = ShardMsg::Deliver {
                 channel: route.name.clone(),
                 frame: frame.clone(),
+                at,
             };
             match self.links.data[shard].send_quiet(msg) {
                 Ok(()) => {

@@ -55,6 +55,8 @@ pub struct Conn {
     pub pending_http: Option<Box<crate::ws::handshake::RequestHead>>,
     /// The WebSocket was opened on the echo path (conformance testing).
     pub echo: bool,
+    /// Recorded in presence under this user id ("": the user is the connection id).
+    pub presence: Option<Box<str>>,
 }
 
 impl Conn {
@@ -75,6 +77,7 @@ impl Conn {
             told_slow: false,
             pending_http: None,
             echo: false,
+            presence: None,
         }
     }
 

@@ -228,14 +228,7 @@ impl Shard {
     }
 
     fn presence(&mut self, key: usize, user: &str) {
-        let _ = user;
-        self.simple_error(
-            key,
-            ErrorCode::Unavailable,
-            "presence is not enabled on this node",
-            None,
-            None,
-        );
+        self.presence_query(key, user, false);
     }
 
     /// The broker confirmed channel `channel` for the subscribe sent with `epoch`.

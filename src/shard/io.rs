@@ -159,6 +159,7 @@ impl Shard {
             conn.phase = Phase::Open;
             let rest = std::mem::take(&mut conn.inbuf);
             self.queue(key, reply.into());
+            self.presence_open(key, &head);
             if !rest.is_empty() {
                 let mut rest = rest;
                 self.ingest(key, &mut rest);
@@ -193,6 +194,9 @@ impl Shard {
     }
 
     fn answer_http(&mut self, key: usize, head: &handshake::RequestHead, body: &[u8]) {
+        if self.answer_api(key, head, body) {
+            return;
+        }
         let response = crate::http::respond(head, body, &self.http_context());
         self.metrics.shards[self.id]
             .messages_in

@@ -4,6 +4,7 @@
 //! deliveries are queued during the turn and every touched connection is flushed once
 //! at its end with vectored writes. A shard never blocks on anything but `poll`.
 
+mod api;
 pub mod conn;
 mod handler;
 pub mod inbox;
@@ -52,6 +53,7 @@ pub struct ShardSetup {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub presence: Option<crate::presence::PresenceHandle>,
 }
 
 pub struct Shard {
@@ -84,6 +86,7 @@ pub struct Shard {
     last_flush: Instant,
     /// The last flush averaged two or more frames per connection: pace the next one.
     paced: bool,
+    presence: Option<api::PresenceLink>,
 }
 
 impl Shard {
@@ -113,6 +116,7 @@ impl Shard {
             accept_paused_until: 0,
             last_flush: Instant::now(),
             paced: false,
+            presence: s.presence.map(api::PresenceLink::new),
         }
     }
 
@@ -285,13 +289,23 @@ impl Shard {
 
     fn on_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver { channel, frame } => self.deliver(&channel, frame),
+            ShardMsg::Deliver { channel, frame, at } => {
+                self.deliver(&channel, frame);
+                self.metrics.shards[self.id]
+                    .deliver_latency
+                    .observe(at.elapsed());
+            }
             ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
             ShardMsg::Gap { channel } => {
                 let frame = crate::protocol::reply::gap(&channel);
                 self.deliver(&channel, frame);
             }
             ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
+            ShardMsg::Reply {
+                conn,
+                frame,
+                close_after,
+            } => self.on_reply(conn, frame, close_after),
             ShardMsg::Accept(stream) => self.register(stream),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }
@@ -443,6 +457,7 @@ impl Shard {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.presence_closed(&conn);
         let m = &self.metrics.shards[self.id];
         m.connections.fetch_sub(1, Ordering::Relaxed);
         m.subscriptions
@@ -515,14 +530,15 @@ impl Shard {
         for key in expired {
             self.close(key);
         }
+        self.presence_tick();
     }
 
     /// Admission checks on a WebSocket upgrade (origin policy).
     fn check_upgrade(
         &self,
-        _head: &crate::ws::handshake::RequestHead,
+        head: &crate::ws::handshake::RequestHead,
     ) -> Result<(), (u16, &'static str)> {
-        Ok(())
+        self.admit_upgrade(head)
     }
 
     fn http_context(&self) -> crate::http::HttpContext<'_> {

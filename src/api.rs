@@ -1,0 +1,255 @@
+//! The HTTP API and admission rules as pure functions (no I/O, no shard state): parsing
+//! `POST /api/publish` bodies, matching `/api/users/{U}/connections`, the API-key and
+//! `Origin` checks, percent-decoding, and JSON responses. The shard side that uses them
+//! lives in `shard/api.rs`.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Limits;
+use crate::protocol::json::push_string;
+use crate::ws::handshake::http_response;
+
+/// One message of a publish request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub channel: Box<str>,
+    /// The raw JSON of `data`, byte for byte as the client sent it.
+    pub payload: Bytes,
+}
+
+/// A refused request: HTTP status and a short reason.
+pub type Refusal = (u16, &'static str);
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Parses a publish body: one `{"channel":C,"data":D}` object, or a JSON array of them
+/// (a batch, published in order). `data` is kept verbatim.
+pub fn parse_publish(body: &[u8], limits: &Limits) -> Result<Vec<Publish>, Refusal> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let messages: Vec<Message<'_>> = match first {
+        Some(b'[') => serde_json::from_slice(body).map_err(|_| {
+            (
+                400,
+                "body must be a JSON array of {\"channel\",\"data\"} objects",
+            )
+        })?,
+        Some(b'{') => vec![serde_json::from_slice(body)
+            .map_err(|_| (400, "body must be a JSON object {\"channel\":C,\"data\":D}"))?],
+        _ => {
+            return Err((
+                400,
+                "body must be JSON: {\"channel\":C,\"data\":D} or an array",
+            ))
+        }
+    };
+    if messages.is_empty() {
+        return Err((400, "empty batch"));
+    }
+    messages
+        .into_iter()
+        .map(|m| {
+            crate::protocol::channel::validate(&m.channel, limits.max_channel_len)
+                .map_err(|why| (400, why))?;
+            let data = m.data.get();
+            if data.len() > limits.max_message {
+                return Err((413, "data exceeds the message size limit"));
+            }
+            Ok(Publish {
+                channel: m.channel.into(),
+                payload: Bytes::copy_from_slice(data.as_bytes()),
+            })
+        })
+        .collect()
+}
+
+/// The user of `/api/users/{U}/connections`, percent-decoded; `None` for other paths.
+/// `Some(Err)` when the user segment is not valid.
+pub fn user_path(path: &str) -> Option<Result<String, Refusal>> {
+    let rest = path.strip_prefix("/api/users/")?;
+    let user = rest.strip_suffix("/connections")?;
+    Some(match percent_decode(user) {
+        Some(u) if valid_user(&u) => Ok(u),
+        _ => Err((400, "bad user id")),
+    })
+}
+
+/// A user id is 1 to 256 bytes of UTF-8 without control characters (like a channel).
+pub fn valid_user(user: &str) -> bool {
+    crate::protocol::channel::validate(user, 256).is_ok()
+}
+
+/// Decodes `%XX` escapes (`+` stays `+`). `None` on a bad escape or invalid UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The percent-decoded value of query parameter `name`.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<Result<String, Refusal>> {
+    let query = query?;
+    let raw = query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })?;
+    Some(match percent_decode(raw) {
+        Some(u) if valid_user(&u) => Ok(u),
+        _ => Err((400, "bad user parameter")),
+    })
+}
+
+/// Whether the request carries the configured API key (constant-time comparison).
+/// With no key configured the API is open.
+pub fn key_ok(expected: Option<&str>, given: Option<&str>) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let Some(given) = given else {
+        return false;
+    };
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+/// The `Origin` policy: an empty list allows any origin; otherwise the origin must be
+/// listed (case-insensitive, trailing `/` ignored). Requests without `Origin` come
+/// from non-browser clients, which can send any header anyway, and are allowed.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = origin else {
+        return true;
+    };
+    let origin = origin.trim().trim_end_matches('/');
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+/// A complete JSON response (closes the connection).
+pub fn json_response(status: u16, body: &[u8], extra: &str) -> Vec<u8> {
+    http_response(status, "application/json", body, extra)
+}
+
+/// `{"error":REASON}` with `status`.
+pub fn json_error(status: u16, reason: &str) -> Vec<u8> {
+    let mut body = b"{\"error\":".to_vec();
+    push_string(&mut body, reason);
+    body.extend_from_slice(b"}\n");
+    let extra = match status {
+        401 => "WWW-Authenticate: Bearer\r\n",
+        _ => "",
+    };
+    json_response(status, &body, extra)
+}
+
+/// 405 with the `Allow` header.
+pub fn method_not_allowed(allow: &str) -> Vec<u8> {
+    json_response(
+        405,
+        b"{\"error\":\"method not allowed\"}\n",
+        &format!("Allow: {allow}\r\n"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_bodies() {
+        let l = Limits::default();
+        let one = parse_publish(br#" {"channel":"a","data":{"x": 1.50}} "#, &l).unwrap();
+        assert_eq!(one[0].channel.as_ref(), "a");
+        assert_eq!(&one[0].payload[..], br#"{"x": 1.50}"#);
+        let many = parse_publish(
+            br#"[{"channel":"a\u00e9","data":1},{"channel":"b","data":"s"}]"#,
+            &l,
+        )
+        .unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!(many[0].channel.as_ref(), "aé");
+        assert_eq!(&many[1].payload[..], b"\"s\"");
+        for bad in [
+            &b""[..],
+            b"nope",
+            b"{",
+            b"[]",
+            br#"{"channel":"a"}"#,
+            br#"{"channel":"","data":1}"#,
+            br#"{"channel":1,"data":1}"#,
+        ] {
+            assert_eq!(
+                parse_publish(bad, &l).unwrap_err().0,
+                400,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let small = Limits {
+            max_message: 3,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_publish(br#"{"channel":"a","data":"long"}"#, &small)
+                .unwrap_err()
+                .0,
+            413
+        );
+    }
+
+    #[test]
+    fn paths_params_keys_origins() {
+        assert_eq!(
+            user_path("/api/users/al%20ice/connections"),
+            Some(Ok("al ice".into()))
+        );
+        assert!(matches!(user_path("/api/users//connections"), Some(Err(_))));
+        assert!(matches!(
+            user_path("/api/users/%zz/connections"),
+            Some(Err(_))
+        ));
+        assert_eq!(user_path("/api/users/x"), None);
+        assert_eq!(
+            query_param(Some("a=1&user=bob%40x"), "user"),
+            Some(Ok("bob@x".into()))
+        );
+        assert_eq!(query_param(Some("a=1"), "user"), None);
+        assert!(matches!(query_param(Some("user="), "user"), Some(Err(_))));
+        assert!(key_ok(None, None));
+        assert!(key_ok(Some("k1"), Some("k1")));
+        assert!(!key_ok(Some("k1"), Some("k2")));
+        assert!(!key_ok(Some("k1"), Some("k1x")));
+        assert!(!key_ok(Some("k1"), None));
+        let allowed = vec!["https://a.example".to_string()];
+        assert!(origin_allowed(&allowed, Some("https://A.example/")));
+        assert!(!origin_allowed(&allowed, Some("https://evil.example")));
+        assert!(origin_allowed(&allowed, None));
+        assert!(origin_allowed(&[], Some("anything")));
+    }
+}

@@ -1,0 +1,180 @@
+//! The presence thread's own Redis connection: blocking (the presence thread is not a
+//! shard, so it may wait on Redis), pipelined (a `Pipe` of any number of commands is one
+//! write and one read pass), with connect/read timeouts and capped exponential backoff
+//! between reconnect attempts so a Redis outage never makes it spin.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::broker::redis::link::RedisUrl;
+use crate::broker::redis::resp::{self, Value};
+use crate::config::backoff;
+
+/// Connect and per-read/write timeout.
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Commands to send in one round trip.
+#[derive(Default)]
+pub struct Pipe {
+    buf: BytesMut,
+    n: usize,
+}
+
+impl Pipe {
+    pub fn cmd(&mut self, args: &[&[u8]]) {
+        resp::encode(&mut self.buf, args);
+        self.n += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+}
+
+/// A reconnecting connection.
+pub struct Client {
+    url: RedisUrl,
+    conn: Option<Conn>,
+    attempt: u32,
+    retry_at: Instant,
+}
+
+impl Client {
+    pub fn new(url: RedisUrl) -> Client {
+        Client {
+            url,
+            conn: None,
+            attempt: 0,
+            retry_at: Instant::now(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Connects if down and a retry is due. `Ok(true)`: a new connection was made.
+    pub fn ensure(&mut self) -> io::Result<bool> {
+        if self.conn.is_some() {
+            return Ok(false);
+        }
+        if Instant::now() < self.retry_at {
+            return Err(ErrorKind::NotConnected.into());
+        }
+        match self.connect() {
+            Ok(c) => {
+                self.conn = Some(c);
+                self.attempt = 0;
+                Ok(true)
+            }
+            Err(e) => {
+                self.fail();
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        self.conn = None;
+        self.retry_at = Instant::now() + backoff(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+    }
+
+    fn connect(&self) -> io::Result<Conn> {
+        let addr = (self.url.host.as_str(), self.url.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "Redis host has no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut conn = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+        };
+        let mut hello = Pipe::default();
+        if let Some(pw) = &self.url.password {
+            match &self.url.username {
+                Some(user) => hello.cmd(&[b"AUTH", user.as_bytes(), pw.as_bytes()]),
+                None => hello.cmd(&[b"AUTH", pw.as_bytes()]),
+            }
+        }
+        if let Some(db) = self.url.db {
+            hello.cmd(&[b"SELECT", db.to_string().as_bytes()]);
+        }
+        if !hello.is_empty() {
+            for v in conn.exchange(&hello)? {
+                if let Value::Error(e) = v {
+                    let why = String::from_utf8_lossy(&e).into_owned();
+                    return Err(io::Error::new(ErrorKind::PermissionDenied, why));
+                }
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Sends every command of `pipe` and returns their replies in order. On an I/O
+    /// error the connection is dropped (the next call reconnects after backoff).
+    pub fn run(&mut self, pipe: &Pipe) -> io::Result<Vec<Value>> {
+        if pipe.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(ErrorKind::NotConnected.into());
+        };
+        match conn.exchange(pipe) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.fail();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn exchange(&mut self, pipe: &Pipe) -> io::Result<Vec<Value>> {
+        self.stream.write_all(&pipe.buf)?;
+        let mut out = Vec::with_capacity(pipe.n);
+        let mut chunk = vec![0u8; 64 * 1024];
+        while out.len() < pipe.n {
+            match resp::decode(&mut self.rbuf) {
+                Ok(Some(v)) => {
+                    out.push(v);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(io::Error::new(ErrorKind::InvalidData, e.0)),
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A bulk or simple string reply as bytes.
+pub fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::Bulk(b) | Value::Simple(b) => Some(b),
+        _ => None,
+    }
+}

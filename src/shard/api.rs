@@ -1,0 +1,269 @@
+//! The shard's side of presence and of the HTTP API: recording a WebSocket in presence
+//! when it opens and removing it when it closes (through a backlog when the presence
+//! queue is full, so no entry is ever leaked), presence queries over WebSocket and HTTP
+//! (answered later through `ShardMsg::Reply`), `POST /api/publish`, and the admission
+//! checks of an upgrade (origin, user parameter). Pure parsing lives in `crate::api`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::conn::{Conn, ConnId, Phase};
+use super::Shard;
+use crate::api;
+use crate::broker::BrokerCmd;
+use crate::presence::{Msg, PresenceHandle, PresenceMetrics, ReplyTo};
+use crate::protocol::{reply, ErrorCode};
+use crate::ws::handshake::RequestHead;
+
+/// Updates kept while the presence queue is full; past it new connects are not recorded
+/// (disconnects of recorded connections are always kept).
+const BACKLOG: usize = 65_536;
+
+/// A shard's link to the presence thread.
+pub struct PresenceLink {
+    handle: PresenceHandle,
+    /// Updates the queue could not take yet, in order; retried on every update and tick.
+    backlog: VecDeque<Msg>,
+}
+
+impl PresenceLink {
+    pub fn new(handle: PresenceHandle) -> PresenceLink {
+        PresenceLink {
+            handle,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// Queues an open/close in order. False: a connect that was not recorded.
+    fn update(&mut self, msg: Msg, m: &PresenceMetrics) -> bool {
+        self.flush();
+        let msg = if self.backlog.is_empty() {
+            match self.handle.try_send(msg) {
+                Ok(()) => return true,
+                Err(msg) => msg,
+            }
+        } else {
+            msg
+        };
+        if self.backlog.len() >= BACKLOG && matches!(msg, Msg::Open { .. }) {
+            m.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        m.deferred.fetch_add(1, Ordering::Relaxed);
+        self.backlog.push_back(msg);
+        true
+    }
+
+    /// Hands over what the backlog holds, as far as the queue takes it.
+    pub fn flush(&mut self) {
+        while let Some(msg) = self.backlog.pop_front() {
+            if let Err(msg) = self.handle.try_send(msg) {
+                self.backlog.push_front(msg);
+                return;
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Admission checks of a WebSocket upgrade: the origin policy and the user parameter.
+    pub(super) fn admit_upgrade(&self, head: &RequestHead) -> Result<(), (u16, &'static str)> {
+        if !api::origin_allowed(&self.config.allowed_origins, head.origin.as_deref()) {
+            return Err((403, "origin not allowed"));
+        }
+        if self.presence.is_some() && self.config.presence.user_param {
+            if let Some(Err(refusal)) = api::query_param(head.query.as_deref(), "user") {
+                return Err(refusal);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hook: the WebSocket of `key` just opened.
+    pub(super) fn presence_open(&mut self, key: usize, head: &RequestHead) {
+        let Some(link) = self.presence.as_mut() else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.echo {
+            return;
+        }
+        let cid = link.handle.conn_id(self.id, conn.gen);
+        let param = self
+            .config
+            .presence
+            .user_param
+            .then(|| api::query_param(head.query.as_deref(), "user"))
+            .flatten();
+        let (user, stored): (Box<str>, Box<str>) = match param {
+            Some(Ok(u)) => (u.clone().into(), u.into()),
+            _ => (cid.clone(), "".into()),
+        };
+        if link.update(Msg::Open { user, cid }, &self.metrics.presence) {
+            conn.presence = Some(stored);
+        }
+    }
+
+    /// Hook: connection `conn` was removed from the shard.
+    pub(super) fn presence_closed(&mut self, conn: &Conn) {
+        let (Some(stored), Some(link)) = (conn.presence.as_deref(), self.presence.as_mut()) else {
+            return;
+        };
+        let cid = link.handle.conn_id(self.id, conn.gen);
+        let user = if stored.is_empty() {
+            cid.clone()
+        } else {
+            stored.into()
+        };
+        link.update(Msg::Close { user, cid }, &self.metrics.presence);
+    }
+
+    /// Hook: once a second.
+    pub(super) fn presence_tick(&mut self) {
+        if let Some(link) = self.presence.as_mut() {
+            link.flush();
+        }
+    }
+
+    /// Asks the presence thread about `user`; the answer comes back as a `Reply`.
+    pub(super) fn presence_query(&mut self, key: usize, user: &str, http: bool) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let to = ReplyTo {
+            shard: self.id,
+            conn: ConnId {
+                key: key as u32,
+                gen: conn.gen,
+            },
+            http,
+        };
+        let refused = match self.presence.as_ref() {
+            None => Some("presence is not enabled on this node"),
+            Some(link) => {
+                let msg = Msg::Query {
+                    user: user.into(),
+                    to,
+                };
+                link.handle.try_send(msg).err().map(|_| {
+                    self.metrics
+                        .presence
+                        .dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    "presence is busy, try again"
+                })
+            }
+        };
+        match (refused, http) {
+            (Some(why), false) => {
+                self.queue(key, reply::error(ErrorCode::Unavailable, why, None, None))
+            }
+            (Some(why), true) => self.respond_and_close(key, api::json_error(503, why)),
+            (None, true) => {
+                // Wait for the answer; the handshake timeout bounds the wait.
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.phase = Phase::HttpBody;
+                    conn.pending_http = None;
+                    conn.inbuf = Vec::new();
+                }
+            }
+            (None, false) => {}
+        }
+    }
+
+    /// Bytes for one connection from another thread (`ShardMsg::Reply`).
+    pub(super) fn on_reply(&mut self, to: ConnId, frame: Bytes, close_after: bool) {
+        let key = to.key as usize;
+        match self.conns.get(key) {
+            Some(c) if c.gen == to.gen && c.phase != Phase::Closing => {}
+            _ => return,
+        }
+        self.queue(key, frame);
+        if close_after {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.phase = Phase::Closing;
+                c.inbuf = Vec::new();
+            }
+        }
+    }
+
+    /// Answers `/api/...` requests; false for any other path.
+    pub(super) fn answer_api(&mut self, key: usize, head: &RequestHead, body: &[u8]) -> bool {
+        let key_ok = api::key_ok(self.config.api_key.as_deref(), head.api_key.as_deref());
+        let response = if head.path == "/api/publish" {
+            if head.method != "POST" {
+                api::method_not_allowed("POST")
+            } else if !key_ok {
+                api::json_error(401, "missing or wrong API key")
+            } else if head.content_length.is_none() {
+                api::json_error(411, "Content-Length required")
+            } else {
+                self.api_publish(body)
+            }
+        } else if let Some(user) = api::user_path(&head.path) {
+            if head.method != "GET" {
+                api::method_not_allowed("GET")
+            } else if !key_ok {
+                api::json_error(401, "missing or wrong API key")
+            } else {
+                match user {
+                    Ok(user) => {
+                        self.presence_query(key, &user, true);
+                        return true;
+                    }
+                    Err((status, why)) => api::json_error(status, why),
+                }
+            }
+        } else if head.path.starts_with("/api/") {
+            api::json_error(404, "no such API endpoint")
+        } else {
+            return false;
+        };
+        self.respond_and_close(key, response);
+        true
+    }
+
+    /// `POST /api/publish`: one message or a batch, in order, through the broker.
+    fn api_publish(&mut self, body: &[u8]) -> Vec<u8> {
+        let messages = match api::parse_publish(body, &self.config.limits) {
+            Ok(m) => m,
+            Err((status, why)) => return api::json_error(status, why),
+        };
+        let cluster = self.config.redis.is_some();
+        let m = &self.metrics.shards[self.id];
+        if cluster && !self.health.publisher_ok.load(Ordering::Relaxed) {
+            m.publish_rejected
+                .fetch_add(messages.len() as u64, Ordering::Relaxed);
+            return api::json_error(503, "broker unavailable");
+        }
+        let total = messages.len();
+        let mut published = 0usize;
+        for msg in messages {
+            let cmd = BrokerCmd::Publish {
+                channel: msg.channel,
+                payload: msg.payload,
+                ack: None,
+            };
+            if self.broker.send(cmd).is_err() {
+                break;
+            }
+            published += 1;
+        }
+        m.publishes.fetch_add(published as u64, Ordering::Relaxed);
+        if published < total {
+            m.publish_rejected
+                .fetch_add((total - published) as u64, Ordering::Relaxed);
+            let body = format!("{{\"published\":{published},\"error\":\"broker unavailable\"}}\n");
+            return api::json_response(503, body.as_bytes(), "");
+        }
+        api::json_response(
+            202,
+            format!("{{\"published\":{published}}}\n").as_bytes(),
+            "",
+        )
+    }
+}
