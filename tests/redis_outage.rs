@@ -62,7 +62,9 @@ fn redis_restart_keeps_clients_and_resumes_delivery_with_a_gap() {
     p.publish("live", "1");
     assert_eq!(sub_a.expect_json(), json!({"channel":"live","data":1}));
     assert_eq!(sub_b.expect_json(), json!({"channel":"live","data":1}));
-    assert_eq!(healthz(&a), 200);
+    common::wait_for("node A healthy (first probe back)", DEADLINE, || {
+        (healthz(&a) == 200).then_some(())
+    });
 
     redis.kill();
     // Publishers hear about it promptly.

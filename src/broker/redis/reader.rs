@@ -287,13 +287,16 @@ impl Reader {
         match self.probe_sent {
             Some((_, at)) if now.duration_since(at) > PROBE_TIMEOUT => {
                 self.health.probe_ok.store(false, Ordering::Relaxed);
+                self.probe_sent = None;
+                // A probe lost while the publisher was down proves nothing about the
+                // subscriber; one lost while it was up means the subscriber is deaf.
                 if self.health.publisher_ok.load(Ordering::Relaxed) {
                     tracing::warn!("pub/sub probe lost: reconnecting the subscriber");
                     self.lost(now);
                 }
             }
             Some(_) => {}
-            None if now >= self.next_probe => {
+            None if now >= self.next_probe && self.health.publisher_ok.load(Ordering::Relaxed) => {
                 self.probe_seq += 1;
                 let cmd = BrokerCmd::Publish {
                     channel: self.probe_channel.as_ref().into(),
