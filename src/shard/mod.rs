@@ -9,6 +9,7 @@ pub mod conn;
 mod handler;
 pub mod inbox;
 mod io;
+mod output;
 pub mod outq;
 pub mod subs;
 
@@ -16,13 +17,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::broker::{BrokerHandle, ShardId, ShardMsg};
-use crate::config::{Config, SlowPolicy};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::server::Health;
 pub use conn::ConnId;
@@ -203,19 +203,6 @@ impl Shard {
         tracing::debug!(shard = self.id, "shard stopped");
     }
 
-    /// How long until the next flush may run. While connections receive several frames
-    /// per flush (high per-connection rates), flushes are paced to one per
-    /// `flush_interval`, so each `writev` carries many frames; otherwise (one frame per
-    /// connection per flush, the common case) output is written at the end of the turn.
-    fn flush_due_in(&self, now: Instant) -> Duration {
-        if !self.paced {
-            return Duration::ZERO;
-        }
-        self.config
-            .flush_interval
-            .saturating_sub(now.saturating_duration_since(self.last_flush))
-    }
-
     fn accept(&mut self) {
         if self.shutdown_deadline.is_some() || self.accept_paused_until > self.now {
             return;
@@ -308,146 +295,6 @@ impl Shard {
             } => self.on_reply(conn, frame, close_after),
             ShardMsg::Accept(stream) => self.register(stream),
             ShardMsg::Shutdown => self.begin_shutdown(),
-        }
-    }
-
-    /// Queues one shared frame to every local subscriber of `channel`.
-    fn deliver(&mut self, channel: &str, frame: Bytes) {
-        let Some(id) = self.subs.lookup(channel) else {
-            return;
-        };
-        let Some(ch) = self.subs.channel(id) else {
-            return;
-        };
-        let limit = self.config.limits.outbound_limit;
-        let mut queued = 0u64;
-        for &member in &ch.members {
-            let key = member as usize;
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if conn.phase != Phase::Open {
-                continue;
-            }
-            conn.outq.push(frame.clone());
-            queued += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
-            }
-            if conn.outq.bytes() > limit {
-                Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
-            }
-        }
-        self.metrics.shards[self.id]
-            .messages_out
-            .fetch_add(queued, Ordering::Relaxed);
-    }
-
-    /// The slow-consumer policy, applied when a queue passes the limit.
-    fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, config: &Config) {
-        let limit = config.limits.outbound_limit;
-        match config.slow_policy {
-            SlowPolicy::Close => {
-                conn.outq.clear();
-                conn.outq
-                    .push(crate::ws::frame::close(4000, "slow consumer").freeze());
-                conn.phase = Phase::Closing;
-                m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-            }
-            SlowPolicy::DropOldest => {
-                let dropped = conn.outq.drop_oldest(limit);
-                m.slow_consumer_dropped
-                    .fetch_add(dropped as u64, Ordering::Relaxed);
-                if !conn.told_slow {
-                    conn.told_slow = true;
-                    conn.outq.push(crate::protocol::reply::error(
-                        crate::protocol::ErrorCode::SlowConsumer,
-                        "you are not reading fast enough: oldest messages were dropped",
-                        None,
-                        None,
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Queues a reply for one connection.
-    fn queue(&mut self, key: usize, frame: Bytes) {
-        let limit = self.config.limits.outbound_limit;
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.phase == Phase::Closing {
-            return;
-        }
-        conn.outq.push(frame);
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
-        // The echo endpoint answers messages of up to 16 MiB by design.
-        let limit = if conn.echo {
-            limit.max(4 * crate::server::ECHO_MAX_MESSAGE)
-        } else {
-            limit
-        };
-        if conn.outq.bytes() > limit {
-            Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
-        }
-    }
-
-    fn mark_dirty(&mut self, key: usize) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
-            }
-        }
-    }
-
-    /// The end-of-turn flush: one vectored write (or a few) per touched connection.
-    fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut bytes = 0u64;
-        let (mut frames, mut writes) = (0usize, 0usize);
-        for &key in &dirty {
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            conn.dirty = false;
-            if conn.blocked {
-                continue;
-            }
-            frames += conn.outq.frames();
-            writes += 1;
-            match conn.outq.write_to(&mut conn.stream) {
-                Ok((outq::Flushed::Empty, n)) => {
-                    bytes += n as u64;
-                    conn.told_slow = false;
-                    if conn.phase == Phase::Closing {
-                        self.close(key);
-                    }
-                }
-                Ok((outq::Flushed::Blocked, n)) => {
-                    bytes += n as u64;
-                    conn.blocked = true;
-                }
-                Err(_) => self.close(key),
-            }
-        }
-        self.metrics.shards[self.id]
-            .bytes_out
-            .fetch_add(bytes, Ordering::Relaxed);
-        // Pace the next flush only while connections get several frames per write:
-        // evidence that per-connection message rates are high and batching pays.
-        if writes > 0 {
-            self.paced = frames >= 2 * writes;
-        }
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
         }
     }
 
