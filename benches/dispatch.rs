@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fanout::broker::{Router, ShardLinks, ShardMsg};
+use fanout::broker::{Router, ShardLinks};
 use fanout::metrics::Metrics;
 use fanout::protocol::envelope::EnvelopeBuilder;
 use fanout::shard::inbox::inbox;
