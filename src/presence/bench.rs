@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::local::{Entry, Local};
 use super::store::{Op, RedisStore};
-use super::{entry_value, now_ms, BATCH};
+use super::{now_ms, BATCH};
 use crate::broker::redis::link::RedisUrl;
 use crate::metrics::Metrics;
 
@@ -40,8 +40,8 @@ pub fn measure(url: &str, n: usize) -> std::io::Result<Cost> {
             let user: Box<str> = format!("bench-{j}").into();
             let cid: Box<str> = format!("bench:0:{j}").into();
             let entry = Entry {
-                value: entry_value("bench", &cid, now),
-                cid,
+                cid: cid.into(),
+                connected_at: now,
             };
             local.insert(&user, entry.clone());
             ops.push(Op::Open { user, entry });

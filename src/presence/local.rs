@@ -4,24 +4,38 @@
 //! the exact cleanup on shutdown.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-/// One connection of a user.
+/// One connection of a user. Kept small (24 bytes): the stored JSON value is rebuilt
+/// from it when written (`value`), and an anonymous user's key shares the id's string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub cid: Box<str>,
+    pub cid: Arc<str>,
+    /// Milliseconds since the epoch.
+    pub connected_at: u64,
+}
+
+impl Entry {
     /// `{"serverId":…,"socketId":…,"connectedAt":ms}`
-    pub value: Box<str>,
+    pub fn value(&self, server_id: &str) -> Box<str> {
+        super::entry_value(server_id, &self.cid, self.connected_at)
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Local {
-    by_user: HashMap<Box<str>, Vec<Entry>>,
+    by_user: HashMap<Arc<str>, Vec<Entry>>,
     len: usize,
 }
 
 impl Local {
     pub fn insert(&mut self, user: &str, entry: Entry) {
-        let list = self.by_user.entry(user.into()).or_default();
+        let key: Arc<str> = if *entry.cid == *user {
+            entry.cid.clone()
+        } else {
+            user.into()
+        };
+        let list = self.by_user.entry(key).or_default();
         if let Some(e) = list.iter_mut().find(|e| e.cid == entry.cid) {
             *e = entry;
         } else {
@@ -86,7 +100,7 @@ mod tests {
     fn e(cid: &str) -> Entry {
         Entry {
             cid: cid.into(),
-            value: "{}".into(),
+            connected_at: 1,
         }
     }
 

@@ -394,8 +394,8 @@ impl Presence {
             match msg {
                 Msg::Open { user, cid } => {
                     let entry = Entry {
-                        value: entry_value(&self.server_id, &cid, now),
-                        cid,
+                        cid: cid.into(),
+                        connected_at: now,
                     };
                     self.local.insert(&user, entry.clone());
                     ops.push(Op::Open { user, entry });
@@ -428,7 +428,13 @@ impl Presence {
             None => Some(
                 users
                     .iter()
-                    .map(|u| self.local.get(u).iter().map(|e| e.value.clone()).collect())
+                    .map(|u| {
+                        self.local
+                            .get(u)
+                            .iter()
+                            .map(|e| e.value(&self.server_id))
+                            .collect()
+                    })
                     .collect(),
             ),
         };

@@ -133,11 +133,12 @@ impl RedisStore {
 
     fn open_cmds(&self, pipe: &mut Pipe, user: &str, entry: &Entry) {
         let key = user_key(user);
+        let value = entry.value(&self.server_id);
         pipe.cmd(&[
             b"HSET",
             key.as_bytes(),
             entry.cid.as_bytes(),
-            entry.value.as_bytes(),
+            value.as_bytes(),
         ]);
         pipe.cmd(&[b"EXPIRE", key.as_bytes(), self.ttl.as_bytes()]);
         pipe.cmd(&[

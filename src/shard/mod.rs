@@ -351,6 +351,7 @@ impl Shard {
                     }
                 }
                 Phase::Open => {
+                    c.outq.release_if_empty();
                     let silent = now.saturating_sub(c.last_seen);
                     if silent >= 2 * ping {
                         expired.push(key);

@@ -47,6 +47,14 @@ impl OutQueue {
         self.frames.len()
     }
 
+    /// Gives the queue's memory back when it is empty (idle connections own nothing;
+    /// called once a second, so a busy connection re-allocates at most that often).
+    pub fn release_if_empty(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
+    }
+
     /// Drops everything queued (the connection is being closed).
     pub fn clear(&mut self) {
         self.frames = VecDeque::new();
