@@ -34,9 +34,10 @@ pub enum Cmd {
 /// Flags shared by every scenario.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// WebSocket URL of the server under test.
-    #[arg(long, default_value = "ws://127.0.0.1:3000/")]
-    pub url: String,
+    /// WebSocket URL(s) of the server under test (repeatable or comma list). With
+    /// several, connection i goes to URL i % n and publisher k to URL k % n.
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:3000/")]
+    pub url: Vec<String>,
     /// Channel names are PREFIX.0, PREFIX.1, ...
     #[arg(long, default_value = "lg")]
     pub channel_prefix: String,
@@ -48,7 +49,7 @@ pub struct Common {
     #[arg(long, default_value_t = 0)]
     pub procs: usize,
     /// Spread connections over 127.0.0.1..=127.0.0.N source addresses (0 = auto: at
-    /// most 20k connections per address). Only used for loopback targets.
+    /// most 5000 connections per source address and URL). Only used for loopback targets.
     #[arg(long, default_value_t = 0)]
     pub source_addrs: u32,
     /// Server process id(s) to account CPU and RSS for (repeatable or comma list; summed).
@@ -80,6 +81,13 @@ pub enum PublishVia {
     Ws,
     /// `PUBLISH` straight into Redis.
     Redis,
+}
+
+impl Common {
+    /// The URLs as one string (comma separated), for reports and messages.
+    pub fn url_list(&self) -> String {
+        self.url.join(",")
+    }
 }
 
 #[derive(Args, Debug, Clone)]

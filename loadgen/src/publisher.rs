@@ -19,7 +19,8 @@ use crate::subs::n_streams;
 
 #[derive(Debug, Clone)]
 pub enum Via {
-    Ws(Target),
+    /// Server URLs; publisher k connects to `targets[k % len]`.
+    Ws(Vec<Target>),
     Redis(RedisTarget),
 }
 
@@ -136,7 +137,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
     let mut pubs: Vec<Pub> = Vec::new();
     for p in 0..plan.pubs {
         let addr = match &plan.via {
-            Via::Ws(t) => t.addr,
+            Via::Ws(t) => t[net::url_index(p as usize, t.len())].addr,
             Via::Redis(r) => r.addr,
         };
         let mut sock = match net::connect_nb(addr, None) {
@@ -155,7 +156,10 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
             return res;
         }
         let conn = match &plan.via {
-            Via::Ws(t) => PConn::Ws(WsConn::new(sock, &t.host, &t.path, 0x9e37_79b9 ^ p)),
+            Via::Ws(t) => {
+                let t = &t[net::url_index(p as usize, t.len())];
+                PConn::Ws(WsConn::new(sock, &t.host, &t.path, 0x9e37_79b9 ^ p))
+            }
             Via::Redis(r) => {
                 let mut wbuf = Vec::new();
                 let mut skip = 0;

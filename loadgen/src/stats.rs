@@ -96,6 +96,8 @@ pub struct SubResult {
     pub subscribe_latency: Hist,
     pub streams: Vec<StreamRecv>,
     pub subscribed_per_channel: Vec<u64>,
+    /// Subscribed connections per `--url` (index = URL position).
+    pub per_url_subscribed: Vec<u64>,
     pub conns_ok: u64,
     pub delivered_total: u64,
     pub delivered_window: u64,
@@ -145,6 +147,7 @@ impl SubResult {
             a.reordered += b.reordered;
         }
         add_vec(&mut self.subscribed_per_channel, &o.subscribed_per_channel);
+        add_vec(&mut self.per_url_subscribed, &o.per_url_subscribed);
         self.conns_ok += o.conns_ok;
         self.delivered_total += o.delivered_total;
         self.delivered_window += o.delivered_window;
@@ -183,6 +186,7 @@ impl SubResult {
             "subscribe_latency": self.subscribe_latency.to_json(),
             "streams": st,
             "subscribed_per_channel": self.subscribed_per_channel,
+            "per_url_subscribed": self.per_url_subscribed,
             "conns_ok": self.conns_ok,
             "delivered_total": self.delivered_total,
             "delivered_window": self.delivered_window,
@@ -225,11 +229,13 @@ impl SubResult {
                     .collect()
             })
             .unwrap_or_default();
-        let spc = v
-            .get("subscribed_per_channel")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0)).collect())
-            .unwrap_or_default();
+        let uvec = |k: &str| -> Vec<u64> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0)).collect())
+                .unwrap_or_default()
+        };
+        let spc = uvec("subscribed_per_channel");
         let h = |k: &str| v.get(k).map(Hist::from_json).unwrap_or_default();
         SubResult {
             latency: h("latency"),
@@ -237,6 +243,7 @@ impl SubResult {
             subscribe_latency: h("subscribe_latency"),
             streams,
             subscribed_per_channel: spc,
+            per_url_subscribed: uvec("per_url_subscribed"),
             conns_ok: u("conns_ok"),
             delivered_total: u("delivered_total"),
             delivered_window: u("delivered_window"),
@@ -284,6 +291,7 @@ mod tests {
                 reordered: 2,
             }],
             subscribed_per_channel: vec![1, 2],
+            per_url_subscribed: vec![3, 0, 1],
             window_max_thread_frac: 0.5,
             ..Default::default()
         };
@@ -294,6 +302,7 @@ mod tests {
         assert_eq!(r.streams[0].received, 6);
         assert_eq!(r.streams[0].reordered, 4);
         assert_eq!(r.subscribed_per_channel, vec![2, 4]);
+        assert_eq!(r.per_url_subscribed, vec![6, 0, 2]);
         assert_eq!(r.window_max_thread_frac, 0.5);
     }
 }

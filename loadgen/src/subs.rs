@@ -18,7 +18,8 @@ use crate::stats::{StreamRecv, SubResult};
 /// Everything a subscriber worker needs to know about the run.
 #[derive(Debug, Clone)]
 pub struct SubPlan {
-    pub target: Target,
+    /// Server URLs; connection `gid` goes to `targets[gid % len]`.
+    pub targets: Vec<Target>,
     pub prefix: String,
     pub channels: u32,
     pub subs_per_conn: u32,
@@ -82,6 +83,7 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
     let mut res = SubResult {
         streams: vec![StreamRecv::default(); n_streams(plan.pubs, plan.channels) as usize],
         subscribed_per_channel: vec![0; plan.channels as usize],
+        per_url_subscribed: vec![0; plan.targets.len()],
         threads: 1,
         ..Default::default()
     };
@@ -118,9 +120,11 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
             let i = next_start;
             next_start += 1;
             let gid = mine[i];
-            let src = net::source_ip(gid, plan.source_addrs, &plan.target.addr);
+            let nt = plan.targets.len();
+            let target = &plan.targets[net::url_index(gid, nt)];
+            let src = net::source_ip(net::source_slot(gid, nt), plan.source_addrs, &target.addr);
             let started = now_ns();
-            match net::connect_nb(plan.target.addr, src) {
+            match net::connect_nb(target.addr, src) {
                 Ok(mut sock) => {
                     if poll
                         .registry()
@@ -136,8 +140,8 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
                     conns[i] = Some(Conn {
                         ws: WsConn::new(
                             sock,
-                            &plan.target.host,
-                            &plan.target.path,
+                            &target.host,
+                            &target.path,
                             gid as u32 ^ started as u32,
                         ),
                         st: St {
@@ -216,6 +220,7 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
                 for &c in &st.chans {
                     res.subscribed_per_channel[c as usize] += 1;
                 }
+                res.per_url_subscribed[net::url_index(st.gid, plan.targets.len())] += 1;
                 ctl.subscribed.fetch_add(1, Ordering::Relaxed);
                 pending -= 1;
                 resolved += 1;

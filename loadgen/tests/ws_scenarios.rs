@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,16 +94,35 @@ fn serve_conn(stream: TcpStream, hub: Hub) {
 
 /// Start the server on a free port; returns its ws:// URL.
 fn start_server() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
+    start_nodes(1).0.remove(0)
+}
+
+/// Start `n` listeners ("nodes") that share one hub, like fanout nodes on one Redis: a
+/// publish on any node reaches subscribers on every node. Returns their URLs and the
+/// number of connections each node accepted.
+fn start_nodes(n: usize) -> (Vec<String>, Vec<Arc<AtomicUsize>>) {
     let hub: Hub = Arc::default();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let hub = hub.clone();
-            std::thread::spawn(move || serve_conn(s, hub));
-        }
-    });
-    format!("ws://{addr}/")
+    let mut urls = Vec::new();
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (hub, accepted) = (hub.clone(), Arc::new(AtomicUsize::new(0)));
+        counts.push(accepted.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let hub = hub.clone();
+                std::thread::spawn(move || serve_conn(s, hub));
+            }
+        });
+        urls.push(format!("ws://{addr}/"));
+    }
+    (urls, counts)
+}
+
+fn accepted(counts: &[Arc<AtomicUsize>]) -> Vec<usize> {
+    counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
 }
 
 fn loadgen(args: &[&str]) -> Value {
@@ -209,7 +229,10 @@ fn fanout_ws_single_process_with_plots() {
 
 #[test]
 fn fanout_ws_child_processes() {
-    let url = start_server();
+    // Two nodes sharing a hub: subscribers round robin over both, publisher k on node
+    // k % 2, so every delivery to half the subscribers crosses nodes.
+    let (urls, counts) = start_nodes(2);
+    let url = urls.join(",");
     let r = loadgen(&[
         "fanout",
         "--url",
@@ -239,12 +262,58 @@ fn fanout_ws_child_processes() {
     assert_eq!(u(&r, "delivered"), u(&r, "expected"), "{r}");
     assert_eq!(u(&r, "lost"), 0);
     assert_eq!(r["streams"].as_array().map(Vec::len), Some(5));
+    assert_eq!(r["per_url_conns"], serde_json::json!([6, 6]), "{r}");
+    assert_eq!(r["per_url_pubs"], serde_json::json!([3, 2]), "{r}");
+    assert_eq!(r["urls"].as_array().map(Vec::len), Some(2));
+    // Node 0: 6 subscribers + publishers 0, 2, 4; node 1: 6 + publishers 1, 3.
+    assert_eq!(accepted(&counts), vec![9, 8]);
 }
 
 #[test]
 fn conns_and_churn() {
     let url = start_server();
     let me = std::process::id().to_string();
+    // Repeated --url: 40 connections over three nodes.
+    let (urls, counts) = start_nodes(3);
+    let r = loadgen(&[
+        "conns",
+        "--url",
+        &urls[0],
+        "--url",
+        &urls[1],
+        "--url",
+        &urls[2],
+        "--conns",
+        "40",
+        "--channels",
+        "7",
+        "--hold",
+        "0.2",
+        "--procs",
+        "2",
+    ]);
+    assert_eq!(u(&r, "subscribed"), 40, "{r}");
+    assert_eq!(r["per_url_conns"], serde_json::json!([14, 13, 13]), "{r}");
+    assert_eq!(accepted(&counts), vec![14, 13, 13]);
+    let r = loadgen(&[
+        "churn",
+        "--url",
+        &urls[1],
+        "--url",
+        &urls[2],
+        "--rate",
+        "0",
+        "--conns",
+        "30",
+        "--duration",
+        "5",
+        "--concurrency",
+        "6",
+    ]);
+    assert_eq!(u(&r, "completed"), 30, "{r}");
+    assert_eq!(r["per_url_conns"], serde_json::json!([15, 15]), "{r}");
+    assert_eq!(accepted(&counts), vec![14, 28, 28]);
+
     let r = loadgen(&[
         "conns",
         "--url",

@@ -23,6 +23,7 @@ pub const ROWS: &[(&str, &str)] = &[
     ("duration_s", "duration s"),
     ("started", "cycles started"),
     ("completed", "cycles completed"),
+    ("per_url_conns", "opened per url"),
     ("connects_per_sec", "connects/s"),
     ("cycles_per_sec", "cycles/s"),
     ("connect_latency_us", "connect latency µs"),
@@ -94,19 +95,20 @@ pub fn run(a: &ChurnArgs) -> Result<Value, String> {
         );
     }
     let c = &a.common;
-    let target = net::parse_ws_url(&c.url)?;
+    let targets = net::parse_ws_urls(&c.url)?;
+    let nurls = targets.len();
     let expected_conns = if a.conns > 0 {
         a.conns as usize
     } else {
         (a.rate * a.duration) as usize
     };
     let source_addrs = if c.source_addrs == 0 {
-        net::auto_source_addrs(expected_conns)
+        net::auto_source_addrs(expected_conns, nurls)
     } else {
         c.source_addrs
     };
     let cfg = Arc::new(Cfg {
-        target,
+        targets,
         prefix: c.channel_prefix.clone(),
         channels: a.channels,
         source_addrs,
@@ -178,7 +180,9 @@ pub fn run(a: &ChurnArgs) -> Result<Value, String> {
     };
     let mut res = json!({
         "scenario": "churn",
-        "url": c.url,
+        "url": c.url_list(),
+        "urls": c.url,
+        "per_url_conns": super::per_url_conns(&total.per_url_opened, nurls),
         "rate": a.rate,
         "concurrency": a.concurrency,
         "max_cycles": a.conns,

@@ -18,7 +18,8 @@ use crate::stats::Hist;
 
 #[derive(Clone)]
 pub(super) struct Cfg {
-    pub(super) target: Target,
+    /// Server URLs; cycle `gid` connects to `targets[gid % len]`.
+    pub(super) targets: Vec<Target>,
     pub(super) prefix: String,
     pub(super) channels: u32,
     pub(super) source_addrs: u32,
@@ -61,6 +62,8 @@ pub(super) struct ChurnResult {
     pub(super) cycle_lat: Hist,
     pub(super) cpu_s: f64,
     pub(super) max_frac: f64,
+    /// Upgrades completed per `--url`.
+    pub(super) per_url_opened: Vec<u64>,
 }
 
 impl ChurnResult {
@@ -89,6 +92,12 @@ impl ChurnResult {
         self.cycle_lat.merge(&o.cycle_lat);
         self.cpu_s += o.cpu_s;
         self.max_frac = self.max_frac.max(o.max_frac);
+        if self.per_url_opened.len() < o.per_url_opened.len() {
+            self.per_url_opened.resize(o.per_url_opened.len(), 0);
+        }
+        for (a, b) in self.per_url_opened.iter_mut().zip(&o.per_url_opened) {
+            *a += b;
+        }
     }
 
     pub(super) fn errors(&self) -> u64 {
@@ -110,6 +119,7 @@ impl ChurnResult {
         m.insert("cycle_lat".into(), self.cycle_lat.to_json());
         m.insert("cpu_s".into(), json!(self.cpu_s));
         m.insert("max_frac".into(), json!(self.max_frac));
+        m.insert("per_url_opened".into(), json!(self.per_url_opened));
         Value::Object(m)
     }
 
@@ -124,6 +134,11 @@ impl ChurnResult {
         r.cycle_lat = h("cycle_lat");
         r.cpu_s = v.get("cpu_s").and_then(Value::as_f64).unwrap_or(0.0);
         r.max_frac = v.get("max_frac").and_then(Value::as_f64).unwrap_or(0.0);
+        r.per_url_opened = v
+            .get("per_url_opened")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default();
         r
     }
 }
@@ -145,6 +160,7 @@ pub(super) struct Cyc {
     got_close: bool,
     phase: Phase,
     channel: u32,
+    url: usize,
 }
 
 pub(super) fn worker(cfg: Arc<Cfg>, sh: Share, t0: u64, tend: u64, live: Arc<Live>) -> ChurnResult {
@@ -176,9 +192,16 @@ pub(super) fn worker(cfg: Arc<Cfg>, sh: Share, t0: u64, tend: u64, live: Arc<Liv
         {
             let gid = sh.offset + r.started * sh.stride;
             r.started += 1;
-            let src = net::source_ip(gid as usize, cfg.source_addrs, &cfg.target.addr);
+            let nt = cfg.targets.len();
+            let url = net::url_index(gid as usize, nt);
+            let target = &cfg.targets[url];
+            let src = net::source_ip(
+                net::source_slot(gid as usize, nt),
+                cfg.source_addrs,
+                &target.addr,
+            );
             let t_start = now_ns();
-            let mut sock = match net::connect_nb(cfg.target.addr, src) {
+            let mut sock = match net::connect_nb(target.addr, src) {
                 Ok(s) => s,
                 Err(_) => {
                     r.connect_errors += 1;
@@ -203,12 +226,7 @@ pub(super) fn worker(cfg: Arc<Cfg>, sh: Share, t0: u64, tend: u64, live: Arc<Liv
                 continue;
             }
             slots[slot] = Some(Cyc {
-                ws: WsConn::new(
-                    sock,
-                    &cfg.target.host,
-                    &cfg.target.path,
-                    gid as u32 ^ 0x5bd1e995,
-                ),
+                ws: WsConn::new(sock, &target.host, &target.path, gid as u32 ^ 0x5bd1e995),
                 t_start,
                 t_sub: 0,
                 opened: false,
@@ -217,6 +235,7 @@ pub(super) fn worker(cfg: Arc<Cfg>, sh: Share, t0: u64, tend: u64, live: Arc<Liv
                 got_close: false,
                 phase: Phase::Setup,
                 channel: (gid % cfg.channels as u64) as u32,
+                url,
             });
             inflight += 1;
         }
@@ -290,6 +309,10 @@ pub(super) fn worker(cfg: Arc<Cfg>, sh: Share, t0: u64, tend: u64, live: Arc<Liv
             let mut finish: Option<bool> = None; // Some(true) completed, Some(false) dropped
             if c.opened && c.t_sub == 0 {
                 r.opened += 1;
+                if r.per_url_opened.len() <= c.url {
+                    r.per_url_opened.resize(c.url + 1, 0);
+                }
+                r.per_url_opened[c.url] += 1;
                 r.connect_lat.record(now - c.t_start);
                 c.t_sub = now;
                 let m = format!(

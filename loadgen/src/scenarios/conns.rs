@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{my_ids, resolve_procs, round1, round3, sample};
+use super::{my_ids, per_url_conns, resolve_procs, round1, round3, sample};
 use crate::cli::ConnsArgs;
 use crate::clock::{now_ns, secs, sleep_until};
 use crate::control::{child_main, SubSet};
@@ -17,6 +17,7 @@ pub const ROWS: &[(&str, &str)] = &[
     ("url", "url"),
     ("conns", "connections wanted"),
     ("subscribed", "connected+subscribed"),
+    ("per_url_conns", "subscribed per url"),
     ("channels", "channels"),
     ("procs", "processes"),
     ("source_addrs", "source addresses"),
@@ -47,7 +48,8 @@ pub fn run(a: &ConnsArgs) -> Result<Value, String> {
         return Err("--hold must be in [0, 86400]".into());
     }
     let c = &a.common;
-    let target = net::parse_ws_url(&c.url)?;
+    let targets = net::parse_ws_urls(&c.url)?;
+    let nurls = targets.len();
     let child = match &c.child {
         Some(s) => Some(procs::parse_child(s).ok_or("bad --child")?),
         None => None,
@@ -55,13 +57,13 @@ pub fn run(a: &ConnsArgs) -> Result<Value, String> {
     let start = now_ns();
     let setup_deadline = start + secs(c.setup_timeout);
     let source_addrs = if c.source_addrs == 0 {
-        net::auto_source_addrs(a.conns)
+        net::auto_source_addrs(a.conns, nurls)
     } else {
         c.source_addrs
     };
     let nprocs = resolve_procs(c.procs, a.conns);
     let plan = SubPlan {
-        target,
+        targets,
         prefix: c.channel_prefix.clone(),
         channels: a.channels,
         subs_per_conn: a.subs_per_conn,
@@ -127,7 +129,9 @@ pub fn run(a: &ConnsArgs) -> Result<Value, String> {
     let frac = sres.setup_max_thread_frac;
     let mut res = json!({
         "scenario": "conns",
-        "url": c.url,
+        "url": c.url_list(),
+        "urls": c.url,
+        "per_url_conns": per_url_conns(&sres.per_url_subscribed, nurls),
         "conns": a.conns,
         "subscribed": ok,
         "channels": a.channels,

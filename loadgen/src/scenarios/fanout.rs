@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{my_ids, resolve_procs, round1, round3, sample};
+use super::{my_ids, per_url_conns, resolve_procs, round1, round3, sample};
 use crate::cli::{FanoutArgs, PublishVia};
 use crate::clock::{now_ns, secs, sleep_until};
 use crate::control::{child_main, SubSet};
@@ -23,6 +23,8 @@ pub const ROWS: &[(&str, &str)] = &[
     ("publish_via", "publish via"),
     ("subs", "subscriber conns"),
     ("subscribed", "subscribed"),
+    ("per_url_conns", "subscribed per url"),
+    ("per_url_pubs", "publishers per url"),
     ("channels", "channels"),
     ("pubs", "publishers"),
     ("payload", "payload bytes"),
@@ -51,6 +53,7 @@ pub const ROWS: &[(&str, &str)] = &[
     ("server_cpu_pct", "server CPU %"),
     ("deliveries_per_server_cpu_sec", "deliveries/server-CPU-s"),
     ("server_rss_kib", "server RSS KiB"),
+    ("kib_per_conn", "server KiB per conn (setup)"),
     ("loadgen_cpu_s", "loadgen CPU s"),
     ("loadgen_max_thread_cpu_pct", "loadgen busiest thread %"),
     ("loadgen_saturated", "loadgen saturated"),
@@ -81,7 +84,7 @@ fn validate(a: &FanoutArgs) -> Result<(), String> {
 pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     validate(a)?;
     let c = &a.common;
-    let target = net::parse_ws_url(&c.url)?;
+    let targets = net::parse_ws_urls(&c.url)?;
     let child = match &c.child {
         Some(s) => Some(procs::parse_child(s).ok_or("bad --child")?),
         None => None,
@@ -89,13 +92,13 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     let start = now_ns();
     let setup_deadline = start + secs(c.setup_timeout);
     let source_addrs = if c.source_addrs == 0 {
-        net::auto_source_addrs(a.subs)
+        net::auto_source_addrs(a.subs, c.url.len())
     } else {
         c.source_addrs
     };
     let nprocs = resolve_procs(c.procs, a.subs);
     let plan = SubPlan {
-        target: target.clone(),
+        targets: targets.clone(),
         prefix: c.channel_prefix.clone(),
         channels: a.channels,
         subs_per_conn: a.subs_per_conn,
@@ -109,8 +112,11 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         return Ok(Value::Null);
     }
 
+    // Server RSS before any connection (baseline) and once everything is subscribed,
+    // before traffic: the memory the connections themselves cost.
+    let before = sample(&c.server_pid);
     let via = match a.publish_via {
-        PublishVia::Ws => Via::Ws(target.clone()),
+        PublishVia::Ws => Via::Ws(targets.clone()),
         PublishVia::Redis => Via::Redis(net::parse_redis_url(&a.redis)?),
     };
     let mut set = if nprocs > 1 {
@@ -192,10 +198,11 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         set.abort();
         return Err(format!(
             "no subscriber could connect and subscribe ({setup_errors} setup errors) to {}",
-            c.url
+            c.url_list()
         ));
     }
     let setup_s = (now_ns() - start) as f64 / 1e9;
+    let after_setup = sample(&c.server_pid);
     let t0 = now_ns() + 20_000_000;
     let ws = t0 + secs(a.warmup);
     let we = ws + secs(a.duration);
@@ -259,7 +266,10 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     let max_frac = sres.window_max_thread_frac.max(pres.window_thread_frac);
     let mut res = json!({
         "scenario": "fanout",
-        "url": c.url,
+        "url": c.url_list(),
+        "urls": c.url,
+        "per_url_conns": per_url_conns(&sres.per_url_subscribed, targets.len()),
+        "per_url_pubs": (a.publish_via == PublishVia::Ws).then(|| net::per_url_counts(a.pubs as usize, targets.len())),
         "publish_via": match a.publish_via { PublishVia::Ws => "ws", PublishVia::Redis => "redis" },
         "subs": a.subs,
         "subscribed": subscribed,
@@ -309,6 +319,12 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "server_cpu_pct": server_cpu.map(|x| round1(x / dur * 100.0)),
         "deliveries_per_server_cpu_sec": server_cpu.filter(|&x| x > 0.0).map(|x| round1(received as f64 / x)),
         "server_rss_kib": s1.rss_kib,
+        "server_rss_before_kib": before.rss_kib,
+        "server_rss_after_setup_kib": after_setup.rss_kib,
+        "kib_per_conn": match (before.rss_kib, after_setup.rss_kib) {
+            (Some(b), Some(x)) if subscribed > 0 => Some(round3((x as f64 - b as f64) / subscribed as f64)),
+            _ => None,
+        },
         "loadgen_cpu_s": round3(loadgen_cpu),
         "loadgen_cpu_pct": round1(loadgen_cpu / dur * 100.0),
         "loadgen_sub_threads_cpu_s": round3(sres.window_cpu_s),

@@ -44,6 +44,13 @@ pub fn my_ids(total: usize, child: Option<(usize, usize)>) -> Vec<usize> {
     }
 }
 
+/// `per_url_conns` for the JSON: subscribed connections per URL, one entry per URL.
+pub fn per_url_conns(counts: &[u64], n_urls: usize) -> Vec<u64> {
+    let mut v = counts.to_vec();
+    v.resize(n_urls.max(1), 0);
+    v
+}
+
 pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
