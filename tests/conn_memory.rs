@@ -119,6 +119,6 @@ fn an_idle_subscribed_connection_costs_little_heap() {
     // per connection while measuring.
     let off = live_heap_per_connection("off");
     let on = live_heap_per_connection("on");
-    assert!(off < 260.0, "{off} bytes per connection without presence");
-    assert!(on < 400.0, "{on} bytes per connection with presence");
+    assert!(off < 220.0, "{off} bytes per connection without presence");
+    assert!(on < 300.0, "{on} bytes per connection with presence");
 }

@@ -24,7 +24,8 @@ impl Entry {
 
 #[derive(Debug, Default)]
 pub struct Local {
-    by_user: HashMap<Arc<str>, Vec<Entry>>,
+    /// One user's entries; a single connection (the usual case) is stored inline.
+    by_user: HashMap<Arc<str>, smallvec::SmallVec<[Entry; 1]>>,
     len: usize,
 }
 
@@ -61,7 +62,7 @@ impl Local {
     }
 
     pub fn get(&self, user: &str) -> &[Entry] {
-        self.by_user.get(user).map(Vec::as_slice).unwrap_or(&[])
+        self.by_user.get(user).map(|v| v.as_slice()).unwrap_or(&[])
     }
 
     pub fn contains(&self, user: &str, cid: &str) -> bool {

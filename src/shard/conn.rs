@@ -37,8 +37,9 @@ pub struct Conn {
     pub inbuf: Vec<u8>,
     pub inbound: Inbound,
     pub outq: OutQueue,
-    /// (local channel id, position in that channel's member list).
-    pub subs: Vec<(u32, u32)>,
+    /// (local channel id, position in that channel's member list); the first two are
+    /// stored inline, so a typical connection allocates nothing for them.
+    pub subs: smallvec::SmallVec<[(u32, u32); 2]>,
     /// Queued in the shard's dirty list for the end-of-turn flush.
     pub dirty: bool,
     /// The socket said WouldBlock: wait for a writable event before writing again.
@@ -68,7 +69,7 @@ impl Conn {
             inbuf: Vec::new(),
             inbound: Inbound::default(),
             outq: OutQueue::default(),
-            subs: Vec::new(),
+            subs: smallvec::SmallVec::new(),
             dirty: false,
             blocked: false,
             last_seen: now,
