@@ -43,7 +43,9 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer"
 
-traffic=(--channels 1000 --publish-via ws --payload 256 --rate 1000 --warmup 3 --duration 20)
+# --drain 10: under load (or a noisy machine) deliveries can run seconds late; with the
+# default 2 s drain they would count as lost when they are only late (their latency shows).
+traffic=(--channels 1000 --publish-via ws --payload 256 --rate 1000 --warmup 3 --duration 20 --drain 10)
 case "$preset" in
   one-node)
     nodes=1
@@ -212,7 +214,7 @@ run_one() { # run-number
   grep -ihE 'error|warn|panic' "$workdir"/node*-"$run".log 2>/dev/null | sort | uniq -c | sort -rn | head -5 >&2 || true
   PRESET="$preset" RUN="$run" RC="$rc" LGOUT="$lg_out" NODES="$nodes" NS="$workdir/netstat-$run" \
     FOREIGN="$(sort "$workdir/foreign-$run" | uniq -c | awk '{printf "%s%s:%s", sep, $2, $1; sep=","}')" \
-    NODE_ARGS="${NODE_ARGS:-}" \
+    NODE_ARGS="${NODE_ARGS:-}" FANOUT_MD5="$(md5sum <"$FANOUT" | cut -c1-12)" \
     BASE="${base_rss[*]}" PRSS="${peak_rss[*]}" PFDS="${peak_fds[*]}" DIED="${died[*]:-}" \
     python3 - "$out" <<'PY'
 import json, os, sys
@@ -236,6 +238,7 @@ bench["tcp_counters_delta"] = {k: a[k] - b.get(k, 0) for k in a}
 # Other processes seen during the run: name -> number of 1 s samples it was present in.
 bench["foreign_procs"] = dict((x.split(":")[0], int(x.split(":")[1])) for x in os.environ["FOREIGN"].split(",") if x)
 bench["node_args"] = os.environ["NODE_ARGS"]
+bench["fanout_md5"] = os.environ["FANOUT_MD5"]
 res["bench"] = bench
 with open(sys.argv[1], "a") as f:
     f.write(json.dumps(res, separators=(",", ":")) + "\n")
