@@ -19,6 +19,9 @@ use crate::shard::{Shard, ShardSetup, WAKER};
 /// Capacity of each shard's delivery queue (a full queue drops and counts).
 pub const SHARD_QUEUE: usize = 65_536;
 
+/// Pending connections the kernel may queue before shard 0 accepts them.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 /// Largest message on the echo path (conformance tests send up to 16 MiB).
 pub const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
@@ -97,6 +100,11 @@ impl ServerHandle {
 pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     let config = Arc::new(config);
     let std_listener = std::net::TcpListener::bind(config.listen)?;
+    // std listens with a backlog of 128, which a connect storm overflows (SYN retries
+    // of a second); Linux lets a second listen() raise it (capped by somaxconn).
+    let socket = socket2::Socket::from(std_listener);
+    socket.listen(LISTEN_BACKLOG)?;
+    let std_listener: std::net::TcpListener = socket.into();
     std_listener.set_nonblocking(true)?;
     let local_addr = std_listener.local_addr()?;
     let mut listener = Some(TcpListener::from_std(std_listener));

@@ -118,27 +118,45 @@ fn each_bad_message_gets_its_error_code_and_the_connection_survives() {
 
 #[test]
 fn protocol_violations_close_with_the_rfc_code() {
+    use fanout::ws::inbound::client_frame;
     use std::io::{Read, Write};
     let node = TestNode::start(&[]);
-    // A raw socket: upgrade by hand, then send an unmasked frame (forbidden from clients).
-    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
-    s.set_read_timeout(Some(common::DEADLINE)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
+    let mask = [7, 7, 7, 7];
+    // A header announcing 2 MiB (16 × the 64 KiB limit is 1 MiB): refused at once.
+    let mut huge_header = vec![0x81, 0x80 | 127];
+    huge_header.extend_from_slice(&(2u64 << 20).to_be_bytes());
+    huge_header.extend_from_slice(&mask);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("reserved opcode", client_frame(0x3, true, b"", mask), 1002),
+        (
+            "invalid UTF-8",
+            client_frame(1, true, &[0xc3, 0x28], mask),
+            1007,
+        ),
+        ("far too big", huge_header, 1009),
+    ];
+    for (name, bytes, code) in cases {
+        // A raw socket: upgrade by hand, then misbehave.
+        let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{name}");
+        s.write_all(&bytes).unwrap();
+        let mut frame = [0u8; 4];
+        s.read_exact(&mut frame).unwrap();
+        assert_eq!(frame[0], 0x88, "{name}: a close frame");
+        assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), code, "{name}");
+        // Then the server closes the socket.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
-    let mut frame = [0u8; 4];
-    s.read_exact(&mut frame).unwrap();
-    assert_eq!(frame[0], 0x88, "a close frame");
-    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1002);
-    // Then the server closes the socket.
-    let mut rest = Vec::new();
-    let _ = s.read_to_end(&mut rest);
 }
 
 #[test]

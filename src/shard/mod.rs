@@ -355,7 +355,7 @@ impl Shard {
                     let silent = now.saturating_sub(c.last_seen);
                     if silent >= 2 * ping {
                         expired.push(key);
-                    } else if silent >= ping && !c.ping_outstanding {
+                    } else if silent + jitter(c.gen, ping) >= ping && !c.ping_outstanding {
                         c.ping_outstanding = true;
                         to_ping.push(key);
                     }
@@ -422,4 +422,11 @@ impl Shard {
             }
         }
     }
+}
+
+/// How many seconds early connection `gen` is pinged: spreads the pings (and the pongs
+/// that resynchronise `last_seen`) of connections opened in the same second over half
+/// an interval, instead of one burst every interval.
+fn jitter(gen: u32, ping: u32) -> u32 {
+    gen.wrapping_mul(2_654_435_761) % (ping / 2).max(1)
 }

@@ -35,6 +35,10 @@ pub struct Fail {
     pub reason: &'static str,
 }
 
+/// A frame longer than this many times the message limit is not skipped but refused
+/// with close 1009: no well-behaved client sends it, and skipping it costs bandwidth.
+pub const HARD_LIMIT_FACTOR: u64 = 16;
+
 const fn fail(code: u16, reason: &'static str) -> Fail {
     Fail { code, reason }
 }
@@ -100,6 +104,9 @@ impl Inbound {
             let is_control = matches!(header.opcode, OpCode::Control(_));
             if is_control && (len > 125 || !header.is_final) {
                 return Err(fail(1002, "bad control frame"));
+            }
+            if !is_control && len > (max_message as u64).saturating_mul(HARD_LIMIT_FACTOR) {
+                return Err(fail(1009, "message too big"));
             }
             if !is_control && len > max_message as u64 {
                 // Oversized: skip its payload as it streams in, never buffer it.
@@ -383,12 +390,12 @@ mod tests {
     fn oversized_frame_is_skipped_across_reads_without_closing() {
         let big = client_frame(1, true, &[b'a'; 5000], MASK);
         let mut inb = Inbound::default();
-        let (r, got) = run(&mut inb, &big[..1000], 100);
+        let (r, got) = run(&mut inb, &big[..1000], 1000);
         assert_eq!(r, Ok(1000));
         assert_eq!(got, vec![Got::TooLarge]);
         let mut rest = big[1000..].to_vec();
         rest.extend(client_frame(1, true, b"ok", MASK));
-        let (r, got) = run(&mut inb, &rest, 100);
+        let (r, got) = run(&mut inb, &rest, 1000);
         assert_eq!(r, Ok(rest.len()));
         assert_eq!(got, vec![Got::Text("ok".into())]);
     }
