@@ -195,21 +195,23 @@ run_one() { # name run-number
     tail -5 "$log" >&2 || true
   fi
   stop_pid "$server_pid"; server_pid=""
-  json="$(grep -E '^[[:space:]]*\{' "$lg_out" | tail -1 || true)"
-  if [[ $rc -ne 0 || -z "$json" ]]; then
+  json_file="$lg_out.json"
+  grep -E '^[[:space:]]*\{' "$lg_out" | tail -1 >"$json_file" || true
+  if [[ $rc -ne 0 || ! -s "$json_file" ]]; then
     echo "bench-compare: loadgen exit $rc; stderr tail:" >&2
     tail -5 "$lg_err" >&2 || true
   fi
-  record "$name" "$run" "$rc" "$json" "${args[@]}"
+  record "$name" "$run" "$rc" "$json_file" "${args[@]}"
   sleep 1 # let sockets in TIME_WAIT and the kernel settle between runs
 }
 
-record() { # name run exit json args...
-  local name="$1" run="$2" rc="$3" json="$4"; shift 4
-  NAME="$name" RUN="$run" RC="$rc" JSON="$json" SCEN="$scenario" INV="$invocation" \
+record() { # name run exit json-file args...   (the JSON goes by file: it can pass the
+  # kernel's 128 KiB limit on one environment string, e.g. 1,000 streams)
+  local name="$1" run="$2" rc="$3" json_file="$4"; shift 4
+  NAME="$name" RUN="$run" RC="$rc" JSON_FILE="$json_file" SCEN="$scenario" INV="$invocation" \
     python3 - "$@" >>"$out" <<'PY'
 import json, os, sys
-raw = os.environ["JSON"].strip()
+raw = open(os.environ["JSON_FILE"]).read().strip() if os.path.exists(os.environ["JSON_FILE"]) else ""
 try:
     result = json.loads(raw) if raw else None
     err = None if raw else "no JSON line from loadgen"

@@ -16,8 +16,11 @@ use crate::metrics::Metrics;
 use crate::shard::inbox::{inbox, InboxSender};
 use crate::shard::{Shard, ShardSetup, WAKER};
 
-/// Capacity of each shard's delivery queue (a full queue drops and counts).
-pub const SHARD_QUEUE: usize = 65_536;
+/// Capacity of each shard's delivery queue. A full queue drops (counted, and the
+/// channel's subscribers get a `gap`). Kept small on purpose: under overload a queued
+/// message waits capacity ÷ drain rate, so a deep queue only adds latency (at 5,000
+/// messages/s to 1,000 subscribers each, 4,096 messages is under a second).
+pub const SHARD_QUEUE: usize = 4096;
 
 /// Pending connections the kernel may queue before shard 0 accepts them.
 pub const LISTEN_BACKLOG: i32 = 4096;

@@ -25,6 +25,8 @@ pub struct Route {
     on_wire: bool,
     /// The broker confirmed the latest SUBSCRIBE.
     pub live: bool,
+    /// Shards that lost a delivery of this channel (queue full) and are owed a gap.
+    gap_owed: u64,
 }
 
 /// What the broker must do on the wire after a routing change.
@@ -68,6 +70,7 @@ impl Router {
             inflight: 0,
             on_wire: false,
             live: false,
+            gap_owed: 0,
         });
         route.shards |= bit;
         route.waiting.retain(|(s, _)| *s != shard);
@@ -204,36 +207,68 @@ impl Router {
         payload: &[u8],
         payload_is_json: Option<bool>,
     ) -> usize {
-        let Some(route) = self.routes.get(channel) else {
-            self.links.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+        let Router {
+            routes,
+            links,
+            envelope,
+            unwoken,
+        } = self;
+        let Some(route) = routes.get_mut(channel) else {
+            links.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
             return 0;
         };
-        let frame: Bytes = match payload_is_json {
-            Some(is_json) => self.envelope.build(channel, payload, is_json),
-            None => self.envelope.build_checked(channel, payload),
-        };
-        let mut reached = 0;
-        let at = std::time::Instant::now();
+        // Decide the targets before building anything: under overload most messages
+        // are dropped here, and dropping must cost next to nothing.
+        let mut targets = 0u64;
+        let mut dropped = 0u64;
         for shard in shards_of(route.shards) {
-            let msg = ShardMsg::Deliver {
-                channel: route.name.clone(),
-                frame: frame.clone(),
-                at,
+            if links.data[shard].is_full() {
+                route.gap_owed |= 1 << shard;
+                dropped += 1;
+            } else {
+                targets |= 1 << shard;
+            }
+        }
+        if targets != 0 {
+            let frame: Bytes = match payload_is_json {
+                Some(is_json) => envelope.build(channel, payload, is_json),
+                None => envelope.build_checked(channel, payload),
             };
-            match self.links.data[shard].send_quiet(msg) {
-                Ok(()) => {
-                    reached += 1;
-                    self.unwoken |= 1 << shard;
+            let at = std::time::Instant::now();
+            for shard in shards_of(targets) {
+                let bit = 1u64 << shard;
+                let tx = &links.data[shard];
+                if route.gap_owed & bit != 0 {
+                    // The first delivery after a loss is preceded by a gap notice.
+                    let gap = ShardMsg::Gap {
+                        channel: route.name.clone(),
+                    };
+                    if tx.send_quiet(gap).is_ok() {
+                        route.gap_owed &= !bit;
+                        links.metrics.gaps.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Err(_) => {
-                    self.links
-                        .metrics
-                        .dispatch_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+                let msg = ShardMsg::Deliver {
+                    channel: route.name.clone(),
+                    frame: frame.clone(),
+                    at,
+                };
+                if tx.send_quiet(msg).is_ok() {
+                    *unwoken |= bit;
+                } else {
+                    route.gap_owed |= bit;
+                    targets &= !bit;
+                    dropped += 1;
                 }
             }
         }
-        reached
+        if dropped > 0 {
+            links
+                .metrics
+                .dispatch_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        targets.count_ones() as usize
     }
 }
 
@@ -347,6 +382,28 @@ mod tests {
             r.dispatch("c", b"1", Some(true));
         }
         assert!(r.links().metrics.dispatch_dropped.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_dropped_delivery_is_followed_by_a_gap_notice() {
+        let (mut r, data, _control, _p) = setup(1);
+        r.subscribe("c".into(), 0, 1);
+        for _ in 0..20 {
+            r.dispatch("c", b"1", Some(true));
+        }
+        let queued = std::iter::from_fn(|| data[0].try_recv()).count();
+        assert_eq!(queued, 16, "queue capacity");
+        assert_eq!(
+            r.links().metrics.dispatch_dropped.load(Ordering::Relaxed),
+            4
+        );
+        assert_eq!(r.dispatch("c", b"2", Some(true)), 1);
+        assert!(matches!(data[0].try_recv(), Some(ShardMsg::Gap { .. })));
+        assert!(matches!(data[0].try_recv(), Some(ShardMsg::Deliver { .. })));
+        // Owed once: the next delivery comes alone.
+        r.dispatch("c", b"3", Some(true));
+        assert!(matches!(data[0].try_recv(), Some(ShardMsg::Deliver { .. })));
+        assert!(data[0].try_recv().is_none());
     }
 
     #[test]

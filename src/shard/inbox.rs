@@ -87,6 +87,11 @@ impl<T> InboxSender<T> {
         self.tx.len()
     }
 
+    /// True when a send would be refused.
+    pub fn is_full(&self) -> bool {
+        self.tx.is_full()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tx.is_empty()
     }
