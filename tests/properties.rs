@@ -89,6 +89,23 @@ proptest! {
     }
 
     #[test]
+    fn peek_message_agrees_with_decode(channel in proptest::collection::vec(any::<u8>(), 0..64), payload in proptest::collection::vec(any::<u8>(), 0..300), cut in any::<usize>(), junk in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let mut wire = BytesMut::new();
+        resp::encode(&mut wire, &[b"message", &channel, &payload]);
+        match resp::peek_message(&wire) {
+            resp::Push::Message { channel: c, payload: p, len } => {
+                prop_assert_eq!(c, &channel[..]);
+                prop_assert_eq!(p, &payload[..]);
+                prop_assert_eq!(len, wire.len());
+            }
+            other => prop_assert!(false, "{:?}", other),
+        }
+        let cut = cut % wire.len();
+        prop_assert_eq!(resp::peek_message(&wire[..cut]), resp::Push::Incomplete);
+        let _ = resp::peek_message(&junk);
+    }
+
+    #[test]
     fn command_parser_never_panics(text in "\\PC{0,200}") {
         let _ = fanout::protocol::parse_command(&text, 256);
     }

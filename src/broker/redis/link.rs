@@ -109,6 +109,8 @@ pub struct Link {
     stream: Option<TcpStream>,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
+    /// What each read() lands in before it is appended to `rbuf`.
+    scratch: Vec<u8>,
     attempt: u32,
     /// Replies to AUTH/SELECT still to be skipped.
     handshake_replies: usize,
@@ -128,6 +130,7 @@ impl Link {
             stream: None,
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::with_capacity(64 * 1024),
+            scratch: Vec::new(),
             attempt: 0,
             handshake_replies: 0,
             was_up: false,
@@ -276,37 +279,29 @@ impl Link {
         }
     }
 
-    /// Reads everything available into `rbuf`. Errors on EOF.
+    /// Reads everything available into `rbuf` (through a scratch buffer, so nothing is
+    /// zero-filled per read). Errors on EOF.
     fn read(&mut self) -> io::Result<()> {
         let Some(stream) = self.stream.as_mut() else {
             return Ok(());
         };
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; 64 * 1024];
+        }
         loop {
-            if self.rbuf.capacity() - self.rbuf.len() < 16 * 1024 {
-                self.rbuf.reserve(64 * 1024);
-            }
-            let spare = self.rbuf.spare_capacity_mut();
-            // SAFETY-free path: zero-initialise the spare part we read into.
-            let len = spare.len();
-            let start = self.rbuf.len();
-            self.rbuf.resize(start + len, 0);
-            match stream.read(&mut self.rbuf[start..]) {
-                Ok(0) => {
-                    self.rbuf.truncate(start);
-                    return Err(ErrorKind::UnexpectedEof.into());
-                }
-                Ok(n) => self.rbuf.truncate(start + n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.rbuf.truncate(start);
-                    return Ok(());
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => self.rbuf.truncate(start),
-                Err(e) => {
-                    self.rbuf.truncate(start);
-                    return Err(e);
-                }
+            match stream.read(&mut self.scratch) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.rbuf.extend_from_slice(&self.scratch[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// True while the replies to AUTH/SELECT are still to come (`next_value` skips them).
+    pub fn handshake_pending(&self) -> bool {
+        self.handshake_replies > 0
     }
 
     /// Writes `wbuf` until empty or the socket would block.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use mio::{Events, Poll};
 
 use super::link::{Link, LinkEvent, RedisUrl};
@@ -219,6 +219,33 @@ impl Reader {
         let metrics = self.router.links().metrics.clone();
         let mut count = 0u64;
         loop {
+            // Fast path: `message` pushes straight from the read buffer.
+            if !self.link.handshake_pending() {
+                match resp::peek_message(&self.link.rbuf) {
+                    resp::Push::Message {
+                        channel,
+                        payload,
+                        len,
+                    } => {
+                        count += 1;
+                        match std::str::from_utf8(channel) {
+                            Ok(ch) if *ch == *self.probe_channel => {
+                                let payload = payload.to_vec();
+                                self.link.rbuf.advance(len);
+                                self.probe_back(&payload);
+                            }
+                            Ok(ch) => {
+                                self.router.dispatch(ch, payload, None);
+                                self.link.rbuf.advance(len);
+                            }
+                            Err(_) => self.link.rbuf.advance(len),
+                        }
+                        continue;
+                    }
+                    resp::Push::Incomplete => break,
+                    resp::Push::Other => {}
+                }
+            }
             match self.link.next_value() {
                 Ok(None) => break,
                 Ok(Some(Value::Array(items))) => {

@@ -140,6 +140,84 @@ fn parse(buf: &mut Bytes) -> Result<Value, RespError> {
     }
 }
 
+/// A pub/sub `message` push, borrowed from the read buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push<'a> {
+    /// `*3 $7 message $N channel $M payload`: the channel, the payload and the bytes
+    /// the whole push takes.
+    Message {
+        channel: &'a [u8],
+        payload: &'a [u8],
+        len: usize,
+    },
+    /// More bytes are needed for the message that starts here.
+    Incomplete,
+    /// Something else starts here (a confirmation, an error…): use `decode`.
+    Other,
+}
+
+/// The reader's fast path: recognises a `message` push at the start of `buf` without
+/// allocating or touching reference counts. Anything unusual is `Other`, for `decode`.
+pub fn peek_message(buf: &[u8]) -> Push<'_> {
+    const HEAD: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
+    if buf.len() < HEAD.len() {
+        return if HEAD.starts_with(buf) {
+            Push::Incomplete
+        } else {
+            Push::Other
+        };
+    }
+    if &buf[..HEAD.len()] != HEAD {
+        return Push::Other;
+    }
+    let mut at = HEAD.len();
+    let bulk = |at: &mut usize| -> Option<Option<&[u8]>> {
+        // Some(None): incomplete; None: not a plain bulk string.
+        if buf.len() <= *at {
+            return Some(None);
+        }
+        if buf[*at] != b'$' {
+            return None;
+        }
+        let Some(end) = find_crlf(buf, *at + 1) else {
+            return if buf.len() - *at > 24 {
+                None
+            } else {
+                Some(None)
+            };
+        };
+        let n = parse_int(&buf[*at + 1..end]).ok()?;
+        if n < 0 || n as usize > MAX_BULK {
+            return None;
+        }
+        let start = end + 2;
+        let stop = start + n as usize;
+        if buf.len() < stop + 2 {
+            return Some(None);
+        }
+        if &buf[stop..stop + 2] != b"\r\n" {
+            return None;
+        }
+        *at = stop + 2;
+        Some(Some(&buf[start..stop]))
+    };
+    let channel = match bulk(&mut at) {
+        None => return Push::Other,
+        Some(None) => return Push::Incomplete,
+        Some(Some(c)) => c,
+    };
+    let payload = match bulk(&mut at) {
+        None => return Push::Other,
+        Some(None) => return Push::Incomplete,
+        Some(Some(p)) => p,
+    };
+    Push::Message {
+        channel,
+        payload,
+        len: at,
+    }
+}
+
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     if from >= buf.len() {
         return None;
@@ -243,6 +321,32 @@ mod tests {
         }
         let deep = "*1\r\n".repeat(20);
         assert!(decode(&mut BytesMut::from(deep.as_bytes())).is_err());
+    }
+
+    #[test]
+    fn peek_message_agrees_with_decode_and_defers_the_rest() {
+        let msg = b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$7\r\n{\"a\":1}\r\n";
+        assert_eq!(
+            peek_message(msg),
+            Push::Message {
+                channel: b"news",
+                payload: b"{\"a\":1}",
+                len: msg.len()
+            }
+        );
+        for cut in 0..msg.len() {
+            assert_eq!(peek_message(&msg[..cut]), Push::Incomplete, "cut {cut}");
+        }
+        assert_eq!(
+            peek_message(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n"),
+            Push::Other
+        );
+        assert_eq!(peek_message(b"-ERR x\r\n"), Push::Other);
+        assert_eq!(peek_message(b"*3\r\n$7\r\nmessage\r\n$-1\r\n"), Push::Other);
+        assert_eq!(
+            peek_message(b"*3\r\n$7\r\nmessage\r\n$1\r\ncXX"),
+            Push::Other
+        );
     }
 
     #[test]
