@@ -44,6 +44,9 @@ pub struct Conn {
     pub dirty: bool,
     /// The socket said WouldBlock: wait for a writable event before writing again.
     pub blocked: bool,
+    /// Output was left over after the last write (cleared once a write empties the
+    /// queue); the shard pauses intake while most connections lag.
+    pub lagging: bool,
     /// Coarse second (shard clock) of the last frame received.
     pub last_seen: u32,
     /// Coarse second the connection was accepted.
@@ -72,6 +75,7 @@ impl Conn {
             subs: smallvec::SmallVec::new(),
             dirty: false,
             blocked: false,
+            lagging: false,
             last_seen: now,
             opened: now,
             ping_outstanding: false,

@@ -38,7 +38,9 @@ const READ_BUF: usize = 64 * 1024;
 /// Reads per readable event before other connections get their turn.
 const READS_PER_EVENT: usize = 8;
 /// Deliveries taken from the inbox per loop turn before sockets get a look.
-const INBOX_BATCH: usize = 4096;
+const INBOX_BATCH: usize = 1024;
+/// Longest pause of delivery intake while most connections lag.
+const MAX_STALL: Duration = Duration::from_secs(1);
 
 /// Everything a shard needs from the node, handed over at start.
 pub struct ShardSetup {
@@ -86,6 +88,14 @@ pub struct Shard {
     last_flush: Instant,
     /// The last flush averaged two or more frames per connection: pace the next one.
     paced: bool,
+    /// Channels with frames waiting for this turn's `fan_out` (id, name to check it).
+    batched: Vec<(u32, std::sync::Arc<str>)>,
+    /// Deliveries queued since the last flush (what pacing looks at).
+    messages_since_flush: u64,
+    /// Connections with output left after their last write (see `Conn::lagging`).
+    lagging: usize,
+    /// Since when most connections have been lagging (intake paused).
+    stall_since: Option<Instant>,
     presence: Option<api::PresenceLink>,
 }
 
@@ -116,6 +126,10 @@ impl Shard {
             accept_paused_until: 0,
             last_flush: Instant::now(),
             paced: false,
+            batched: Vec::new(),
+            messages_since_flush: 0,
+            lagging: 0,
+            stall_since: None,
             presence: s.presence.map(api::PresenceLink::new),
         }
     }
@@ -141,8 +155,14 @@ impl Shard {
             if !self.read_again.is_empty() {
                 timeout = Duration::ZERO;
             }
+            let stalled = self.intake_stalled(Instant::now());
+            if stalled {
+                // Deliveries wait (and overflow into counted drops) until sockets drain;
+                // only writable events, control messages or the stall limit wake us.
+                timeout = timeout.min(Duration::from_millis(10));
+            }
             if !timeout.is_zero() {
-                if !self.data.park() {
+                if !stalled && !self.data.park() {
                     timeout = Duration::ZERO;
                 } else if !self.control.park() {
                     self.data.unpark();
@@ -263,15 +283,39 @@ impl Shard {
         while let Some(msg) = self.control.try_recv() {
             self.on_msg(msg);
         }
-        for _ in 0..INBOX_BATCH {
+        let budget = if self.intake_stalled(Instant::now()) {
+            0
+        } else {
+            INBOX_BATCH
+        };
+        for _ in 0..budget {
             match self.data.try_recv() {
                 Some(msg) => self.on_msg(msg),
                 None => break,
             }
         }
+        self.fan_out();
         self.metrics.shards[self.id]
             .queue_depth
             .store(self.data.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Back-pressure from the sockets: while many connections are lagging (output left
+    /// over after their last write: kernel buffers full), taking more deliveries would only grow every queue until
+    /// the slow-consumer policy closed them all. Intake pauses instead, the shard queue
+    /// fills and the router drops, counts and owes `gap`s. A pause lasts at most
+    /// `MAX_STALL`: connections that stay blocked past it meet the slow-consumer policy.
+    fn intake_stalled(&mut self, now: Instant) -> bool {
+        let open = self.conns.len();
+        // A few slow clients never pause anyone (they meet the slow-consumer policy);
+        // an eighth of the shard, and at least 32 connections, lagging is the client
+        // side as a whole not keeping up.
+        if self.lagging < 32 || self.lagging * 8 <= open {
+            self.stall_since = None;
+            return false;
+        }
+        let since = *self.stall_since.get_or_insert(now);
+        now.duration_since(since) < MAX_STALL
     }
 
     fn on_msg(&mut self, msg: ShardMsg) {
@@ -304,6 +348,9 @@ impl Shard {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if conn.lagging {
+            self.lagging -= 1;
+        }
         self.presence_closed(&conn);
         let m = &self.metrics.shards[self.id];
         m.connections.fetch_sub(1, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::conn::{Conn, Phase};
 use super::{outq, Shard};
@@ -25,32 +25,70 @@ impl Shard {
             .saturating_sub(now.saturating_duration_since(self.last_flush))
     }
 
-    /// Queues one shared frame to every local subscriber of `channel`.
+    /// Takes a frame for every local subscriber of `channel`. Frames are collected per
+    /// channel during the turn and fanned out together by `fan_out`.
     pub(super) fn deliver(&mut self, channel: &str, frame: Bytes) {
         let Some(id) = self.subs.lookup(channel) else {
             return;
         };
-        let Some(ch) = self.subs.channel(id) else {
+        let Some(ch) = self.subs.channel_mut(id) else {
             return;
         };
+        if ch.pending.is_empty() {
+            self.batched.push((id, ch.name.clone()));
+        }
+        ch.pending.push(frame);
+    }
+
+    /// Queues this turn's frames of each channel to its subscribers. When a channel got
+    /// several frames, they are joined once into one buffer that every subscriber shares
+    /// (one copy per channel per turn, none per subscriber), so a hot channel costs each
+    /// subscriber one queue entry and one iovec per turn instead of one per message.
+    pub(super) fn fan_out(&mut self) {
         let limit = self.config.limits.outbound_limit;
         let mut queued = 0u64;
-        for &member in &ch.members {
-            let key = member as usize;
-            let Some(conn) = self.conns.get_mut(key) else {
+        for (id, name) in std::mem::take(&mut self.batched) {
+            let Some(ch) = self.subs.channel_mut(id) else {
                 continue;
             };
-            if conn.phase != Phase::Open {
+            if !std::sync::Arc::ptr_eq(&ch.name, &name) {
+                continue; // the channel was removed meanwhile
+            }
+            let frames = std::mem::take(&mut ch.pending);
+            let count = frames.len() as u64;
+            let frame = match frames.len() {
+                0 => continue,
+                1 => frames.into_iter().next().unwrap_or_default(),
+                _ => {
+                    let total = frames.iter().map(Bytes::len).sum();
+                    let mut joined = BytesMut::with_capacity(total);
+                    for f in &frames {
+                        joined.extend_from_slice(f);
+                    }
+                    joined.freeze()
+                }
+            };
+            let Some(ch) = self.subs.channel(id) else {
                 continue;
-            }
-            conn.outq.push(frame.clone());
-            queued += 1;
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
-            }
-            if conn.outq.bytes() > limit {
-                Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
+            };
+            for &member in &ch.members {
+                let key = member as usize;
+                let Some(conn) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                if conn.phase != Phase::Open {
+                    continue;
+                }
+                conn.outq.push(frame.clone());
+                queued += count;
+                self.messages_since_flush += count;
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
+                if conn.outq.bytes() > limit {
+                    Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
+                }
             }
         }
         self.metrics.shards[self.id]
@@ -124,7 +162,7 @@ impl Shard {
     pub(super) fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         let mut bytes = 0u64;
-        let (mut frames, mut writes) = (0usize, 0usize);
+        let mut writes = 0u64;
         for &key in &dirty {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -133,12 +171,15 @@ impl Shard {
             if conn.blocked {
                 continue;
             }
-            frames += conn.outq.frames();
             writes += 1;
             match conn.outq.write_to(&mut conn.stream) {
                 Ok((outq::Flushed::Empty, n)) => {
                     bytes += n as u64;
                     conn.told_slow = false;
+                    if conn.lagging {
+                        conn.lagging = false;
+                        self.lagging -= 1;
+                    }
                     if conn.phase == Phase::Closing {
                         self.close(key);
                     }
@@ -146,6 +187,10 @@ impl Shard {
                 Ok((outq::Flushed::Blocked, n)) => {
                     bytes += n as u64;
                     conn.blocked = true;
+                    if !conn.lagging {
+                        conn.lagging = true;
+                        self.lagging += 1;
+                    }
                 }
                 Err(_) => self.close(key),
             }
@@ -153,10 +198,10 @@ impl Shard {
         self.metrics.shards[self.id]
             .bytes_out
             .fetch_add(bytes, Ordering::Relaxed);
-        // Pace the next flush only while connections get several frames per write:
+        // Pace the next flush only while connections get several messages per write:
         // evidence that per-connection message rates are high and batching pays.
         if writes > 0 {
-            self.paced = frames >= 2 * writes;
+            self.paced = std::mem::take(&mut self.messages_since_flush) >= 2 * writes;
         }
         let mut dirty = dirty;
         dirty.clear();

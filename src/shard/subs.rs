@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use slab::Slab;
 
 /// One channel's local state.
@@ -19,6 +20,9 @@ pub struct LocalChannel {
     pub live: bool,
     /// Connections (key, generation) waiting for `subscribed`.
     pub waiters: Vec<(u32, u32)>,
+    /// Frames received for this channel during the current loop turn, fanned out
+    /// together at its end (see `Shard::fan_out`).
+    pub pending: Vec<Bytes>,
 }
 
 /// What adding a member changed.
@@ -87,6 +91,7 @@ impl SubIndex {
             epoch,
             live: false,
             waiters: Vec::new(),
+            pending: Vec::new(),
         }) as u32;
         self.by_name.insert(name, id);
         (id, 0, Added::NewChannel(epoch))
