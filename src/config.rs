@@ -167,7 +167,7 @@ pub struct Args {
     pub shutdown_timeout: Option<u64>,
 
     /// Pacing of a shard's flushes under high per-connection message rates: while connections
-    /// get two or more frames per flush, flush at most once per this many microseconds, so each
+    /// get two or more messages per flush, flush at most once per this many microseconds, so each
     /// write carries every frame of the interval (0: never pace) [default: 10000]
     #[arg(long, value_name = "MICROS")]
     pub flush_interval: Option<u64>,
