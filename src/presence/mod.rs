@@ -213,24 +213,9 @@ pub fn entry_value(server_id: &str, cid: &str, connected_at: u64) -> Box<str> {
     String::from_utf8_lossy(&v).into()
 }
 
-/// `{"type":"presence","user":U,"online":B,"connections":[…]}`
+/// The answer's JSON body (built by `protocol::reply`).
 pub fn answer_json(user: &str, connections: &[Box<str>]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(64 + connections.iter().map(|c| c.len() + 1).sum::<usize>());
-    body.extend_from_slice(b"{\"type\":\"presence\",\"user\":");
-    push_string(&mut body, user);
-    body.extend_from_slice(if connections.is_empty() {
-        b",\"online\":false,\"connections\":["
-    } else {
-        b",\"online\":true,\"connections\":["
-    });
-    for (i, c) in connections.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(c.as_bytes());
-    }
-    body.extend_from_slice(b"]}");
-    body
+    reply::presence_body(user, connections)
 }
 
 /// The bytes that answer a query: a text frame, or a complete HTTP response.

@@ -94,10 +94,10 @@ pub fn error(code: ErrorCode, message: &str, id: Option<&str>, channel: Option<&
     text_frame(&body)
 }
 
-/// `{"type":"presence","user":U,"online":B,"connections":[…]}` with the connection
-/// objects given as raw JSON.
-pub fn presence(user: &str, connections: &[String]) -> Bytes {
-    let mut body = Vec::with_capacity(64);
+/// The body `{"type":"presence","user":U,"online":B,"connections":[…]}`, the connection
+/// objects given as raw JSON (shared by the WebSocket and the HTTP answer).
+pub fn presence_body(user: &str, connections: &[Box<str>]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64 + connections.iter().map(|c| c.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"type\":\"presence\",\"user\":");
     push_string(&mut body, user);
     body.extend_from_slice(if connections.is_empty() {
@@ -112,7 +112,7 @@ pub fn presence(user: &str, connections: &[String]) -> Bytes {
         body.extend_from_slice(c.as_bytes());
     }
     body.extend_from_slice(b"]}");
-    text_frame(&body)
+    body
 }
 
 #[cfg(test)]
@@ -151,7 +151,11 @@ mod tests {
             serde_json::json!({"type":"error","code":"bad_channel","message":"bad \"name\"","id":3,"channel":"c"})
         );
         assert_eq!(
-            body(&presence("u", &[r#"{"serverId":"s"}"#.to_string()])),
+            serde_json::from_slice::<serde_json::Value>(&presence_body(
+                "u",
+                &[r#"{"serverId":"s"}"#.into()]
+            ))
+            .unwrap(),
             serde_json::json!({"type":"presence","user":"u","online":true,"connections":[{"serverId":"s"}]})
         );
     }
