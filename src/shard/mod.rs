@@ -39,7 +39,7 @@ const READ_BUF: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 8;
 /// Deliveries taken from the inbox per loop turn before sockets get a look.
 const INBOX_BATCH: usize = 1024;
-/// Longest pause of delivery intake while most connections lag.
+/// Intake stays paused for lagging connections only while they progressed this recently.
 const MAX_STALL: Duration = Duration::from_secs(1);
 
 /// Everything a shard needs from the node, handed over at start.
@@ -94,8 +94,8 @@ pub struct Shard {
     messages_since_flush: u64,
     /// Connections with output left after their last write (see `Conn::lagging`).
     lagging: usize,
-    /// Since when most connections have been lagging (intake paused).
-    stall_since: Option<Instant>,
+    /// Last time a lagging connection wrote something (or started lagging).
+    lag_progress: Instant,
     presence: Option<api::PresenceLink>,
 }
 
@@ -129,7 +129,7 @@ impl Shard {
             batched: Vec::new(),
             messages_since_flush: 0,
             lagging: 0,
-            stall_since: None,
+            lag_progress: Instant::now(),
             presence: s.presence.map(api::PresenceLink::new),
         }
     }
@@ -301,21 +301,22 @@ impl Shard {
     }
 
     /// Back-pressure from the sockets: while many connections are lagging (output left
-    /// over after their last write: kernel buffers full), taking more deliveries would only grow every queue until
-    /// the slow-consumer policy closed them all. Intake pauses instead, the shard queue
-    /// fills and the router drops, counts and owes `gap`s. A pause lasts at most
-    /// `MAX_STALL`: connections that stay blocked past it meet the slow-consumer policy.
+    /// over after their last write: kernel buffers full), taking more deliveries would
+    /// only grow every queue until the slow-consumer policy closed them all. Intake
+    /// pauses instead, the shard queue fills and the router drops, counts and owes
+    /// `gap`s: fanout then runs at the pace its clients read, like a single-threaded
+    /// server would. The pause holds only while lagging connections make progress: if
+    /// none has written a byte for `MAX_STALL`, they are stuck, intake resumes and the
+    /// slow-consumer policy deals with them.
     fn intake_stalled(&mut self, now: Instant) -> bool {
         let open = self.conns.len();
         // A few slow clients never pause anyone (they meet the slow-consumer policy);
         // an eighth of the shard, and at least 32 connections, lagging is the client
         // side as a whole not keeping up.
         if self.lagging < 32 || self.lagging * 8 <= open {
-            self.stall_since = None;
             return false;
         }
-        let since = *self.stall_since.get_or_insert(now);
-        now.duration_since(since) < MAX_STALL
+        now.saturating_duration_since(self.lag_progress) < MAX_STALL
     }
 
     fn on_msg(&mut self, msg: ShardMsg) {

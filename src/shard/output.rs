@@ -179,6 +179,7 @@ impl Shard {
                     if conn.lagging {
                         conn.lagging = false;
                         self.lagging -= 1;
+                        self.lag_progress = Instant::now();
                     }
                     if conn.phase == Phase::Closing {
                         self.close(key);
@@ -190,6 +191,9 @@ impl Shard {
                     if !conn.lagging {
                         conn.lagging = true;
                         self.lagging += 1;
+                        self.lag_progress = Instant::now();
+                    } else if n > 0 {
+                        self.lag_progress = Instant::now();
                     }
                 }
                 Err(_) => self.close(key),
