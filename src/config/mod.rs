@@ -2,6 +2,11 @@
 //! resolved once at start into `Config`. Every limit lives in `Limits`, in one place.
 //! Precedence: flag > environment variable > `--config` file > built-in default.
 
+mod presence;
+
+use presence::resolve_presence;
+pub use presence::{OnOff, PresenceConfig};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,37 +81,6 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Presence settings (`src/presence/`).
     pub presence: PresenceConfig,
-}
-
-/// Presence (connection manager) settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceConfig {
-    pub enabled: bool,
-    /// Take the user id from the `user` query parameter of the upgrade URL.
-    pub user_param: bool,
-    /// Interval of the batched heartbeat (liveness key and key TTLs refreshed).
-    pub heartbeat: Duration,
-    /// TTL of each `connections:{user}` hash, in seconds.
-    pub ttl_secs: u64,
-}
-
-impl Default for PresenceConfig {
-    fn default() -> Self {
-        PresenceConfig {
-            enabled: true,
-            user_param: false,
-            heartbeat: Duration::from_secs(30),
-            ttl_secs: 120,
-        }
-    }
-}
-
-/// `--presence on|off`.
-#[derive(clap::ValueEnum, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnOff {
-    On,
-    Off,
 }
 
 /// fanout: a WebSocket pub/sub server that scales horizontally through Redis.
@@ -358,30 +332,6 @@ impl Config {
             presence,
         })
     }
-}
-
-fn resolve_presence(args: &Args, file: &FileConfig) -> Result<PresenceConfig, String> {
-    let d = PresenceConfig::default();
-    let heartbeat = args
-        .presence_heartbeat
-        .or(file.presence_heartbeat)
-        .unwrap_or(d.heartbeat.as_secs());
-    let ttl_secs = args
-        .presence_ttl
-        .or(file.presence_ttl)
-        .unwrap_or(d.ttl_secs);
-    if heartbeat == 0 || heartbeat > 3600 {
-        return Err("--presence-heartbeat must be between 1 and 3600".into());
-    }
-    if ttl_secs <= heartbeat {
-        return Err("--presence-ttl must be longer than --presence-heartbeat".into());
-    }
-    Ok(PresenceConfig {
-        enabled: args.presence.or(file.presence).unwrap_or(OnOff::On) == OnOff::On,
-        user_param: args.presence_user_param || file.presence_user_param.unwrap_or(false),
-        heartbeat: Duration::from_secs(heartbeat),
-        ttl_secs,
-    })
 }
 
 /// Splits a comma list of origins; `*` (or an empty list) means any.
