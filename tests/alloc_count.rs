@@ -4,11 +4,12 @@
 //! read into fixed buffers, so every allocation counted is the server's. Allocations must
 //! scale with M (a few per message), not with M × S.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 struct Counting;
 
@@ -33,19 +34,6 @@ static GLOBAL: Counting = Counting;
 
 const MASK: [u8; 4] = [1, 2, 3, 4];
 
-fn upgrade(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    s
-}
-
 fn read_exactly(s: &mut TcpStream, buf: &mut [u8], n: usize) {
     let mut got = 0;
     while got < n {
@@ -68,13 +56,15 @@ fn fan_out_allocates_per_message_not_per_subscriber() {
     let sub_frame =
         fanout::ws::inbound::client_frame(1, true, br#"{"type":"subscribe","channel":"a"}"#, MASK);
     let subscribed_len = 2 + r#"{"type":"subscribed","channel":"a"}"#.len();
-    let mut subs: Vec<TcpStream> = (0..SUBS).map(|_| upgrade(server.local_addr)).collect();
+    let mut subs: Vec<TcpStream> = (0..SUBS)
+        .map(|_| common::raw_upgrade(server.local_addr))
+        .collect();
     let mut buf = vec![0u8; 64 * 1024];
     for s in subs.iter_mut() {
         s.write_all(&sub_frame).unwrap();
         read_exactly(s, &mut buf, subscribed_len);
     }
-    let mut publisher = upgrade(server.local_addr);
+    let mut publisher = common::raw_upgrade(server.local_addr);
     let mut burst = Vec::new();
     for i in 0..MSGS {
         let cmd = format!(r#"{{"type":"publish","channel":"a","data":{}}}"#, 1000 + i);

@@ -138,16 +138,7 @@ fn protocol_violations_close_with_the_rfc_code() {
     ];
     for (name, bytes, code) in cases {
         // A raw socket: upgrade by hand, then misbehave.
-        let mut s = std::net::TcpStream::connect(node.addr).unwrap();
-        s.set_read_timeout(Some(common::DEADLINE)).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{name}");
+        let mut s = common::raw_upgrade(node.addr);
         s.write_all(&bytes).unwrap();
         let mut frame = [0u8; 4];
         s.read_exact(&mut frame).unwrap();

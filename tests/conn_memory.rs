@@ -3,6 +3,8 @@
 //! in-process. This is the deterministic half of the "KiB per connection" figure that
 //! `loadgen conns` measures as RSS (docs/benchmarks.md).
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -36,7 +38,7 @@ const MASK: [u8; 4] = [1, 2, 3, 4];
 fn subscribed_client(addr: std::net::SocketAddr, channel: usize, buf: &mut [u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    s.write_all(common::UPGRADE_REQUEST).unwrap();
     let cmd = format!(r#"{{"type":"subscribe","channel":"c{channel}"}}"#);
     s.write_all(&fanout::ws::inbound::client_frame(
         1,

@@ -59,7 +59,7 @@ fn pings_are_sent_and_a_client_that_ignores_them_is_dropped() {
     let addr = node.addr;
     let bad = std::thread::spawn(move || {
         let mut bad = TcpStream::connect(addr).unwrap();
-        bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        bad.write_all(common::UPGRADE_REQUEST).unwrap();
         bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let start = Instant::now();
         let mut got = Vec::new();

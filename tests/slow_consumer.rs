@@ -11,16 +11,7 @@ use common::{TestNode, DEADLINE};
 
 /// A raw WebSocket that subscribes and then never reads again.
 fn stalled_subscriber(node: &TestNode, channel: &str) -> TcpStream {
-    let mut s = TcpStream::connect(node.addr).unwrap();
-    // A tiny receive buffer so the server's queue fills quickly.
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
+    let mut s = common::raw_upgrade(node.addr);
     let cmd = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
     s.write_all(&fanout::ws::inbound::client_frame(
         1,

@@ -305,3 +305,27 @@ impl WsClient {
         ));
     }
 }
+
+/// A WebSocket upgrade request for raw-socket tests.
+pub const UPGRADE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A raw TCP socket upgraded to WebSocket by hand (the 101 head read and checked), for
+/// tests that must misbehave or must not allocate per message on the client side.
+pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).expect("tcp connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(UPGRADE_REQUEST).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "upgrade refused: {}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
