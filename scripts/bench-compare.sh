@@ -11,7 +11,9 @@
 #              s3   conns  --conns 19900 --channels 1000 --hold 5
 #              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
 #   --repeat N      runs per server (default 3); each run gets a freshly started server
-#   --servers LIST  comma list out of fanout,node-ws,uws (default: all three, in that order)
+#   --servers LIST  comma list out of fanout,fanout-b,node-ws,uws (default: fanout,node-ws,uws);
+#                   fanout-b is a second fanout build given by FANOUT_B=/path/to/fanout, to A/B an
+#                   engine change against its baseline in the same run
 #   --out FILE      where the raw JSON lines go (default /tmp/bench-results/<date>-<scenario>.jsonl);
 #                   each line: {"server","scenario","run","invocation","args","exit","result":<loadgen JSON>}
 #   --cpu-server N  core for the server under test (default 1)
@@ -59,7 +61,8 @@ esac
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer"
 IFS=',' read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
-  case "$s" in fanout|node-ws|uws) ;; *) die "unknown server '$s' (fanout, node-ws, uws)" ;; esac
+  case "$s" in fanout|fanout-b|node-ws|uws) ;; *) die "unknown server '$s' (fanout, fanout-b, node-ws, uws)" ;; esac
+  if [[ "$s" == fanout-b && ! -x "${FANOUT_B:-}" ]]; then die "fanout-b needs FANOUT_B=/path/to/a/fanout/binary"; fi
 done
 
 for tool in redis-server redis-cli python3 taskset; do
@@ -77,7 +80,7 @@ if [[ ! -x "$FANOUT" || ! -x "$LOADGEN" ]]; then
   cargo build --release --workspace --bin fanout --bin loadgen >&2
 fi
 for s in "${server_list[@]}"; do
-  if [[ "$s" != fanout && ! -d "$ROOT/loadgen/peers/$s/node_modules" ]]; then
+  if [[ "$s" != fanout* && ! -d "$ROOT/loadgen/peers/$s/node_modules" ]]; then
     echo "bench-compare: installing peer dependencies" >&2
     "$ROOT/loadgen/peers/install.sh" >&2
     break
@@ -157,8 +160,10 @@ loadgen_cmd=("${preset[@]}" "${extra[@]}")
 start_server() { # name port log -> sets server_pid
   local name="$1" port="$2" log="$3"
   case "$name" in
-    fanout)
-      taskset -c "$cpu_server" "$FANOUT" --listen "127.0.0.1:$port" --redis "$REDIS_URL" --shards 1 \
+    fanout|fanout-b)
+      local bin="$FANOUT"
+      [[ "$name" == fanout-b ]] && bin="$FANOUT_B"
+      taskset -c "$cpu_server" "$bin" --listen "127.0.0.1:$port" --redis "$REDIS_URL" --shards 1 \
         >"$log" 2>&1 &
       ;;
     node-ws|uws)
@@ -225,8 +230,10 @@ print(json.dumps(rec, separators=(",", ":")))
 PY
 }
 
-for name in "${server_list[@]}"; do
-  for ((run = 1; run <= repeat; run++)); do
+# Runs interleave (run 1 of every server, then run 2, ...) so that drift in a noisy
+# machine's speed spreads over all servers instead of favouring whichever ran first.
+for ((run = 1; run <= repeat; run++)); do
+  for name in "${server_list[@]}"; do
     run_one "$name" "$run"
   done
 done
