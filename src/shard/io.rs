@@ -11,8 +11,12 @@ use crate::ws::handshake::{self, Parsed};
 use crate::ws::inbound::Fail;
 
 impl Shard {
-    /// Reads until the socket would block (or the read budget is spent).
-    pub(super) fn on_readable(&mut self, key: usize) {
+    /// Reads until the socket would block (or the read budget is spent). A read that
+    /// fills less than the buffer has taken everything the kernel held, so the loop stops
+    /// there without the extra `read` that would only say `WouldBlock` (what tokio does
+    /// too): mio's edge-triggered registration reports the next bytes as a new event.
+    /// `until_eof` (the event also said the peer closed, or an error) reads on to the end.
+    pub(super) fn on_readable(&mut self, key: usize, until_eof: bool) {
         let mut buf = std::mem::take(&mut self.read_buf);
         for round in 0.. {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -34,6 +38,9 @@ impl Shard {
                     conn.last_seen = self.now;
                     conn.ping_outstanding = false;
                     self.ingest(key, &mut buf[..n]);
+                    if n < buf.len() && !until_eof {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

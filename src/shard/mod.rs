@@ -191,14 +191,15 @@ impl Shard {
                                 self.mark_dirty(key);
                             }
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                        let eof = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || eof {
+                            self.on_readable(key, eof);
                         }
                     }
                 }
             }
             for key in std::mem::take(&mut self.read_again) {
-                self.on_readable(key);
+                self.on_readable(key, true);
             }
             self.drain_inbox();
             if !self.dirty.is_empty() {
