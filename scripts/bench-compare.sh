@@ -294,7 +294,7 @@ cols = [("deliveries_per_sec", fmt_rate), ("deliveries_per_server_cpu_sec", fmt_
         ("p50_us", fmt_us), ("p99_us", fmt_us), ("p999_us", fmt_us), ("max_us", fmt_us),
         ("lost", fmt_num), ("kib_per_conn", lambda v: fmt_num(v, 1))]
 heads = ["server", "ok/runs", "deliv/s", "deliv/cpu-s", "p50", "p99", "p99.9", "max", "lost",
-         "KiB/conn", "lg-sat", "x deliv/s", "x deliv/cpu-s", "x p99", "x KiB/conn"]
+         "KiB/conn", "lg-sat", "steal%", "x deliv/s", "x deliv/cpu-s", "x p99", "x KiB/conn"]
 
 med = {name: {k: median(recs, k) for k, _ in cols} for name, recs in rows.items()}
 base = med.get("fanout", {})
@@ -304,7 +304,12 @@ for name in order:
     ok = sum(1 for r in recs if r.get("result") is not None and r.get("exit") == 0)
     sat = sum(1 for r in recs if (r.get("result") or {}).get("loadgen_saturated") is True)
     m = med[name]
-    row = [name, "%d/%d" % (ok, len(recs))] + [f(m[k]) for k, f in cols] + [str(sat)]
+    # Host steal per core during the measured window (median over runs), e.g. "9.8/3.1".
+    steals = [(r.get("result") or {}).get("cpu_steal_pct") or [] for r in recs]
+    ncores = max((len(x) for x in steals), default=0)
+    steal = "/".join("%.1f" % statistics.median([x[c] for x in steals if len(x) > c])
+                     for c in range(ncores)) or "-"
+    row = [name, "%d/%d" % (ok, len(recs))] + [f(m[k]) for k, f in cols] + [str(sat), steal]
     row += [ratio(m["deliveries_per_sec"], base.get("deliveries_per_sec")),
             ratio(m["deliveries_per_server_cpu_sec"], base.get("deliveries_per_server_cpu_sec")),
             ratio(m["p99_us"], base.get("p99_us")),
@@ -320,5 +325,7 @@ for r in table:
     print(line(r))
 print()
 print("medians over runs; x = ratio to fanout (deliv: higher is better, p99/KiB: lower is better);")
-print("lg-sat = runs where loadgen reported itself saturated (the result is capped by loadgen, not the server).")
+print("lg-sat = runs where loadgen reported itself saturated (the result is capped by loadgen, not the server);")
+print("steal% = host steal per core (core 0/core 1/...) in the measured window: time this VM's core had")
+print("work but the host ran something else; a few % of steal on the load core sets everyone's tail.")
 PY

@@ -94,7 +94,9 @@ fn data_followed_by_fin_is_still_handled() {
     sub.subscribe("fin");
     for i in 0..20 {
         let mut publisher = common::raw_upgrade(node.addr);
-        let frame = text(&format!(r#"{{"type":"publish","channel":"fin","data":{i}}}"#));
+        let frame = text(&format!(
+            r#"{{"type":"publish","channel":"fin","data":{i}}}"#
+        ));
         publisher.write_all(&frame).unwrap();
         publisher.shutdown(Shutdown::Write).unwrap();
         let v = sub.recv_json(DEADLINE).expect("delivery");

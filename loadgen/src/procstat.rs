@@ -1,5 +1,6 @@
 //! Process accounting: CPU time and RSS of server processes from /proc/PID/{stat,status},
-//! and loadgen's own CPU through getrusage.
+//! loadgen's own CPU through getrusage, and the machine's per-core steal time from
+//! /proc/stat (on a VM: time the host ran something else while a core had work).
 
 /// Clock ticks per second for /proc/PID/stat times.
 fn ticks() -> f64 {
@@ -59,9 +60,60 @@ pub fn self_cpu_s() -> f64 {
     tv(r.ru_utime) + tv(r.ru_stime)
 }
 
+/// Cumulative (steal, total) ticks of each core, from /proc/stat (empty if unreadable).
+pub fn cpu_steal_ticks() -> Vec<(u64, u64)> {
+    let Ok(s) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    parse_cpu_steal(&s)
+}
+
+fn parse_cpu_steal(stat: &str) -> Vec<(u64, u64)> {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            // cpuN user nice system idle iowait irq softirq steal guest guest_nice
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            (f.get(7).copied().unwrap_or(0), f.iter().sum())
+        })
+        .collect()
+}
+
+/// Steal per core in percent between two `cpu_steal_ticks` readings.
+pub fn steal_pct(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(&(s0, t0), &(s1, t1))| {
+            let dt = t1.saturating_sub(t0);
+            if dt == 0 {
+                0.0
+            } else {
+                (s1.saturating_sub(s0) as f64 * 1000.0 / dt as f64).round() / 10.0
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_read_per_core() {
+        let a = "cpu  10 0 10 100 0 0 0 5 0 0\ncpu0 5 0 5 50 0 0 0 0 0 0\ncpu1 5 0 5 50 0 0 0 5 0 0\nintr 1\n";
+        let b = "cpu  20 0 20 200 0 0 0 25 0 0\ncpu0 10 0 10 100 0 0 0 0 0 0\ncpu1 10 0 10 100 0 0 0 25 0 0\n";
+        let (a, b) = (parse_cpu_steal(a), parse_cpu_steal(b));
+        assert_eq!(a, vec![(0, 60), (5, 65)]);
+        // core 1: 20 of 80 ticks stolen.
+        assert_eq!(steal_pct(&a, &b), vec![0.0, 25.0]);
+        assert!(!cpu_steal_ticks().is_empty());
+    }
 
     #[test]
     fn reads_own_process() {

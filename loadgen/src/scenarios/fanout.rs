@@ -13,7 +13,7 @@ use crate::clock::{now_ns, secs, sleep_until};
 use crate::control::{child_main, SubSet};
 use crate::net;
 use crate::procs;
-use crate::procstat::self_cpu_s;
+use crate::procstat::{cpu_steal_ticks, self_cpu_s, steal_pct};
 use crate::publisher::{self, PubPlan, PubShared, Via};
 use crate::report::{self, Ticker, SATURATION};
 use crate::subs::SubPlan;
@@ -57,6 +57,7 @@ pub const ROWS: &[(&str, &str)] = &[
     ("loadgen_cpu_s", "loadgen CPU s"),
     ("loadgen_max_thread_cpu_pct", "loadgen busiest thread %"),
     ("loadgen_saturated", "loadgen saturated"),
+    ("cpu_steal_pct", "host steal % per core"),
 ];
 
 fn validate(a: &FanoutArgs) -> Result<(), String> {
@@ -214,9 +215,11 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     sleep_until(ws);
     let s0 = sample(&c.server_pid);
     let r0 = self_cpu_s();
+    let steal0 = cpu_steal_ticks();
     sleep_until(we);
     let s1 = sample(&c.server_pid);
     let r1 = self_cpu_s();
+    let steal = steal_pct(&steal0, &cpu_steal_ticks());
     let stop_deadline = we + 5_000_000_000;
     while !sh.stopped.load(Ordering::Acquire) && now_ns() < stop_deadline {
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -317,6 +320,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "server_pids": c.server_pid,
         "server_cpu_s": server_cpu.map(round3),
         "server_cpu_pct": server_cpu.map(|x| round1(x / dur * 100.0)),
+        "cpu_steal_pct": steal,
         "deliveries_per_server_cpu_sec": server_cpu.filter(|&x| x > 0.0).map(|x| round1(received as f64 / x)),
         "server_rss_kib": s1.rss_kib,
         "server_rss_before_kib": before.rss_kib,
