@@ -1,6 +1,6 @@
 //! An event-loop shard: one thread, one `mio::Poll`, a `Slab` of the connections it
 //! owns, its own channel → subscribers index. The loop only routes events: sockets are
-//! read until `WouldBlock`, broker messages are drained from the inbox, replies and
+//! read until empty, broker messages are drained from the inbox, replies and
 //! deliveries are queued during the turn and every touched connection is flushed once
 //! at its end with vectored writes. A shard never blocks on anything but `poll`.
 
