@@ -77,7 +77,8 @@ fn drop_oldest_policy_keeps_the_connection_and_says_so_once() {
     let stalled = stalled_subscriber(&node, "flood");
     let mut publisher = node.client();
     let payload = format!("\"{}\"", "z".repeat(4000));
-    for _ in 0..500 {
+    // ~10 MB: more than the kernel's socket buffers can absorb, however they autotune.
+    for _ in 0..2500 {
         publisher.publish("flood", &payload);
     }
     publisher.send(r#"{"type":"publish","channel":"flood","data":0,"id":"last"}"#);
@@ -89,4 +90,109 @@ fn drop_oldest_policy_keeps_the_connection_and_says_so_once() {
     // stalled + publisher + the /metrics request itself: the stalled one is still open.
     assert_eq!(metric(&node, "fanout_connections"), 3);
     drop(stalled);
+}
+
+/// Reads `s` slowly (8 KiB every 5 ms). Keeps reading after `stop` until every one of
+/// the `all` readers has seen a `gap` notice (counted in `gaps`), or `DEADLINE` after
+/// `stop`. Returns (bytes read, saw a `gap` notice, the server closed the connection).
+fn slow_reader(
+    mut s: TcpStream,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    gaps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    all: usize,
+) -> (usize, bool, bool) {
+    use std::sync::atomic::Ordering;
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let needle = br#""type":"gap""#;
+    let (mut total, mut gap, mut tail) = (0usize, false, Vec::new());
+    let mut buf = vec![0u8; 8192];
+    let mut stopped_at = None;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let at = *stopped_at.get_or_insert_with(Instant::now);
+            if gaps.load(Ordering::Relaxed) >= all || at.elapsed() > DEADLINE {
+                return (total, gap, false);
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return (total, gap, true),
+            Ok(n) => {
+                total += n;
+                tail.extend_from_slice(&buf[..n]);
+                if !gap && tail.windows(needle.len()).any(|w| w == needle) {
+                    gap = true;
+                    gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                let keep = tail.len().saturating_sub(needle.len());
+                tail.drain(..keep);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (total, gap, true),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// When a flood outruns every subscriber of a shard (kernel buffers full) while they keep
+/// reading, the shard takes deliveries at their pace (at most a quarter of the outbound
+/// limit between two flushes, none while most connections lag) instead of queuing them
+/// until the slow-consumer policy closes everyone: the overflow is dropped at the router,
+/// counted, and announced with `gap`. Without the per-flush intake budget all 40 readers
+/// were closed (4000) within the flood.
+#[test]
+fn lagging_readers_are_paced_not_closed_and_told_of_the_loss() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let node = TestNode::start(&["--outbound-limit", "262144", "--shards", "1"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let gaps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = 40;
+    let readers: Vec<_> = (0..n)
+        .map(|_| {
+            let s = stalled_subscriber(&node, "lag");
+            let (stop, gaps) = (stop.clone(), gaps.clone());
+            std::thread::spawn(move || slow_reader(s, stop, gaps, n))
+        })
+        .collect();
+    // The publisher's own replies are drained so that it never lags itself.
+    let mut publisher = common::raw_upgrade(node.addr);
+    let mut drain = publisher.try_clone().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
+    let payload = format!("\"{}\"", "p".repeat(1000));
+    let frame = fanout::ws::inbound::client_frame(
+        1,
+        true,
+        format!(r#"{{"type":"publish","channel":"lag","data":{payload}}}"#).as_bytes(),
+        [1, 2, 3, 4],
+    );
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 64)
+        .collect();
+    // ~1.6 MB/s per reader of capacity against a flood far above it, for 3 seconds.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        publisher.write_all(&batch).unwrap();
+    }
+    let dropped = metric(&node, "fanout_dispatch_dropped_total");
+    let closes = metric(&node, "fanout_slow_consumer_closes_total");
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(closes, 0, "slow readers were closed instead of paced");
+    assert!(
+        dropped > 0,
+        "the flood exceeded the readers, so drops must be counted"
+    );
+    for (i, (bytes, gap, closed)) in results.iter().enumerate() {
+        assert!(!closed, "reader {i} was disconnected");
+        assert!(*bytes > 100_000, "reader {i} got only {bytes} bytes");
+        assert!(*gap, "reader {i} was never told about the loss");
+    }
 }

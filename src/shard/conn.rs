@@ -47,6 +47,8 @@ pub struct Conn {
     /// Output was left over after the last write (cleared once a write empties the
     /// queue); the shard pauses intake while most connections lag.
     pub lagging: bool,
+    /// Bytes queued since the last flush (what the shard's intake budget looks at).
+    pub queued_since_flush: u32,
     /// Coarse second (shard clock) of the last frame received.
     pub last_seen: u32,
     /// Coarse second the connection was accepted.
@@ -76,6 +78,7 @@ impl Conn {
             dirty: false,
             blocked: false,
             lagging: false,
+            queued_since_flush: 0,
             last_seen: now,
             opened: now,
             ping_outstanding: false,

@@ -96,6 +96,10 @@ pub struct Shard {
     lagging: usize,
     /// Last time a lagging connection wrote something (or started lagging).
     lag_progress: Instant,
+    /// Some connection was handed a quarter of the outbound limit since the last flush
+    /// (or one channel got that much this turn): take no more deliveries until the
+    /// flush has shown who lags. See `Shard::intake_budget`.
+    hold_intake: bool,
     presence: Option<api::PresenceLink>,
 }
 
@@ -130,6 +134,7 @@ impl Shard {
             messages_since_flush: 0,
             lagging: 0,
             lag_progress: Instant::now(),
+            hold_intake: false,
             presence: s.presence.map(api::PresenceLink::new),
         }
     }
@@ -155,10 +160,11 @@ impl Shard {
             if !self.read_again.is_empty() {
                 timeout = Duration::ZERO;
             }
-            let stalled = self.intake_stalled(Instant::now());
+            let stalled = self.intake_stalled(Instant::now()) || self.hold_intake;
             if stalled {
-                // Deliveries wait (and overflow into counted drops) until sockets drain;
-                // only writable events, control messages or the stall limit wake us.
+                // Deliveries wait (and overflow into counted drops) until sockets drain or
+                // the next flush; only writable events, control messages, the flush or
+                // the stall limit wake us.
                 timeout = timeout.min(Duration::from_millis(10));
             }
             if !timeout.is_zero() {
@@ -289,7 +295,13 @@ impl Shard {
         } else {
             INBOX_BATCH
         };
+        if self.dirty.is_empty() {
+            self.hold_intake = false; // everything taken so far has been written
+        }
         for _ in 0..budget {
+            if self.hold_intake {
+                break;
+            }
             match self.data.try_recv() {
                 Some(msg) => self.on_msg(msg),
                 None => break,

@@ -28,6 +28,7 @@ impl Shard {
     /// Takes a frame for every local subscriber of `channel`. Frames are collected per
     /// channel during the turn and fanned out together by `fan_out`.
     pub(super) fn deliver(&mut self, channel: &str, frame: Bytes) {
+        let budget = self.intake_budget();
         let Some(id) = self.subs.lookup(channel) else {
             return;
         };
@@ -36,8 +37,22 @@ impl Shard {
         };
         if ch.pending.is_empty() {
             self.batched.push((id, ch.name.clone()));
+            ch.pending_bytes = 0;
+        }
+        ch.pending_bytes += frame.len();
+        if ch.pending_bytes >= budget {
+            self.hold_intake = true;
         }
         ch.pending.push(frame);
+    }
+
+    /// Every frame taken may be queued to all of a channel's subscribers, so between two
+    /// flushes (several turns when flushes are paced) no connection is handed more than a
+    /// quarter of the outbound limit: the flush sees it lagging (and intake pauses, see
+    /// `intake_stalled`) before the shard alone has pushed it past the limit. Measured per
+    /// connection, not per shard, so many channels at high rates are not capped together.
+    pub(super) fn intake_budget(&self) -> usize {
+        (self.config.limits.outbound_limit / 4).max(1)
     }
 
     /// Queues this turn's frames of each channel to its subscribers. When a channel got
@@ -46,6 +61,8 @@ impl Shard {
     /// subscriber one queue entry and one iovec per turn instead of one per message.
     pub(super) fn fan_out(&mut self) {
         let limit = self.config.limits.outbound_limit;
+        let budget = self.intake_budget();
+        let mut hold = false;
         let mut queued = 0u64;
         for (id, name) in std::mem::take(&mut self.batched) {
             let Some(ch) = self.subs.channel_mut(id) else {
@@ -80,6 +97,11 @@ impl Shard {
                     continue;
                 }
                 conn.outq.push(frame.clone());
+                conn.queued_since_flush =
+                    conn.queued_since_flush.saturating_add(frame.len() as u32);
+                if conn.queued_since_flush as usize >= budget {
+                    hold = true;
+                }
                 queued += count;
                 self.messages_since_flush += count;
                 if !conn.dirty {
@@ -91,6 +113,7 @@ impl Shard {
                 }
             }
         }
+        self.hold_intake |= hold;
         self.metrics.shards[self.id]
             .messages_out
             .fetch_add(queued, Ordering::Relaxed);
@@ -160,6 +183,7 @@ impl Shard {
 
     /// The end-of-turn flush: one vectored write (or a few) per touched connection.
     pub(super) fn flush_dirty(&mut self) {
+        self.hold_intake = false;
         let dirty = std::mem::take(&mut self.dirty);
         let mut bytes = 0u64;
         let mut writes = 0u64;
@@ -168,6 +192,7 @@ impl Shard {
                 continue;
             };
             conn.dirty = false;
+            conn.queued_since_flush = 0;
             if conn.blocked {
                 continue;
             }

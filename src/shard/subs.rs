@@ -23,6 +23,8 @@ pub struct LocalChannel {
     /// Frames received for this channel during the current loop turn, fanned out
     /// together at its end (see `Shard::fan_out`).
     pub pending: Vec<Bytes>,
+    /// Bytes in `pending`.
+    pub pending_bytes: usize,
 }
 
 /// What adding a member changed.
@@ -92,6 +94,7 @@ impl SubIndex {
             live: false,
             waiters: Vec::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
         }) as u32;
         self.by_name.insert(name, id);
         (id, 0, Added::NewChannel(epoch))
