@@ -33,6 +33,8 @@ pub struct ShardMetrics {
     pub publish_rejected: AtomicU64,
     /// Protocol errors answered to clients.
     pub client_errors: AtomicU64,
+    /// WebSocket upgrades refused at admission (origin not allowed, bad user parameter).
+    pub upgrades_refused: AtomicU64,
     /// Connections dropped for a handshake timeout or for being silent too long.
     pub timeouts: AtomicU64,
     /// Depth of the shard's delivery queue, sampled each loop turn.
@@ -89,7 +91,7 @@ impl Metrics {
     /// The Prometheus text exposition of every figure.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [ShardSeries; 12] = [
+        let per_shard: [ShardSeries; 13] = [
             (
                 "fanout_connections",
                 "gauge",
@@ -149,6 +151,12 @@ impl Metrics {
                 "counter",
                 |s| &s.client_errors,
                 "Error replies sent to clients",
+            ),
+            (
+                "fanout_upgrades_refused_total",
+                "counter",
+                |s| &s.upgrades_refused,
+                "WebSocket upgrades refused (origin not allowed, bad user parameter)",
             ),
             (
                 "fanout_timeouts_total",

@@ -212,6 +212,7 @@ fn origins_outside_the_allowed_list_get_403() {
     ok.subscribe("a");
     // Non-browser clients send no Origin.
     node.client().subscribe("a");
+    assert_eq!(metric(node.addr, "fanout_upgrades_refused_total"), 1.0);
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout"));
     cmd.args(["--listen", "127.0.0.1:0"])

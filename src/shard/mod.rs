@@ -442,12 +442,19 @@ impl Shard {
         self.presence_tick();
     }
 
-    /// Admission checks on a WebSocket upgrade (origin policy).
+    /// Admission checks on a WebSocket upgrade (origin policy, user parameter); every
+    /// refusal is counted.
     fn check_upgrade(
         &self,
         head: &crate::ws::handshake::RequestHead,
     ) -> Result<(), (u16, &'static str)> {
-        self.admit_upgrade(head)
+        let verdict = self.admit_upgrade(head);
+        if verdict.is_err() {
+            self.metrics.shards[self.id]
+                .upgrades_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
     }
 
     fn http_context(&self) -> crate::http::HttpContext<'_> {
