@@ -164,7 +164,7 @@ impl Shard {
             }
             (Some(why), true) => self.respond_and_close(key, api::json_error(503, why)),
             (None, true) => {
-                // Wait for the answer; the handshake timeout bounds the wait.
+                // Wait for the answer; at the handshake timeout `tick` answers 504.
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.phase = Phase::HttpBody;
                     conn.pending_http = None;

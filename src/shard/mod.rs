@@ -403,9 +403,17 @@ impl Shard {
         let handshake = self.config.handshake_timeout.as_secs() as u32;
         let ping = self.config.ping_interval.as_secs() as u32;
         let mut expired = Vec::new();
+        let mut unanswered = Vec::new();
         let mut to_ping = Vec::new();
         for (key, c) in self.conns.iter_mut() {
             match c.phase {
+                // An HTTP request waiting for another thread's answer (a presence query)
+                // gets a 504 at the deadline instead of a bare close.
+                Phase::HttpBody if c.pending_http.is_none() => {
+                    if now.saturating_sub(c.opened) >= handshake {
+                        unanswered.push(key);
+                    }
+                }
                 Phase::Handshake | Phase::HttpBody => {
                     if now.saturating_sub(c.opened) >= handshake {
                         expired.push(key);
@@ -435,9 +443,13 @@ impl Shard {
         }
         let m = &self.metrics.shards[self.id];
         m.timeouts
-            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            .fetch_add((expired.len() + unanswered.len()) as u64, Ordering::Relaxed);
         for key in expired {
             self.close(key);
+        }
+        for key in unanswered {
+            let response = crate::api::json_error(504, "no answer in time, try again");
+            self.respond_and_close(key, response);
         }
         self.presence_tick();
     }
