@@ -256,14 +256,7 @@ fn an_http_presence_query_redis_cannot_answer_in_time_gets_504() {
     let redis = RedisProcess::start();
     let node = TestNode::with_redis(&redis, &["--handshake-timeout", "1"]);
     // Stall Redis longer than the presence thread's 3 s I/O timeout.
-    let url = redis.url();
-    let sleeper = std::thread::spawn(move || {
-        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let slept: redis::RedisResult<String> =
-            redis::cmd("DEBUG").arg("SLEEP").arg("6").query(&mut conn);
-        slept.expect("DEBUG SLEEP must run (redis started with --enable-debug-command)");
-    });
-    std::thread::sleep(Duration::from_millis(200)); // let DEBUG SLEEP start
+    let sleeper = redis.debug_sleep(6);
     let t = std::time::Instant::now();
     let r = get(node.addr, "/api/users/nobody/connections");
     assert_eq!(r.status, 504, "answered at the deadline, not closed bare");

@@ -172,14 +172,7 @@ fn a_paused_redis_makes_publishers_fail_fast_and_recovers() {
     c.subscribe("p");
     let mut p = node.client();
     // Block Redis's event loop for 5 s from another connection.
-    let url = redis.url();
-    let sleeper = std::thread::spawn(move || {
-        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let slept: redis::RedisResult<String> =
-            redis::cmd("DEBUG").arg("SLEEP").arg("5").query(&mut conn);
-        slept.expect("DEBUG SLEEP must run (redis started with --enable-debug-command)");
-    });
-    std::thread::sleep(Duration::from_millis(200)); // let DEBUG SLEEP start (not a wait for our code)
+    let sleeper = redis.debug_sleep(5);
     let t = Instant::now();
     p.send(r#"{"type":"publish","channel":"p","data":1,"id":"paused"}"#);
     let v = p.expect_json();

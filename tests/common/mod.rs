@@ -116,6 +116,21 @@ impl RedisProcess {
         v.1
     }
 
+    /// Blocks Redis's event loop for `secs` seconds (`DEBUG SLEEP`, from a thread of its
+    /// own), returning once the sleep has begun; join the handle to wait for its end.
+    pub fn debug_sleep(&self, secs: u32) -> std::thread::JoinHandle<()> {
+        let url = self.url();
+        let sleeper = std::thread::spawn(move || {
+            let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let slept: redis::RedisResult<String> =
+                redis::cmd("DEBUG").arg("SLEEP").arg(secs).query(&mut conn);
+            slept.expect("DEBUG SLEEP must run (redis started with --enable-debug-command)");
+        });
+        // Let DEBUG SLEEP start (not a wait for the code under test).
+        std::thread::sleep(Duration::from_millis(200));
+        sleeper
+    }
+
     pub fn wait_numsub(&self, channel: &str, n: i64) {
         wait_for(&format!("NUMSUB {channel} == {n}"), DEADLINE, || {
             (self.numsub(channel) == n).then_some(())
