@@ -8,6 +8,7 @@ mod api;
 pub mod conn;
 mod handler;
 pub mod inbox;
+mod intake;
 mod io;
 mod output;
 pub mod outq;
@@ -284,76 +285,6 @@ impl Shard {
         self.metrics.shards[self.id]
             .connections
             .fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn drain_inbox(&mut self) {
-        while let Some(msg) = self.control.try_recv() {
-            self.on_msg(msg);
-        }
-        let budget = if self.intake_stalled(Instant::now()) {
-            0
-        } else {
-            INBOX_BATCH
-        };
-        if self.dirty.is_empty() {
-            self.hold_intake = false; // everything taken so far has been written
-        }
-        for _ in 0..budget {
-            if self.hold_intake {
-                break;
-            }
-            match self.data.try_recv() {
-                Some(msg) => self.on_msg(msg),
-                None => break,
-            }
-        }
-        self.fan_out();
-        self.metrics.shards[self.id]
-            .queue_depth
-            .store(self.data.len() as u64, Ordering::Relaxed);
-    }
-
-    /// Back-pressure from the sockets: while many connections are lagging (output left
-    /// over after their last write: kernel buffers full), taking more deliveries would
-    /// only grow every queue until the slow-consumer policy closed them all. Intake
-    /// pauses instead, the shard queue fills and the router drops, counts and owes
-    /// `gap`s: fanout then runs at the pace its clients read, like a single-threaded
-    /// server would. The pause holds only while lagging connections make progress: if
-    /// none has written a byte for `MAX_STALL`, they are stuck, intake resumes and the
-    /// slow-consumer policy deals with them.
-    fn intake_stalled(&mut self, now: Instant) -> bool {
-        let open = self.conns.len();
-        // A few slow clients never pause anyone (they meet the slow-consumer policy);
-        // an eighth of the shard, and at least 32 connections, lagging is the client
-        // side as a whole not keeping up.
-        if self.lagging < 32 || self.lagging * 8 <= open {
-            return false;
-        }
-        now.saturating_duration_since(self.lag_progress) < MAX_STALL
-    }
-
-    fn on_msg(&mut self, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Deliver { channel, frame, at } => {
-                self.deliver(&channel, frame);
-                self.metrics.shards[self.id]
-                    .deliver_latency
-                    .observe(at.elapsed());
-            }
-            ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
-            ShardMsg::Gap { channel } => {
-                let frame = crate::protocol::reply::gap(&channel);
-                self.deliver(&channel, frame);
-            }
-            ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
-            ShardMsg::Reply {
-                conn,
-                frame,
-                close_after,
-            } => self.on_reply(conn, frame, close_after),
-            ShardMsg::Accept(stream) => self.register(stream),
-            ShardMsg::Shutdown => self.begin_shutdown(),
-        }
     }
 
     /// Removes a connection: unsubscribes it everywhere and drops its socket.

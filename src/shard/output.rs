@@ -46,15 +46,6 @@ impl Shard {
         ch.pending.push(frame);
     }
 
-    /// Every frame taken may be queued to all of a channel's subscribers, so between two
-    /// flushes (several turns when flushes are paced) no connection is handed more than a
-    /// quarter of the outbound limit: the flush sees it lagging (and intake pauses, see
-    /// `intake_stalled`) before the shard alone has pushed it past the limit. Measured per
-    /// connection, not per shard, so many channels at high rates are not capped together.
-    pub(super) fn intake_budget(&self) -> usize {
-        (self.config.limits.outbound_limit / 4).max(1)
-    }
-
     /// Queues this turn's frames of each channel to its subscribers. When a channel got
     /// several frames, they are joined once into one buffer that every subscriber shares
     /// (one copy per channel per turn, none per subscriber), so a hot channel costs each
