@@ -26,6 +26,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=lib/bench-common.sh
+source "$ROOT/scripts/lib/bench-common.sh"
 
 scenario=s1
 repeat=3
@@ -97,25 +99,9 @@ fi
 mkdir -p "$(dirname "$out")"
 workdir="$(mktemp -d /tmp/bench-compare.XXXXXX)"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 # --- process handling ----------------------------------------------------------------------
 redis_pid=""
 server_pid=""
-
-stop_pid() { # pid [timeout-seconds]
-  local pid="$1" t="${2:-5}" i
-  [[ -n "$pid" ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < t * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   stop_pid "$server_pid" 3
@@ -124,28 +110,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_for_line() { # file regex pid timeout-seconds
-  local file="$1" re="$2" pid="$3" t="$4" i
-  for ((i = 0; i < t * 20; i++)); do
-    grep -Eq "$re" "$file" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
-
 # --- redis ---------------------------------------------------------------------------------
 rport="$(free_port)"
 REDIS_URL="redis://127.0.0.1:$rport"
-taskset -c "$cpu_load" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
-  --daemonize no --loglevel warning >"$workdir/redis.log" 2>&1 &
-redis_pid=$!
-for ((i = 0; i < 100; i++)); do
-  [[ "$(redis-cli -p "$rport" ping 2>/dev/null || true)" == PONG ]] && break
-  kill -0 "$redis_pid" 2>/dev/null || die "redis-server failed to start: $(cat "$workdir/redis.log")"
-  sleep 0.05
-done
-[[ "$(redis-cli -p "$rport" ping 2>/dev/null || true)" == PONG ]] || die "redis-server not answering on $rport"
+start_redis "$rport" "$workdir/redis.log" taskset -c "$cpu_load"
 
 # --- header --------------------------------------------------------------------------------
 loadgen_cmd=("${preset[@]}" "${extra[@]}")

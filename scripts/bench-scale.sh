@@ -24,6 +24,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=lib/bench-common.sh
+source "$ROOT/scripts/lib/bench-common.sh"
 
 die() { echo "bench-scale: $*" >&2; exit 2; }
 
@@ -92,26 +94,10 @@ LOADGEN="$workdir/loadgen"
 [[ -n "$out" ]] || out="/tmp/bench-results/$(date +%Y-%m-%d-%H%M%S)-$preset.jsonl"
 mkdir -p "$(dirname "$out")"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
 # --- process handling ----------------------------------------------------------------------
 redis_pid=""
 node_pids=()
 lg_pid=""
-
-stop_pid() { # pid [timeout-seconds]
-  local pid="$1" t="${2:-5}" i
-  [[ -n "$pid" ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < t * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 
 stop_all() {
   local p
@@ -122,16 +108,6 @@ stop_all() {
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
-
-wait_for_line() { # file regex pid timeout-seconds
-  local file="$1" re="$2" pid="$3" t="$4" i
-  for ((i = 0; i < t * 20; i++)); do
-    grep -Eq "$re" "$file" 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.05
-  done
-  return 1
-}
 
 # TCP counters that explain connect trouble (host-wide, so other activity counts too).
 netstat_snapshot() {
@@ -150,14 +126,7 @@ echo "bench-scale: preset $preset, $runs run(s), $nodes node(s); fd limit $nofil
 run_one() { # run-number
   local run="$1" rport i port log urls="" pids="" rc=0 lg_out lg_err base_rss=() json
   rport="$(free_port)"
-  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --loglevel warning >"$workdir/redis-$run.log" 2>&1 &
-  redis_pid=$!
-  for ((i = 0; i < 100; i++)); do
-    [[ "$(redis-cli -p "$rport" ping 2>/dev/null || true)" == PONG ]] && break
-    kill -0 "$redis_pid" 2>/dev/null || die "redis-server failed: $(cat "$workdir/redis-$run.log")"
-    sleep 0.05
-  done
+  start_redis "$rport" "$workdir/redis-$run.log"
   for ((i = 0; i < nodes; i++)); do
     port="$(free_port)"
     log="$workdir/node$i-$run.log"
