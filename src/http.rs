@@ -1,5 +1,6 @@
 //! Plain HTTP on the WebSocket port: `/healthz`, `/metrics`, and a clear answer for
-//! everything else. Each request gets one complete response and the connection closes.
+//! everything else. Each request gets one complete response (the shard decides whether
+//! the connection stays open for the next one).
 
 use std::sync::Arc;
 
@@ -15,8 +16,19 @@ pub struct HttpContext<'a> {
     pub health: &'a Arc<Health>,
 }
 
-/// Answers one HTTP request (head and complete body).
-pub fn respond(head: &RequestHead, _body: &[u8], ctx: &HttpContext<'_>) -> Vec<u8> {
+/// Answers one HTTP request (head and complete body). A `HEAD` request gets the head
+/// alone (a body would be read as the next response on a kept-alive connection).
+pub fn respond(head: &RequestHead, body: &[u8], ctx: &HttpContext<'_>) -> Vec<u8> {
+    let mut response = respond_with_body(head, body, ctx);
+    if head.method == "HEAD" {
+        if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+            response.truncate(end + 4);
+        }
+    }
+    response
+}
+
+fn respond_with_body(head: &RequestHead, _body: &[u8], ctx: &HttpContext<'_>) -> Vec<u8> {
     match (head.method.as_str(), head.path.as_str()) {
         ("GET", "/healthz") | ("HEAD", "/healthz") => {
             let (ok, detail) = ctx.health.status(ctx.config.redis.is_some());

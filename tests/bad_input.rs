@@ -155,9 +155,15 @@ fn plain_http_gets_an_answer_not_a_hang() {
     use std::io::{Read, Write};
     let node = TestNode::start(&[]);
     for (req, status) in [
-        ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "200"),
-        ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "426"),
-        ("BREW /pot HTTP/1.1\r\n\r\n", "404"),
+        (
+            "GET /healthz HTTP/1.1\r\nConnection: close\r\nHost: x\r\n\r\n",
+            "200",
+        ),
+        (
+            "GET / HTTP/1.1\r\nConnection: close\r\nHost: x\r\n\r\n",
+            "426",
+        ),
+        ("BREW /pot HTTP/1.1\r\nConnection: close\r\n\r\n", "404"),
         ("\x16\x03\x01garbage\r\n\r\n", "400"),
     ] {
         let mut s = std::net::TcpStream::connect(node.addr).unwrap();

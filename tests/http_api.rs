@@ -127,7 +127,7 @@ fn malformed_http_gets_a_4xx_answer_and_never_a_hang() {
         ),
         (
             "GET publish",
-            b"GET /api/publish HTTP/1.1\r\n\r\n".to_vec(),
+            b"GET /api/publish HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
             405,
         ),
         (
@@ -137,22 +137,22 @@ fn malformed_http_gets_a_4xx_answer_and_never_a_hang() {
         ),
         (
             "no length",
-            b"POST /api/publish HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            b"POST /api/publish HTTP/1.1\r\nConnection: close\r\nHost: t\r\n\r\n".to_vec(),
             411,
         ),
         (
             "body too large",
-            b"POST /api/publish HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+            b"POST /api/publish HTTP/1.1\r\nConnection: close\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
             413,
         ),
         (
             "bad length",
-            b"POST /api/publish HTTP/1.1\r\nContent-Length: x\r\n\r\n".to_vec(),
+            b"POST /api/publish HTTP/1.1\r\nConnection: close\r\nContent-Length: x\r\n\r\n".to_vec(),
             400,
         ),
         (
             "chunked",
-            b"POST /api/publish HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            b"POST /api/publish HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
             501,
         ),
         (
@@ -162,17 +162,17 @@ fn malformed_http_gets_a_4xx_answer_and_never_a_hang() {
         ),
         (
             "head too large",
-            format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000)).into_bytes(),
+            format!("GET / HTTP/1.1\r\nConnection: close\r\nX-Big: {}\r\n\r\n", "a".repeat(9000)).into_bytes(),
             431,
         ),
         (
             "unknown api",
-            b"GET /api/nothing HTTP/1.1\r\n\r\n".to_vec(),
+            b"GET /api/nothing HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
             404,
         ),
         (
             "bad user escape",
-            b"GET /api/users/%zz/connections HTTP/1.1\r\n\r\n".to_vec(),
+            b"GET /api/users/%zz/connections HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
             400,
         ),
         ("POST metrics", post_bytes("/metrics", "", ""), 405),
@@ -182,7 +182,7 @@ fn malformed_http_gets_a_4xx_answer_and_never_a_hang() {
         let r = raw(a, &bytes);
         assert_eq!(r.status, status, "{what}: {r:?}");
     }
-    let r = raw(a, b"GET /api/publish HTTP/1.1\r\n\r\n");
+    let r = raw(a, b"GET /api/publish HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert_eq!(r.header("Allow").as_deref(), Some("POST"));
     // The node is still fine.
     let mut c = node.client();
@@ -191,7 +191,7 @@ fn malformed_http_gets_a_4xx_answer_and_never_a_hang() {
 
 fn post_bytes(path: &str, body: &str, headers: &str) -> Vec<u8> {
     format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        "POST {path} HTTP/1.1\r\nConnection: close\r\nHost: t\r\nContent-Length: {}\r\n{headers}\r\n{body}",
         body.len()
     )
     .into_bytes()

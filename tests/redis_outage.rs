@@ -14,7 +14,7 @@ fn healthz(node: &TestNode) -> u16 {
     let Ok(mut s) = std::net::TcpStream::connect(node.addr) else {
         return 0;
     };
-    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\nHost: x\r\n\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)

@@ -28,7 +28,7 @@ fn stalled_subscriber(node: &TestNode, channel: &str) -> TcpStream {
 
 fn metric(node: &TestNode, name: &str) -> u64 {
     let mut s = TcpStream::connect(node.addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();

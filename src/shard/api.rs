@@ -162,32 +162,36 @@ impl Shard {
             (Some(why), false) => {
                 self.queue(key, reply::error(ErrorCode::Unavailable, why, None, None))
             }
-            (Some(why), true) => self.respond_and_close(key, api::json_error(503, why)),
+            (Some(why), true) => {
+                let keep_alive = self.conns.get(key).is_some_and(|c| c.keep_alive);
+                self.respond_http(key, api::json_error(503, why), keep_alive)
+            }
             (None, true) => {
                 // Wait for the answer; at the handshake timeout `tick` answers 504.
                 if let Some(conn) = self.conns.get_mut(key) {
-                    conn.phase = Phase::HttpBody;
+                    conn.phase = Phase::HttpWait;
                     conn.pending_http = None;
-                    conn.inbuf = Vec::new();
                 }
             }
             (None, false) => {}
         }
     }
 
-    /// Bytes for one connection from another thread (`ShardMsg::Reply`).
+    /// Bytes for one connection from another thread (`ShardMsg::Reply`): a WebSocket
+    /// reply, or the HTTP answer a request in `HttpWait` waits for (`close_after`).
     pub(super) fn on_reply(&mut self, to: ConnId, frame: Bytes, close_after: bool) {
         let key = to.key as usize;
-        match self.conns.get(key) {
-            Some(c) if c.gen == to.gen && c.phase != Phase::Closing => {}
+        let (phase, keep_alive) = match self.conns.get(key) {
+            Some(c) if c.gen == to.gen => (c.phase, c.keep_alive),
             _ => return,
-        }
-        self.queue(key, frame);
-        if close_after {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.phase = Phase::Closing;
-                c.inbuf = Vec::new();
+        };
+        match phase {
+            Phase::HttpWait if close_after => {
+                self.respond_http(key, frame.to_vec(), keep_alive);
+                // What the client pipelined meanwhile is parsed once this is written.
             }
+            Phase::Open if !close_after => self.queue(key, frame),
+            _ => {}
         }
     }
 
@@ -223,7 +227,7 @@ impl Shard {
         } else {
             return false;
         };
-        self.respond_and_close(key, response);
+        self.respond_http(key, response, head.keep_alive);
         true
     }
 

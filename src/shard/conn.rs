@@ -12,8 +12,11 @@ use crate::ws::inbound::Inbound;
 pub enum Phase {
     /// Waiting for the HTTP request head.
     Handshake,
-    /// A plain HTTP request waiting for its body of this many bytes.
+    /// A plain HTTP request waiting for its body (`Conn::pending_http` holds the head).
     HttpBody,
+    /// A plain HTTP request waiting for another thread's answer (a presence query);
+    /// input is buffered (bounded) meanwhile, and `tick` answers 504 at the deadline.
+    HttpWait,
     /// WebSocket open.
     Open,
     /// A close frame or final response is queued; drop the socket once it is flushed.
@@ -63,6 +66,11 @@ pub struct Conn {
     pub echo: bool,
     /// Recorded in presence under this user id ("": the user is the connection id).
     pub presence: Option<Box<str>>,
+    /// The peer closed its side (FIN): what is owed is still written, then the socket
+    /// is dropped.
+    pub read_closed: bool,
+    /// The HTTP request being answered allows the connection to stay open after it.
+    pub keep_alive: bool,
 }
 
 impl Conn {
@@ -86,6 +94,8 @@ impl Conn {
             pending_http: None,
             echo: false,
             presence: None,
+            read_closed: false,
+            keep_alive: false,
         }
     }
 

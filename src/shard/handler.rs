@@ -57,10 +57,7 @@ impl Shard {
             Message::Close(close) => {
                 let code = close.map(|(c, _)| c).unwrap_or(1000);
                 let code = if code == 1005 { 1000 } else { code };
-                self.queue(key, frame::close(code, "").freeze());
-                if let Some(c) = self.conns.get_mut(key) {
-                    c.phase = Phase::Closing;
-                }
+                self.close_ws(key, code, "");
                 return Flow::Stop;
             }
         }

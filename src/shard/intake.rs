@@ -61,7 +61,7 @@ impl Shard {
     fn on_msg(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver { channel, frame, at } => {
-                self.deliver(&channel, frame);
+                self.deliver(&channel, frame, super::outq::Kind::Delivery);
                 self.metrics.shards[self.id]
                     .deliver_latency
                     .observe(at.elapsed());
@@ -69,7 +69,7 @@ impl Shard {
             ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
             ShardMsg::Gap { channel } => {
                 let frame = crate::protocol::reply::gap(&channel);
-                self.deliver(&channel, frame);
+                self.deliver(&channel, frame, super::outq::Kind::Keep);
             }
             ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
             ShardMsg::Reply {

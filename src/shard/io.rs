@@ -1,9 +1,10 @@
 //! The read side of a shard: drains a readable socket into the shard's one shared read
 //! buffer, and feeds the bytes to the request-head parser or the WebSocket decoder. A
-//! connection keeps bytes of its own only while a frame or request is incomplete.
+//! connection keeps bytes of its own only while a frame or request is incomplete (or,
+//! bounded, while an HTTP answer it waits for is pending). A peer that closes its side
+//! still gets what it is owed: the socket is dropped once that is written.
 
 use std::io::{ErrorKind, Read};
-use std::sync::atomic::Ordering;
 
 use super::conn::Phase;
 use super::{Shard, READS_PER_EVENT};
@@ -28,7 +29,7 @@ impl Shard {
             }
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
-                    self.close(key);
+                    self.peer_closed(key);
                     break;
                 }
                 Ok(n) => {
@@ -59,9 +60,17 @@ impl Shard {
             return;
         };
         match conn.phase {
-            Phase::Handshake | Phase::HttpBody => {
+            Phase::Handshake | Phase::HttpBody | Phase::HttpWait => {
+                // Bytes pipelined behind a request still being answered wait, bounded.
+                let cap = self.config.limits.max_request_head + self.config.limits.max_request_body;
+                if conn.inbuf.len() + data.len() > cap {
+                    self.close(key);
+                    return;
+                }
                 conn.inbuf.extend_from_slice(data);
-                self.advance_request(key);
+                if conn.phase != Phase::HttpWait && conn.outq.is_empty() {
+                    self.advance_request(key);
+                }
             }
             Phase::Open if conn.inbuf.is_empty() => {
                 let used = self.feed(key, data);
@@ -114,22 +123,40 @@ impl Shard {
 
     /// A protocol violation: send the close code and drop the connection once flushed.
     pub(super) fn fail(&mut self, key: usize, fail: Fail) {
-        self.queue(
-            key,
-            crate::ws::frame::close(fail.code, fail.reason).freeze(),
-        );
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.phase = Phase::Closing;
-            conn.inbuf = Vec::new();
+        self.close_ws(key, fail.code, fail.reason);
+    }
+
+    /// The peer closed its side (a read returned 0). What it is owed (a response, a
+    /// close frame, replies) is still written before the socket is dropped; a request
+    /// waiting for another thread's answer gets that answer first.
+    fn peer_closed(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.read_closed = true;
+        conn.keep_alive = false;
+        match conn.phase {
+            Phase::HttpWait => {}
+            _ if conn.outq.is_empty() => self.close(key),
+            Phase::Closing => {}
+            _ => {
+                conn.phase = Phase::Closing;
+                conn.inbuf = Vec::new();
+                self.mark_dirty(key);
+            }
         }
     }
 
-    /// Parses the request head (and body) accumulated so far and answers it.
-    fn advance_request(&mut self, key: usize) {
+    /// Parses the request head (and body) accumulated so far and answers it. A
+    /// keep-alive connection's next request is parsed once this answer is written.
+    pub(super) fn advance_request(&mut self, key: usize) {
         let limits = &self.config.limits;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if conn.inbuf.is_empty() {
+            return;
+        }
         if conn.phase == Phase::HttpBody {
             let need = conn
                 .pending_http
@@ -147,7 +174,7 @@ impl Shard {
         let head = match handshake::parse(&conn.inbuf, limits.max_request_head) {
             Parsed::Incomplete => return,
             Parsed::Reject(status, why) => {
-                self.respond_and_close(key, handshake::text_response(status, why));
+                self.respond_http(key, handshake::text_response(status, why), false);
                 return;
             }
             Parsed::Request(head) => head,
@@ -155,7 +182,7 @@ impl Shard {
         conn.inbuf.drain(..head.head_len);
         if let Some(accept) = head.ws_accept.as_deref() {
             if let Err((status, why)) = self.check_upgrade(&head) {
-                self.respond_and_close(key, handshake::text_response(status, why));
+                self.respond_http(key, handshake::text_response(status, why), false);
                 return;
             }
             let reply = handshake::switching_protocols(accept);
@@ -164,8 +191,9 @@ impl Shard {
             };
             conn.echo = crate::server::is_echo_path(&self.config, &head.path);
             conn.phase = Phase::Open;
+            conn.outq.push(reply.into());
             let rest = std::mem::take(&mut conn.inbuf);
-            self.queue(key, reply.into());
+            self.mark_dirty(key);
             self.presence_open(key, &head);
             if !rest.is_empty() {
                 let mut rest = rest;
@@ -175,7 +203,11 @@ impl Shard {
         }
         let need = head.content_length.unwrap_or(0);
         if need > limits.max_request_body {
-            self.respond_and_close(key, handshake::text_response(413, "request body too large"));
+            self.respond_http(
+                key,
+                handshake::text_response(413, "request body too large"),
+                false,
+            );
             return;
         }
         if conn.inbuf.len() >= need {
@@ -187,27 +219,14 @@ impl Shard {
         }
     }
 
-    /// Queues a final HTTP response; the connection closes once it is written.
-    pub(super) fn respond_and_close(&mut self, key: usize, response: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.inbuf = Vec::new();
-        conn.phase = Phase::Open; // so the response is not refused by `queue`
-        self.queue(key, response.into());
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.phase = Phase::Closing;
-        }
-    }
-
     fn answer_http(&mut self, key: usize, head: &handshake::RequestHead, body: &[u8]) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.keep_alive = head.keep_alive;
+        }
         if self.answer_api(key, head, body) {
             return;
         }
         let response = crate::http::respond(head, body, &self.http_context());
-        self.metrics.shards[self.id]
-            .messages_in
-            .fetch_add(0, Ordering::Relaxed);
-        self.respond_and_close(key, response);
+        self.respond_http(key, response, head.keep_alive);
     }
 }

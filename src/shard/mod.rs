@@ -340,7 +340,7 @@ impl Shard {
             match c.phase {
                 // An HTTP request waiting for another thread's answer (a presence query)
                 // gets a 504 at the deadline instead of a bare close.
-                Phase::HttpBody if c.pending_http.is_none() => {
+                Phase::HttpWait => {
                     if now.saturating_sub(c.opened) >= handshake {
                         unanswered.push(key);
                     }
@@ -380,7 +380,7 @@ impl Shard {
         }
         for key in unanswered {
             let response = crate::api::json_error(504, "no answer in time, try again");
-            self.respond_and_close(key, response);
+            self.respond_http(key, response, false);
         }
         self.presence_tick();
     }
@@ -416,20 +416,26 @@ impl Shard {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        // Everything owed is still written (bounded by the deadline): open WebSockets
+        // get close 1001, a request waiting for an answer gets 503, a response or close
+        // frame being written is finished; idle connections are dropped now.
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let open = self
-                .conns
-                .get(key)
-                .map(|c| c.phase == Phase::Open)
-                .unwrap_or(false);
-            if open {
-                self.queue(key, crate::ws::frame::close(1001, "going away").freeze());
-                if let Some(c) = self.conns.get_mut(key) {
-                    c.phase = Phase::Closing;
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            match c.phase {
+                Phase::Open => self.close_ws(key, 1001, "going away"),
+                Phase::HttpWait => {
+                    let response = crate::api::json_error(503, "server shutting down");
+                    self.respond_http(key, response, false);
                 }
-            } else {
-                self.close(key);
+                Phase::Closing => {}
+                Phase::Handshake | Phase::HttpBody if !c.outq.is_empty() => {
+                    c.phase = Phase::Closing;
+                    c.inbuf = Vec::new();
+                }
+                Phase::Handshake | Phase::HttpBody => self.close(key),
             }
         }
     }

@@ -1,6 +1,14 @@
-//! The write side of a shard: queuing shared frames to connections (deliveries and
-//! replies), the slow-consumer policy, and the end-of-turn flush with its pacing. Frames
-//! are `Bytes` clones, never copies; each touched connection is written once per flush.
+//! The write side of a shard: queuing shared frames to connections (deliveries, replies,
+//! close frames, HTTP responses), the slow-consumer policy, and the end-of-turn flush
+//! with its pacing. Frames are `Bytes` clones, never copies; each touched connection is
+//! written once per flush.
+//!
+//! What reaches a client is always a parseable stream: a close frame is the last thing
+//! ever queued on a WebSocket (`close_ws`), the slow-consumer policy drops only
+//! deliveries and never the rest of a partly written frame, and HTTP responses are not
+//! subject to the WebSocket policy at all (`respond_http`; their size is bounded by what
+//! builds them, and a keep-alive connection gets its next request parsed only once the
+//! previous response is written).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -8,7 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::conn::{Conn, Phase};
-use super::{outq, Shard};
+use super::outq::{self, Kind};
+use super::Shard;
 use crate::config::{Config, SlowPolicy};
 
 impl Shard {
@@ -27,7 +36,7 @@ impl Shard {
 
     /// Takes a frame for every local subscriber of `channel`. Frames are collected per
     /// channel during the turn and fanned out together by `fan_out`.
-    pub(super) fn deliver(&mut self, channel: &str, frame: Bytes) {
+    pub(super) fn deliver(&mut self, channel: &str, frame: Bytes, kind: Kind) {
         let budget = self.intake_budget();
         let Some(id) = self.subs.lookup(channel) else {
             return;
@@ -38,7 +47,9 @@ impl Shard {
         if ch.pending.is_empty() {
             self.batched.push((id, ch.name.clone()));
             ch.pending_bytes = 0;
+            ch.pending_keep = false;
         }
+        ch.pending_keep |= kind == Kind::Keep;
         ch.pending_bytes += frame.len();
         if ch.pending_bytes >= budget {
             self.hold_intake = true;
@@ -63,6 +74,13 @@ impl Shard {
                 continue; // the channel was removed meanwhile
             }
             let frames = std::mem::take(&mut ch.pending);
+            // A turn that carried a `gap` notice is never dropped: the notice is what
+            // tells the client of a loss.
+            let kind = if ch.pending_keep {
+                Kind::Keep
+            } else {
+                Kind::Delivery
+            };
             let count = frames.len() as u64;
             let frame = match frames.len() {
                 0 => continue,
@@ -87,7 +105,7 @@ impl Shard {
                 if conn.phase != Phase::Open {
                     continue;
                 }
-                conn.outq.push(frame.clone());
+                conn.outq.push_kind(frame.clone(), kind);
                 conn.queued_since_flush =
                     conn.queued_since_flush.saturating_add(frame.len() as u32);
                 if conn.queued_since_flush as usize >= budget {
@@ -110,21 +128,19 @@ impl Shard {
             .fetch_add(queued, Ordering::Relaxed);
     }
 
-    /// The slow-consumer policy, applied when a queue passes the limit.
+    /// The slow-consumer policy, applied when a WebSocket's queue passes the limit.
+    /// `close`: everything not yet started is dropped and close 4000 is queued after
+    /// the rest of a partly written frame. `drop-oldest`: the oldest deliveries are
+    /// dropped (never a reply, a control frame or a `gap`) and the client is told once;
+    /// if what cannot be dropped still holds twice the limit (a client that sends
+    /// pings or commands and never reads the answers), it is closed as under `close`.
     fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, config: &Config) {
         let limit = config.limits.outbound_limit;
-        match config.slow_policy {
-            SlowPolicy::Close => {
-                conn.outq.clear();
-                conn.outq
-                    .push(crate::ws::frame::close(4000, "slow consumer").freeze());
-                conn.phase = Phase::Closing;
-                m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-            }
-            SlowPolicy::DropOldest => {
-                let dropped = conn.outq.drop_oldest(limit);
-                m.slow_consumer_dropped
-                    .fetch_add(dropped as u64, Ordering::Relaxed);
+        if config.slow_policy == SlowPolicy::DropOldest {
+            let dropped = conn.outq.drop_oldest(limit);
+            m.slow_consumer_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            if conn.outq.bytes() <= limit.saturating_mul(2) {
                 if !conn.told_slow {
                     conn.told_slow = true;
                     conn.outq.push(crate::protocol::reply::error(
@@ -134,17 +150,25 @@ impl Shard {
                         None,
                     ));
                 }
+                return;
             }
         }
+        conn.outq.clear_unstarted();
+        conn.outq
+            .push(crate::ws::frame::close(4000, "slow consumer").freeze());
+        conn.phase = Phase::Closing;
+        conn.inbuf = Vec::new();
+        m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Queues a reply for one connection.
+    /// Queues a reply or control frame for an open WebSocket (never dropped by the
+    /// drop-oldest policy). Nothing is queued once a close frame is.
     pub(super) fn queue(&mut self, key: usize, frame: Bytes) {
         let limit = self.config.limits.outbound_limit;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
+        if conn.phase != Phase::Open {
             return;
         }
         conn.outq.push(frame);
@@ -161,6 +185,50 @@ impl Shard {
         if conn.outq.bytes() > limit {
             Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
         }
+    }
+
+    /// Queues a WebSocket close frame: the last frame this connection will ever get
+    /// (RFC 6455 §5.5.1). The socket is dropped once it is written (or when the peer
+    /// does not read it in time, see `tick`). A connection already closing is left as
+    /// it is.
+    pub(super) fn close_ws(&mut self, key: usize, code: u16, reason: &str) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        conn.outq
+            .push(crate::ws::frame::close(code, reason).freeze());
+        conn.phase = Phase::Closing;
+        conn.inbuf = Vec::new();
+        self.mark_dirty(key);
+    }
+
+    /// Queues a complete HTTP response. With `keep_alive` (the request allows it, the
+    /// peer has not closed its side and the node is not shutting down) the connection
+    /// waits for its next request once this one is written; otherwise it closes then.
+    pub(super) fn respond_http(&mut self, key: usize, mut response: Vec<u8>, keep_alive: bool) {
+        let shutting_down = self.shutdown_deadline.is_some();
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.phase == Phase::Closing || conn.phase == Phase::Open {
+            return;
+        }
+        let keep_alive = keep_alive && !conn.read_closed && !shutting_down;
+        if keep_alive {
+            crate::ws::handshake::set_keep_alive(&mut response);
+            conn.phase = Phase::Handshake;
+            conn.opened = now;
+        } else {
+            conn.phase = Phase::Closing;
+            conn.inbuf = Vec::new();
+        }
+        conn.pending_http = None;
+        conn.outq.push(response.into());
+        self.mark_dirty(key);
     }
 
     pub(super) fn mark_dirty(&mut self, key: usize) {
@@ -197,8 +265,14 @@ impl Shard {
                         self.lagging -= 1;
                         self.lag_progress = Instant::now();
                     }
-                    if conn.phase == Phase::Closing {
-                        self.close(key);
+                    match conn.phase {
+                        Phase::Closing => self.close(key),
+                        // The peer closed its side: nothing more will be asked.
+                        Phase::Handshake | Phase::HttpBody if conn.read_closed => self.close(key),
+                        // A keep-alive connection whose response is written: parse
+                        // what it pipelined meanwhile.
+                        Phase::Handshake if !conn.inbuf.is_empty() => self.advance_request(key),
+                        _ => {}
                     }
                 }
                 Ok((outq::Flushed::Blocked, n)) => {

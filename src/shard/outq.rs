@@ -1,6 +1,11 @@
 //! A connection's outbound queue: shared frames (`Bytes`, never copied) waiting to be
 //! written, the byte count the slow-consumer limit is checked against, and the vectored
 //! write that sends as many of them as the socket takes in one syscall.
+//!
+//! Two rules keep the byte stream a client parses intact whatever is trimmed: a frame
+//! partly written is never dropped (the rest of its bytes must follow), and only
+//! deliveries may be dropped (replies, control frames and HTTP responses never are).
+//! The queue never decides a policy; the shard's output module does.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -19,9 +24,18 @@ pub enum Flushed {
     Blocked,
 }
 
+/// What a queued frame is, for trimming: deliveries may be dropped, nothing else may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A channel delivery (droppable by the drop-oldest policy).
+    Delivery,
+    /// A reply, a control frame or an HTTP response: never dropped.
+    Keep,
+}
+
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<(Bytes, Kind)>,
     /// Bytes of the front frame already written.
     offset: usize,
     /// Bytes queued and not yet written.
@@ -29,9 +43,14 @@ pub struct OutQueue {
 }
 
 impl OutQueue {
+    /// Queues a frame that must be written whole and never dropped.
     pub fn push(&mut self, frame: Bytes) {
+        self.push_kind(frame, Kind::Keep);
+    }
+
+    pub fn push_kind(&mut self, frame: Bytes, kind: Kind) {
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        self.frames.push_back((frame, kind));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,24 +74,40 @@ impl OutQueue {
         }
     }
 
-    /// Drops everything queued (the connection is being closed).
-    pub fn clear(&mut self) {
-        self.frames = VecDeque::new();
-        self.offset = 0;
-        self.bytes = 0;
+    /// Drops everything queued except a partly written front frame, whose remaining
+    /// bytes must still go out so the peer can parse what follows (a close frame).
+    pub fn clear_unstarted(&mut self) {
+        let keep = usize::from(self.offset > 0);
+        while self.frames.len() > keep {
+            if let Some((frame, _)) = self.frames.pop_back() {
+                self.bytes -= frame.len();
+            }
+        }
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+            self.offset = 0;
+        }
     }
 
-    /// Drops whole frames from the front (never one partly written) until at most
-    /// `limit` bytes remain. Returns how many frames were dropped.
+    /// Drops the oldest deliveries (never a partly written frame, never the newest
+    /// delivery, never anything else) until at most `limit` bytes remain or no delivery
+    /// is left to drop. Returns how many frames were dropped.
     pub fn drop_oldest(&mut self, limit: usize) -> usize {
-        let keep_front = usize::from(self.offset > 0);
         let mut dropped = 0;
-        while self.bytes > limit && self.frames.len() > keep_front {
-            let Some(frame) = self.frames.remove(keep_front) else {
-                break;
-            };
-            self.bytes -= frame.len();
-            dropped += 1;
+        let mut i = usize::from(self.offset > 0);
+        let Some(mut newest) = self.frames.iter().rposition(|f| f.1 == Kind::Delivery) else {
+            return 0;
+        };
+        while self.bytes > limit && i < newest {
+            if self.frames[i].1 == Kind::Delivery {
+                if let Some((frame, _)) = self.frames.remove(i) {
+                    self.bytes -= frame.len();
+                    dropped += 1;
+                    newest -= 1;
+                }
+            } else {
+                i += 1;
+            }
         }
         dropped
     }
@@ -84,7 +119,7 @@ impl OutQueue {
         while !self.frames.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
-            for (i, frame) in self.frames.iter().take(MAX_IOV).enumerate() {
+            for (i, (frame, _)) in self.frames.iter().take(MAX_IOV).enumerate() {
                 let start = if i == 0 { self.offset } else { 0 };
                 iov[i] = IoSlice::new(&frame[start..]);
                 n = i + 1;
@@ -111,7 +146,7 @@ impl OutQueue {
     fn advance(&mut self, mut sent: usize) {
         self.bytes -= sent;
         while sent > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some((front, _)) = self.frames.front() else {
                 break;
             };
             let left = front.len() - self.offset;
@@ -197,7 +232,7 @@ mod tests {
     fn drop_oldest_keeps_a_partly_written_front() {
         let mut q = OutQueue::default();
         for _ in 0..5 {
-            q.push(Bytes::from(vec![1u8; 10]));
+            q.push_kind(Bytes::from(vec![1u8; 10]), Kind::Delivery);
         }
         let mut w = Trickle {
             out: vec![],
@@ -212,5 +247,48 @@ mod tests {
         w.cap = 100;
         q.write_to(&mut w).unwrap();
         assert_eq!(w.out.len(), 20);
+    }
+
+    #[test]
+    fn drop_oldest_never_drops_replies() {
+        let mut q = OutQueue::default();
+        q.push_kind(Bytes::from(vec![1u8; 10]), Kind::Delivery);
+        q.push(Bytes::from(vec![2u8; 10]));
+        q.push_kind(Bytes::from(vec![3u8; 10]), Kind::Delivery);
+        q.push_kind(Bytes::from(vec![4u8; 10]), Kind::Delivery);
+        assert_eq!(q.drop_oldest(0), 2, "the newest delivery stays");
+        assert_eq!(q.frames(), 2);
+        assert_eq!(q.bytes(), 20);
+        let mut w = Trickle {
+            out: vec![],
+            cap: 100,
+            calls: 10,
+        };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.out, [[2u8; 10], [4u8; 10]].concat());
+    }
+
+    #[test]
+    fn clear_keeps_the_rest_of_a_partly_written_frame() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abcdef"));
+        q.push(Bytes::from_static(b"ghij"));
+        let mut w = Trickle {
+            out: vec![],
+            cap: 4,
+            calls: 1,
+        };
+        q.write_to(&mut w).unwrap();
+        q.clear_unstarted();
+        assert_eq!(q.bytes(), 2);
+        q.push(Bytes::from_static(b"XY"));
+        w.calls = 10;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.out, b"abcdefXY");
+        // Nothing started: everything goes.
+        q.push(Bytes::from_static(b"zz"));
+        q.clear_unstarted();
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
     }
 }

@@ -25,6 +25,8 @@ pub struct LocalChannel {
     pub pending: Vec<Bytes>,
     /// Bytes in `pending`.
     pub pending_bytes: usize,
+    /// `pending` holds a frame that must never be dropped (a `gap` notice).
+    pub pending_keep: bool,
 }
 
 /// What adding a member changed.
@@ -95,6 +97,7 @@ impl SubIndex {
             waiters: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
+            pending_keep: false,
         }) as u32;
         self.by_name.insert(name, id);
         (id, 0, Added::NewChannel(epoch))

@@ -22,6 +22,9 @@ pub struct RequestHead {
     pub head_len: usize,
     /// Set for a valid WebSocket upgrade: the `Sec-WebSocket-Accept` value.
     pub ws_accept: Option<String>,
+    /// The client allows the connection to stay open after the response (HTTP/1.1
+    /// without `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`).
+    pub keep_alive: bool,
 }
 
 /// Outcome of looking at the bytes received so far.
@@ -65,6 +68,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
         api_key: None,
         head_len,
         ws_accept: None,
+        keep_alive: req.version == Some(1),
     };
     let (mut upgrade, mut connection_upgrade, mut version, mut key) = (false, false, None, None);
     for h in req.headers.iter() {
@@ -78,9 +82,15 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
                 .split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade = value
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("upgrade") {
+                    connection_upgrade = true;
+                } else if token.eq_ignore_ascii_case("close") {
+                    head.keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    head.keep_alive = true;
+                }
+            }
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             version = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
@@ -137,7 +147,24 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A complete HTTP response that closes the connection.
+/// Turns a response built by `http_response` (which says `Connection: close`) into one
+/// that keeps the connection open. Only the head is looked at.
+pub fn set_keep_alive(response: &mut Vec<u8>) {
+    const CLOSE: &[u8] = b"\r\nConnection: close\r\n";
+    const KEEP: &[u8] = b"\r\nConnection: keep-alive\r\n";
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |i| i + 2);
+    if let Some(at) = response[..head_end]
+        .windows(CLOSE.len())
+        .position(|w| w == CLOSE)
+    {
+        response.splice(at..at + CLOSE.len(), KEEP.iter().copied());
+    }
+}
+
+/// A complete HTTP response that closes the connection (see `set_keep_alive`).
 pub fn http_response(status: u16, content_type: &str, body: &[u8], extra: &str) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
@@ -249,5 +276,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_header() {
+        let ka = |req: &str| match parse(req.as_bytes(), 8192) {
+            Parsed::Request(h) => h.keep_alive,
+            other => panic!("{other:?}"),
+        };
+        assert!(ka("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!ka("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
+        assert!(ka("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+        let mut r = http_response(200, "text/plain", b"Connection: close\r\n", "");
+        set_keep_alive(&mut r);
+        let text = String::from_utf8(r).unwrap();
+        assert!(text.contains("\r\nConnection: keep-alive\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\nConnection: close\r\n"),
+            "body untouched"
+        );
     }
 }
