@@ -291,3 +291,34 @@ fn shutdown_writes_what_is_owed_and_refuses_new_clients_during_the_drain() {
         wait_for("the node to exit", DEADLINE, || (!alive(pid)).then_some(()));
     }
 }
+
+/// Defect 9 (part): a request waiting for the presence thread's answer used to keep
+/// appending whatever the client sent next; now it buffers at most a request's worth
+/// (head + body limits) and drops a client that sends more.
+#[test]
+fn bytes_sent_behind_a_pending_presence_query_are_bounded() {
+    let redis = common::RedisProcess::start();
+    let node = TestNode::with_redis(&redis, &["--handshake-timeout", "5"]);
+    let sleeper = redis.debug_sleep(4);
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.write_all(b"GET /api/users/nobody/connections HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0usize;
+    // 4 MiB behind the request: far more than the 1 MiB + 8 KiB a request may hold.
+    while sent < 4 << 20 {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break, // the server dropped us: what this test wants
+        }
+    }
+    let bytes = wire::read_to_eof(&mut s, DEADLINE);
+    assert!(
+        bytes.is_empty() && t.elapsed() < Duration::from_secs(2),
+        "dropped while Redis still sleeps, not answered later ({:?}, {} bytes)",
+        t.elapsed(),
+        bytes.len()
+    );
+    sleeper.join().unwrap();
+}
