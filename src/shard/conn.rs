@@ -73,6 +73,61 @@ pub struct Conn {
     pub keep_alive: bool,
 }
 
+/// What the once-a-second tick owes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Nothing,
+    /// Send a ping (the connection has been silent for about an interval).
+    Ping,
+    /// Drop it: a handshake or request not completed in time, a client silent for two
+    /// ping intervals, or a peer that never read its close frame.
+    Expire,
+    /// A request waiting for another thread's answer gets 504 instead.
+    Answer504,
+}
+
+/// The tick's timeouts, in whole seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub handshake: u32,
+    pub ping: u32,
+}
+
+/// The tick's decision for one connection: a pure function of its phase and clocks.
+pub fn due(
+    phase: Phase,
+    opened: u32,
+    last_seen: u32,
+    ping_outstanding: bool,
+    gen: u32,
+    now: u32,
+    t: Timers,
+) -> Due {
+    let silent = now.saturating_sub(last_seen);
+    match phase {
+        Phase::HttpWait if now.saturating_sub(opened) >= t.handshake => Due::Answer504,
+        Phase::Handshake | Phase::HttpBody if now.saturating_sub(opened) >= t.handshake => {
+            Due::Expire
+        }
+        Phase::Open if silent >= t.ping.saturating_mul(2) => Due::Expire,
+        Phase::Open
+            if !ping_outstanding && silent.saturating_add(jitter(gen, t.ping)) >= t.ping =>
+        {
+            Due::Ping
+        }
+        // A peer that never reads its close frame is not waited for forever.
+        Phase::Closing if silent >= t.handshake.max(t.ping.saturating_mul(2)) => Due::Expire,
+        _ => Due::Nothing,
+    }
+}
+
+/// How many seconds early connection `gen` is pinged: spreads the pings (and the pongs
+/// that resynchronise `last_seen`) of connections opened in the same second over half
+/// an interval, instead of one burst every interval.
+fn jitter(gen: u32, ping: u32) -> u32 {
+    gen.wrapping_mul(2_654_435_761) % (ping / 2).max(1)
+}
+
 impl Conn {
     pub fn new(stream: TcpStream, gen: u32, now: u32) -> Conn {
         Conn {
@@ -102,5 +157,47 @@ impl Conn {
     /// Position of this connection in local channel `chan`'s member list.
     pub fn sub_index(&self, chan: u32) -> Option<usize> {
         self.subs.iter().position(|&(c, _)| c == chan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timers = Timers {
+        handshake: 10,
+        ping: 25,
+    };
+
+    #[test]
+    fn handshakes_and_requests_expire_waiting_requests_get_504() {
+        assert_eq!(due(Phase::Handshake, 0, 0, false, 1, 9, T), Due::Nothing);
+        assert_eq!(due(Phase::Handshake, 0, 0, false, 1, 10, T), Due::Expire);
+        assert_eq!(due(Phase::HttpBody, 5, 0, false, 1, 15, T), Due::Expire);
+        assert_eq!(due(Phase::HttpWait, 5, 0, false, 1, 14, T), Due::Nothing);
+        assert_eq!(due(Phase::HttpWait, 5, 0, false, 1, 15, T), Due::Answer504);
+    }
+
+    #[test]
+    fn open_connections_are_pinged_then_dropped_closing_ones_not_kept_forever() {
+        // gen 0 has no jitter: pinged after one interval of silence.
+        assert_eq!(due(Phase::Open, 0, 0, false, 0, 24, T), Due::Nothing);
+        assert_eq!(due(Phase::Open, 0, 0, false, 0, 25, T), Due::Ping);
+        assert_eq!(due(Phase::Open, 0, 0, true, 0, 30, T), Due::Nothing);
+        assert_eq!(due(Phase::Open, 0, 0, true, 0, 50, T), Due::Expire);
+        // Jitter pings some connections up to half an interval early, never later.
+        let early = (0..100)
+            .filter(|&g| due(Phase::Open, 0, 0, false, g, 20, T) == Due::Ping)
+            .count();
+        assert!(early > 0 && early < 100, "{early}");
+        assert_eq!(due(Phase::Closing, 0, 0, false, 1, 49, T), Due::Nothing);
+        assert_eq!(due(Phase::Closing, 0, 0, false, 1, 50, T), Due::Expire);
+        // Huge configured values never overflow.
+        let big = Timers {
+            handshake: u32::MAX,
+            ping: u32::MAX,
+        };
+        assert_eq!(due(Phase::Open, 0, 0, false, 7, 1000, big), Due::Nothing);
+        assert_eq!(due(Phase::Closing, 0, 0, false, 7, 1000, big), Due::Nothing);
     }
 }

@@ -85,22 +85,10 @@ pub struct Shard {
     last_tick: u32,
     shutdown_deadline: Option<Instant>,
     accept_paused_until: u32,
-    /// When connections were last flushed (flushes are paced by `flush_interval`).
-    last_flush: Instant,
-    /// The last flush averaged two or more frames per connection: pace the next one.
-    paced: bool,
     /// Channels with frames waiting for this turn's `fan_out` (id, name to check it).
     batched: Vec<(u32, std::sync::Arc<str>)>,
-    /// Deliveries queued since the last flush (what pacing looks at).
-    messages_since_flush: u64,
-    /// Connections with output left after their last write (see `Conn::lagging`).
-    lagging: usize,
-    /// Last time a lagging connection wrote something (or started lagging).
-    lag_progress: Instant,
-    /// Some connection was handed a quarter of the outbound limit since the last flush
-    /// (or one channel got that much this turn): take no more deliveries until the
-    /// flush has shown who lags. See `Shard::intake_budget`.
-    hold_intake: bool,
+    /// Back-pressure and flush pacing (see `intake.rs`).
+    intake: intake::Intake,
     presence: Option<api::PresenceLink>,
 }
 
@@ -129,13 +117,8 @@ impl Shard {
             last_tick: 0,
             shutdown_deadline: None,
             accept_paused_until: 0,
-            last_flush: Instant::now(),
-            paced: false,
             batched: Vec::new(),
-            messages_since_flush: 0,
-            lagging: 0,
-            lag_progress: Instant::now(),
-            hold_intake: false,
+            intake: intake::Intake::new(Instant::now()),
             presence: s.presence.map(api::PresenceLink::new),
         }
     }
@@ -161,7 +144,7 @@ impl Shard {
             if !self.read_again.is_empty() {
                 timeout = Duration::ZERO;
             }
-            let stalled = self.intake_stalled(Instant::now()) || self.hold_intake;
+            let stalled = self.intake_stalled(Instant::now()) || self.intake.hold;
             if stalled {
                 // Deliveries wait (and overflow into counted drops) until sockets drain or
                 // the next flush; only writable events, control messages, the flush or
@@ -212,7 +195,7 @@ impl Shard {
             if !self.dirty.is_empty() {
                 let now = Instant::now();
                 if self.flush_due_in(now).is_zero() {
-                    self.last_flush = now;
+                    self.intake.last_flush = now;
                     self.flush_dirty();
                 }
             }
@@ -294,7 +277,7 @@ impl Shard {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         if conn.lagging {
-            self.lagging -= 1;
+            self.intake.lag_ended(None);
         }
         self.presence_closed(&conn);
         let m = &self.metrics.shards[self.id];
@@ -331,41 +314,36 @@ impl Shard {
     /// Once a second: handshake timeouts, pings, and dropping silent clients.
     fn tick(&mut self) {
         let now = self.now;
-        let handshake = self.config.handshake_timeout.as_secs() as u32;
-        let ping = self.config.ping_interval.as_secs() as u32;
+        let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
+        let ping = u32::try_from(self.config.ping_interval.as_secs()).unwrap_or(u32::MAX);
+        let timers = conn::Timers {
+            handshake,
+            ping: ping.max(1),
+        };
         let mut expired = Vec::new();
         let mut unanswered = Vec::new();
         let mut to_ping = Vec::new();
         for (key, c) in self.conns.iter_mut() {
-            match c.phase {
-                // An HTTP request waiting for another thread's answer (a presence query)
-                // gets a 504 at the deadline instead of a bare close.
-                Phase::HttpWait => {
-                    if now.saturating_sub(c.opened) >= handshake {
-                        unanswered.push(key);
-                    }
+            if c.phase == Phase::Open {
+                c.outq.release_if_empty();
+            }
+            let due = conn::due(
+                c.phase,
+                c.opened,
+                c.last_seen,
+                c.ping_outstanding,
+                c.gen,
+                now,
+                timers,
+            );
+            match due {
+                conn::Due::Nothing => {}
+                conn::Due::Ping => {
+                    c.ping_outstanding = true;
+                    to_ping.push(key);
                 }
-                Phase::Handshake | Phase::HttpBody => {
-                    if now.saturating_sub(c.opened) >= handshake {
-                        expired.push(key);
-                    }
-                }
-                Phase::Open => {
-                    c.outq.release_if_empty();
-                    let silent = now.saturating_sub(c.last_seen);
-                    if silent >= 2 * ping {
-                        expired.push(key);
-                    } else if silent + jitter(c.gen, ping) >= ping && !c.ping_outstanding {
-                        c.ping_outstanding = true;
-                        to_ping.push(key);
-                    }
-                }
-                // A peer that never reads its close frame is not waited for forever.
-                Phase::Closing => {
-                    if now.saturating_sub(c.last_seen) >= handshake.max(2 * ping) {
-                        expired.push(key);
-                    }
-                }
+                conn::Due::Expire => expired.push(key),
+                conn::Due::Answer504 => unanswered.push(key),
             }
         }
         let ping_frame = crate::ws::frame::build(crate::ws::frame::OutOp::Ping, b"").freeze();
@@ -439,11 +417,4 @@ impl Shard {
             }
         }
     }
-}
-
-/// How many seconds early connection `gen` is pinged: spreads the pings (and the pongs
-/// that resynchronise `last_seen`) of connections opened in the same second over half
-/// an interval, instead of one burst every interval.
-fn jitter(gen: u32, ping: u32) -> u32 {
-    gen.wrapping_mul(2_654_435_761) % (ping / 2).max(1)
 }

@@ -21,17 +21,9 @@ use super::Shard;
 use crate::config::{Config, SlowPolicy};
 
 impl Shard {
-    /// How long until the next flush may run. While connections receive several frames
-    /// per flush (high per-connection rates), flushes are paced to one per
-    /// `flush_interval`, so each `writev` carries many frames; otherwise (one frame per
-    /// connection per flush, the common case) output is written at the end of the turn.
+    /// How long until the next flush may run (see `Intake::flush_due_in`).
     pub(super) fn flush_due_in(&self, now: Instant) -> Duration {
-        if !self.paced {
-            return Duration::ZERO;
-        }
-        self.config
-            .flush_interval
-            .saturating_sub(now.saturating_duration_since(self.last_flush))
+        self.intake.flush_due_in(now, self.config.flush_interval)
     }
 
     /// Takes a frame for every local subscriber of `channel`. Frames are collected per
@@ -52,7 +44,7 @@ impl Shard {
         ch.pending_keep |= kind == Kind::Keep;
         ch.pending_bytes += frame.len();
         if ch.pending_bytes >= budget {
-            self.hold_intake = true;
+            self.intake.hold = true;
         }
         ch.pending.push(frame);
     }
@@ -112,7 +104,7 @@ impl Shard {
                     hold = true;
                 }
                 queued += count;
-                self.messages_since_flush += count;
+                self.intake.messages_since_flush += count;
                 if !conn.dirty {
                     conn.dirty = true;
                     self.dirty.push(key);
@@ -122,7 +114,7 @@ impl Shard {
                 }
             }
         }
-        self.hold_intake |= hold;
+        self.intake.hold |= hold;
         self.metrics.shards[self.id]
             .messages_out
             .fetch_add(queued, Ordering::Relaxed);
@@ -242,7 +234,6 @@ impl Shard {
 
     /// The end-of-turn flush: one vectored write (or a few) per touched connection.
     pub(super) fn flush_dirty(&mut self) {
-        self.hold_intake = false;
         let dirty = std::mem::take(&mut self.dirty);
         let mut bytes = 0u64;
         let mut writes = 0u64;
@@ -262,8 +253,7 @@ impl Shard {
                     conn.told_slow = false;
                     if conn.lagging {
                         conn.lagging = false;
-                        self.lagging -= 1;
-                        self.lag_progress = Instant::now();
+                        self.intake.lag_ended(Some(Instant::now()));
                     }
                     match conn.phase {
                         Phase::Closing => self.close(key),
@@ -278,13 +268,8 @@ impl Shard {
                 Ok((outq::Flushed::Blocked, n)) => {
                     bytes += n as u64;
                     conn.blocked = true;
-                    if !conn.lagging {
-                        conn.lagging = true;
-                        self.lagging += 1;
-                        self.lag_progress = Instant::now();
-                    } else if n > 0 {
-                        self.lag_progress = Instant::now();
-                    }
+                    self.intake.lag_seen(conn.lagging, n, Instant::now());
+                    conn.lagging = true;
                 }
                 Err(_) => self.close(key),
             }
@@ -292,11 +277,7 @@ impl Shard {
         self.metrics.shards[self.id]
             .bytes_out
             .fetch_add(bytes, Ordering::Relaxed);
-        // Pace the next flush only while connections get several messages per write:
-        // evidence that per-connection message rates are high and batching pays.
-        if writes > 0 {
-            self.paced = std::mem::take(&mut self.messages_since_flush) >= 2 * writes;
-        }
+        self.intake.flushed(writes);
         let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
