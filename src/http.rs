@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::server::Health;
 use crate::ws::handshake::{http_response, text_response, RequestHead};
 
 /// What a response may depend on.

@@ -29,7 +29,10 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod health;
 pub mod http;
+pub mod ids;
+pub mod inbox;
 pub mod latency;
 pub mod metrics;
 pub mod presence;

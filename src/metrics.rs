@@ -62,7 +62,7 @@ pub struct Metrics {
     /// Messages received from Redis.
     pub broker_messages: AtomicU64,
     /// Presence (connection manager) figures.
-    pub presence: crate::presence::PresenceMetrics,
+    pub presence: PresenceMetrics,
 }
 
 impl Metrics {
@@ -248,5 +248,118 @@ impl Metrics {
                 .render(out, name, &format!("shard=\"{i}\""));
         }
         self.presence.render(out);
+    }
+}
+/// Presence figures (written by the presence thread, except the shard-side drops).
+#[derive(Debug, Default)]
+pub struct PresenceMetrics {
+    pub connections: AtomicU64,
+    pub users: AtomicU64,
+    pub updates: AtomicU64,
+    pub queries: AtomicU64,
+    /// Messages shards could not queue right away (kept in a shard backlog).
+    pub deferred: AtomicU64,
+    /// Connects never recorded and queries refused because the queue was full.
+    pub dropped: AtomicU64,
+    pub heartbeats: AtomicU64,
+    /// Duration of the last heartbeat round, in microseconds.
+    pub heartbeat_us: AtomicU64,
+    pub redis_rounds: AtomicU64,
+    pub redis_commands: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub redis_up: AtomicU64,
+    /// Entries of dead nodes (or own leftovers) removed.
+    pub stale_removed: AtomicU64,
+}
+
+impl PresenceMetrics {
+    pub fn render(&self, out: &mut String) {
+        let series: [(&str, &str, &AtomicU64, &str); 12] = [
+            (
+                "fanout_presence_connections",
+                "gauge",
+                &self.connections,
+                "Local connections recorded in presence",
+            ),
+            (
+                "fanout_presence_users",
+                "gauge",
+                &self.users,
+                "Distinct users with a local connection",
+            ),
+            (
+                "fanout_presence_updates_total",
+                "counter",
+                &self.updates,
+                "Presence connects and disconnects applied",
+            ),
+            (
+                "fanout_presence_queries_total",
+                "counter",
+                &self.queries,
+                "Presence queries answered",
+            ),
+            (
+                "fanout_presence_deferred_total",
+                "counter",
+                &self.deferred,
+                "Presence updates delayed: queue full, kept in a shard backlog",
+            ),
+            (
+                "fanout_presence_dropped_total",
+                "counter",
+                &self.dropped,
+                "Presence connects not recorded or queries refused: queue full",
+            ),
+            (
+                "fanout_presence_heartbeats_total",
+                "counter",
+                &self.heartbeats,
+                "Presence heartbeat rounds",
+            ),
+            (
+                "fanout_presence_redis_rounds_total",
+                "counter",
+                &self.redis_rounds,
+                "Pipelined presence round trips to Redis",
+            ),
+            (
+                "fanout_presence_redis_commands_total",
+                "counter",
+                &self.redis_commands,
+                "Presence commands sent to Redis",
+            ),
+            (
+                "fanout_presence_redis_errors_total",
+                "counter",
+                &self.redis_errors,
+                "Presence rounds that failed",
+            ),
+            (
+                "fanout_presence_redis_up",
+                "gauge",
+                &self.redis_up,
+                "1 when the last presence round succeeded",
+            ),
+            (
+                "fanout_presence_stale_removed_total",
+                "counter",
+                &self.stale_removed,
+                "Entries of dead nodes removed",
+            ),
+        ];
+        for (name, kind, v, help) in series {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let name = "fanout_presence_heartbeat_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Duration of the last heartbeat round\n# TYPE {name} gauge\n{name} {}",
+            self.heartbeat_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
     }
 }

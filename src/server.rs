@@ -1,9 +1,8 @@
 //! Starts a node: binds the listener, starts the broker threads (Redis reader and writer,
 //! or the in-process bus) and the shards, and returns a handle that shuts them down and
-//! joins them. Also owns the node's health flags.
+//! joins them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -12,9 +11,11 @@ use mio::{Poll, Waker};
 
 use crate::broker::{self, BrokerHandle, ShardLinks, ShardMsg};
 use crate::config::Config;
+use crate::inbox::{inbox, InboxSender};
 use crate::metrics::Metrics;
-use crate::shard::inbox::{inbox, InboxSender};
 use crate::shard::{Shard, ShardSetup, WAKER};
+
+pub use crate::health::Health;
 
 /// Capacity of each shard's delivery queue. A full queue drops (counted, and the
 /// channel's subscribers get a `gap`). Kept small on purpose: under overload a queued
@@ -24,43 +25,6 @@ pub const SHARD_QUEUE: usize = 4096;
 
 /// Pending connections the kernel may queue before shard 0 accepts them.
 pub const LISTEN_BACKLOG: i32 = 4096;
-
-/// Largest message on the echo path (conformance tests send up to 16 MiB).
-pub const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
-
-/// Whether `path` is the configured echo endpoint.
-pub fn is_echo_path(config: &Config, path: &str) -> bool {
-    config.echo_path.as_deref() == Some(path)
-}
-
-/// Health as the broker threads see it.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The Redis subscriber connection is up and subscriptions are restored.
-    pub subscriber_ok: AtomicBool,
-    /// The Redis publisher connection is up.
-    pub publisher_ok: AtomicBool,
-    /// The last end-to-end probe came back in time.
-    pub probe_ok: AtomicBool,
-}
-
-impl Health {
-    /// (healthy, reason) for `/healthz`.
-    pub fn status(&self, cluster: bool) -> (bool, &'static str) {
-        if !cluster {
-            return (true, "embedded");
-        }
-        if !self.subscriber_ok.load(Ordering::Relaxed) {
-            (false, "redis subscriber down")
-        } else if !self.publisher_ok.load(Ordering::Relaxed) {
-            (false, "redis publisher down")
-        } else if !self.probe_ok.load(Ordering::Relaxed) {
-            (false, "redis pub/sub probe failing")
-        } else {
-            (true, "redis")
-        }
-    }
-}
 
 /// Stops the broker threads.
 type StopFn = Box<dyn FnOnce() + Send>;

@@ -23,13 +23,7 @@ pub enum Phase {
     Closing,
 }
 
-/// A connection's identity across threads: slab key plus a generation, so an answer
-/// meant for a closed connection never reaches the one that reused its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    pub key: u32,
-    pub gen: u32,
-}
+pub use crate::ids::ConnId;
 
 #[derive(Debug)]
 pub struct Conn {

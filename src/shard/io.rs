@@ -103,7 +103,7 @@ impl Shard {
         };
         let mut inbound = std::mem::take(&mut conn.inbound);
         let max = if conn.echo {
-            crate::server::ECHO_MAX_MESSAGE
+            crate::ws::ECHO_MAX_MESSAGE
         } else {
             self.config.limits.max_message
         };
@@ -189,7 +189,7 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            conn.echo = crate::server::is_echo_path(&self.config, &head.path);
+            conn.echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
             conn.phase = Phase::Open;
             conn.outq.push(reply.into());
             let rest = std::mem::take(&mut conn.inbuf);

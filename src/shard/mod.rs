@@ -7,7 +7,6 @@
 mod api;
 pub mod conn;
 mod handler;
-pub mod inbox;
 mod intake;
 mod io;
 mod output;
@@ -24,11 +23,13 @@ use slab::Slab;
 
 use crate::broker::{BrokerHandle, ShardId, ShardMsg};
 use crate::config::Config;
+use crate::health::Health;
+/// Kept for the modules that still name it here (moved to `crate::inbox`).
+pub use crate::inbox;
+use crate::inbox::{Inbox, InboxSender};
 use crate::metrics::Metrics;
-use crate::server::Health;
 pub use conn::ConnId;
 use conn::{Conn, Phase};
-use inbox::{Inbox, InboxSender};
 use subs::SubIndex;
 
 const LISTENER: Token = Token(usize::MAX - 1);

@@ -170,7 +170,7 @@ impl Shard {
         }
         // The echo endpoint answers messages of up to 16 MiB by design.
         let limit = if conn.echo {
-            limit.max(4 * crate::server::ECHO_MAX_MESSAGE)
+            limit.max(4 * crate::ws::ECHO_MAX_MESSAGE)
         } else {
             limit
         };

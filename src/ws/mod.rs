@@ -4,3 +4,6 @@
 pub mod frame;
 pub mod handshake;
 pub mod inbound;
+
+/// Largest message on the echo path (`--echo-path`, conformance tests send up to 16 MiB).
+pub const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;

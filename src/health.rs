@@ -1,0 +1,34 @@
+//! The node's health flags: written by the Redis threads (subscriber up, publisher up,
+//! probe answered), read by `/healthz` and by shards deciding whether a publish can be
+//! taken. Relaxed atomics, no lock; never does I/O.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Health as the broker threads see it.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The Redis subscriber connection is up and subscriptions are restored.
+    pub subscriber_ok: AtomicBool,
+    /// The Redis publisher connection is up.
+    pub publisher_ok: AtomicBool,
+    /// The last end-to-end probe came back in time.
+    pub probe_ok: AtomicBool,
+}
+
+impl Health {
+    /// (healthy, reason) for `/healthz`.
+    pub fn status(&self, cluster: bool) -> (bool, &'static str) {
+        if !cluster {
+            return (true, "embedded");
+        }
+        if !self.subscriber_ok.load(Ordering::Relaxed) {
+            (false, "redis subscriber down")
+        } else if !self.publisher_ok.load(Ordering::Relaxed) {
+            (false, "redis publisher down")
+        } else if !self.probe_ok.load(Ordering::Relaxed) {
+            (false, "redis pub/sub probe failing")
+        } else {
+            (true, "redis")
+        }
+    }
+}
