@@ -1,6 +1,6 @@
 //! The HTTP API and admission rules as pure functions (no I/O, no shard state): parsing
 //! `POST /api/publish` bodies, matching `/api/users/{U}/connections`, the API-key and
-//! `Origin` checks, percent-decoding, and JSON responses. The shard side that uses them
+//! `Origin` checks and percent-decoding (JSON responses are built by `http::response`). The shard side that uses them
 //! lives in `shard/api.rs`.
 
 use std::borrow::Cow;
@@ -10,8 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::Limits;
-use crate::protocol::json::push_string;
-use crate::ws::handshake::http_response;
+pub use crate::http::response::{json_error, json_response, method_not_allowed};
 
 /// One message of a publish request.
 #[derive(Debug, PartialEq, Eq)]
@@ -149,32 +148,6 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     };
     let origin = origin.trim().trim_end_matches('/');
     allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
-}
-
-/// A complete JSON response (closes the connection).
-pub fn json_response(status: u16, body: &[u8], extra: &str) -> Vec<u8> {
-    http_response(status, "application/json", body, extra)
-}
-
-/// `{"error":REASON}` with `status`.
-pub fn json_error(status: u16, reason: &str) -> Vec<u8> {
-    let mut body = b"{\"error\":".to_vec();
-    push_string(&mut body, reason);
-    body.extend_from_slice(b"}\n");
-    let extra = match status {
-        401 => "WWW-Authenticate: Bearer\r\n",
-        _ => "",
-    };
-    json_response(status, &body, extra)
-}
-
-/// 405 with the `Allow` header.
-pub fn method_not_allowed(allow: &str) -> Vec<u8> {
-    json_response(
-        405,
-        b"{\"error\":\"method not allowed\"}\n",
-        &format!("Allow: {allow}\r\n"),
-    )
 }
 
 #[cfg(test)]

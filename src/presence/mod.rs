@@ -120,10 +120,10 @@ pub fn render_answer(http: bool, user: &str, result: Option<&[Box<str>]>) -> Byt
         (true, Some(c)) => {
             let mut body = answer_json(user, c);
             body.push(b'\n');
-            crate::api::json_response(200, &body, "").into()
+            crate::http::response::json_response(200, &body, "").into()
         }
         (true, None) => {
-            crate::api::json_error(503, "presence is unavailable: Redis is down").into()
+            crate::http::response::json_error(503, "presence is unavailable: Redis is down").into()
         }
     }
 }

@@ -13,6 +13,7 @@ use super::conn::{Conn, ConnId, Phase};
 use super::Shard;
 use crate::api;
 use crate::broker::BrokerCmd;
+use crate::http::response;
 use crate::presence::{Msg, PresenceHandle, PresenceMetrics, ReplyTo};
 use crate::protocol::{reply, ErrorCode};
 use crate::ws::handshake::RequestHead;
@@ -164,7 +165,7 @@ impl Shard {
             }
             (Some(why), true) => {
                 let keep_alive = self.conns.get(key).is_some_and(|c| c.keep_alive);
-                self.respond_http(key, api::json_error(503, why), keep_alive)
+                self.respond_http(key, response::json_error(503, why), keep_alive)
             }
             (None, true) => {
                 // Wait for the answer; at the handshake timeout `tick` answers 504.
@@ -200,30 +201,30 @@ impl Shard {
         let key_ok = api::key_ok(self.config.api_key.as_deref(), head.api_key.as_deref());
         let response = if head.path == "/api/publish" {
             if head.method != "POST" {
-                api::method_not_allowed("POST")
+                response::method_not_allowed("POST")
             } else if !key_ok {
-                api::json_error(401, "missing or wrong API key")
+                response::json_error(401, "missing or wrong API key")
             } else if head.content_length.is_none() {
-                api::json_error(411, "Content-Length required")
+                response::json_error(411, "Content-Length required")
             } else {
                 self.api_publish(body)
             }
         } else if let Some(user) = api::user_path(&head.path) {
             if head.method != "GET" {
-                api::method_not_allowed("GET")
+                response::method_not_allowed("GET")
             } else if !key_ok {
-                api::json_error(401, "missing or wrong API key")
+                response::json_error(401, "missing or wrong API key")
             } else {
                 match user {
                     Ok(user) => {
                         self.presence_query(key, &user, true);
                         return true;
                     }
-                    Err((status, why)) => api::json_error(status, why),
+                    Err((status, why)) => response::json_error(status, why),
                 }
             }
         } else if head.path.starts_with("/api/") {
-            api::json_error(404, "no such API endpoint")
+            response::json_error(404, "no such API endpoint")
         } else {
             return false;
         };
@@ -235,14 +236,14 @@ impl Shard {
     fn api_publish(&mut self, body: &[u8]) -> Vec<u8> {
         let messages = match api::parse_publish(body, &self.config.limits) {
             Ok(m) => m,
-            Err((status, why)) => return api::json_error(status, why),
+            Err((status, why)) => return response::json_error(status, why),
         };
         let cluster = self.config.redis.is_some();
         let m = &self.metrics.shards[self.id];
         if cluster && !self.health.publisher_ok.load(Ordering::Relaxed) {
             m.publish_rejected
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
-            return api::json_error(503, "broker unavailable");
+            return response::json_error(503, "broker unavailable");
         }
         let total = messages.len();
         let mut published = 0usize;
@@ -262,9 +263,9 @@ impl Shard {
             m.publish_rejected
                 .fetch_add((total - published) as u64, Ordering::Relaxed);
             let body = format!("{{\"published\":{published},\"error\":\"broker unavailable\"}}\n");
-            return api::json_response(503, body.as_bytes(), "");
+            return response::json_response(503, body.as_bytes(), "");
         }
-        api::json_response(
+        response::json_response(
             202,
             format!("{{\"published\":{published}}}\n").as_bytes(),
             "",

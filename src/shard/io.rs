@@ -174,7 +174,11 @@ impl Shard {
         let head = match handshake::parse(&conn.inbuf, limits.max_request_head) {
             Parsed::Incomplete => return,
             Parsed::Reject(status, why) => {
-                self.respond_http(key, handshake::text_response(status, why), false);
+                self.respond_http(
+                    key,
+                    crate::http::response::text_response(status, why),
+                    false,
+                );
                 return;
             }
             Parsed::Request(head) => head,
@@ -182,7 +186,11 @@ impl Shard {
         conn.inbuf.drain(..head.head_len);
         if let Some(accept) = head.ws_accept.as_deref() {
             if let Err((status, why)) = self.check_upgrade(&head) {
-                self.respond_http(key, handshake::text_response(status, why), false);
+                self.respond_http(
+                    key,
+                    crate::http::response::text_response(status, why),
+                    false,
+                );
                 return;
             }
             let reply = handshake::switching_protocols(accept);
@@ -205,7 +213,7 @@ impl Shard {
         if need > limits.max_request_body {
             self.respond_http(
                 key,
-                handshake::text_response(413, "request body too large"),
+                crate::http::response::text_response(413, "request body too large"),
                 false,
             );
             return;

@@ -358,7 +358,7 @@ impl Shard {
             self.close(key);
         }
         for key in unanswered {
-            let response = crate::api::json_error(504, "no answer in time, try again");
+            let response = crate::http::response::json_error(504, "no answer in time, try again");
             self.respond_http(key, response, false);
         }
         self.presence_tick();
@@ -406,7 +406,7 @@ impl Shard {
             match c.phase {
                 Phase::Open => self.close_ws(key, 1001, "going away"),
                 Phase::HttpWait => {
-                    let response = crate::api::json_error(503, "server shutting down");
+                    let response = crate::http::response::json_error(503, "server shutting down");
                     self.respond_http(key, response, false);
                 }
                 Phase::Closing => {}

@@ -211,7 +211,7 @@ impl Shard {
         }
         let keep_alive = keep_alive && !conn.read_closed && !shutting_down;
         if keep_alive {
-            crate::ws::handshake::set_keep_alive(&mut response);
+            crate::http::response::set_keep_alive(&mut response);
             conn.phase = Phase::Handshake;
             conn.opened = now;
         } else {

@@ -147,71 +147,6 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Turns a response built by `http_response` (which says `Connection: close`) into one
-/// that keeps the connection open. Only the head is looked at.
-pub fn set_keep_alive(response: &mut Vec<u8>) {
-    const CLOSE: &[u8] = b"\r\nConnection: close\r\n";
-    const KEEP: &[u8] = b"\r\nConnection: keep-alive\r\n";
-    let head_end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(response.len(), |i| i + 2);
-    if let Some(at) = response[..head_end]
-        .windows(CLOSE.len())
-        .position(|w| w == CLOSE)
-    {
-        response.splice(at..at + CLOSE.len(), KEEP.iter().copied());
-    }
-}
-
-/// A complete HTTP response that closes the connection (see `set_keep_alive`).
-pub fn http_response(status: u16, content_type: &str, body: &[u8], extra: &str) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
-        reason(status),
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// A response whose body is one line of text.
-pub fn text_response(status: u16, text: &str) -> Vec<u8> {
-    let extra = if status == 426 {
-        "Sec-WebSocket-Version: 13\r\n"
-    } else {
-        ""
-    };
-    http_response(
-        status,
-        "text/plain; charset=utf-8",
-        format!("{text}\n").as_bytes(),
-        extra,
-    )
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        202 => "Accepted",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Error",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,13 +223,5 @@ mod tests {
         assert!(!ka("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
-        let mut r = http_response(200, "text/plain", b"Connection: close\r\n", "");
-        set_keep_alive(&mut r);
-        let text = String::from_utf8(r).unwrap();
-        assert!(text.contains("\r\nConnection: keep-alive\r\n"), "{text}");
-        assert!(
-            text.ends_with("\r\n\r\nConnection: close\r\n"),
-            "body untouched"
-        );
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::ws::handshake::{http_response, text_response, RequestHead};
+use crate::ws::handshake::RequestHead;
+use response::{http_response, text_response};
+
+pub mod response;
 
 /// What a response may depend on.
 pub struct HttpContext<'a> {
