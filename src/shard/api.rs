@@ -90,7 +90,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.echo {
+        if conn.session.is_echo() {
             return;
         }
         let cid = link.handle.conn_id(self.id, conn.gen);
@@ -164,16 +164,12 @@ impl Shard {
                 self.queue(key, reply::error(ErrorCode::Unavailable, why, None, None))
             }
             (Some(why), true) => {
-                let keep_alive = self.conns.get(key).is_some_and(|c| c.keep_alive);
+                let keep_alive = self.conns.get(key).is_some_and(|c| c.session.keep_alive());
                 self.respond_http(key, response::json_error(503, why), keep_alive)
             }
-            (None, true) => {
-                // Wait for the answer; at the handshake timeout `tick` answers 504.
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.phase = Phase::HttpWait;
-                    conn.pending_http = None;
-                }
-            }
+            // The session waits (`HttpWait`) for the answer; at the handshake timeout the
+            // tick answers 504.
+            (None, true) => {}
             (None, false) => {}
         }
     }
@@ -183,7 +179,7 @@ impl Shard {
     pub(super) fn on_reply(&mut self, to: ConnId, frame: Bytes, close_after: bool) {
         let key = to.key as usize;
         let (phase, keep_alive) = match self.conns.get(key) {
-            Some(c) if c.gen == to.gen => (c.phase, c.keep_alive),
+            Some(c) if c.gen == to.gen => (c.phase(), c.session.keep_alive()),
             _ => return,
         };
         match phase {

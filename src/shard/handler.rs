@@ -1,4 +1,5 @@
-//! What a shard does with each complete client message and each broker answer:
+//! What a shard does with each client command (decoded by the connection's session) and
+//! each broker answer:
 //! subscribe / unsubscribe against the local index (asking the broker only on a channel's
 //! first and last local subscriber), publish handed to the broker, replies queued.
 
@@ -6,81 +7,14 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::conn::{ConnId, Phase};
+use super::conn::ConnId;
+use super::session::Cmd;
 use super::subs::Added;
 use super::Shard;
 use crate::broker::{AckTo, BrokerCmd};
-use crate::protocol::{parse_command, reply, Command, CommandError, ErrorCode};
-use crate::ws::frame::{self, OutOp};
-use crate::ws::inbound::{Flow, Message};
+use crate::protocol::{reply, ErrorCode};
 
 impl Shard {
-    /// Handles one decoded message of connection `key`.
-    pub(super) fn on_message(&mut self, key: usize, msg: Message<'_>) -> Flow {
-        let echo = self.conns.get(key).map(|c| c.echo).unwrap_or(false);
-        match msg {
-            Message::Text(text) if echo => {
-                self.queue(key, frame::build(OutOp::Text, text.as_bytes()).freeze())
-            }
-            Message::Binary(data) if echo => {
-                self.queue(key, frame::build(OutOp::Binary, data).freeze())
-            }
-            Message::Text(text) => {
-                self.metrics.shards[self.id]
-                    .messages_in
-                    .fetch_add(1, Ordering::Relaxed);
-                match parse_command(text, self.config.limits.max_channel_len) {
-                    Ok(cmd) => self.on_command(key, cmd),
-                    Err(e) => self.error(key, e),
-                }
-            }
-            Message::Binary(_) => self.error(
-                key,
-                CommandError {
-                    code: ErrorCode::BadRequest,
-                    message: "binary frames are not supported: send JSON text",
-                    id: None,
-                    channel: None,
-                },
-            ),
-            Message::TooLarge => self.error(
-                key,
-                CommandError {
-                    code: ErrorCode::TooLarge,
-                    message: "message exceeds the size limit",
-                    id: None,
-                    channel: None,
-                },
-            ),
-            Message::Ping(payload) => self.queue(key, frame::build(OutOp::Pong, payload).freeze()),
-            Message::Pong => {}
-            Message::Close(close) => {
-                let code = close.map(|(c, _)| c).unwrap_or(1000);
-                let code = if code == 1005 { 1000 } else { code };
-                self.close_ws(key, code, "");
-                return Flow::Stop;
-            }
-        }
-        if self
-            .conns
-            .get(key)
-            .map(|c| c.phase == Phase::Closing)
-            .unwrap_or(true)
-        {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    }
-
-    fn error(&mut self, key: usize, e: CommandError<'_>) {
-        self.metrics.shards[self.id]
-            .client_errors
-            .fetch_add(1, Ordering::Relaxed);
-        let frame = reply::error(e.code, e.message, e.id, e.channel.as_deref());
-        self.queue(key, frame);
-    }
-
     fn simple_error(
         &mut self,
         key: usize,
@@ -95,12 +29,17 @@ impl Shard {
         self.queue(key, reply::error(code, message, id, channel));
     }
 
-    fn on_command(&mut self, key: usize, cmd: Command<'_>) {
+    /// Carries out one client command.
+    pub(super) fn on_command(&mut self, key: usize, cmd: Cmd) {
         match cmd {
-            Command::Subscribe { channel } => self.subscribe(key, &channel),
-            Command::Unsubscribe { channel } => self.unsubscribe(key, &channel),
-            Command::Publish { channel, data, id } => self.publish(key, &channel, data, id),
-            Command::Presence { user } => self.presence(key, &user),
+            Cmd::Subscribe(channel) => self.subscribe(key, &channel),
+            Cmd::Unsubscribe(channel) => self.unsubscribe(key, &channel),
+            Cmd::Publish {
+                channel,
+                payload,
+                id,
+            } => self.publish(key, channel, payload, id),
+            Cmd::Presence(user) => self.presence(key, &user),
         }
     }
 
@@ -190,38 +129,53 @@ impl Shard {
         self.queue(key, reply::unsubscribed(channel));
     }
 
-    fn publish(&mut self, key: usize, channel: &str, data: &str, id: Option<&str>) {
+    fn publish(&mut self, key: usize, channel: Box<str>, payload: Bytes, id: Option<Box<str>>) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
+        let gen = conn.gen;
+        let broker_down =
+            self.config.redis.is_some() && !self.health.publisher_ok.load(Ordering::Relaxed);
+        if broker_down {
+            return self.publish_refused(key, &channel, id.as_deref());
+        }
         let ack = id.map(|id| AckTo {
             shard: self.id,
             conn: ConnId {
                 key: key as u32,
-                gen: conn.gen,
+                gen,
             },
-            id: id.into(),
+            id,
         });
         let cmd = BrokerCmd::Publish {
-            channel: channel.into(),
-            payload: Bytes::copy_from_slice(data.as_bytes()),
+            channel,
+            payload,
             ack,
         };
-        let m = &self.metrics.shards[self.id];
-        let broker_down =
-            self.config.redis.is_some() && !self.health.publisher_ok.load(Ordering::Relaxed);
-        if broker_down || self.broker.send(cmd).is_err() {
-            m.publish_rejected.fetch_add(1, Ordering::Relaxed);
-            self.simple_error(
-                key,
-                ErrorCode::Unavailable,
-                "broker is unavailable, message not published",
-                id,
-                Some(channel),
-            );
-        } else {
-            m.publishes.fetch_add(1, Ordering::Relaxed);
+        match self.broker.send(cmd) {
+            Ok(()) => {
+                self.metrics.shards[self.id]
+                    .publishes
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(BrokerCmd::Publish { channel, ack, .. }) => {
+                self.publish_refused(key, &channel, ack.as_ref().map(|a| &*a.id))
+            }
+            Err(_) => {}
         }
+    }
+
+    fn publish_refused(&mut self, key: usize, channel: &str, id: Option<&str>) {
+        self.metrics.shards[self.id]
+            .publish_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        self.simple_error(
+            key,
+            ErrorCode::Unavailable,
+            "broker is unavailable, message not published",
+            id,
+            Some(channel),
+        );
     }
 
     fn presence(&mut self, key: usize, user: &str) {

@@ -1,15 +1,15 @@
 //! The read side of a shard: drains a readable socket into the shard's one shared read
-//! buffer, and feeds the bytes to the request-head parser or the WebSocket decoder. A
-//! connection keeps bytes of its own only while a frame or request is incomplete (or,
-//! bounded, while an HTTP answer it waits for is pending). A peer that closes its side
-//! still gets what it is owed: the socket is dropped once that is written.
+//! buffer, hands the bytes to the connection's `Session` and applies the effects it
+//! returns, in order. A peer that closes its side still gets what it is owed: the socket
+//! is dropped once that is written.
 
 use std::io::{ErrorKind, Read};
+use std::sync::atomic::Ordering;
 
 use super::conn::Phase;
+use super::session::Effect;
 use super::{Shard, READS_PER_EVENT};
-use crate::ws::handshake::{self, Parsed};
-use crate::ws::inbound::Fail;
+use crate::ws::handshake::RequestHead;
 
 impl Shard {
     /// Reads until the socket would block (or the read budget is spent). A read that
@@ -33,11 +33,10 @@ impl Shard {
                     break;
                 }
                 Ok(n) => {
-                    if conn.phase == Phase::Closing {
+                    if conn.phase() == Phase::Closing {
                         continue; // draining what a closing peer still sends
                     }
-                    conn.last_seen = self.now;
-                    conn.ping_outstanding = false;
+                    conn.session.heard(self.now);
                     self.ingest(key, &mut buf[..n]);
                     if n < buf.len() && !until_eof {
                         break;
@@ -54,76 +53,48 @@ impl Shard {
         self.read_buf = buf;
     }
 
-    /// Consumes freshly read bytes.
-    fn ingest(&mut self, key: usize, data: &mut [u8]) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        match conn.phase {
-            Phase::Handshake | Phase::HttpBody | Phase::HttpWait => {
-                // Bytes pipelined behind a request still being answered wait, bounded.
-                let cap = self.config.limits.max_request_head + self.config.limits.max_request_body;
-                if conn.inbuf.len() + data.len() > cap {
-                    self.close(key);
-                    return;
-                }
-                conn.inbuf.extend_from_slice(data);
-                if conn.phase != Phase::HttpWait && conn.outq.is_empty() {
-                    self.advance_request(key);
-                }
-            }
-            Phase::Open if conn.inbuf.is_empty() => {
-                let used = self.feed(key, data);
-                if used < data.len() {
-                    if let Some(conn) = self.conns.get_mut(key) {
-                        conn.inbuf.extend_from_slice(&data[used..]);
-                    }
-                }
-            }
-            Phase::Open => {
-                conn.inbuf.extend_from_slice(data);
-                let mut pending = std::mem::take(&mut conn.inbuf);
-                let used = self.feed(key, &mut pending);
-                pending.drain(..used);
-                if let Some(conn) = self.conns.get_mut(key) {
-                    if !pending.is_empty() {
-                        pending.shrink_to(pending.len().max(256));
-                        conn.inbuf = pending;
-                    }
-                }
-            }
-            Phase::Closing => {}
+    /// Hands bytes to the connection's session and applies what they cause. Also called
+    /// with nothing new to resume buffered input (a pipelined request once the previous
+    /// answer is written, frames sent behind an upgrade).
+    pub(super) fn ingest(&mut self, key: usize, data: &mut [u8]) {
+        let config = self.config.clone();
+        let mut at = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let may_parse = conn.outq.is_empty();
+            let Some(effect) = conn.session.poll(data, &mut at, &config.limits, may_parse) else {
+                return;
+            };
+            self.apply(key, effect);
         }
     }
 
-    /// Runs the WebSocket decoder over `buf`; returns the bytes consumed.
-    fn feed(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return buf.len();
-        };
-        let mut inbound = std::mem::take(&mut conn.inbound);
-        let max = if conn.echo {
-            crate::ws::ECHO_MAX_MESSAGE
-        } else {
-            self.config.limits.max_message
-        };
-        let result = inbound.feed(buf, max, &mut |msg| self.on_message(key, msg));
-        let Some(conn) = self.conns.get_mut(key) else {
-            return buf.len();
-        };
-        conn.inbound = inbound;
-        match result {
-            Ok(used) => used,
-            Err(fail) => {
-                self.fail(key, fail);
-                buf.len()
+    /// Carries out one effect of a session.
+    fn apply(&mut self, key: usize, effect: Effect) {
+        match effect {
+            Effect::Send(frame) => self.queue(key, frame),
+            Effect::Error { frame, text } => {
+                let m = &self.metrics.shards[self.id];
+                if text {
+                    m.messages_in.fetch_add(1, Ordering::Relaxed);
+                }
+                m.client_errors.fetch_add(1, Ordering::Relaxed);
+                self.queue(key, frame);
             }
+            Effect::Command(cmd) => {
+                self.metrics.shards[self.id]
+                    .messages_in
+                    .fetch_add(1, Ordering::Relaxed);
+                self.on_command(key, cmd);
+            }
+            Effect::Close { code, reason } => self.queue_close_frame(key, code, reason),
+            Effect::Upgrade(head) => self.upgrade(key, &head),
+            Effect::Request(head, body) => self.answer_http(key, &head, &body),
+            Effect::Reject(response) => self.respond_http(key, response, false),
+            Effect::Drop => self.close(key),
         }
-    }
-
-    /// A protocol violation: send the close code and drop the connection once flushed.
-    pub(super) fn fail(&mut self, key: usize, fail: Fail) {
-        self.close_ws(key, fail.code, fail.reason);
     }
 
     /// The peer closed its side (a read returned 0). What it is owed (a response, a
@@ -133,104 +104,39 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        conn.read_closed = true;
-        conn.keep_alive = false;
-        match conn.phase {
+        conn.session.peer_closed();
+        match conn.phase() {
             Phase::HttpWait => {}
             _ if conn.outq.is_empty() => self.close(key),
             Phase::Closing => {}
             _ => {
-                conn.phase = Phase::Closing;
-                conn.inbuf = Vec::new();
+                conn.session.close();
                 self.mark_dirty(key);
             }
         }
     }
 
-    /// Parses the request head (and body) accumulated so far and answers it. A
-    /// keep-alive connection's next request is parsed once this answer is written.
-    pub(super) fn advance_request(&mut self, key: usize) {
-        let limits = &self.config.limits;
+    /// A WebSocket upgrade: admitted (101, presence, then the frames sent behind it) or
+    /// refused with an HTTP answer.
+    fn upgrade(&mut self, key: usize, head: &RequestHead) {
+        if let Err((status, why)) = self.check_upgrade(head) {
+            let response = crate::http::response::text_response(status, why);
+            self.respond_http(key, response, false);
+            return;
+        }
+        let reply =
+            crate::ws::handshake::switching_protocols(head.ws_accept.as_deref().unwrap_or(""));
+        let echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.inbuf.is_empty() {
-            return;
-        }
-        if conn.phase == Phase::HttpBody {
-            let need = conn
-                .pending_http
-                .as_ref()
-                .and_then(|h| h.content_length)
-                .unwrap_or(0);
-            if conn.inbuf.len() >= need {
-                if let Some(head) = conn.pending_http.take() {
-                    let body: Vec<u8> = conn.inbuf.drain(..need).collect();
-                    self.answer_http(key, &head, &body);
-                }
-            }
-            return;
-        }
-        let head = match handshake::parse(&conn.inbuf, limits.max_request_head) {
-            Parsed::Incomplete => return,
-            Parsed::Reject(status, why) => {
-                self.respond_http(
-                    key,
-                    crate::http::response::text_response(status, why),
-                    false,
-                );
-                return;
-            }
-            Parsed::Request(head) => head,
-        };
-        conn.inbuf.drain(..head.head_len);
-        if let Some(accept) = head.ws_accept.as_deref() {
-            if let Err((status, why)) = self.check_upgrade(&head) {
-                self.respond_http(
-                    key,
-                    crate::http::response::text_response(status, why),
-                    false,
-                );
-                return;
-            }
-            let reply = handshake::switching_protocols(accept);
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            conn.echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
-            conn.phase = Phase::Open;
-            conn.outq.push(reply.into());
-            let rest = std::mem::take(&mut conn.inbuf);
-            self.mark_dirty(key);
-            self.presence_open(key, &head);
-            if !rest.is_empty() {
-                let mut rest = rest;
-                self.ingest(key, &mut rest);
-            }
-            return;
-        }
-        let need = head.content_length.unwrap_or(0);
-        if need > limits.max_request_body {
-            self.respond_http(
-                key,
-                crate::http::response::text_response(413, "request body too large"),
-                false,
-            );
-            return;
-        }
-        if conn.inbuf.len() >= need {
-            let body: Vec<u8> = conn.inbuf.drain(..need).collect();
-            self.answer_http(key, &head, &body);
-        } else {
-            conn.phase = Phase::HttpBody;
-            conn.pending_http = Some(Box::new(head));
-        }
+        conn.session.open(echo);
+        conn.outq.push(reply.into());
+        self.mark_dirty(key);
+        self.presence_open(key, head);
     }
 
-    fn answer_http(&mut self, key: usize, head: &handshake::RequestHead, body: &[u8]) {
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.keep_alive = head.keep_alive;
-        }
+    fn answer_http(&mut self, key: usize, head: &RequestHead, body: &[u8]) {
         if self.answer_api(key, head, body) {
             return;
         }

@@ -11,6 +11,7 @@ mod intake;
 mod io;
 mod output;
 pub mod outq;
+pub mod session;
 pub mod subs;
 
 use std::sync::atomic::Ordering;
@@ -317,7 +318,7 @@ impl Shard {
         let now = self.now;
         let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
         let ping = u32::try_from(self.config.ping_interval.as_secs()).unwrap_or(u32::MAX);
-        let timers = conn::Timers {
+        let timers = session::Timers {
             handshake,
             ping: ping.max(1),
         };
@@ -325,26 +326,17 @@ impl Shard {
         let mut unanswered = Vec::new();
         let mut to_ping = Vec::new();
         for (key, c) in self.conns.iter_mut() {
-            if c.phase == Phase::Open {
+            if c.session.is_open() {
                 c.outq.release_if_empty();
             }
-            let due = conn::due(
-                c.phase,
-                c.opened,
-                c.last_seen,
-                c.ping_outstanding,
-                c.gen,
-                now,
-                timers,
-            );
-            match due {
-                conn::Due::Nothing => {}
-                conn::Due::Ping => {
-                    c.ping_outstanding = true;
+            match c.session.due(c.gen, now, timers) {
+                session::Due::Nothing => {}
+                session::Due::Ping => {
+                    c.session.pinged();
                     to_ping.push(key);
                 }
-                conn::Due::Expire => expired.push(key),
-                conn::Due::Answer504 => unanswered.push(key),
+                session::Due::Expire => expired.push(key),
+                session::Due::Answer504 => unanswered.push(key),
             }
         }
         let ping_frame = crate::ws::frame::build(crate::ws::frame::OutOp::Ping, b"").freeze();
@@ -403,7 +395,7 @@ impl Shard {
             let Some(c) = self.conns.get_mut(key) else {
                 continue;
             };
-            match c.phase {
+            match c.phase() {
                 Phase::Open => self.close_ws(key, 1001, "going away"),
                 Phase::HttpWait => {
                     let response = crate::http::response::json_error(503, "server shutting down");
@@ -411,8 +403,7 @@ impl Shard {
                 }
                 Phase::Closing => {}
                 Phase::Handshake | Phase::HttpBody if !c.outq.is_empty() => {
-                    c.phase = Phase::Closing;
-                    c.inbuf = Vec::new();
+                    c.session.close();
                 }
                 Phase::Handshake | Phase::HttpBody => self.close(key),
             }

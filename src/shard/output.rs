@@ -94,7 +94,7 @@ impl Shard {
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
-                if conn.phase != Phase::Open {
+                if !conn.session.is_open() {
                     continue;
                 }
                 conn.outq.push_kind(frame.clone(), kind);
@@ -148,8 +148,7 @@ impl Shard {
         conn.outq.clear_unstarted();
         conn.outq
             .push(crate::ws::frame::close(4000, "slow consumer").freeze());
-        conn.phase = Phase::Closing;
-        conn.inbuf = Vec::new();
+        conn.session.close();
         m.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -160,7 +159,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase != Phase::Open {
+        if !conn.session.is_open() {
             return;
         }
         conn.outq.push(frame);
@@ -169,7 +168,7 @@ impl Shard {
             self.dirty.push(key);
         }
         // The echo endpoint answers messages of up to 16 MiB by design.
-        let limit = if conn.echo {
+        let limit = if conn.session.is_echo() {
             limit.max(4 * crate::ws::ECHO_MAX_MESSAGE)
         } else {
             limit
@@ -187,13 +186,19 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing {
-            return;
+        if conn.session.close() {
+            self.queue_close_frame(key, code, reason);
         }
+    }
+
+    /// Queues the close frame of a session that decided to close (its phase is
+    /// already `Closing`: nothing else is queued after this frame).
+    pub(super) fn queue_close_frame(&mut self, key: usize, code: u16, reason: &str) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         conn.outq
             .push(crate::ws::frame::close(code, reason).freeze());
-        conn.phase = Phase::Closing;
-        conn.inbuf = Vec::new();
         self.mark_dirty(key);
     }
 
@@ -201,24 +206,21 @@ impl Shard {
     /// peer has not closed its side and the node is not shutting down) the connection
     /// waits for its next request once this one is written; otherwise it closes then.
     pub(super) fn respond_http(&mut self, key: usize, mut response: Vec<u8>, keep_alive: bool) {
-        let shutting_down = self.shutdown_deadline.is_some();
+        let keep_alive = keep_alive && self.shutdown_deadline.is_none();
         let now = self.now;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.phase == Phase::Closing || conn.phase == Phase::Open {
-            return;
+        match conn.phase() {
+            Phase::Open => return,
+            // Closed by the session itself (a rejected request): its answer is the one
+            // thing still written, and only once.
+            Phase::Closing if !conn.outq.is_empty() => return,
+            _ => {}
         }
-        let keep_alive = keep_alive && !conn.read_closed && !shutting_down;
-        if keep_alive {
+        if conn.session.responded(keep_alive, now) {
             crate::http::response::set_keep_alive(&mut response);
-            conn.phase = Phase::Handshake;
-            conn.opened = now;
-        } else {
-            conn.phase = Phase::Closing;
-            conn.inbuf = Vec::new();
         }
-        conn.pending_http = None;
         conn.outq.push(response.into());
         self.mark_dirty(key);
     }
@@ -255,13 +257,15 @@ impl Shard {
                         conn.lagging = false;
                         self.intake.lag_ended(Some(Instant::now()));
                     }
-                    match conn.phase {
+                    match conn.phase() {
                         Phase::Closing => self.close(key),
                         // The peer closed its side: nothing more will be asked.
-                        Phase::Handshake | Phase::HttpBody if conn.read_closed => self.close(key),
+                        Phase::Handshake | Phase::HttpBody if conn.session.read_closed() => {
+                            self.close(key)
+                        }
                         // A keep-alive connection whose response is written: parse
                         // what it pipelined meanwhile.
-                        Phase::Handshake if !conn.inbuf.is_empty() => self.advance_request(key),
+                        Phase::Handshake if conn.session.has_input() => self.ingest(key, &mut []),
                         _ => {}
                     }
                 }

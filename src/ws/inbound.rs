@@ -122,7 +122,9 @@ impl Inbound {
                 };
                 pos += header_len;
                 self.skip = len;
-                self.mark_oversized(header.is_final, started, handler);
+                if self.mark_oversized(header.is_final, started, handler) == Flow::Stop {
+                    return Ok(pos); // the rest is skipped on the next call
+                }
                 continue;
             }
             let total = header_len + len as usize;
@@ -196,10 +198,10 @@ impl Inbound {
         is_final: bool,
         started: bool,
         handler: &mut dyn FnMut(Message<'_>) -> Flow,
-    ) {
+    ) -> Flow {
         if is_final {
             self.partial = None;
-            handler(Message::TooLarge);
+            return handler(Message::TooLarge);
         } else if !started {
             self.partial = Some(Box::new(Partial {
                 text: false,
@@ -211,6 +213,7 @@ impl Inbound {
             p.oversized = true;
             p.data = Vec::new();
         }
+        Flow::Continue
     }
 }
 

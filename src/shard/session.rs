@@ -1,0 +1,595 @@
+//! One connection's protocol state as a value: the phase machine (request head → HTTP
+//! body or WebSocket open → closing), the bytes of an incomplete request or frame, the
+//! WebSocket decoder, the connection's clocks, and the translation of each client
+//! message into an `Effect`. A session takes bytes, `&Limits` and the coarse clock and
+//! returns effects one at a time; it never touches a socket, the broker, presence or
+//! metrics. The shard applies the effects (and alone opens and closes connections),
+//! telling the session what it decided (`open`, `responded`, `close`).
+
+use bytes::Bytes;
+
+use crate::config::Limits;
+use crate::protocol::{parse_command, reply, Command, CommandError, ErrorCode};
+use crate::ws::frame::{self, OutOp};
+use crate::ws::handshake::{self, Parsed, RequestHead};
+use crate::ws::inbound::{Flow, Inbound, Message};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for an HTTP request head (a new connection, or a kept-alive one).
+    Handshake,
+    /// A plain HTTP request waiting for its body (`pending_http` holds the head).
+    HttpBody,
+    /// A plain HTTP request being answered (by the shard now, or by another thread
+    /// later: a presence query); input is buffered (bounded) meanwhile, and the tick
+    /// answers 504 at the deadline.
+    HttpWait,
+    /// WebSocket open.
+    Open,
+    /// A close frame or final response is queued; drop the socket once it is flushed.
+    Closing,
+}
+
+/// A client command, owned (channel names and payloads are moved on to the broker).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cmd {
+    Subscribe(Box<str>),
+    Unsubscribe(Box<str>),
+    Publish {
+        channel: Box<str>,
+        /// The raw JSON of `data`, byte for byte.
+        payload: Bytes,
+        /// The raw JSON of `id`, when given.
+        id: Option<Box<str>>,
+    },
+    Presence(Box<str>),
+}
+
+/// What the shard must do next for this connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Queue these bytes on the WebSocket (a pong, an echo).
+    Send(Bytes),
+    /// Queue this error reply; `text` says a text message was received (counted).
+    Error { frame: Bytes, text: bool },
+    /// A client command to carry out (a text message was received).
+    Command(Cmd),
+    /// Queue a close frame with this code (the session is already `Closing`).
+    Close { code: u16, reason: &'static str },
+    /// A WebSocket upgrade to admit: then `Session::open`, or a refusal answered with
+    /// `Shard::respond_http`. Bytes sent behind it wait in the session.
+    Upgrade(Box<RequestHead>),
+    /// A plain HTTP request with its whole body, to answer (the session waits in
+    /// `HttpWait` until `Session::responded`).
+    Request(Box<RequestHead>, Vec<u8>),
+    /// An HTTP answer the session decided itself (a malformed or too large request):
+    /// write it, then close.
+    Reject(Vec<u8>),
+    /// The client sent more than a request may hold while its answer was pending: drop
+    /// the connection without an answer.
+    Drop,
+}
+
+/// The tick's decision for one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Nothing,
+    /// Send a ping (the connection has been silent for about an interval).
+    Ping,
+    /// Drop it: a handshake or request not completed in time, a client silent for two
+    /// ping intervals, or a peer that never read its close frame.
+    Expire,
+    /// A request waiting for another thread's answer gets 504 instead.
+    Answer504,
+}
+
+/// The tick's timeouts, in whole seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timers {
+    pub handshake: u32,
+    pub ping: u32,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    phase: Phase,
+    /// Unconsumed input: a request head (or bytes pipelined behind a request being
+    /// answered), or the start of an incomplete frame.
+    inbuf: Vec<u8>,
+    inbound: Inbound,
+    /// HTTP request head waiting for its body (phase `HttpBody`).
+    pending_http: Option<Box<RequestHead>>,
+    /// The WebSocket was opened on the echo path (conformance testing).
+    echo: bool,
+    /// The HTTP request being answered allows the connection to stay open after it.
+    keep_alive: bool,
+    /// The peer closed its side (FIN): what is owed is still written, then the socket
+    /// is dropped.
+    read_closed: bool,
+    /// Coarse second the connection (or its current HTTP request) started.
+    opened: u32,
+    /// Coarse second of the last bytes received.
+    last_seen: u32,
+    /// A ping was sent and nothing has arrived since.
+    ping_outstanding: bool,
+}
+
+impl Session {
+    pub fn new(now: u32) -> Session {
+        Session {
+            phase: Phase::Handshake,
+            inbuf: Vec::new(),
+            inbound: Inbound::default(),
+            pending_http: None,
+            echo: false,
+            keep_alive: false,
+            read_closed: false,
+            opened: now,
+            last_seen: now,
+            ping_outstanding: false,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    pub fn is_echo(&self) -> bool {
+        self.echo
+    }
+
+    pub fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    pub fn read_closed(&self) -> bool {
+        self.read_closed
+    }
+
+    /// Input is waiting (a pipelined request, or frames behind an upgrade).
+    pub fn has_input(&self) -> bool {
+        !self.inbuf.is_empty()
+    }
+
+    /// Bytes arrived at `now` (resets the silence clock).
+    pub fn heard(&mut self, now: u32) {
+        self.last_seen = now;
+        self.ping_outstanding = false;
+    }
+
+    /// A ping was queued.
+    pub fn pinged(&mut self) {
+        self.ping_outstanding = true;
+    }
+
+    /// Takes bytes read from the socket and hands out the first effect they cause; call
+    /// again with the same `fresh` and `at` until `None`.
+    /// `fresh[*at..]` is what is left to consume; bytes of an incomplete frame or
+    /// request are kept. `may_parse`: no earlier HTTP answer is still being written (a
+    /// kept-alive connection's next request waits for it).
+    pub fn poll(
+        &mut self,
+        fresh: &mut [u8],
+        at: &mut usize,
+        limits: &Limits,
+        may_parse: bool,
+    ) -> Option<Effect> {
+        match self.phase {
+            Phase::Closing => {
+                *at = fresh.len();
+                None
+            }
+            Phase::Open => self.poll_frames(fresh, at, limits),
+            Phase::Handshake | Phase::HttpBody | Phase::HttpWait => {
+                let cap = limits.max_request_head + limits.max_request_body;
+                let new = &fresh[*at..];
+                *at = fresh.len();
+                if self.inbuf.len() + new.len() > cap {
+                    self.close();
+                    return Some(Effect::Drop);
+                }
+                self.inbuf.extend_from_slice(new);
+                if self.phase == Phase::HttpWait || !may_parse {
+                    return None;
+                }
+                // Frames sent right behind an upgrade stay buffered until it is admitted.
+                self.parse_request(limits)
+            }
+        }
+    }
+
+    /// Decodes WebSocket frames: straight from `fresh` when nothing is buffered (no
+    /// copy), else from the buffer the new bytes are appended to.
+    fn poll_frames(&mut self, fresh: &mut [u8], at: &mut usize, limits: &Limits) -> Option<Effect> {
+        let max = if self.echo {
+            crate::ws::ECHO_MAX_MESSAGE
+        } else {
+            limits.max_message
+        };
+        if self.inbuf.is_empty() {
+            let rest = &mut fresh[*at..];
+            let (used, effect) = self.decode(rest, max, limits);
+            *at += used;
+            if effect.is_none() && self.phase == Phase::Open && *at < fresh.len() {
+                self.inbuf.extend_from_slice(&fresh[*at..]);
+                *at = fresh.len();
+            }
+            return effect;
+        }
+        self.inbuf.extend_from_slice(&fresh[*at..]);
+        *at = fresh.len();
+        let mut pending = std::mem::take(&mut self.inbuf);
+        let (used, effect) = self.decode(&mut pending, max, limits);
+        pending.drain(..used);
+        if !pending.is_empty() && self.phase == Phase::Open {
+            pending.shrink_to(pending.len().max(256));
+            self.inbuf = pending;
+        }
+        effect
+    }
+
+    /// Runs the decoder over `buf` until it yields an effect; returns the bytes used.
+    fn decode(&mut self, buf: &mut [u8], max: usize, limits: &Limits) -> (usize, Option<Effect>) {
+        let mut inbound = std::mem::take(&mut self.inbound);
+        let echo = self.echo;
+        let mut ready = None;
+        // The decoder stops after the first message that asks for something, so there
+        // is never more than one effect at a time (and no queue to allocate).
+        let result = inbound.feed(
+            buf,
+            max,
+            &mut |msg| match message_effect(msg, echo, limits) {
+                Some(effect) => {
+                    ready = Some(effect);
+                    Flow::Stop
+                }
+                None => Flow::Continue,
+            },
+        );
+        self.inbound = inbound;
+        let used = match result {
+            Ok(used) => used,
+            Err(fail) => {
+                // A protocol violation (never after a message: the decoder stopped
+                // there): close with its code.
+                ready = Some(Effect::Close {
+                    code: fail.code,
+                    reason: fail.reason,
+                });
+                buf.len()
+            }
+        };
+        if matches!(ready, Some(Effect::Close { .. })) {
+            self.enter_closing();
+        }
+        (used, ready)
+    }
+
+    /// Parses the request head (and body) buffered so far.
+    fn parse_request(&mut self, limits: &Limits) -> Option<Effect> {
+        if self.phase == Phase::HttpBody {
+            let need = self
+                .pending_http
+                .as_ref()
+                .and_then(|h| h.content_length)
+                .unwrap_or(0);
+            if self.inbuf.len() < need {
+                return None;
+            }
+            let head = self.pending_http.take()?;
+            let body: Vec<u8> = self.inbuf.drain(..need).collect();
+            return Some(self.request(head, body));
+        }
+        if self.inbuf.is_empty() {
+            return None;
+        }
+        let head = match handshake::parse(&self.inbuf, limits.max_request_head) {
+            Parsed::Incomplete => return None,
+            Parsed::Reject(status, why) => {
+                self.close();
+                return Some(Effect::Reject(crate::http::response::text_response(
+                    status, why,
+                )));
+            }
+            Parsed::Request(head) => head,
+        };
+        self.inbuf.drain(..head.head_len);
+        if head.ws_accept.is_some() {
+            // Nothing more is parsed until the shard admits or refuses it.
+            self.keep_alive = false;
+            self.phase = Phase::HttpWait;
+            return Some(Effect::Upgrade(Box::new(head)));
+        }
+        let need = head.content_length.unwrap_or(0);
+        if need > limits.max_request_body {
+            self.close();
+            return Some(Effect::Reject(crate::http::response::text_response(
+                413,
+                "request body too large",
+            )));
+        }
+        if self.inbuf.len() >= need {
+            let body: Vec<u8> = self.inbuf.drain(..need).collect();
+            Some(self.request(Box::new(head), body))
+        } else {
+            self.phase = Phase::HttpBody;
+            self.pending_http = Some(Box::new(head));
+            None
+        }
+    }
+
+    fn request(&mut self, head: Box<RequestHead>, body: Vec<u8>) -> Effect {
+        self.keep_alive = head.keep_alive;
+        self.phase = Phase::HttpWait;
+        Effect::Request(head, body)
+    }
+
+    /// The shard admitted the upgrade: the WebSocket is open.
+    pub fn open(&mut self, echo: bool) {
+        self.phase = Phase::Open;
+        self.echo = echo;
+        if self.inbuf.is_empty() {
+            // An idle open connection owns no buffer.
+            self.inbuf = Vec::new();
+        }
+    }
+
+    /// The shard queued the answer to the current HTTP request (or the refusal of an
+    /// upgrade). Returns whether the connection stays open for another request
+    /// (`keep_alive` allowed by the shard, asked by the request, the peer still sending).
+    pub fn responded(&mut self, keep_alive: bool, now: u32) -> bool {
+        let keep = keep_alive && self.keep_alive && !self.read_closed;
+        if keep {
+            self.phase = Phase::Handshake;
+            self.opened = now;
+        } else {
+            self.close();
+        }
+        self.pending_http = None;
+        keep
+    }
+
+    /// Moves to `Closing` (nothing is read or queued after the close frame or final
+    /// response). False if it was already closing.
+    pub fn close(&mut self) -> bool {
+        if self.phase == Phase::Closing {
+            return false;
+        }
+        self.enter_closing();
+        true
+    }
+
+    fn enter_closing(&mut self) {
+        self.phase = Phase::Closing;
+        self.inbuf = Vec::new();
+        self.pending_http = None;
+    }
+
+    /// The peer closed its side (a read returned 0).
+    pub fn peer_closed(&mut self) {
+        self.read_closed = true;
+        self.keep_alive = false;
+    }
+
+    /// The once-a-second decision for this connection (`gen` spreads pings).
+    pub fn due(&self, gen: u32, now: u32, t: Timers) -> Due {
+        let silent = now.saturating_sub(self.last_seen);
+        let since_opened = now.saturating_sub(self.opened);
+        match self.phase {
+            Phase::HttpWait if since_opened >= t.handshake => Due::Answer504,
+            Phase::Handshake | Phase::HttpBody if since_opened >= t.handshake => Due::Expire,
+            Phase::Open if silent >= t.ping.saturating_mul(2) => Due::Expire,
+            Phase::Open
+                if !self.ping_outstanding
+                    && silent.saturating_add(jitter(gen, t.ping)) >= t.ping =>
+            {
+                Due::Ping
+            }
+            // A peer that never reads its close frame is not waited for forever.
+            Phase::Closing if silent >= t.handshake.max(t.ping.saturating_mul(2)) => Due::Expire,
+            _ => Due::Nothing,
+        }
+    }
+}
+
+/// What one decoded message asks for (a pong asks for nothing).
+fn message_effect(msg: Message<'_>, echo: bool, limits: &Limits) -> Option<Effect> {
+    Some(match msg {
+        Message::Text(text) if echo => {
+            Effect::Send(frame::build(OutOp::Text, text.as_bytes()).freeze())
+        }
+        Message::Binary(data) if echo => Effect::Send(frame::build(OutOp::Binary, data).freeze()),
+        Message::Text(text) => match parse_command(text, limits.max_channel_len) {
+            Ok(cmd) => Effect::Command(owned(cmd)),
+            Err(e) => Effect::Error {
+                frame: error_frame(e),
+                text: true,
+            },
+        },
+        Message::Binary(_) => Effect::Error {
+            frame: reply::error(
+                ErrorCode::BadRequest,
+                "binary frames are not supported: send JSON text",
+                None,
+                None,
+            ),
+            text: false,
+        },
+        Message::TooLarge => Effect::Error {
+            frame: reply::error(
+                ErrorCode::TooLarge,
+                "message exceeds the size limit",
+                None,
+                None,
+            ),
+            text: false,
+        },
+        Message::Ping(payload) => Effect::Send(frame::build(OutOp::Pong, payload).freeze()),
+        Message::Pong => return None,
+        Message::Close(close) => {
+            let code = close.map(|(c, _)| c).unwrap_or(1000);
+            let code = if code == 1005 { 1000 } else { code };
+            Effect::Close { code, reason: "" }
+        }
+    })
+}
+
+fn error_frame(e: CommandError<'_>) -> Bytes {
+    reply::error(e.code, e.message, e.id, e.channel.as_deref())
+}
+
+fn owned(cmd: Command<'_>) -> Cmd {
+    match cmd {
+        Command::Subscribe { channel } => Cmd::Subscribe(channel.into()),
+        Command::Unsubscribe { channel } => Cmd::Unsubscribe(channel.into()),
+        Command::Publish { channel, data, id } => Cmd::Publish {
+            channel: channel.into(),
+            payload: Bytes::copy_from_slice(data.as_bytes()),
+            id: id.map(Into::into),
+        },
+        Command::Presence { user } => Cmd::Presence(user.into()),
+    }
+}
+
+/// How many seconds early connection `gen` is pinged: spreads the pings (and the pongs
+/// that resynchronise `last_seen`) of connections opened in the same second over half
+/// an interval, instead of one burst every interval.
+fn jitter(gen: u32, ping: u32) -> u32 {
+    gen.wrapping_mul(2_654_435_761) % (ping / 2).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::inbound::client_frame;
+
+    const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn text(s: &str) -> Vec<u8> {
+        client_frame(1, true, s.as_bytes(), [1, 2, 3, 4])
+    }
+
+    /// Feeds `bytes` and collects every effect (answering nothing in between).
+    fn feed(s: &mut Session, bytes: &[u8]) -> Vec<Effect> {
+        let mut buf = bytes.to_vec();
+        let mut at = 0;
+        let mut out = Vec::new();
+        while let Some(e) = s.poll(&mut buf, &mut at, &Limits::default(), true) {
+            out.push(e);
+        }
+        assert_eq!(at, buf.len(), "every byte taken");
+        out
+    }
+
+    fn open() -> Session {
+        let mut s = Session::new(0);
+        assert!(matches!(feed(&mut s, UPGRADE)[..], [Effect::Upgrade(_)]));
+        s.open(false);
+        s
+    }
+
+    #[test]
+    fn frames_behind_an_upgrade_wait_for_admission_then_decode() {
+        let mut s = Session::new(0);
+        let mut bytes = UPGRADE.to_vec();
+        bytes.extend(text(r#"{"type":"subscribe","channel":"a"}"#));
+        let effects = feed(&mut s, &bytes);
+        assert!(matches!(effects[..], [Effect::Upgrade(_)]), "{effects:?}");
+        assert!(s.has_input());
+        s.open(false);
+        assert_eq!(
+            feed(&mut s, b""),
+            [Effect::Command(Cmd::Subscribe("a".into()))]
+        );
+    }
+
+    #[test]
+    fn commands_split_anyhow_come_out_whole_and_in_order() {
+        let mut bytes = text(r#"{"type":"publish","channel":"c","data":[1,2],"id":7}"#);
+        bytes.extend(client_frame(9, true, b"hi", [5, 6, 7, 8]));
+        bytes.extend(client_frame(10, true, b"", [5, 6, 7, 8]));
+        bytes.extend(text(r#"{"type":"unsubscribe","channel":"c"}"#));
+        for split in 1..bytes.len() {
+            let mut s = open();
+            let mut effects = feed(&mut s, &bytes[..split]);
+            effects.extend(feed(&mut s, &bytes[split..]));
+            assert_eq!(
+                effects,
+                [
+                    Effect::Command(Cmd::Publish {
+                        channel: "c".into(),
+                        payload: Bytes::from_static(b"[1,2]"),
+                        id: Some("7".into()),
+                    }),
+                    Effect::Send(frame::build(OutOp::Pong, b"hi").freeze()),
+                    Effect::Command(Cmd::Unsubscribe("c".into())),
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_close_or_a_violation_ends_the_input() {
+        let mut s = open();
+        let mut bytes = client_frame(8, true, &1000u16.to_be_bytes(), [1, 1, 1, 1]);
+        bytes.extend(text(r#"{"type":"subscribe","channel":"late"}"#));
+        assert_eq!(
+            feed(&mut s, &bytes),
+            [Effect::Close {
+                code: 1000,
+                reason: ""
+            }]
+        );
+        assert_eq!(s.phase(), Phase::Closing);
+        assert_eq!(feed(&mut s, &text("{}")), []);
+        let mut s = open();
+        let effects = feed(&mut s, &[0x81, 0x02, b'h', b'i']);
+        assert!(
+            matches!(effects[..], [Effect::Close { code: 1002, .. }]),
+            "unmasked: {effects:?}"
+        );
+        assert!(!s.close(), "already closing");
+    }
+
+    #[test]
+    fn bad_commands_become_error_replies_and_the_connection_stays() {
+        let mut s = open();
+        let effects = feed(&mut s, &text(r#"{"type":"nope"}"#));
+        assert!(matches!(effects[..], [Effect::Error { text: true, .. }]));
+        assert!(s.is_open());
+    }
+
+    #[test]
+    fn keep_alive_requests_are_parsed_one_at_a_time() {
+        let mut s = Session::new(0);
+        let two = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let effects = feed(&mut s, two);
+        assert!(matches!(&effects[..], [Effect::Request(h, _)] if h.path == "/a"));
+        assert_eq!(s.phase(), Phase::HttpWait, "waits for the answer");
+        assert!(s.responded(true, 1));
+        let effects = feed(&mut s, b"");
+        assert!(matches!(&effects[..], [Effect::Request(h, _)] if h.path == "/b"));
+        assert!(!s.responded(true, 1), "the request said close");
+        assert_eq!(s.phase(), Phase::Closing);
+    }
+
+    #[test]
+    fn a_malformed_request_is_rejected_and_buffering_is_bounded() {
+        let mut s = Session::new(0);
+        let effects = feed(&mut s, b"\x16\x03garbage\r\n\r\n");
+        assert!(matches!(effects[..], [Effect::Reject(_)]));
+        assert_eq!(s.phase(), Phase::Closing);
+        let mut s = Session::new(0);
+        let effects = feed(&mut s, b"GET /a HTTP/1.1\r\n\r\n");
+        assert!(matches!(effects[..], [Effect::Request(..)]));
+        let limits = Limits::default();
+        let big = vec![b'x'; limits.max_request_head + limits.max_request_body + 1];
+        assert_eq!(feed(&mut s, &big), [Effect::Drop]);
+    }
+}
