@@ -318,13 +318,7 @@ impl Shard {
             }
         }
         if let Some(channel) = removed.emptied {
-            let cmd = crate::broker::BrokerCmd::Unsubscribe {
-                channel,
-                shard: self.id,
-            };
-            if self.broker.send(cmd).is_err() {
-                tracing::warn!(shard = self.id, "broker queue full: unsubscribe dropped");
-            }
+            self.unsubscribe_broker(channel);
         }
     }
 
