@@ -27,6 +27,9 @@ pub struct Route {
     on_wire: bool,
     /// The broker confirmed the latest SUBSCRIBE.
     pub live: bool,
+    /// Live when the connection was lost (and not confirmed since): its subscribers
+    /// may have missed messages and are owed a `gap` once it is live again.
+    pub was_live: bool,
     /// Shards that lost a delivery of this channel (queue full) and are owed a gap.
     gap_owed: u64,
 }
@@ -86,6 +89,7 @@ impl Router {
             inflight: 0,
             on_wire: false,
             live: false,
+            was_live: false,
             gap_owed: 0,
         });
         route.shards |= bit;
@@ -157,6 +161,7 @@ impl Router {
             return;
         }
         route.live = true;
+        route.was_live = false;
         for &(shard, epoch) in &route.epochs {
             if route.waiting & (1u64 << shard) != 0 {
                 let channel = route.name.clone();
@@ -174,6 +179,7 @@ impl Router {
     pub fn lost(&mut self) {
         self.routes.retain(|_, r| r.shards != 0);
         for r in self.routes.values_mut() {
+            r.was_live |= r.live;
             r.live = false;
             r.inflight = 0;
             r.on_wire = false;
@@ -199,6 +205,7 @@ impl Router {
         self.routes
             .values_mut()
             .map(|r| {
+                r.was_live |= r.live;
                 r.live = false;
                 r.inflight = 0;
                 r.on_wire = false;

@@ -161,6 +161,11 @@ impl Shard {
             if !self.read_again.is_empty() {
                 timeout = Duration::ZERO;
             }
+            if !self.subs.unsubscribe_owed.is_empty() {
+                // Unsubscribes the broker could not take are retried soon, not after
+                // an idle poll.
+                timeout = timeout.min(Duration::from_millis(5));
+            }
             let stalled = self.intake_stalled(Instant::now()) || self.hold_intake;
             if stalled {
                 // Deliveries wait (and overflow into counted drops) until sockets drain or

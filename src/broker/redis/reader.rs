@@ -145,7 +145,10 @@ impl Reader {
         self.to_send.push((true, self.probe_channel.clone()));
         for ch in channels {
             self.router.resubscribing(&ch);
-            if reconnect {
+            // Only subscribers that were confirmed before the loss can have missed
+            // anything; a channel first asked for while Redis was down owes no gap.
+            let was_live = self.router.route(&ch).map(|r| r.was_live).unwrap_or(false);
+            if reconnect && was_live {
                 self.owe_gap.insert(ch.clone());
             }
             self.to_send.push((true, ch));
