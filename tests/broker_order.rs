@@ -101,10 +101,13 @@ fn subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed() {
     let subs0 = command_calls(&redis, "subscribe");
     let unsubs0 = command_calls(&redis, "unsubscribe");
 
-    let channels: Vec<String> = (0..50).map(|i| format!("order-{i}")).collect();
+    // Each channel's pair adjacent, so the reader sees most pairs in one turn.
+    let channels: Vec<String> = (0..200).map(|i| format!("order-{i}")).collect();
     let mut c = node.client();
-    let mut batch: Vec<String> = channels.iter().map(|ch| sub(ch)).collect();
-    batch.extend(channels.iter().map(|ch| unsub(ch)));
+    let batch: Vec<String> = channels
+        .iter()
+        .flat_map(|ch| [sub(ch), unsub(ch)])
+        .collect();
     send_batch(&mut c, &batch);
     for ch in &channels {
         // Only `unsubscribed` replies: a waiter that left is owed nothing.
