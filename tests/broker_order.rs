@@ -45,7 +45,9 @@ fn healthz(node: &TestNode) -> u16 {
 
 /// Waits until the node's subscriber and probe are up (so INFO baselines are stable).
 fn wait_healthy(node: &TestNode) {
-    wait_for("/healthz 200", DEADLINE, || (healthz(node) == 200).then_some(()));
+    wait_for("/healthz 200", DEADLINE, || {
+        (healthz(node) == 200).then_some(())
+    });
 }
 
 /// Writes every text frame of `texts` and flushes once: one TCP write, so the shard
@@ -111,7 +113,10 @@ fn subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed() {
     send_batch(&mut c, &batch);
     for ch in &channels {
         // Only `unsubscribed` replies: a waiter that left is owed nothing.
-        assert_eq!(c.expect_json(), json!({"type": "unsubscribed", "channel": ch}));
+        assert_eq!(
+            c.expect_json(),
+            json!({"type": "unsubscribed", "channel": ch})
+        );
     }
     // Both kinds of command have reached Redis...
     wait_for("SUBSCRIBE and UNSUBSCRIBE at Redis", DEADLINE, || {
@@ -133,8 +138,14 @@ fn subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed() {
     // Subscribe, unsubscribe, subscribe again in one packet: subscribed, once.
     let subs1 = command_calls(&redis, "subscribe");
     send_batch(&mut c, &[sub("again"), unsub("again"), sub("again")]);
-    assert_eq!(c.expect_json(), json!({"type": "unsubscribed", "channel": "again"}));
-    assert_eq!(c.expect_json(), json!({"type": "subscribed", "channel": "again"}));
+    assert_eq!(
+        c.expect_json(),
+        json!({"type": "unsubscribed", "channel": "again"})
+    );
+    assert_eq!(
+        c.expect_json(),
+        json!({"type": "subscribed", "channel": "again"})
+    );
     redis.wait_numsub("again", 1);
     let got = publish_until_received(&redis, &mut c, "again", "1");
     assert_eq!(got, vec![json!({"channel": "again", "data": 1})]);
@@ -147,8 +158,15 @@ fn subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed() {
 fn unsubscribes_are_never_lost_when_the_broker_queue_is_full() {
     let redis = RedisProcess::start();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout"));
-    cmd.args(["--listen", "127.0.0.1:0", "--shards", "1", "--redis", &redis.url()])
-        .env("FANOUT_TEST_READER_QUEUE", "2");
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--redis",
+        &redis.url(),
+    ])
+    .env("FANOUT_TEST_READER_QUEUE", "2");
     let node = TestNode::spawn(cmd);
     wait_healthy(&node);
     let subs0 = command_calls(&redis, "subscribe");
@@ -194,15 +212,23 @@ fn nothing_is_confirmed_while_redis_is_down() {
     a.subscribe("live");
 
     redis.kill();
-    wait_for("/healthz 503", DEADLINE, || (healthz(&node) == 503).then_some(()));
+    wait_for("/healthz 503", DEADLINE, || {
+        (healthz(&node) == 503).then_some(())
+    });
     let mut b = node.client();
     b.send(&sub("live"));
     b.expect_silence(Duration::from_millis(1500));
 
     redis.restart();
-    assert_eq!(b.expect_json(), json!({"type": "subscribed", "channel": "live"}));
+    assert_eq!(
+        b.expect_json(),
+        json!({"type": "subscribed", "channel": "live"})
+    );
     let got_b = publish_until_received(&redis, &mut b, "live", "{\"n\":1}");
-    assert_eq!(got_b.last().unwrap(), &json!({"channel": "live", "data": {"n": 1}}));
+    assert_eq!(
+        got_b.last().unwrap(),
+        &json!({"channel": "live", "data": {"n": 1}})
+    );
     let got_a = publish_until_received(&redis, &mut a, "live", "{\"n\":2}");
     // Nothing was published before the outage: the gap comes first.
     assert_eq!(
@@ -220,13 +246,18 @@ fn repeated_subscribes_while_pending_get_one_reply() {
     let node = TestNode::with_redis(&redis, &["--shards", "1"]);
     wait_healthy(&node);
     redis.kill();
-    wait_for("/healthz 503", DEADLINE, || (healthz(&node) == 503).then_some(()));
+    wait_for("/healthz 503", DEADLINE, || {
+        (healthz(&node) == 503).then_some(())
+    });
     let mut c = node.client();
     let batch: Vec<String> = (0..20).map(|_| sub("pending")).collect();
     send_batch(&mut c, &batch);
     c.expect_silence(Duration::from_millis(500));
     redis.restart();
-    assert_eq!(c.expect_json(), json!({"type": "subscribed", "channel": "pending"}));
+    assert_eq!(
+        c.expect_json(),
+        json!({"type": "subscribed", "channel": "pending"})
+    );
     let got = publish_until_received(&redis, &mut c, "pending", "7");
     assert_eq!(
         got,
@@ -279,9 +310,13 @@ fn publishes_lost_with_the_writer_connection_are_counted() {
         c.publish("lost", &i.to_string());
     }
     // The writer gives up on the stalled connection (3 s) and fails what it had.
-    wait_for("20 failed publishes counted", Duration::from_secs(15), || {
-        (support::metric(node.addr, "fanout_publish_failed_total") - before >= 20.0)
-            .then_some(())
-    });
+    wait_for(
+        "20 failed publishes counted",
+        Duration::from_secs(15),
+        || {
+            (support::metric(node.addr, "fanout_publish_failed_total") - before >= 20.0)
+                .then_some(())
+        },
+    );
     sleeper.join().unwrap();
 }

@@ -532,7 +532,10 @@ mod tests {
         r.dispatch("c", b"2", Some(true));
         r.gap("c");
         assert_eq!(kinds(&data[0]), ["deliver", "deliver", "gap"]);
-        assert!(kinds(&control[0]).is_empty(), "no gap can overtake on another queue");
+        assert!(
+            kinds(&control[0]).is_empty(),
+            "no gap can overtake on another queue"
+        );
         // Owed while the queue is full, sent as soon as it has room, without waiting
         // for the next delivery.
         for _ in 0..16 {
@@ -554,7 +557,10 @@ mod tests {
         r.subscribe("c".into(), 0, 1);
         r.subscribe("c".into(), 1, 1);
         assert_eq!(r.dispatch("c", b"12345", Some(true)), 0);
-        assert_eq!(r.links().metrics.broker_too_large.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            r.links().metrics.broker_too_large.load(Ordering::Relaxed),
+            1
+        );
         assert!(kinds(&data[0]).is_empty());
         assert_eq!(r.dispatch("c", b"1234", Some(true)), 2);
         assert_eq!(kinds(&data[0]), ["gap", "deliver"]);

@@ -310,15 +310,13 @@ impl Shard {
         }
         match result {
             Ok(()) => self.queue(key, reply::published(id)),
-            Err(code) => {
-                self.simple_error(
-                    key,
-                    code,
-                    "publish failed: broker unavailable",
-                    Some(id),
-                    None,
-                )
-            }
+            Err(code) => self.simple_error(
+                key,
+                code,
+                "publish failed: broker unavailable",
+                Some(id),
+                None,
+            ),
         }
     }
 }

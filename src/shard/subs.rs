@@ -189,7 +189,10 @@ mod tests {
         let r = idx.remove(id, WAITING);
         assert_eq!(r.moved, Some((12, WAITING)));
         assert_eq!(idx.channel(id).unwrap().waiters, vec![12, 11]);
-        assert!(idx.channel(id).unwrap().members.is_empty(), "waiters get nothing");
+        assert!(
+            idx.channel(id).unwrap().members.is_empty(),
+            "waiters get nothing"
+        );
         assert_eq!(idx.confirm(id), (vec![12, 11], 0));
         assert_eq!(idx.channel(id).unwrap().members, vec![12, 11]);
         assert_eq!(idx.add("c", 13).2, Added::Live);

@@ -210,7 +210,11 @@ impl Reader {
         }
         let mut args: Vec<&[u8]> = Vec::new();
         for run in self.to_send.chunk_by(|a, b| a.0 == b.0) {
-            let verb: &[u8] = if run[0].0 { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
+            let verb: &[u8] = if run[0].0 {
+                b"SUBSCRIBE"
+            } else {
+                b"UNSUBSCRIBE"
+            };
             for chunk in run.chunks(BATCH) {
                 args.clear();
                 args.push(verb);

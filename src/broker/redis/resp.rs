@@ -359,7 +359,7 @@ mod tests {
     fn every_line_is_capped_bulk_length_lines_included() {
         for tag in [b'$', b'*', b':', b'+', b'-'] {
             let mut long = vec![tag];
-            long.extend(std::iter::repeat(b'0').take(MAX_LINE + 1));
+            long.extend(std::iter::repeat_n(b'0', MAX_LINE + 1));
             assert_eq!(
                 decode(&mut BytesMut::from(&long[..])),
                 Err(RespError("line too long")),
@@ -368,11 +368,15 @@ mod tests {
             );
             // Terminated but too long is refused too (leading zeros parse as a number).
             long.extend_from_slice(b"1\r\nx\r\n");
-            assert!(decode(&mut BytesMut::from(&long[..])).is_err(), "tag {}", tag as char);
+            assert!(
+                decode(&mut BytesMut::from(&long[..])).is_err(),
+                "tag {}",
+                tag as char
+            );
         }
         // A line at the cap is still only incomplete.
         let mut ok = vec![b'$'];
-        ok.extend(std::iter::repeat(b'0').take(MAX_LINE - 1));
+        ok.extend(std::iter::repeat_n(b'0', MAX_LINE - 1));
         assert_eq!(decode(&mut BytesMut::from(&ok[..])), Ok(None));
     }
 
@@ -384,7 +388,7 @@ mod tests {
             // `len` bytes with no CRLF in them after the type byte: refused, never
             // buffered without bound.
             let mut buf = vec![tag];
-            buf.extend(std::iter::repeat(fill).take(len));
+            buf.extend(std::iter::repeat_n(fill, len));
             proptest::prop_assert!(decode(&mut BytesMut::from(&buf[..])).is_err());
         }
     }
