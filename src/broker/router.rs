@@ -32,6 +32,8 @@ pub struct Route {
     pub was_live: bool,
     /// Shards that lost a delivery of this channel (queue full) and are owed a gap.
     gap_owed: u64,
+    /// The channel is on the router's `owed` list (at most once).
+    listed: bool,
 }
 
 /// What the broker must do on the wire after a routing change.
@@ -91,6 +93,7 @@ impl Router {
             live: false,
             was_live: false,
             gap_owed: 0,
+            listed: false,
         });
         route.shards |= bit;
         match route.epochs.iter_mut().find(|(s, _)| *s == shard) {
@@ -222,10 +225,8 @@ impl Router {
         let Some(route) = self.routes.get_mut(channel) else {
             return;
         };
-        if route.gap_owed == 0 {
-            self.owed.push(route.name.clone());
-        }
         route.gap_owed |= route.shards;
+        Self::list_owed(&mut self.owed, route);
         Self::send_gaps(&self.links, route, &mut self.unwoken);
     }
 
@@ -260,10 +261,19 @@ impl Router {
         owed.retain(|name| match routes.get_mut(name) {
             Some(route) => {
                 Self::send_gaps(links, route, unwoken);
-                route.gap_owed != 0
+                route.listed = route.gap_owed != 0;
+                route.listed
             }
             None => false,
         });
+    }
+
+    /// Puts `route` on the owed list if it owes a gap and is not listed yet.
+    fn list_owed(owed: &mut Vec<Arc<str>>, route: &mut Route) {
+        if route.gap_owed != 0 && !route.listed {
+            route.listed = true;
+            owed.push(route.name.clone());
+        }
     }
 
     /// Number of channels with local subscribers.
@@ -311,13 +321,10 @@ impl Router {
                 .metrics
                 .broker_too_large
                 .fetch_add(1, Ordering::Relaxed);
-            if route.gap_owed == 0 {
-                owed.push(route.name.clone());
-            }
             route.gap_owed |= route.shards;
+            Self::list_owed(owed, route);
             return 0;
         }
-        let owed_before = route.gap_owed;
         // Decide the targets before building anything: under overload most messages
         // are dropped here, and dropping must cost next to nothing.
         let mut targets = 0u64;
@@ -363,9 +370,7 @@ impl Router {
                 }
             }
         }
-        if owed_before == 0 && route.gap_owed != 0 {
-            owed.push(route.name.clone());
-        }
+        Self::list_owed(owed, route);
         if dropped > 0 {
             links
                 .metrics
