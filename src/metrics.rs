@@ -59,6 +59,8 @@ pub struct Metrics {
     pub publish_failed: AtomicU64,
     /// Gap notices sent to channels after a resubscribe.
     pub gaps: AtomicU64,
+    /// Broker messages dropped at the router: payload above --max-message.
+    pub broker_too_large: AtomicU64,
     /// Messages received from Redis.
     pub broker_messages: AtomicU64,
     /// Presence (connection manager) figures.
@@ -75,6 +77,7 @@ impl Metrics {
             broker_reconnects: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            broker_too_large: AtomicU64::new(0),
             broker_messages: AtomicU64::new(0),
             presence: Default::default(),
         }
@@ -181,7 +184,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 7] = [
+        let node: [(&str, &str, &AtomicU64, &str); 8] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -217,6 +220,12 @@ impl Metrics {
                 "counter",
                 &self.gaps,
                 "Gap notices after resubscribes",
+            ),
+            (
+                "fanout_broker_message_too_large_total",
+                "counter",
+                &self.broker_too_large,
+                "Redis messages dropped: payload above --max-message",
             ),
             (
                 "fanout_broker_messages_total",

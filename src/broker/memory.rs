@@ -26,6 +26,7 @@ fn run(rx: Receiver<BrokerCmd>, mut router: Router) {
         while let Ok(cmd) = rx.try_recv() {
             handle(&mut router, cmd);
         }
+        router.send_owed_gaps();
         router.wake();
         let metrics = &router.links().metrics;
         metrics

@@ -62,8 +62,12 @@ pub enum ShardMsg {
     },
     /// The broker subscription to `channel` is live for the subscribe of `epoch`.
     Subscribed { channel: Arc<str>, epoch: u32 },
-    /// Messages on `channel` may have been missed (broker resubscribed).
+    /// Messages on `channel` may have been missed (broker resubscribed, or a delivery
+    /// was dropped). Sent on the data queue, in stream order with the deliveries.
     Gap { channel: Arc<str> },
+    /// The broker connection was lost: no local channel is live until the broker
+    /// confirms it again with `Subscribed` (same epoch). Control queue.
+    Unconfirmed,
     /// Outcome of a publish with an id.
     Published {
         conn: ConnId,

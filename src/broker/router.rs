@@ -17,16 +17,23 @@ pub struct Route {
     pub name: Arc<str>,
     /// Bit i set: shard i has local subscribers.
     pub shards: u64,
-    /// Shards waiting for confirmation, with the epoch each asked with.
-    waiting: Vec<(ShardId, u32)>,
+    /// The epoch of each subscribed shard's latest subscribe (echoed in confirmations).
+    epochs: Vec<(ShardId, u32)>,
+    /// Shards waiting for confirmation (bit per shard).
+    waiting: u64,
     /// SUBSCRIBE commands sent and not yet confirmed.
     inflight: u32,
     /// The last command sent for this channel was SUBSCRIBE (not UNSUBSCRIBE).
     on_wire: bool,
     /// The broker confirmed the latest SUBSCRIBE.
     pub live: bool,
+    /// Live when the connection was lost (and not confirmed since): its subscribers
+    /// may have missed messages and are owed a `gap` once it is live again.
+    pub was_live: bool,
     /// Shards that lost a delivery of this channel (queue full) and are owed a gap.
     gap_owed: u64,
+    /// The channel is on the router's `owed` list (at most once).
+    listed: bool,
 }
 
 /// What the broker must do on the wire after a routing change.
@@ -44,6 +51,11 @@ pub struct Router {
     envelope: EnvelopeBuilder,
     /// Shards sent deliveries since the last `wake` (bit per shard).
     unwoken: u64,
+    /// Channels with a gap notice owed to some shard, retried by `send_owed_gaps`.
+    owed: Vec<Arc<str>>,
+    /// Broker messages with a payload above this are dropped (a frame built from one
+    /// would close every subscriber as a slow consumer, or exceed what clients accept).
+    max_message: usize,
 }
 
 impl Router {
@@ -53,7 +65,15 @@ impl Router {
             links,
             envelope: EnvelopeBuilder::default(),
             unwoken: 0,
+            owed: Vec::new(),
+            max_message: usize::MAX,
         }
+    }
+
+    /// Drops (counted, `gap` owed) broker messages whose payload exceeds `max`.
+    pub fn with_max_message(mut self, max: usize) -> Router {
+        self.max_message = max;
+        self
     }
 
     pub fn links(&self) -> &ShardLinks {
@@ -66,14 +86,21 @@ impl Router {
         let route = self.routes.entry(channel.clone()).or_insert_with(|| Route {
             name: channel,
             shards: 0,
-            waiting: Vec::new(),
+            epochs: Vec::new(),
+            waiting: 0,
             inflight: 0,
             on_wire: false,
             live: false,
+            was_live: false,
             gap_owed: 0,
+            listed: false,
         });
         route.shards |= bit;
-        route.waiting.retain(|(s, _)| *s != shard);
+        match route.epochs.iter_mut().find(|(s, _)| *s == shard) {
+            Some(e) => e.1 = epoch,
+            None => route.epochs.push((shard, epoch)),
+        }
+        route.waiting &= !bit;
         if route.live {
             let name = route.name.clone();
             self.links.control(
@@ -85,7 +112,7 @@ impl Router {
             );
             Wire::Nothing
         } else {
-            route.waiting.push((shard, epoch));
+            route.waiting |= bit;
             if !route.on_wire {
                 route.on_wire = true;
                 route.inflight += 1;
@@ -102,7 +129,8 @@ impl Router {
             return Wire::Nothing;
         };
         route.shards &= !(1u64 << shard);
-        route.waiting.retain(|(s, _)| *s != shard);
+        route.waiting &= !(1u64 << shard);
+        route.epochs.retain(|(s, _)| *s != shard);
         if route.shards != 0 {
             return Wire::Nothing;
         }
@@ -136,10 +164,32 @@ impl Router {
             return;
         }
         route.live = true;
-        for (shard, epoch) in route.waiting.drain(..) {
-            let channel = route.name.clone();
-            self.links
-                .control(shard, ShardMsg::Subscribed { channel, epoch });
+        route.was_live = false;
+        for &(shard, epoch) in &route.epochs {
+            if route.waiting & (1u64 << shard) != 0 {
+                let channel = route.name.clone();
+                self.links
+                    .control(shard, ShardMsg::Subscribed { channel, epoch });
+            }
+        }
+        route.waiting = 0;
+    }
+
+    /// The broker connection is lost: no channel is live until Redis confirms it again.
+    /// Every shard is told (so new local subscribers wait for the confirmation instead
+    /// of being answered at once), and every subscribed shard waits for a new
+    /// `Subscribed` with the epoch it last asked with.
+    pub fn lost(&mut self) {
+        self.routes.retain(|_, r| r.shards != 0);
+        for r in self.routes.values_mut() {
+            r.was_live |= r.live;
+            r.live = false;
+            r.inflight = 0;
+            r.on_wire = false;
+            r.waiting = r.shards;
+        }
+        for shard in 0..self.links.control.len() {
+            self.links.control(shard, ShardMsg::Unconfirmed);
         }
     }
 
@@ -151,32 +201,78 @@ impl Router {
         }
     }
 
-    /// Forgets every broker subscription (the connection was lost). Returns the channels
-    /// that still have local subscribers, to subscribe again.
+    /// Forgets every broker subscription (a new connection). Returns the channels that
+    /// still have local subscribers, to subscribe again.
     pub fn reset(&mut self) -> Vec<Arc<str>> {
         self.routes.retain(|_, r| r.shards != 0);
         self.routes
             .values_mut()
             .map(|r| {
+                r.was_live |= r.live;
                 r.live = false;
                 r.inflight = 0;
                 r.on_wire = false;
+                r.waiting = r.shards;
                 r.name.clone()
             })
             .collect()
     }
 
-    /// Tells the local subscribers of `channel` that messages may have been missed.
-    pub fn gap(&self, channel: &str) {
-        if let Some(route) = self.routes.get(channel) {
-            for shard in shards_of(route.shards) {
-                self.links.control(
-                    shard,
-                    ShardMsg::Gap {
-                        channel: route.name.clone(),
-                    },
-                );
+    /// Tells the local subscribers of `channel` that messages may have been missed. The
+    /// notice goes through the data queue, behind the deliveries already queued, so a
+    /// client sees it in stream order; a full queue owes it (see `send_owed_gaps`).
+    pub fn gap(&mut self, channel: &str) {
+        let Some(route) = self.routes.get_mut(channel) else {
+            return;
+        };
+        route.gap_owed |= route.shards;
+        Self::list_owed(&mut self.owed, route);
+        Self::send_gaps(&self.links, route, &mut self.unwoken);
+    }
+
+    /// Sends what gap notices each shard of `route` is owed, if its queue has room.
+    fn send_gaps(links: &ShardLinks, route: &mut Route, unwoken: &mut u64) {
+        route.gap_owed &= route.shards;
+        for shard in shards_of(route.gap_owed) {
+            let gap = ShardMsg::Gap {
+                channel: route.name.clone(),
+            };
+            if links.data[shard].send_quiet(gap).is_ok() {
+                route.gap_owed &= !(1u64 << shard);
+                *unwoken |= 1u64 << shard;
+                links.metrics.gaps.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Retries the gap notices owed to shards whose queue was full (once per broker
+    /// loop turn; nothing to do in the common case). Call `wake` after it.
+    pub fn send_owed_gaps(&mut self) {
+        if self.owed.is_empty() {
+            return;
+        }
+        let Router {
+            routes,
+            links,
+            unwoken,
+            owed,
+            ..
+        } = self;
+        owed.retain(|name| match routes.get_mut(name) {
+            Some(route) => {
+                Self::send_gaps(links, route, unwoken);
+                route.listed = route.gap_owed != 0;
+                route.listed
+            }
+            None => false,
+        });
+    }
+
+    /// Puts `route` on the owed list if it owes a gap and is not listed yet.
+    fn list_owed(owed: &mut Vec<Arc<str>>, route: &mut Route) {
+        if route.gap_owed != 0 && !route.listed {
+            route.listed = true;
+            owed.push(route.name.clone());
         }
     }
 
@@ -212,11 +308,23 @@ impl Router {
             links,
             envelope,
             unwoken,
+            owed,
+            max_message,
         } = self;
         let Some(route) = routes.get_mut(channel) else {
             links.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
             return 0;
         };
+        if payload.len() > *max_message {
+            // Too large to deliver: dropped for everyone, counted, and announced.
+            links
+                .metrics
+                .broker_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            route.gap_owed |= route.shards;
+            Self::list_owed(owed, route);
+            return 0;
+        }
         // Decide the targets before building anything: under overload most messages
         // are dropped here, and dropping must cost next to nothing.
         let mut targets = 0u64;
@@ -262,6 +370,7 @@ impl Router {
                 }
             }
         }
+        Self::list_owed(owed, route);
         if dropped > 0 {
             links
                 .metrics
@@ -404,6 +513,87 @@ mod tests {
         r.dispatch("c", b"3", Some(true));
         assert!(matches!(data[0].try_recv(), Some(ShardMsg::Deliver { .. })));
         assert!(data[0].try_recv().is_none());
+    }
+
+    fn kinds(rx: &Inbox<ShardMsg>) -> Vec<&'static str> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|m| match m {
+                ShardMsg::Deliver { .. } => "deliver",
+                ShardMsg::Gap { .. } => "gap",
+                ShardMsg::Subscribed { .. } => "subscribed",
+                ShardMsg::Unconfirmed => "unconfirmed",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_notice_queues_behind_the_deliveries_already_queued() {
+        let (mut r, data, control, _p) = setup(1);
+        r.subscribe("c".into(), 0, 1);
+        r.confirmed("c");
+        subscribed(&control[0]);
+        r.dispatch("c", b"1", Some(true));
+        r.dispatch("c", b"2", Some(true));
+        r.gap("c");
+        assert_eq!(kinds(&data[0]), ["deliver", "deliver", "gap"]);
+        assert!(
+            kinds(&control[0]).is_empty(),
+            "no gap can overtake on another queue"
+        );
+        // Owed while the queue is full, sent as soon as it has room, without waiting
+        // for the next delivery.
+        for _ in 0..16 {
+            r.dispatch("c", b"1", Some(true));
+        }
+        r.gap("c");
+        r.send_owed_gaps();
+        assert_eq!(kinds(&data[0]).len(), 16);
+        r.send_owed_gaps();
+        assert_eq!(kinds(&data[0]), ["gap"]);
+        r.send_owed_gaps();
+        assert!(kinds(&data[0]).is_empty(), "owed once");
+    }
+
+    #[test]
+    fn an_oversized_message_is_dropped_counted_and_owes_a_gap() {
+        let (r, data, _control, _p) = setup(2);
+        let mut r = r.with_max_message(4);
+        r.subscribe("c".into(), 0, 1);
+        r.subscribe("c".into(), 1, 1);
+        assert_eq!(r.dispatch("c", b"12345", Some(true)), 0);
+        assert_eq!(
+            r.links().metrics.broker_too_large.load(Ordering::Relaxed),
+            1
+        );
+        assert!(kinds(&data[0]).is_empty());
+        assert_eq!(r.dispatch("c", b"1234", Some(true)), 2);
+        assert_eq!(kinds(&data[0]), ["gap", "deliver"]);
+        r.dispatch("c", b"123456", Some(true));
+        r.send_owed_gaps();
+        assert_eq!(kinds(&data[1]), ["gap", "deliver", "gap"]);
+    }
+
+    #[test]
+    fn a_lost_connection_unconfirms_every_route_until_resubscribed() {
+        let (mut r, _data, control, _p) = setup(2);
+        assert_eq!(r.subscribe("c".into(), 0, 7), Wire::Subscribe);
+        r.confirmed("c");
+        assert_eq!(kinds(&control[0]), ["subscribed"]);
+        r.lost();
+        assert_eq!(kinds(&control[0]), ["unconfirmed"]);
+        assert_eq!(kinds(&control[1]), ["unconfirmed"]);
+        assert!(!r.route("c").unwrap().live);
+        // A new shard is not confirmed while the connection is down...
+        r.subscribe("c".into(), 1, 3);
+        assert!(kinds(&control[1]).is_empty());
+        // ...and on resubscribe every shard is confirmed again, with its own epoch.
+        for ch in r.reset() {
+            r.resubscribing(&ch);
+        }
+        r.confirmed("c");
+        assert_eq!(subscribed(&control[0]), vec![7]);
+        assert_eq!(subscribed(&control[1]), vec![3]);
     }
 
     #[test]

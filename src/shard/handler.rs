@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::conn::ConnId;
 use super::session::Cmd;
-use super::subs::Added;
+use super::subs::{Added, WAITING};
 use super::Shard;
 use crate::broker::{AckTo, BrokerCmd};
 use crate::protocol::{reply, ErrorCode};
@@ -48,12 +48,12 @@ impl Shard {
             return;
         };
         if let Some(chan) = self.subs.lookup(channel) {
-            if conn.sub_index(chan).is_some() {
-                // Already subscribed: answer again once live (idempotent).
-                if self.subs.channel(chan).map(|c| c.live).unwrap_or(false) {
+            if let Some(i) = conn.sub_index(chan) {
+                // Already subscribed: answer again if it was confirmed; a connection
+                // still waiting gets its one `subscribed` when the broker confirms
+                // (never one per repeat: the waiter list stays bounded).
+                if conn.subs[i].1 & WAITING == 0 {
                     self.queue(key, reply::subscribed(channel));
-                } else if let Some(ch) = self.subs.channel_mut(chan) {
-                    ch.waiters.push((key as u32, conn.gen));
                 }
                 return;
             }
@@ -68,7 +68,6 @@ impl Shard {
             );
             return;
         }
-        let gen = conn.gen;
         let (chan, pos, added) = self.subs.add(channel, key as u32);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.subs.push((chan, pos));
@@ -78,16 +77,11 @@ impl Shard {
             .fetch_add(1, Ordering::Relaxed);
         match added {
             Added::Live => self.queue(key, reply::subscribed(channel)),
-            Added::Pending => {
-                if let Some(ch) = self.subs.channel_mut(chan) {
-                    ch.waiters.push((key as u32, gen));
-                }
-            }
+            Added::Pending => {}
             Added::NewChannel(epoch) => {
-                let Some(ch) = self.subs.channel_mut(chan) else {
+                let Some(ch) = self.subs.channel(chan) else {
                     return;
                 };
-                ch.waiters.push((key as u32, gen));
                 let cmd = BrokerCmd::Subscribe {
                     channel: ch.name.clone(),
                     shard: self.id,
@@ -193,24 +187,70 @@ impl Shard {
         if ch.epoch != epoch {
             return; // a confirmation of an earlier, since abandoned subscribe
         }
-        ch.live = true;
-        let waiters = std::mem::take(&mut ch.waiters);
+        // Waiters become members (deliveries start now) and are told `subscribed`, in
+        // that order on their queue: nothing of this channel reaches them before it.
+        let (waiters, first) = self.subs.confirm(chan);
+        if waiters.is_empty() {
+            return;
+        }
         let frame = reply::subscribed(channel);
-        for (key, gen) in waiters {
-            let subscribed = self
-                .conns
-                .get(key as usize)
-                .map(|c| c.gen == gen && c.sub_index(chan).is_some())
-                .unwrap_or(false);
-            if subscribed {
-                self.queue(key as usize, frame.clone());
+        for (n, &key) in waiters.iter().enumerate() {
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                if let Some(i) = c.sub_index(chan) {
+                    c.subs[i].1 = first + n as u32;
+                }
+            }
+            self.queue(key as usize, frame.clone());
+        }
+    }
+
+    /// The broker connection was lost: local channels wait for a new confirmation.
+    pub(super) fn on_unconfirmed(&mut self) {
+        self.subs.unconfirm_all();
+    }
+
+    /// Tells the broker that this shard's last subscriber of `channel` left. An
+    /// unsubscribe must never be lost (Redis would keep sending the channel to this node
+    /// forever): when the broker queue is full it is owed, and retried every turn.
+    pub(super) fn unsubscribe_broker(&mut self, channel: std::sync::Arc<str>) {
+        let cmd = BrokerCmd::Unsubscribe {
+            channel,
+            shard: self.id,
+        };
+        if let Err(BrokerCmd::Unsubscribe { channel, .. }) = self.broker.send(cmd) {
+            tracing::debug!(shard = self.id, "broker queue full: unsubscribe owed");
+            self.subs.unsubscribe_owed.push(channel);
+        }
+    }
+
+    /// Retries the unsubscribes the broker could not take (nothing in the common case).
+    pub(super) fn retry_unsubscribes(&mut self) {
+        if self.subs.unsubscribe_owed.is_empty() {
+            return;
+        }
+        let owed = std::mem::take(&mut self.subs.unsubscribe_owed);
+        let mut owed = owed.into_iter();
+        for channel in owed.by_ref() {
+            let cmd = BrokerCmd::Unsubscribe {
+                channel,
+                shard: self.id,
+            };
+            if let Err(BrokerCmd::Unsubscribe { channel, .. }) = self.broker.send(cmd) {
+                // Still full: keep this one and the rest, in order, for the next turn.
+                self.subs.unsubscribe_owed.push(channel);
+                break;
             }
         }
+        self.subs.unsubscribe_owed.extend(owed);
     }
 
     /// The broker's answer to a publish with an id.
     pub(super) fn on_published(&mut self, conn: ConnId, id: &str, result: Result<(), ErrorCode>) {
         let key = conn.key as usize;
+        if result.is_err() {
+            // Counted whether or not the client is still there to be told.
+            self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
+        }
         if self
             .conns
             .get(key)
@@ -221,16 +261,13 @@ impl Shard {
         }
         match result {
             Ok(()) => self.queue(key, reply::published(id)),
-            Err(code) => {
-                self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
-                self.simple_error(
-                    key,
-                    code,
-                    "publish failed: broker unavailable",
-                    Some(id),
-                    None,
-                )
-            }
+            Err(code) => self.simple_error(
+                key,
+                code,
+                "publish failed: broker unavailable",
+                Some(id),
+                None,
+            ),
         }
     }
 }

@@ -110,6 +110,7 @@ impl Shard {
         while let Some(msg) = self.control.try_recv() {
             self.on_msg(msg);
         }
+        self.retry_unsubscribes();
         let budget = if self.intake_stalled(Instant::now()) {
             0
         } else {
@@ -147,6 +148,7 @@ impl Shard {
                     .observe(at.elapsed());
             }
             ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
+            ShardMsg::Unconfirmed => self.on_unconfirmed(),
             ShardMsg::Gap { channel } => {
                 let frame = crate::protocol::reply::gap(&channel);
                 self.deliver(&channel, frame, super::outq::Kind::Keep);

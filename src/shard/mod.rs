@@ -146,6 +146,11 @@ impl Shard {
             if !self.read_again.is_empty() {
                 timeout = Duration::ZERO;
             }
+            if !self.subs.unsubscribe_owed.is_empty() {
+                // Unsubscribes the broker could not take are retried soon, not after
+                // an idle poll.
+                timeout = timeout.min(Duration::from_millis(5));
+            }
             let stalled = self.intake_stalled(Instant::now()) || self.intake.hold;
             if stalled {
                 // Deliveries wait (and overflow into counted drops) until sockets drain or
@@ -303,13 +308,7 @@ impl Shard {
             }
         }
         if let Some(channel) = removed.emptied {
-            let cmd = crate::broker::BrokerCmd::Unsubscribe {
-                channel,
-                shard: self.id,
-            };
-            if self.broker.send(cmd).is_err() {
-                tracing::warn!(shard = self.id, "broker queue full: unsubscribe dropped");
-            }
+            self.unsubscribe_broker(channel);
         }
     }
 

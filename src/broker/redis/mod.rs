@@ -25,6 +25,16 @@ pub const QUEUE: usize = 65_536;
 pub(crate) const WAKER: Token = Token(0);
 pub(crate) const LINK: Token = Token(1);
 
+/// Capacity of the reader's command queue: `QUEUE`, or `FANOUT_TEST_READER_QUEUE` (a
+/// test knob, so a test can fill it and see what a full queue does to unsubscribes).
+fn reader_queue() -> usize {
+    std::env::var("FANOUT_TEST_READER_QUEUE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(QUEUE)
+}
+
 /// The running Redis broker.
 pub struct Started {
     pub handle: BrokerHandle,
@@ -50,7 +60,7 @@ pub fn start(
 
     let reader_poll = Poll::new()?;
     let reader_waker = Arc::new(Waker::new(reader_poll.registry(), WAKER)?);
-    let (reader_tx, reader_rx) = inbox(reader_waker.clone(), Some(QUEUE));
+    let (reader_tx, reader_rx) = inbox(reader_waker.clone(), Some(reader_queue()));
 
     let writer = writer::Writer::new(
         writer_poll,
@@ -68,6 +78,7 @@ pub fn start(
         health,
         writer_tx.clone(),
         config.server_id.clone(),
+        config.limits.max_message,
         stop.clone(),
     );
     let threads = vec![

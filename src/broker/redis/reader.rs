@@ -21,6 +21,8 @@ use crate::broker::{BrokerCmd, Router, ShardLinks};
 use crate::server::Health;
 use crate::shard::inbox::{Inbox, InboxSender};
 
+/// Prefix of the node's private probe channel (`PROBE_PREFIX{server_id}:{pid}`).
+pub const PROBE_PREFIX: &str = "__fanout:probe:";
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
 const BATCH: usize = 512;
 /// How often the probe is published.
@@ -44,8 +46,9 @@ pub struct Reader {
     probe_subscribed: bool,
     /// Channels resubscribed after a reconnect, owed a gap notice once confirmed.
     owe_gap: HashSet<Arc<str>>,
-    to_subscribe: Vec<Arc<str>>,
-    to_unsubscribe: Vec<Arc<str>>,
+    /// SUBSCRIBE (true) / UNSUBSCRIBE (false) commands of this turn, in the order the
+    /// routing changes happened: a channel's commands must reach Redis in order.
+    to_send: Vec<(bool, Arc<str>)>,
 }
 
 impl Reader {
@@ -58,24 +61,24 @@ impl Reader {
         health: Arc<Health>,
         writer: InboxSender<BrokerCmd>,
         server_id: String,
+        max_message: usize,
         stop: Arc<AtomicBool>,
     ) -> Reader {
         Reader {
             poll,
             inbox,
             link: Link::new(url, LINK, "reader"),
-            router: Router::new(links),
+            router: Router::new(links).with_max_message(max_message),
             health,
             writer,
             stop,
-            probe_channel: Arc::from(format!("__fanout:probe:{server_id}:{}", std::process::id())),
+            probe_channel: Arc::from(format!("{PROBE_PREFIX}{server_id}:{}", std::process::id())),
             probe_sent: None,
             probe_seq: 0,
             next_probe: Instant::now(),
             probe_subscribed: false,
             owe_gap: HashSet::new(),
-            to_subscribe: Vec::new(),
-            to_unsubscribe: Vec::new(),
+            to_send: Vec::new(),
         }
     }
 
@@ -138,15 +141,17 @@ impl Reader {
         self.link.was_up = true;
         let channels = self.router.reset();
         tracing::info!(channels = channels.len(), reconnect, "subscribing");
-        self.to_unsubscribe.clear();
-        self.to_subscribe.clear();
-        self.to_subscribe.push(self.probe_channel.clone());
+        self.to_send.clear();
+        self.to_send.push((true, self.probe_channel.clone()));
         for ch in channels {
             self.router.resubscribing(&ch);
-            if reconnect {
+            // Only subscribers that were confirmed before the loss can have missed
+            // anything; a channel first asked for while Redis was down owes no gap.
+            let was_live = self.router.route(&ch).map(|r| r.was_live).unwrap_or(false);
+            if reconnect && was_live {
                 self.owe_gap.insert(ch.clone());
             }
-            self.to_subscribe.push(ch);
+            self.to_send.push((true, ch));
         }
         self.probe_subscribed = false;
         self.probe_sent = None;
@@ -156,11 +161,11 @@ impl Reader {
     /// The connection is gone: nothing is subscribed any more.
     fn forget(&mut self, _now: Instant) {
         self.health.subscriber_ok.store(false, Ordering::Relaxed);
+        self.router.lost();
         self.health.probe_ok.store(false, Ordering::Relaxed);
         self.probe_subscribed = false;
         self.probe_sent = None;
-        self.to_subscribe.clear();
-        self.to_unsubscribe.clear();
+        self.to_send.clear();
     }
 
     fn lost(&mut self, now: Instant) {
@@ -179,7 +184,7 @@ impl Reader {
                     if self.router.subscribe(channel.clone(), shard, epoch) == Wire::Subscribe {
                         self.owe_gap.remove(&channel);
                         if self.link.is_up() {
-                            self.to_subscribe.push(channel);
+                            self.to_send.push((true, channel));
                         }
                     }
                 }
@@ -188,7 +193,7 @@ impl Reader {
                         && self.link.is_up()
                     {
                         self.owe_gap.remove(&channel);
-                        self.to_unsubscribe.push(channel);
+                        self.to_send.push((false, channel));
                     }
                 }
                 BrokerCmd::Publish { .. } => {}
@@ -196,23 +201,29 @@ impl Reader {
         }
     }
 
-    /// Writes the SUBSCRIBE/UNSUBSCRIBE commands of this turn, in order, batched.
+    /// Writes the SUBSCRIBE/UNSUBSCRIBE commands of this turn in the order they were
+    /// decided (per channel order is what matters: SUBSCRIBE c then UNSUBSCRIBE c must
+    /// not become the reverse), each run of one verb batched into commands of `BATCH`.
     fn write_subscriptions(&mut self) {
         if !self.link.is_up() {
             return;
         }
-        for (verb, list) in [
-            (&b"UNSUBSCRIBE"[..], &mut self.to_unsubscribe),
-            (&b"SUBSCRIBE"[..], &mut self.to_subscribe),
-        ] {
-            for chunk in list.chunks(BATCH) {
-                let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+        let mut args: Vec<&[u8]> = Vec::new();
+        for run in self.to_send.chunk_by(|a, b| a.0 == b.0) {
+            let verb: &[u8] = if run[0].0 {
+                b"SUBSCRIBE"
+            } else {
+                b"UNSUBSCRIBE"
+            };
+            for chunk in run.chunks(BATCH) {
+                args.clear();
                 args.push(verb);
-                args.extend(chunk.iter().map(|c| c.as_bytes()));
+                args.extend(chunk.iter().map(|(_, c)| c.as_bytes()));
                 resp::encode(&mut self.link.wbuf, &args);
             }
-            list.clear();
         }
+        drop(args);
+        self.to_send.clear();
     }
 
     fn read_messages(&mut self, now: Instant) {
@@ -260,6 +271,7 @@ impl Reader {
                 }
             }
         }
+        self.router.send_owed_gaps();
         self.router.wake();
         metrics.broker_messages.fetch_add(count, Ordering::Relaxed);
     }
@@ -293,11 +305,6 @@ impl Reader {
                     let live = self.router.route(channel).map(|r| r.live).unwrap_or(false);
                     if live {
                         self.router.gap(channel);
-                        self.router
-                            .links()
-                            .metrics
-                            .gaps
-                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

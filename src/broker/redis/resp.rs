@@ -12,6 +12,9 @@ pub const MAX_BULK: usize = 512 * 1024 * 1024;
 pub const MAX_ARRAY: usize = 1 << 20;
 /// Deepest nesting of arrays.
 pub const MAX_DEPTH: usize = 8;
+/// Longest line (type byte to CRLF) accepted: a simple string, an error, an integer or
+/// the length line of a bulk string or array. Bulk payloads are bounded by `MAX_BULK`.
+pub const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -45,8 +48,11 @@ fn check(buf: &[u8], pos: usize, depth: usize) -> Result<Option<usize>, RespErro
     let Some(&tag) = buf.get(pos) else {
         return Ok(None);
     };
-    let Some(line_end) = find_crlf(buf, pos + 1) else {
-        if buf.len() - pos > 64 * 1024 && tag != b'$' {
+    // Every line is capped, whatever its type (a `$` length line included): the search
+    // never looks further than the cap, so a stream without CRLF costs bounded work.
+    let window = &buf[..buf.len().min(pos + 1 + MAX_LINE + 1)];
+    let Some(line_end) = find_crlf(window, pos + 1) else {
+        if buf.len() - pos > MAX_LINE {
             return Err(RespError("line too long"));
         }
         return Ok(None);
@@ -347,6 +353,44 @@ mod tests {
             peek_message(b"*3\r\n$7\r\nmessage\r\n$1\r\ncXX"),
             Push::Other
         );
+    }
+
+    #[test]
+    fn every_line_is_capped_bulk_length_lines_included() {
+        for tag in [b'$', b'*', b':', b'+', b'-'] {
+            let mut long = vec![tag];
+            long.extend(std::iter::repeat_n(b'0', MAX_LINE + 1));
+            assert_eq!(
+                decode(&mut BytesMut::from(&long[..])),
+                Err(RespError("line too long")),
+                "tag {}",
+                tag as char
+            );
+            // Terminated but too long is refused too (leading zeros parse as a number).
+            long.extend_from_slice(b"1\r\nx\r\n");
+            assert!(
+                decode(&mut BytesMut::from(&long[..])).is_err(),
+                "tag {}",
+                tag as char
+            );
+        }
+        // A line at the cap is still only incomplete.
+        let mut ok = vec![b'$'];
+        ok.extend(std::iter::repeat_n(b'0', MAX_LINE - 1));
+        assert_eq!(decode(&mut BytesMut::from(&ok[..])), Ok(None));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_line_outgrows_the_cap(tag in proptest::sample::select(vec![b'$', b'*', b':', b'+', b'-']),
+                                    len in (MAX_LINE + 1)..(3 * MAX_LINE),
+                                    fill in proptest::sample::select(vec![b'0', b'7', b'a', b'\r', b'\n'])) {
+            // `len` bytes with no CRLF in them after the type byte: refused, never
+            // buffered without bound.
+            let mut buf = vec![tag];
+            buf.extend(std::iter::repeat_n(fill, len));
+            proptest::prop_assert!(decode(&mut BytesMut::from(&buf[..])).is_err());
+        }
     }
 
     #[test]

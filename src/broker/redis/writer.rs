@@ -30,8 +30,9 @@ pub struct Writer {
     links: ShardLinks,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
-    /// One entry per PUBLISH sent, oldest first: who wants the reply, and when it was sent.
-    pending: VecDeque<(Option<AckTo>, Instant)>,
+    /// One entry per PUBLISH sent, oldest first: who wants the reply, whether it is a
+    /// client's publish (not the node's probe), and when it was sent.
+    pending: VecDeque<(Option<AckTo>, bool, Instant)>,
 }
 
 impl Writer {
@@ -106,12 +107,29 @@ impl Writer {
         self.fail_pending();
     }
 
+    /// The connection is gone: every PUBLISH buffered or in flight on it is lost (or at
+    /// least unconfirmed). Those with an id are answered (the shard counts the failure);
+    /// those without are counted here.
     fn fail_pending(&mut self) {
         self.health.publisher_ok.store(false, Ordering::Relaxed);
-        for (ack, _) in self.pending.drain(..) {
-            if let Some(ack) = ack {
-                self.links.ack(ack, Err(ErrorCode::Unavailable));
+        let mut lost = 0u64;
+        for (ack, client, _) in self.pending.drain(..) {
+            match ack {
+                Some(ack) => self.links.ack(ack, Err(ErrorCode::Unavailable)),
+                None if client => lost += 1,
+                None => {}
             }
+        }
+        self.count_lost(lost);
+    }
+
+    /// Counts publishes without an id that failed.
+    fn count_lost(&self, n: u64) {
+        if n > 0 {
+            self.links
+                .metrics
+                .publish_failed
+                .fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -120,7 +138,7 @@ impl Writer {
             match self.link.next_value() {
                 Ok(None) => return,
                 Ok(Some(value)) => {
-                    let Some((ack, _)) = self.pending.pop_front() else {
+                    let Some((ack, client, _)) = self.pending.pop_front() else {
                         tracing::warn!("Redis reply without a request: {value:?}");
                         continue;
                     };
@@ -131,8 +149,10 @@ impl Writer {
                         }
                         _ => Ok(()),
                     };
-                    if let Some(ack) = ack {
-                        self.links.ack(ack, result);
+                    match ack {
+                        Some(ack) => self.links.ack(ack, result),
+                        None if client && result.is_err() => self.count_lost(1),
+                        None => {}
                     }
                 }
                 Err(e) => {
@@ -157,11 +177,8 @@ impl Writer {
             if !self.link.is_up() || self.link.wbuf.len() > MAX_UNSENT {
                 if let Some(ack) = ack {
                     self.links.ack(ack, Err(ErrorCode::Unavailable));
-                } else {
-                    self.links
-                        .metrics
-                        .publish_failed
-                        .fetch_add(1, Ordering::Relaxed);
+                } else if !is_probe(&channel) {
+                    self.count_lost(1);
                 }
                 continue;
             }
@@ -169,12 +186,15 @@ impl Writer {
                 &mut self.link.wbuf,
                 &[b"PUBLISH", channel.as_bytes(), &payload],
             );
-            self.pending.push_back((ack, now));
+            // A probe is the node's own: its loss is the reader's business (it
+            // reconnects), not a client publish that failed.
+            let client = !is_probe(&channel);
+            self.pending.push_back((ack, client, now));
         }
     }
 
     fn check_stuck(&mut self, now: Instant) {
-        if let Some((_, sent)) = self.pending.front() {
+        if let Some((_, _, sent)) = self.pending.front() {
             if now.duration_since(*sent) > REPLY_TIMEOUT {
                 tracing::warn!(
                     "Redis did not answer a PUBLISH within {REPLY_TIMEOUT:?}: reconnecting"
@@ -183,4 +203,9 @@ impl Writer {
             }
         }
     }
+}
+
+/// The node's own probe publishes (see `reader.rs`) are not client publishes.
+fn is_probe(channel: &str) -> bool {
+    channel.starts_with(super::reader::PROBE_PREFIX)
 }
