@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fanout::broker::{Router, ShardLinks};
 use fanout::metrics::Metrics;
 use fanout::protocol::envelope::EnvelopeBuilder;
-use fanout::shard::inbox::inbox;
+use fanout::inbox::inbox;
 use mio::{Poll, Token, Waker};
 
 const SHARDS: usize = 2;

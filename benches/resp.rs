@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use fanout::broker::redis::resp;
+use fanout::redis::resp;
 use std::hint::black_box;
 
 fn messages(n: usize) -> Vec<u8> {

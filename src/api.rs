@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::Limits;
-pub use crate::http::response::{json_error, json_response, method_not_allowed};
 
 /// One message of a publish request.
 #[derive(Debug, PartialEq, Eq)]

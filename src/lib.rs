@@ -12,19 +12,39 @@
 //!   (embedded mode: broker::memory, one thread, same Router, same messages)
 //! ```
 //!
+//! # Layers
+//!
+//! Bottom to top. A module imports only from modules on lower layers (and from itself);
+//! `tests/layers.rs` fails the build of the suite if a `crate::` path points up or
+//! sideways, so the module graph has no cycle.
+//!
+//! ```text
+//! 6  server
+//! 5  shard
+//! 4  broker presence
+//! 3  msg api http
+//! 2  protocol metrics redis
+//! 1  config latency ws ids inbox health
+//! ```
+//!
 //! | module | owns | never |
 //! |---|---|---|
 //! | [`config`] | flags, env, TOML → `Config` + `Limits` | read at run time |
-//! | [`server`] | starting and stopping threads, health flags | touch sockets of clients |
-//! | [`shard`] | client sockets, local subscriptions, per-connection queues | block on anything but `poll` |
-//! | [`broker`] | the node routing table, Redis connections, dispatch | block on a shard |
-//! | [`ws`] | handshake parsing and RFC 6455 framing | I/O |
-//! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
-//! | [`http`] | `/healthz`, `/metrics` answers | keep a connection open |
-//! | [`api`] | HTTP API parsing, API-key and origin rules | I/O |
-//! | [`presence`] | the connection manager: presence thread, Redis layout | make a shard wait |
-//! | [`metrics`] | counters and their Prometheus text | lock |
 //! | [`latency`] | the publish→send histogram | lock |
+//! | [`ws`] | handshake parsing and RFC 6455 framing | I/O |
+//! | [`ids`] | `ConnId`, `ShardId` | behaviour |
+//! | [`inbox`] | a shard's queues and the waker that interrupts its poll | block |
+//! | [`health`] | the node's health flags | I/O |
+//! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
+//! | [`metrics`] | counters and their Prometheus text (presence's too) | lock |
+//! | [`redis`] | RESP, the Redis URL, the non-blocking link, the blocking client | decide what to send |
+//! | [`msg`] | `BrokerCmd`, `ShardMsg`, `BrokerHandle`: what threads send each other | decide |
+//! | [`api`] | HTTP API parsing, API-key and origin rules | I/O |
+//! | [`http`] | `/healthz`, `/metrics` answers, every HTTP response builder | keep a connection open |
+//! | [`broker`] | the node routing table, the Redis reader and writer, dispatch | block on a shard |
+//! | [`presence`] | the connection manager: presence thread, Redis layout | make a shard wait |
+//! | [`shard`] | client sockets, sessions, local subscriptions, per-connection queues | block on anything but `poll` |
+//! | [`server`] | starting and stopping threads | touch sockets of clients |
 
 pub mod api;
 pub mod broker;
@@ -35,8 +55,10 @@ pub mod ids;
 pub mod inbox;
 pub mod latency;
 pub mod metrics;
+pub mod msg;
 pub mod presence;
 pub mod protocol;
+pub mod redis;
 pub mod server;
 pub mod shard;
 pub mod ws;

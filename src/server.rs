@@ -9,13 +9,14 @@ use std::thread::JoinHandle;
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
 
-use crate::broker::{self, BrokerHandle, ShardLinks, ShardMsg};
+use crate::broker::{self, ShardLinks};
 use crate::config::Config;
 use crate::inbox::{inbox, InboxSender};
 use crate::metrics::Metrics;
+use crate::msg::{BrokerHandle, ShardMsg};
 use crate::shard::{Shard, ShardSetup, WAKER};
 
-pub use crate::health::Health;
+use crate::health::Health;
 
 /// Capacity of each shard's delivery queue. A full queue drops (counted, and the
 /// channel's subscribers get a `gap`). Kept small on purpose: under overload a queued

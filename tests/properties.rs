@@ -2,8 +2,8 @@
 //! arbitrary input, and encode → decode round-trips however the bytes are split.
 
 use bytes::BytesMut;
-use fanout::broker::redis::resp::{self, Value};
 use fanout::protocol::envelope::EnvelopeBuilder;
+use fanout::redis::resp::{self, Value};
 use fanout::ws::inbound::{client_frame, Flow, Inbound, Message};
 use proptest::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Fuzzes the RESP decoder: any bytes, never a panic, decoded values consume input.
 #![no_main]
 use bytes::BytesMut;
-use fanout::broker::redis::resp::decode;
+use fanout::redis::resp::decode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,84 +9,13 @@ pub mod router;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use crate::inbox::InboxSender;
 use crate::metrics::Metrics;
 use crate::protocol::ErrorCode;
-use crate::shard::inbox::InboxSender;
-use crate::shard::ConnId;
 
+pub use crate::ids::ShardId;
+pub use crate::msg::{AckTo, BrokerCmd, BrokerHandle, ShardMsg};
 pub use router::Router;
-
-/// Index of a shard (0..shards, at most 64).
-pub type ShardId = usize;
-
-/// Where to send the outcome of a publish that carried an `id`.
-#[derive(Debug)]
-pub struct AckTo {
-    pub shard: ShardId,
-    pub conn: ConnId,
-    /// The raw JSON of the client's id.
-    pub id: Box<str>,
-}
-
-/// Shard → broker.
-#[derive(Debug)]
-pub enum BrokerCmd {
-    /// This shard has its first local subscriber of `channel`. `epoch` is echoed back in
-    /// `ShardMsg::Subscribed` so the shard can tell a stale confirmation from a fresh one.
-    Subscribe {
-        channel: Arc<str>,
-        shard: ShardId,
-        epoch: u32,
-    },
-    /// This shard's last local subscriber of `channel` left.
-    Unsubscribe { channel: Arc<str>, shard: ShardId },
-    /// Publish `payload` (valid JSON) on `channel`.
-    Publish {
-        channel: Box<str>,
-        payload: Bytes,
-        ack: Option<AckTo>,
-    },
-}
-
-/// Broker → shard.
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// A delivery frame for every local subscriber of `channel`, built at `at`
-    /// (the start of the publish→send latency the shard measures).
-    Deliver {
-        channel: Arc<str>,
-        frame: Bytes,
-        at: std::time::Instant,
-    },
-    /// The broker subscription to `channel` is live for the subscribe of `epoch`.
-    Subscribed { channel: Arc<str>, epoch: u32 },
-    /// Messages on `channel` may have been missed (broker resubscribed, or a delivery
-    /// was dropped). Sent on the data queue, in stream order with the deliveries.
-    Gap { channel: Arc<str> },
-    /// The broker connection was lost: no local channel is live until the broker
-    /// confirms it again with `Subscribed` (same epoch). Control queue.
-    Unconfirmed,
-    /// Outcome of a publish with an id.
-    Published {
-        conn: ConnId,
-        id: Box<str>,
-        result: Result<(), ErrorCode>,
-    },
-    /// Bytes for one connection (a presence answer, a deferred HTTP response): queued if
-    /// the connection still has generation `conn.gen`; closed once written if
-    /// `close_after`.
-    Reply {
-        conn: ConnId,
-        frame: Bytes,
-        close_after: bool,
-    },
-    /// A connection accepted by another shard, to be owned by this one.
-    Accept(mio::net::TcpStream),
-    /// Stop accepting, close every client with 1001, flush and exit.
-    Shutdown,
-}
 
 /// The queues of every shard, as seen from a broker thread.
 #[derive(Clone)]
@@ -110,30 +39,5 @@ impl ShardLinks {
     pub fn ack(&self, ack: AckTo, result: Result<(), ErrorCode>) {
         let AckTo { shard, conn, id } = ack;
         self.control(shard, ShardMsg::Published { conn, id, result });
-    }
-}
-
-/// A shard's way to reach the broker, whichever bus the node runs.
-#[derive(Clone)]
-pub enum BrokerHandle {
-    /// Embedded mode: one in-process bus thread takes every command.
-    Memory(crossbeam_channel::Sender<BrokerCmd>),
-    /// Cluster mode: subscriptions go to the Redis reader, publishes to the writer.
-    Redis {
-        reader: InboxSender<BrokerCmd>,
-        writer: InboxSender<BrokerCmd>,
-    },
-}
-
-impl BrokerHandle {
-    /// Hands a command over without blocking; gives it back when the broker cannot take it.
-    pub fn send(&self, cmd: BrokerCmd) -> Result<(), BrokerCmd> {
-        match self {
-            BrokerHandle::Memory(tx) => tx.try_send(cmd).map_err(|e| e.into_inner()),
-            BrokerHandle::Redis { reader, writer } => match cmd {
-                BrokerCmd::Publish { .. } => writer.send(cmd),
-                _ => reader.send(cmd),
-            },
-        }
     }
 }

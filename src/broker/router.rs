@@ -396,8 +396,8 @@ fn shards_of(mut mask: u64) -> impl Iterator<Item = ShardId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbox::{inbox, Inbox};
     use crate::metrics::Metrics;
-    use crate::shard::inbox::{inbox, Inbox};
     use mio::{Poll, Token, Waker};
 
     type Inboxes = Vec<Inbox<ShardMsg>>;

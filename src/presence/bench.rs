@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use super::local::{Entry, Local};
 use super::store::{Op, RedisStore};
 use super::{now_ms, BATCH};
-use crate::broker::redis::link::RedisUrl;
 use crate::metrics::Metrics;
+use crate::redis::RedisUrl;
 
 /// What `n` connections cost.
 #[derive(Debug)]
@@ -24,8 +24,7 @@ pub struct Cost {
 }
 
 pub fn measure(url: &str, n: usize) -> std::io::Result<Cost> {
-    let url = RedisUrl::parse(url)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let url = RedisUrl::parse(url)?;
     let metrics = Arc::new(Metrics::new(1));
     let mut store = RedisStore::new(url, "bench", "{}".into(), 120, 90_000, metrics.clone());
     let mut local = Local::default();

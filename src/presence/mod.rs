@@ -10,7 +10,6 @@
 //! thread's own table answers queries.
 
 pub mod bench;
-mod client;
 mod local;
 pub mod store;
 
@@ -22,14 +21,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
-use crate::broker::redis::link::RedisUrl;
-use crate::broker::{ShardId, ShardMsg};
 use crate::config::Config;
 use crate::ids::ConnId;
+use crate::ids::ShardId;
 use crate::inbox::InboxSender;
 use crate::metrics::Metrics;
+use crate::msg::ShardMsg;
 use crate::protocol::json::push_string;
 use crate::protocol::{reply, ErrorCode};
+use crate::redis::RedisUrl;
 use local::{Entry, Local};
 use store::{Op, RedisStore};
 
@@ -151,8 +151,7 @@ pub fn start(
     let store = match &config.redis {
         None => None,
         Some(url) => {
-            let url = RedisUrl::parse(url)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let url = RedisUrl::parse(url)?;
             let mut live = b"{\"serverId\":".to_vec();
             push_string(&mut live, &config.server_id);
             let pid = std::process::id();

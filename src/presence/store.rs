@@ -18,11 +18,11 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::client::{as_bytes, Client, Pipe};
 use super::local::{Entry, Local};
-use crate::broker::redis::link::RedisUrl;
-use crate::broker::redis::resp::Value;
 use crate::metrics::Metrics;
+use crate::redis::blocking::{as_bytes, Client, Pipe};
+use crate::redis::resp::Value;
+use crate::redis::RedisUrl;
 
 /// The set of registered node ids.
 pub const NODES_KEY: &str = "fanout:nodes";

@@ -11,7 +11,7 @@ use super::conn::ConnId;
 use super::session::Cmd;
 use super::subs::{Added, WAITING};
 use super::Shard;
-use crate::broker::{AckTo, BrokerCmd};
+use crate::msg::{AckTo, BrokerCmd};
 use crate::protocol::{reply, ErrorCode};
 
 impl Shard {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{Shard, INBOX_BATCH, MAX_STALL};
-use crate::broker::ShardMsg;
+use crate::msg::ShardMsg;
 
 /// Lagging connections that pause intake: at least this many, and an eighth of the shard.
 const MIN_LAGGING: usize = 32;

@@ -22,13 +22,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::broker::{BrokerHandle, ShardId, ShardMsg};
 use crate::config::Config;
 use crate::health::Health;
-/// Kept for the modules that still name it here (moved to `crate::inbox`).
-pub use crate::inbox;
+use crate::ids::ShardId;
 use crate::inbox::{Inbox, InboxSender};
 use crate::metrics::Metrics;
+use crate::msg::{BrokerHandle, ShardMsg};
 pub use conn::ConnId;
 use conn::{Conn, Phase};
 use subs::SubIndex;

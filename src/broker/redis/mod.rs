@@ -3,9 +3,7 @@
 //! Both are mio loops over our own RESP codec (see docs/architecture.md for why not
 //! redis-rs): neither ever blocks on a shard or on Redis.
 
-pub mod link;
 pub mod reader;
-pub mod resp;
 pub mod writer;
 
 use std::sync::Arc;
@@ -15,9 +13,9 @@ use mio::{Poll, Token, Waker};
 
 use super::{BrokerHandle, ShardLinks};
 use crate::config::Config;
-use crate::server::Health;
-use crate::shard::inbox::inbox;
-use link::RedisUrl;
+use crate::health::Health;
+use crate::inbox::inbox;
+use crate::redis::RedisUrl;
 
 /// Capacity of the writer's publish queue and the reader's command queue.
 pub const QUEUE: usize = 65_536;
@@ -50,8 +48,7 @@ pub fn start(
     links: ShardLinks,
     health: Arc<Health>,
 ) -> std::io::Result<Started> {
-    let url = RedisUrl::parse(url)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let url = RedisUrl::parse(url)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let writer_poll = Poll::new()?;

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use mio::{Events, Poll};
 
-use super::link::{Link, LinkEvent, RedisUrl};
-use super::resp::{self, Value};
 use super::{LINK, WAKER};
 use crate::broker::router::Wire;
 use crate::broker::{BrokerCmd, Router, ShardLinks};
-use crate::server::Health;
-use crate::shard::inbox::{Inbox, InboxSender};
+use crate::health::Health;
+use crate::inbox::{Inbox, InboxSender};
+use crate::redis::link::{Link, LinkEvent};
+use crate::redis::resp::{self, Value};
+use crate::redis::RedisUrl;
 
 /// Prefix of the node's private probe channel (`PROBE_PREFIX{server_id}:{pid}`).
 pub const PROBE_PREFIX: &str = "__fanout:probe:";

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
 
-use super::link::{Link, LinkEvent, RedisUrl};
-use super::resp::{self, Value};
 use super::LINK;
 use crate::broker::{AckTo, BrokerCmd, ShardLinks};
+use crate::health::Health;
+use crate::inbox::Inbox;
 use crate::protocol::ErrorCode;
-use crate::server::Health;
-use crate::shard::inbox::Inbox;
+use crate::redis::link::{Link, LinkEvent};
+use crate::redis::resp::{self, Value};
+use crate::redis::RedisUrl;
 
 /// Bytes of unsent commands beyond which publishes are refused (Redis is not keeping up).
 const MAX_UNSENT: usize = 16 * 1024 * 1024;

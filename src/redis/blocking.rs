@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::broker::redis::link::RedisUrl;
-use crate::broker::redis::resp::{self, Value};
 use crate::config::backoff;
+use crate::redis::resp::{self, Value};
+use crate::redis::RedisUrl;
 
 /// Connect and per-read/write timeout.
 const IO_TIMEOUT: Duration = Duration::from_secs(3);

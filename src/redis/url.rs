@@ -1,0 +1,128 @@
+//! The Redis URL every connection of the node is made from: its grammar, and its one
+//! conversion to an error a caller can return. Parsing and name resolution only.
+
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// A Redis URL that does not parse, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError(pub String);
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+impl From<UrlError> for io::Error {
+    fn from(e: UrlError) -> io::Error {
+        io::Error::new(ErrorKind::InvalidInput, e.0)
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: Option<u32>,
+}
+
+impl RedisUrl {
+    /// Parses `redis://[[user]:password@]host[:port][/db]`.
+    pub fn parse(url: &str) -> Result<RedisUrl, UrlError> {
+        Self::parse_str(url).map_err(UrlError)
+    }
+
+    fn parse_str(url: &str) -> Result<RedisUrl, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or_else(|| format!("Redis URL must start with redis:// (got {url:?})"))?;
+        let (auth, hostpart) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let (hostport, db) = match hostpart.split_once('/') {
+            Some((hp, "")) => (hp, None),
+            Some((hp, db)) => (
+                hp,
+                Some(
+                    db.parse::<u32>()
+                        .map_err(|_| format!("bad Redis db {db:?}"))?,
+                ),
+            ),
+            None => (hostpart, None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad Redis port {p:?}"))?,
+            ),
+            _ => (hostport, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("Redis URL has no host".into());
+        }
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), Some(p.to_string())),
+                None => (None, Some(a.to_string())),
+            },
+        };
+        Ok(RedisUrl {
+            host: host.to_string(),
+            port,
+            username,
+            password,
+            db,
+        })
+    }
+
+    /// The first address the host resolves to.
+    pub fn addr(&self) -> io::Result<SocketAddr> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(ErrorKind::NotFound, "Redis host has no address"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = RedisUrl::parse("redis://127.0.0.1:6380").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.db), ("127.0.0.1", 6380, None));
+        let u = RedisUrl::parse("redis://:secret@redis.local/2").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.db),
+            ("redis.local", 6379, Some(2))
+        );
+        assert_eq!(u.password.as_deref(), Some("secret"));
+        assert_eq!(u.username, None);
+        let u = RedisUrl::parse("redis://bob:pw@h:1/").unwrap();
+        assert_eq!(u.username.as_deref(), Some("bob"));
+        let u = RedisUrl::parse("redis://[::1]:7000").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 7000));
+        assert!(RedisUrl::parse("http://x").is_err());
+        assert!(RedisUrl::parse("redis://h:notaport").is_err());
+        assert!(RedisUrl::parse("redis://h/x").is_err());
+        assert!(RedisUrl::parse("redis://").is_err());
+    }
+
+    #[test]
+    fn a_bad_url_becomes_an_invalid_input_error() {
+        let e: io::Error = RedisUrl::parse("http://x").unwrap_err().into();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("redis://"), "{e}");
+    }
+}
