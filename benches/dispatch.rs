@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fanout::broker::{Router, ShardLinks};
+use fanout::inbox::inbox;
 use fanout::metrics::Metrics;
 use fanout::protocol::envelope::EnvelopeBuilder;
-use fanout::inbox::inbox;
 use mio::{Poll, Token, Waker};
 
 const SHARDS: usize = 2;
@@ -60,11 +60,12 @@ fn bench(c: &mut Criterion) {
         control,
         metrics: Arc::new(Metrics::new(SHARDS)),
     };
-    let mut router = Router::new(links);
+    let mut links = links;
+    let mut router = Router::new(links.metrics.clone());
     for s in 0..SHARDS {
-        router.subscribe("room.42".into(), s, 1);
+        router.subscribe(&mut links, "room.42".into(), s, 1);
     }
-    router.confirmed("room.42");
+    router.confirmed(&mut links, "room.42");
     let payload = br#"{"user":"alice","text":"hello there","ts":1700000000000}"#;
 
     let mut group = c.benchmark_group("dispatch");
@@ -73,9 +74,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("router_crossbeam", |b| {
         b.iter(|| {
             for _ in 0..BATCH {
-                router.dispatch("room.42", payload, Some(true));
+                router.dispatch(&mut links, "room.42", payload, Some(true));
             }
-            router.wake();
+            router.wake(&mut links);
             sent += BATCH * SHARDS as u64;
             wait_drained(&taken, sent);
         })

@@ -17,25 +17,25 @@ pub const QUEUE: usize = 65_536;
 pub fn spawn(rx: Receiver<BrokerCmd>, links: ShardLinks) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("fanout-bus".into())
-        .spawn(move || run(rx, Router::new(links)))
+        .spawn(move || run(rx, Router::new(links.metrics.clone()), links))
 }
 
-fn run(rx: Receiver<BrokerCmd>, mut router: Router) {
+fn run(rx: Receiver<BrokerCmd>, mut router: Router, mut links: ShardLinks) {
     while let Ok(cmd) = rx.recv() {
-        handle(&mut router, cmd);
+        handle(&mut router, &mut links, cmd);
         while let Ok(cmd) = rx.try_recv() {
-            handle(&mut router, cmd);
+            handle(&mut router, &mut links, cmd);
         }
-        router.send_owed_gaps();
-        router.wake();
-        let metrics = &router.links().metrics;
-        metrics
+        router.send_owed_gaps(&mut links);
+        router.wake(&mut links);
+        links
+            .metrics
             .channels
             .store(router.channels() as u64, Ordering::Relaxed);
     }
 }
 
-fn handle(router: &mut Router, cmd: BrokerCmd) {
+fn handle(router: &mut Router, links: &mut ShardLinks, cmd: BrokerCmd) {
     match cmd {
         BrokerCmd::Subscribe {
             channel,
@@ -43,8 +43,8 @@ fn handle(router: &mut Router, cmd: BrokerCmd) {
             epoch,
         } => {
             let name = channel.clone();
-            if router.subscribe(channel, shard, epoch) == Wire::Subscribe {
-                router.confirmed(&name);
+            if router.subscribe(links, channel, shard, epoch) == Wire::Subscribe {
+                router.confirmed(links, &name);
             }
         }
         BrokerCmd::Unsubscribe { channel, shard } => {
@@ -55,9 +55,9 @@ fn handle(router: &mut Router, cmd: BrokerCmd) {
             payload,
             ack,
         } => {
-            router.dispatch(&channel, &payload, Some(true));
+            router.dispatch(links, &channel, &payload, Some(true));
             if let Some(ack) = ack {
-                router.links().ack(ack, Ok(()));
+                links.ack(ack, Ok(()));
             }
         }
     }

@@ -36,6 +36,8 @@ pub struct Reader {
     inbox: Inbox<BrokerCmd>,
     link: Link,
     router: Router,
+    /// The shards' queues: where the router's messages go.
+    links: ShardLinks,
     health: Arc<Health>,
     writer: InboxSender<BrokerCmd>,
     stop: Arc<AtomicBool>,
@@ -69,7 +71,8 @@ impl Reader {
             poll,
             inbox,
             link: Link::new(url, LINK, "reader"),
-            router: Router::new(links).with_max_message(max_message),
+            router: Router::new(links.metrics.clone()).with_max_message(max_message),
+            links,
             health,
             writer,
             stop,
@@ -114,7 +117,7 @@ impl Reader {
             if self.link.is_up() && self.link.flush().is_err() {
                 self.lost(now);
             }
-            let metrics = &self.router.links().metrics;
+            let metrics = &self.links.metrics;
             metrics
                 .channels
                 .store(self.router.channels() as u64, Ordering::Relaxed);
@@ -133,8 +136,7 @@ impl Reader {
     fn connected(&mut self) {
         let reconnect = self.link.was_up;
         if reconnect {
-            self.router
-                .links()
+            self.links
                 .metrics
                 .broker_reconnects
                 .fetch_add(1, Ordering::Relaxed);
@@ -162,7 +164,7 @@ impl Reader {
     /// The connection is gone: nothing is subscribed any more.
     fn forget(&mut self, _now: Instant) {
         self.health.subscriber_ok.store(false, Ordering::Relaxed);
-        self.router.lost();
+        self.router.lost(&mut self.links);
         self.health.probe_ok.store(false, Ordering::Relaxed);
         self.probe_subscribed = false;
         self.probe_sent = None;
@@ -182,7 +184,11 @@ impl Reader {
                     shard,
                     epoch,
                 } => {
-                    if self.router.subscribe(channel.clone(), shard, epoch) == Wire::Subscribe {
+                    if self
+                        .router
+                        .subscribe(&mut self.links, channel.clone(), shard, epoch)
+                        == Wire::Subscribe
+                    {
                         self.owe_gap.remove(&channel);
                         if self.link.is_up() {
                             self.to_send.push((true, channel));
@@ -228,7 +234,7 @@ impl Reader {
     }
 
     fn read_messages(&mut self, now: Instant) {
-        let metrics = self.router.links().metrics.clone();
+        let metrics = self.links.metrics.clone();
         let mut count = 0u64;
         loop {
             // Fast path: `message` pushes straight from the read buffer.
@@ -247,7 +253,7 @@ impl Reader {
                                 self.probe_back(&payload);
                             }
                             Ok(ch) => {
-                                self.router.dispatch(ch, payload, None);
+                                self.router.dispatch(&mut self.links, ch, payload, None);
                                 self.link.rbuf.advance(len);
                             }
                             Err(_) => self.link.rbuf.advance(len),
@@ -272,8 +278,8 @@ impl Reader {
                 }
             }
         }
-        self.router.send_owed_gaps();
-        self.router.wake();
+        self.router.send_owed_gaps(&mut self.links);
+        self.router.wake(&mut self.links);
         metrics.broker_messages.fetch_add(count, Ordering::Relaxed);
     }
 
@@ -293,7 +299,8 @@ impl Reader {
                 if *channel == *self.probe_channel {
                     self.probe_back(&payload);
                 } else {
-                    self.router.dispatch(channel, &payload, None);
+                    self.router
+                        .dispatch(&mut self.links, channel, &payload, None);
                 }
             }
             b"subscribe" => {
@@ -301,11 +308,11 @@ impl Reader {
                     self.probe_subscribed = true;
                     return;
                 }
-                self.router.confirmed(channel);
+                self.router.confirmed(&mut self.links, channel);
                 if self.owe_gap.remove(channel) {
                     let live = self.router.route(channel).map(|r| r.live).unwrap_or(false);
                     if live {
-                        self.router.gap(channel);
+                        self.router.gap(&mut self.links, channel);
                     }
                 }
             }

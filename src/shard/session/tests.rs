@@ -1,0 +1,129 @@
+//! Sessions driven without a socket: bytes in, effects out.
+
+use super::*;
+use crate::ws::inbound::client_frame;
+
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn text(s: &str) -> Vec<u8> {
+    client_frame(1, true, s.as_bytes(), [1, 2, 3, 4])
+}
+
+/// Feeds `bytes` and collects every effect (answering nothing in between).
+fn feed(s: &mut Session, bytes: &[u8]) -> Vec<Effect> {
+    let mut buf = bytes.to_vec();
+    let mut at = 0;
+    let mut out = Vec::new();
+    while let Some(e) = s.poll(&mut buf, &mut at, &Limits::default(), true) {
+        out.push(e);
+    }
+    assert_eq!(at, buf.len(), "every byte taken");
+    out
+}
+
+fn open() -> Session {
+    let mut s = Session::new(0);
+    assert!(matches!(feed(&mut s, UPGRADE)[..], [Effect::Upgrade(_)]));
+    s.open(false);
+    s
+}
+
+#[test]
+fn frames_behind_an_upgrade_wait_for_admission_then_decode() {
+    let mut s = Session::new(0);
+    let mut bytes = UPGRADE.to_vec();
+    bytes.extend(text(r#"{"type":"subscribe","channel":"a"}"#));
+    let effects = feed(&mut s, &bytes);
+    assert!(matches!(effects[..], [Effect::Upgrade(_)]), "{effects:?}");
+    assert!(s.has_input());
+    s.open(false);
+    assert_eq!(
+        feed(&mut s, b""),
+        [Effect::Command(Cmd::Subscribe("a".into()))]
+    );
+}
+
+#[test]
+fn commands_split_anyhow_come_out_whole_and_in_order() {
+    let mut bytes = text(r#"{"type":"publish","channel":"c","data":[1,2],"id":7}"#);
+    bytes.extend(client_frame(9, true, b"hi", [5, 6, 7, 8]));
+    bytes.extend(client_frame(10, true, b"", [5, 6, 7, 8]));
+    bytes.extend(text(r#"{"type":"unsubscribe","channel":"c"}"#));
+    for split in 1..bytes.len() {
+        let mut s = open();
+        let mut effects = feed(&mut s, &bytes[..split]);
+        effects.extend(feed(&mut s, &bytes[split..]));
+        assert_eq!(
+            effects,
+            [
+                Effect::Command(Cmd::Publish {
+                    channel: "c".into(),
+                    payload: Bytes::from_static(b"[1,2]"),
+                    id: Some("7".into()),
+                }),
+                Effect::Send(frame::build(OutOp::Pong, b"hi").freeze()),
+                Effect::Command(Cmd::Unsubscribe("c".into())),
+            ],
+            "split at {split}"
+        );
+    }
+}
+
+#[test]
+fn a_close_or_a_violation_ends_the_input() {
+    let mut s = open();
+    let mut bytes = client_frame(8, true, &1000u16.to_be_bytes(), [1, 1, 1, 1]);
+    bytes.extend(text(r#"{"type":"subscribe","channel":"late"}"#));
+    assert_eq!(
+        feed(&mut s, &bytes),
+        [Effect::Close {
+            code: 1000,
+            reason: ""
+        }]
+    );
+    assert_eq!(s.phase(), Phase::Closing);
+    assert_eq!(feed(&mut s, &text("{}")), []);
+    let mut s = open();
+    let effects = feed(&mut s, &[0x81, 0x02, b'h', b'i']);
+    assert!(
+        matches!(effects[..], [Effect::Close { code: 1002, .. }]),
+        "unmasked: {effects:?}"
+    );
+    assert!(!s.close(), "already closing");
+}
+
+#[test]
+fn bad_commands_become_error_replies_and_the_connection_stays() {
+    let mut s = open();
+    let effects = feed(&mut s, &text(r#"{"type":"nope"}"#));
+    assert!(matches!(effects[..], [Effect::Error { text: true, .. }]));
+    assert!(s.is_open());
+}
+
+#[test]
+fn keep_alive_requests_are_parsed_one_at_a_time() {
+    let mut s = Session::new(0);
+    let two = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let effects = feed(&mut s, two);
+    assert!(matches!(&effects[..], [Effect::Request(h, _)] if h.path == "/a"));
+    assert_eq!(s.phase(), Phase::HttpWait, "waits for the answer");
+    assert!(s.responded(true, 1));
+    let effects = feed(&mut s, b"");
+    assert!(matches!(&effects[..], [Effect::Request(h, _)] if h.path == "/b"));
+    assert!(!s.responded(true, 1), "the request said close");
+    assert_eq!(s.phase(), Phase::Closing);
+}
+
+#[test]
+fn a_malformed_request_is_rejected_and_buffering_is_bounded() {
+    let mut s = Session::new(0);
+    let effects = feed(&mut s, b"\x16\x03garbage\r\n\r\n");
+    assert!(matches!(effects[..], [Effect::Reject(_)]));
+    assert_eq!(s.phase(), Phase::Closing);
+    let mut s = Session::new(0);
+    let effects = feed(&mut s, b"GET /a HTTP/1.1\r\n\r\n");
+    assert!(matches!(effects[..], [Effect::Request(..)]));
+    let limits = Limits::default();
+    let big = vec![b'x'; limits.max_request_head + limits.max_request_body + 1];
+    assert_eq!(feed(&mut s, &big), [Effect::Drop]);
+}
