@@ -63,7 +63,12 @@ fn bench(c: &mut Criterion) {
     let mut links = links;
     let mut router = Router::new(links.metrics.clone());
     for s in 0..SHARDS {
-        router.subscribe(&mut links, "room.42".into(), s, 1);
+        router.subscribe(
+            &mut links,
+            "room.42".into(),
+            fanout::ids::ShardId::new(s),
+            1,
+        );
     }
     router.confirmed(&mut links, "room.42");
     let payload = br#"{"user":"alice","text":"hello there","ts":1700000000000}"#;

@@ -128,7 +128,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     for (id, ((poll, data), control)) in polls.into_iter().zip(data_rx).zip(control_rx).enumerate()
     {
         let setup = ShardSetup {
-            id,
+            id: crate::ids::ShardId::new(id),
             poll,
             data,
             control,

@@ -30,7 +30,7 @@ pub struct ShardLinks {
 impl ShardLinks {
     /// Sends a control message to one shard.
     pub fn control(&self, shard: ShardId, msg: ShardMsg) {
-        if let Some(tx) = self.control.get(shard) {
+        if let Some(tx) = self.control.get(shard.index()) {
             let _ = tx.send(msg);
         }
     }

@@ -316,7 +316,7 @@ impl Presence {
         for (i, (user, to)) in queries.iter().enumerate() {
             let result = results.as_ref().and_then(|r| r.get(i)).map(Vec::as_slice);
             let frame = render_answer(to.http, user, result);
-            if let Some(tx) = self.shards.get(to.shard) {
+            if let Some(tx) = self.shards.get(to.shard.index()) {
                 let _ = tx.send(ShardMsg::Reply {
                     conn: to.conn,
                     frame,

@@ -235,7 +235,7 @@ impl Shard {
             Err((status, why)) => return response::json_error(status, why),
         };
         let cluster = self.config.redis.is_some();
-        let m = &self.metrics.shards[self.id];
+        let m = &self.metrics.shards[self.id.index()];
         if cluster && !self.health.publisher_ok.load(Ordering::Relaxed) {
             m.publish_rejected
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);

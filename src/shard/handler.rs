@@ -23,7 +23,7 @@ impl Shard {
         id: Option<&str>,
         channel: Option<&str>,
     ) {
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .client_errors
             .fetch_add(1, Ordering::Relaxed);
         self.queue(key, reply::error(code, message, id, channel));
@@ -72,7 +72,7 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(key) {
             conn.subs.push((chan, pos));
         }
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .subscriptions
             .fetch_add(1, Ordering::Relaxed);
         match added {
@@ -110,7 +110,7 @@ impl Shard {
             return;
         };
         let (_, pos) = conn.subs.swap_remove(i);
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .subscriptions
             .fetch_sub(1, Ordering::Relaxed);
         self.leave(chan, pos);
@@ -148,7 +148,7 @@ impl Shard {
         };
         match self.broker.send(cmd) {
             Ok(()) => {
-                self.metrics.shards[self.id]
+                self.metrics.shards[self.id.index()]
                     .publishes
                     .fetch_add(1, Ordering::Relaxed);
             }
@@ -160,7 +160,7 @@ impl Shard {
     }
 
     fn publish_refused(&mut self, key: usize, channel: &str, id: Option<&str>) {
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .publish_rejected
             .fetch_add(1, Ordering::Relaxed);
         self.simple_error(
@@ -218,7 +218,10 @@ impl Shard {
             shard: self.id,
         };
         if let Err(BrokerCmd::Unsubscribe { channel, .. }) = self.broker.send(cmd) {
-            tracing::debug!(shard = self.id, "broker queue full: unsubscribe owed");
+            tracing::debug!(
+                shard = self.id.index(),
+                "broker queue full: unsubscribe owed"
+            );
             self.subs.unsubscribe_owed.push(channel);
         }
     }

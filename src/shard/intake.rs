@@ -129,7 +129,7 @@ impl Shard {
             }
         }
         self.fan_out();
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .queue_depth
             .store(self.data.len() as u64, Ordering::Relaxed);
     }
@@ -143,7 +143,7 @@ impl Shard {
         match msg {
             ShardMsg::Deliver { channel, frame, at } => {
                 self.deliver(&channel, frame, super::outq::Kind::Delivery);
-                self.metrics.shards[self.id]
+                self.metrics.shards[self.id.index()]
                     .deliver_latency
                     .observe(at.elapsed());
             }

@@ -76,7 +76,7 @@ impl Shard {
         match effect {
             Effect::Send(frame) => self.queue(key, frame),
             Effect::Error { frame, text } => {
-                let m = &self.metrics.shards[self.id];
+                let m = &self.metrics.shards[self.id.index()];
                 if text {
                     m.messages_in.fetch_add(1, Ordering::Relaxed);
                 }
@@ -84,7 +84,7 @@ impl Shard {
                 self.queue(key, frame);
             }
             Effect::Command(cmd) => {
-                self.metrics.shards[self.id]
+                self.metrics.shards[self.id.index()]
                     .messages_in
                     .fetch_add(1, Ordering::Relaxed);
                 self.on_command(key, cmd);

@@ -132,7 +132,7 @@ impl Shard {
                 .registry()
                 .register(l, LISTENER, Interest::READABLE)
             {
-                tracing::error!(shard = self.id, "cannot register listener: {e}");
+                tracing::error!(shard = self.id.index(), "cannot register listener: {e}");
                 return;
             }
         }
@@ -171,7 +171,7 @@ impl Shard {
             self.control.unpark();
             if let Err(e) = polled {
                 if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!(shard = self.id, "poll failed: {e}");
+                    tracing::error!(shard = self.id.index(), "poll failed: {e}");
                     return;
                 }
             }
@@ -215,9 +215,9 @@ impl Shard {
                 }
             }
         }
-        let shard = &self.metrics.shards[self.id];
+        let shard = &self.metrics.shards[self.id.index()];
         shard.connections.store(0, Ordering::Relaxed);
-        tracing::debug!(shard = self.id, "shard stopped");
+        tracing::debug!(shard = self.id.index(), "shard stopped");
     }
 
     fn accept(&mut self) {
@@ -233,7 +233,7 @@ impl Shard {
                     let _ = stream.set_nodelay(true);
                     let target = self.next_peer % self.peers.len().max(1);
                     self.next_peer = self.next_peer.wrapping_add(1);
-                    if target == self.id || self.peers.is_empty() {
+                    if target == self.id.index() || self.peers.is_empty() {
                         self.register(stream);
                     } else if let Err(ShardMsg::Accept(stream)) =
                         self.peers[target].send(ShardMsg::Accept(stream))
@@ -246,7 +246,7 @@ impl Shard {
                 Err(e) => {
                     // Out of file descriptors (EMFILE/ENFILE) or similar: pause accepting
                     // for a second instead of spinning on a listener we cannot drain.
-                    tracing::warn!(shard = self.id, "accept failed, pausing 1 s: {e}");
+                    tracing::warn!(shard = self.id.index(), "accept failed, pausing 1 s: {e}");
                     self.accept_paused_until = self.now + 1;
                     return;
                 }
@@ -266,12 +266,12 @@ impl Shard {
             .registry()
             .register(&mut stream, Token(key), interest)
         {
-            tracing::warn!(shard = self.id, "cannot register connection: {e}");
+            tracing::warn!(shard = self.id.index(), "cannot register connection: {e}");
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
         entry.insert(Conn::new(stream, self.next_gen, self.now));
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .connections
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -286,7 +286,7 @@ impl Shard {
             self.intake.lag_ended(None);
         }
         self.presence_closed(&conn);
-        let m = &self.metrics.shards[self.id];
+        let m = &self.metrics.shards[self.id.index()];
         m.connections.fetch_sub(1, Ordering::Relaxed);
         m.subscriptions
             .fetch_sub(conn.subs.len() as u64, Ordering::Relaxed);
@@ -341,7 +341,7 @@ impl Shard {
         for key in to_ping {
             self.queue(key, ping_frame.clone());
         }
-        let m = &self.metrics.shards[self.id];
+        let m = &self.metrics.shards[self.id.index()];
         m.timeouts
             .fetch_add((expired.len() + unanswered.len()) as u64, Ordering::Relaxed);
         for key in expired {
@@ -362,7 +362,7 @@ impl Shard {
     ) -> Result<(), (u16, &'static str)> {
         let verdict = self.admit_upgrade(head);
         if verdict.is_err() {
-            self.metrics.shards[self.id]
+            self.metrics.shards[self.id.index()]
                 .upgrades_refused
                 .fetch_add(1, Ordering::Relaxed);
         }

@@ -110,12 +110,12 @@ impl Shard {
                     self.dirty.push(key);
                 }
                 if conn.outq.bytes() > limit {
-                    Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
+                    Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
                 }
             }
         }
         self.intake.hold |= hold;
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .messages_out
             .fetch_add(queued, Ordering::Relaxed);
     }
@@ -174,7 +174,7 @@ impl Shard {
             limit
         };
         if conn.outq.bytes() > limit {
-            Self::over_limit(conn, &self.metrics.shards[self.id], &self.config);
+            Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
         }
     }
 
@@ -278,7 +278,7 @@ impl Shard {
                 Err(_) => self.close(key),
             }
         }
-        self.metrics.shards[self.id]
+        self.metrics.shards[self.id.index()]
             .bytes_out
             .fetch_add(bytes, Ordering::Relaxed);
         self.intake.flushed(writes);

@@ -37,8 +37,8 @@ impl Router {
                 channel: route.name.clone(),
             };
             if out.send_data(shard, gap).is_ok() {
-                route.gap_owed &= !(1u64 << shard);
-                *unwoken |= 1u64 << shard;
+                route.gap_owed &= !(shard.bit());
+                *unwoken |= shard.bit();
                 metrics.gaps.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -119,10 +119,10 @@ impl Router {
         let mut dropped = 0u64;
         for shard in shards_of(route.shards) {
             if out.is_full(shard) {
-                route.gap_owed |= 1 << shard;
+                route.gap_owed |= shard.bit();
                 dropped += 1;
             } else {
-                targets |= 1 << shard;
+                targets |= shard.bit();
             }
         }
         if targets != 0 {
@@ -132,7 +132,7 @@ impl Router {
             };
             let at = std::time::Instant::now();
             for shard in shards_of(targets) {
-                let bit = 1u64 << shard;
+                let bit = shard.bit();
                 if route.gap_owed & bit != 0 {
                     // The first delivery after a loss is preceded by a gap notice.
                     let gap = ShardMsg::Gap {

@@ -36,16 +36,16 @@ impl Outbox for ShardLinks {
         self.data.len()
     }
     fn is_full(&self, shard: ShardId) -> bool {
-        self.data[shard].is_full()
+        self.data[shard.index()].is_full()
     }
     fn send_data(&mut self, shard: ShardId, msg: ShardMsg) -> Result<(), ShardMsg> {
-        self.data[shard].send_quiet(msg)
+        self.data[shard.index()].send_quiet(msg)
     }
     fn control(&mut self, shard: ShardId, msg: ShardMsg) {
         ShardLinks::control(self, shard, msg)
     }
     fn wake(&mut self, shard: ShardId) {
-        self.data[shard].wake()
+        self.data[shard.index()].wake()
     }
 }
 
@@ -122,7 +122,7 @@ impl Router {
         shard: ShardId,
         epoch: u32,
     ) -> Wire {
-        let bit = 1u64 << shard;
+        let bit = shard.bit();
         let route = self.routes.entry(channel.clone()).or_insert_with(|| Route {
             name: channel,
             shards: 0,
@@ -168,8 +168,8 @@ impl Router {
         let Some(route) = self.routes.get_mut(channel) else {
             return Wire::Nothing;
         };
-        route.shards &= !(1u64 << shard);
-        route.waiting &= !(1u64 << shard);
+        route.shards &= !(shard.bit());
+        route.waiting &= !(shard.bit());
         route.epochs.retain(|(s, _)| *s != shard);
         if route.shards != 0 {
             return Wire::Nothing;
@@ -206,7 +206,7 @@ impl Router {
         route.live = true;
         route.was_live = false;
         for &(shard, epoch) in &route.epochs {
-            if route.waiting & (1u64 << shard) != 0 {
+            if route.waiting & (shard.bit()) != 0 {
                 let channel = route.name.clone();
                 out.control(shard, ShardMsg::Subscribed { channel, epoch });
             }
@@ -227,7 +227,7 @@ impl Router {
             r.on_wire = false;
             r.waiting = r.shards;
         }
-        for shard in 0..out.shards() {
+        for shard in ShardId::all(out.shards()) {
             out.control(shard, ShardMsg::Unconfirmed);
         }
     }
@@ -268,13 +268,6 @@ impl Router {
 }
 
 /// The shard ids whose bits are set.
-pub(super) fn shards_of(mut mask: u64) -> impl Iterator<Item = ShardId> {
-    std::iter::from_fn(move || {
-        if mask == 0 {
-            return None;
-        }
-        let s = mask.trailing_zeros() as usize;
-        mask &= mask - 1;
-        Some(s)
-    })
+pub(super) fn shards_of(mask: u64) -> impl Iterator<Item = ShardId> {
+    ShardId::each(mask)
 }

@@ -7,6 +7,11 @@ use std::sync::Arc;
 
 use super::*;
 
+/// Shard `i`.
+fn sid(i: usize) -> ShardId {
+    ShardId::new(i)
+}
+
 /// An outbox that records: per shard, a data queue of 16 and a control queue.
 struct Recorder {
     data: Vec<VecDeque<ShardMsg>>,
@@ -19,20 +24,20 @@ impl Outbox for Recorder {
         self.data.len()
     }
     fn is_full(&self, shard: ShardId) -> bool {
-        self.data[shard].len() >= 16
+        self.data[shard.index()].len() >= 16
     }
     fn send_data(&mut self, shard: ShardId, msg: ShardMsg) -> Result<(), ShardMsg> {
         if self.is_full(shard) {
             return Err(msg);
         }
-        self.data[shard].push_back(msg);
+        self.data[shard.index()].push_back(msg);
         Ok(())
     }
     fn control(&mut self, shard: ShardId, msg: ShardMsg) {
-        self.control[shard].push_back(msg);
+        self.control[shard.index()].push_back(msg);
     }
     fn wake(&mut self, shard: ShardId) {
-        self.woken.push(shard);
+        self.woken.push(shard.index());
     }
 }
 
@@ -69,29 +74,29 @@ fn kinds(q: &mut VecDeque<ShardMsg>) -> Vec<&'static str> {
 #[test]
 fn refcounts_per_shard_and_confirms_waiters() {
     let (mut r, mut o) = setup(2);
-    assert_eq!(r.subscribe(&mut o, "c".into(), 0, 1), Wire::Subscribe);
-    assert_eq!(r.subscribe(&mut o, "c".into(), 1, 1), Wire::Nothing);
+    assert_eq!(r.subscribe(&mut o, "c".into(), sid(0), 1), Wire::Subscribe);
+    assert_eq!(r.subscribe(&mut o, "c".into(), sid(1), 1), Wire::Nothing);
     assert!(subscribed(&mut o.control[0]).is_empty());
     r.confirmed(&mut o, "c");
     assert_eq!(subscribed(&mut o.control[0]), vec![1]);
     assert_eq!(subscribed(&mut o.control[1]), vec![1]);
     // Live: a new shard subscription is confirmed at once.
-    assert_eq!(r.unsubscribe("c", 1), Wire::Nothing);
-    assert_eq!(r.subscribe(&mut o, "c".into(), 1, 2), Wire::Nothing);
+    assert_eq!(r.unsubscribe("c", sid(1)), Wire::Nothing);
+    assert_eq!(r.subscribe(&mut o, "c".into(), sid(1), 2), Wire::Nothing);
     assert_eq!(subscribed(&mut o.control[1]), vec![2]);
-    assert_eq!(r.unsubscribe("c", 0), Wire::Nothing);
-    assert_eq!(r.unsubscribe("c", 1), Wire::Unsubscribe);
+    assert_eq!(r.unsubscribe("c", sid(0)), Wire::Nothing);
+    assert_eq!(r.unsubscribe("c", sid(1)), Wire::Unsubscribe);
     assert_eq!(r.channels(), 0);
 }
 
 #[test]
 fn resubscribe_while_unsubscribe_in_flight_waits_for_the_latest_confirmation() {
     let (mut r, mut o) = setup(1);
-    assert_eq!(r.subscribe(&mut o, "c".into(), 0, 1), Wire::Subscribe);
-    assert_eq!(r.unsubscribe("c", 0), Wire::Unsubscribe);
+    assert_eq!(r.subscribe(&mut o, "c".into(), sid(0), 1), Wire::Subscribe);
+    assert_eq!(r.unsubscribe("c", sid(0)), Wire::Unsubscribe);
     // Entry kept (one SUBSCRIBE in flight), but after the UNSUBSCRIBE a new
     // SUBSCRIBE must go out, and only its confirmation counts.
-    assert_eq!(r.subscribe(&mut o, "c".into(), 0, 2), Wire::Subscribe);
+    assert_eq!(r.subscribe(&mut o, "c".into(), sid(0), 2), Wire::Subscribe);
     r.confirmed(&mut o, "c");
     assert!(subscribed(&mut o.control[0]).is_empty());
     r.confirmed(&mut o, "c");
@@ -101,8 +106,8 @@ fn resubscribe_while_unsubscribe_in_flight_waits_for_the_latest_confirmation() {
 #[test]
 fn dispatch_shares_one_frame_and_counts_drops() {
     let (mut r, mut o) = setup(2);
-    r.subscribe(&mut o, "c".into(), 0, 1);
-    r.subscribe(&mut o, "c".into(), 1, 1);
+    r.subscribe(&mut o, "c".into(), sid(0), 1);
+    r.subscribe(&mut o, "c".into(), sid(1), 1);
     assert_eq!(r.dispatch(&mut o, "c", b"1", Some(true)), 2);
     assert!(o.woken.is_empty(), "no wake-up per message");
     r.wake(&mut o);
@@ -126,7 +131,7 @@ fn dispatch_shares_one_frame_and_counts_drops() {
 #[test]
 fn a_dropped_delivery_is_followed_by_a_gap_notice() {
     let (mut r, mut o) = setup(1);
-    r.subscribe(&mut o, "c".into(), 0, 1);
+    r.subscribe(&mut o, "c".into(), sid(0), 1);
     for _ in 0..20 {
         r.dispatch(&mut o, "c", b"1", Some(true));
     }
@@ -151,7 +156,7 @@ fn a_dropped_delivery_is_followed_by_a_gap_notice() {
 #[test]
 fn a_gap_notice_queues_behind_the_deliveries_already_queued() {
     let (mut r, mut o) = setup(1);
-    r.subscribe(&mut o, "c".into(), 0, 1);
+    r.subscribe(&mut o, "c".into(), sid(0), 1);
     r.confirmed(&mut o, "c");
     subscribed(&mut o.control[0]);
     r.dispatch(&mut o, "c", b"1", Some(true));
@@ -180,8 +185,8 @@ fn a_gap_notice_queues_behind_the_deliveries_already_queued() {
 fn an_oversized_message_is_dropped_counted_and_owes_a_gap() {
     let (r, mut o) = setup(2);
     let mut r = r.with_max_message(4);
-    r.subscribe(&mut o, "c".into(), 0, 1);
-    r.subscribe(&mut o, "c".into(), 1, 1);
+    r.subscribe(&mut o, "c".into(), sid(0), 1);
+    r.subscribe(&mut o, "c".into(), sid(1), 1);
     assert_eq!(r.dispatch(&mut o, "c", b"12345", Some(true)), 0);
     assert_eq!(r.metrics.broker_too_large.load(Ordering::Relaxed), 1);
     assert!(kinds(&mut o.data[0]).is_empty());
@@ -195,7 +200,7 @@ fn an_oversized_message_is_dropped_counted_and_owes_a_gap() {
 #[test]
 fn a_lost_connection_unconfirms_every_route_until_resubscribed() {
     let (mut r, mut o) = setup(2);
-    assert_eq!(r.subscribe(&mut o, "c".into(), 0, 7), Wire::Subscribe);
+    assert_eq!(r.subscribe(&mut o, "c".into(), sid(0), 7), Wire::Subscribe);
     r.confirmed(&mut o, "c");
     assert_eq!(kinds(&mut o.control[0]), ["subscribed"]);
     r.lost(&mut o);
@@ -203,7 +208,7 @@ fn a_lost_connection_unconfirms_every_route_until_resubscribed() {
     assert_eq!(kinds(&mut o.control[1]), ["unconfirmed"]);
     assert!(!r.route("c").unwrap().live);
     // A new shard is not confirmed while the connection is down...
-    r.subscribe(&mut o, "c".into(), 1, 3);
+    r.subscribe(&mut o, "c".into(), sid(1), 3);
     assert!(kinds(&mut o.control[1]).is_empty());
     // ...and on resubscribe every shard is confirmed again, with its own epoch.
     for ch in r.reset() {
@@ -217,7 +222,7 @@ fn a_lost_connection_unconfirms_every_route_until_resubscribed() {
 #[test]
 fn reset_keeps_channels_with_subscribers() {
     let (mut r, mut o) = setup(1);
-    r.subscribe(&mut o, "a".into(), 0, 1);
+    r.subscribe(&mut o, "a".into(), sid(0), 1);
     r.confirmed(&mut o, "a");
     let again = r.reset();
     assert_eq!(again.len(), 1);
