@@ -85,7 +85,7 @@ pub fn user_path(path: &str) -> Option<Result<String, Refusal>> {
 
 /// A user id is 1 to 256 bytes of UTF-8 without control characters (like a channel).
 pub fn valid_user(user: &str) -> bool {
-    crate::protocol::channel::validate(user, 256).is_ok()
+    crate::protocol::channel::validate_name(user, 256).is_ok()
 }
 
 /// Decodes `%XX` escapes (`+` stays `+`). `None` on a bad escape or invalid UTF-8.

@@ -18,6 +18,7 @@ use super::resp::{self, Value};
 use super::{LINK, WAKER};
 use crate::broker::router::Wire;
 use crate::broker::{BrokerCmd, Router, ShardLinks};
+use crate::protocol::channel::PROBE_PREFIX;
 use crate::server::Health;
 use crate::shard::inbox::{Inbox, InboxSender};
 
@@ -68,7 +69,7 @@ impl Reader {
             health,
             writer,
             stop,
-            probe_channel: Arc::from(format!("__fanout:probe:{server_id}:{}", std::process::id())),
+            probe_channel: Arc::from(format!("{PROBE_PREFIX}{server_id}:{}", std::process::id())),
             probe_sent: None,
             probe_seq: 0,
             next_probe: Instant::now(),
