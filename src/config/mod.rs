@@ -189,23 +189,23 @@ pub struct Args {
     #[arg(long, env = "SERVER_ID", value_name = "ID")]
     pub server_id: Option<String>,
 
-    /// Event-loop threads [default: number of cores]
+    /// Event-loop threads, 1–64 [default: number of cores, at most 64]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
-    /// Largest client message in bytes; larger ones get a too_large error [default: 65536]
+    /// Largest client message in bytes; larger ones get a too_large error; 1–16777216 [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
 
-    /// Subscriptions one connection may hold [default: 1024]
+    /// Subscriptions one connection may hold; 1–1048576 [default: 1024]
     #[arg(long, value_name = "N")]
     pub max_subscriptions: Option<usize>,
 
-    /// Longest channel name in bytes [default: 256]
+    /// Longest channel name in bytes; 1–65536 [default: 256]
     #[arg(long, value_name = "BYTES")]
     pub max_channel_len: Option<usize>,
 
-    /// Bytes queued for one slow connection before the slow-consumer policy applies [default: 1048576]
+    /// Bytes queued for one slow connection before the slow-consumer policy applies; 1024–1073741824 [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     pub outbound_limit: Option<usize>,
 
@@ -213,21 +213,21 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "POLICY")]
     pub slow_consumer: Option<SlowPolicy>,
 
-    /// Seconds between server pings; a client silent for two intervals is dropped [default: 25]
+    /// Seconds between server pings; a client silent for two intervals is dropped; 1–86400 [default: 25]
     #[arg(long, value_name = "SECS")]
     pub ping_interval: Option<u64>,
 
-    /// Seconds a client has to complete its handshake (or HTTP request) [default: 10]
+    /// Seconds a client has to complete its handshake (or HTTP request); 1–86400 [default: 10]
     #[arg(long, value_name = "SECS")]
     pub handshake_timeout: Option<u64>,
 
-    /// Seconds a SIGTERM/SIGINT shutdown may take before the node exits anyway [default: 5]
+    /// Seconds a SIGTERM/SIGINT shutdown may take before the node exits anyway; 1–86400 [default: 5]
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
 
     /// Pacing of a shard's flushes under high per-connection message rates: while connections
     /// get two or more messages per flush, flush at most once per this many microseconds, so each
-    /// write carries every frame of the interval (0: never pace) [default: 10000]
+    /// write carries every frame of the interval (0: never pace); 0–100000 [default: 10000]
     #[arg(long, value_name = "MICROS")]
     pub flush_interval: Option<u64>,
 
@@ -255,11 +255,11 @@ pub struct Args {
     #[arg(long)]
     pub presence_user_param: bool,
 
-    /// Seconds between presence heartbeats (one pipelined round per node); the node's liveness key lives 3 intervals [default: 30]
+    /// Seconds between presence heartbeats (one pipelined round per node); the node's liveness key lives 3 intervals; 1–3600 [default: 30]
     #[arg(long, value_name = "SECS")]
     pub presence_heartbeat: Option<u64>,
 
-    /// TTL in seconds of each connections:{user} hash, refreshed by heartbeats [default: 120]
+    /// TTL in seconds of each connections:{user} hash, refreshed by heartbeats; longer than the heartbeat, at most 86400 [default: 120]
     #[arg(long, value_name = "SECS")]
     pub presence_ttl: Option<u64>,
 
