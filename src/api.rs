@@ -70,51 +70,58 @@ pub fn parse_publish(body: &[u8], limits: &Limits) -> Result<Vec<Publish>, Refus
         .collect()
 }
 
-/// The user of `/api/users/{U}/connections`, percent-decoded; `None` for other paths.
-/// `Some(Err)` when the user segment is not valid.
+/// The user of `/api/users/{U}/connections`, percent-decoded (`+` stays `+` in a path);
+/// `None` for other paths. `Some(Err)` when the user segment is not valid.
 pub fn user_path(path: &str) -> Option<Result<String, Refusal>> {
     let rest = path.strip_prefix("/api/users/")?;
     let user = rest.strip_suffix("/connections")?;
-    Some(match percent_decode(user) {
-        Some(u) if valid_user(&u) => Ok(u),
-        _ => Err((400, "bad user id")),
+    Some(match percent_decode(user, false) {
+        Ok(u) if valid_user(&u) => Ok(u),
+        Ok(_) => Err((400, "bad user id")),
+        Err(why) => Err((400, why)),
     })
 }
 
 /// A user id is 1 to 256 bytes of UTF-8 without control characters (like a channel).
 pub fn valid_user(user: &str) -> bool {
-    crate::protocol::channel::validate(user, 256).is_ok()
+    crate::protocol::channel::validate_name(user, 256).is_ok()
 }
 
-/// Decodes `%XX` escapes (`+` stays `+`). `None` on a bad escape or invalid UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes, and `+` as a space when `plus_is_space` (query strings, as
+/// browsers send forms). Refuses a `%` not followed by two hex digits and a result that
+/// is not UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, &'static str> {
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let bad_escape = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !matches!(bytes.get(i + 1..i + 3), Some([h, l])
+                if h.is_ascii_hexdigit() && l.is_ascii_hexdigit())
+    });
+    if bad_escape {
+        return Err("bad percent-encoding (% must be followed by two hex digits)");
     }
-    String::from_utf8(out).ok()
+    let spaced = match plus_is_space {
+        true => Cow::Owned(s.replace('+', " ")),
+        false => Cow::Borrowed(s),
+    };
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| "percent-encoded value is not valid UTF-8")
 }
 
-/// The percent-decoded value of query parameter `name`.
+/// The decoded value of query parameter `name` (`application/x-www-form-urlencoded`:
+/// `+` is a space, `%XX` a byte of UTF-8), checked as a user id.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<Result<String, Refusal>> {
     let query = query?;
     let raw = query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
+        (percent_decode(k, true).ok()? == name).then_some(v)
     })?;
-    Some(match percent_decode(raw) {
-        Some(u) if valid_user(&u) => Ok(u),
-        _ => Err((400, "bad user parameter")),
+    Some(match percent_decode(raw, true) {
+        Ok(u) if valid_user(&u) => Ok(u),
+        Ok(_) => Err((400, "bad user parameter")),
+        Err(why) => Err((400, why)),
     })
 }
 
@@ -212,6 +219,26 @@ mod tests {
             Some(Ok("bob@x".into()))
         );
         assert_eq!(query_param(Some("a=1"), "user"), None);
+        assert_eq!(
+            query_param(Some("user=John+Doe"), "user"),
+            Some(Ok("John Doe".into()))
+        );
+        assert_eq!(
+            query_param(Some("x=%zz&us%65r=%C3%A9t%C3%A9+2%2B2"), "user"),
+            Some(Ok("été 2+2".into()))
+        );
+        assert_eq!(
+            query_param(Some("user=%FF"), "user"),
+            Some(Err((400, "percent-encoded value is not valid UTF-8")))
+        );
+        assert!(matches!(
+            query_param(Some("user=a%2"), "user"),
+            Some(Err(_))
+        ));
+        assert_eq!(
+            user_path("/api/users/a+b/connections"),
+            Some(Ok("a+b".into()))
+        );
         assert!(matches!(query_param(Some("user="), "user"), Some(Err(_))));
         assert!(key_ok(None, None));
         assert!(key_ok(Some("k1"), Some("k1")));

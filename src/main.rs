@@ -3,15 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use fanout::config::{Args, Config};
+use fanout::config::{Args, Config, LogFormat};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     let config = match Config::resolve(args, std::env::var("PORT").ok()) {
         Ok(c) => c,
@@ -20,6 +14,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(config.log_format);
     let mode = config.redis.clone().unwrap_or_else(|| "embedded".into());
     let (shards, server_id) = (config.shards, config.server_id.clone());
     let shutdown_timeout = config.shutdown_timeout;
@@ -57,4 +52,17 @@ fn main() -> ExitCode {
     server.join();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+fn init_logs(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }

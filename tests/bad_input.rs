@@ -1,9 +1,13 @@
 //! Bad input from a client gets the right error code and leaves the connection usable.
 
 mod common;
+mod support;
 
-use common::TestNode;
+use std::time::Duration;
+
+use common::{wait_for, RedisProcess, TestNode, DEADLINE};
 use serde_json::json;
+use support::{get, post};
 use tungstenite::Message;
 
 #[test]
@@ -68,6 +72,16 @@ fn each_bad_message_gets_its_error_code_and_the_connection_survives() {
         (
             "id of a bad type",
             Message::text(r#"{"type":"publish","channel":"a","data":1,"id":[1]}"#),
+            "bad_request",
+        ),
+        (
+            "null id",
+            Message::text(r#"{"type":"publish","channel":"a","data":1,"id":null}"#),
+            "bad_request",
+        ),
+        (
+            "null id on a subscribe",
+            Message::text(r#"{"type":"subscribe","channel":"a","id":null}"#),
             "bad_request",
         ),
         (
@@ -176,4 +190,81 @@ fn plain_http_gets_an_answer_not_a_hang() {
             "{req:?} → {out}"
         );
     }
+}
+
+/// The node's own probe channel, `__fanout:probe:<server-id>:<pid>`.
+fn probe_channel(node: &TestNode, server_id: &str) -> String {
+    format!(
+        "{}{server_id}:{}",
+        fanout::protocol::channel::PROBE_PREFIX,
+        node.pid()
+    )
+}
+
+#[test]
+fn clients_cannot_touch_the_reserved_probe_channels() {
+    let redis = RedisProcess::start();
+    let node = TestNode::with_redis(&redis, &["--server-id", "probe-node"]);
+    wait_for("node healthy", DEADLINE, || {
+        (get(node.addr, "/healthz").status == 200).then_some(())
+    });
+    let probe = probe_channel(&node, "probe-node");
+    redis.wait_numsub(&probe, 1);
+    let mut c = node.client();
+    for (kind, extra) in [
+        ("subscribe", ""),
+        ("unsubscribe", ""),
+        ("publish", r#","data":"1""#),
+        ("subscribe", r#","id":"s1""#),
+    ] {
+        let text = format!(
+            r#"{{"type":"{kind}","channel":{}{extra}}}"#,
+            serde_json::to_string(&probe).unwrap()
+        );
+        c.send(&text);
+        let v = c.expect_json();
+        assert_eq!(v["type"], "error", "{text}: {v}");
+        assert_eq!(v["code"], "bad_channel", "{text}: {v}");
+        assert_eq!(v["channel"].as_str(), Some(probe.as_str()), "{text}: {v}");
+    }
+    // Any name under the prefix, not only this node's.
+    c.send(r#"{"type":"subscribe","channel":"__fanout:probe:other:1"}"#);
+    assert_eq!(c.expect_json()["code"], "bad_channel");
+    // The HTTP API refuses it too, alone or inside a batch (nothing of it published).
+    let body = json!({"channel": probe, "data": 1}).to_string();
+    let r = post(node.addr, "/api/publish", &body, "");
+    assert_eq!(r.status, 400, "{r:?}");
+    let batch = json!([{"channel":"fine","data":1},{"channel":probe,"data":2}]).to_string();
+    assert_eq!(post(node.addr, "/api/publish", &batch, "").status, 400);
+    // Names that only resemble the prefix are ordinary channels.
+    c.subscribe("__fanout:probe");
+    c.subscribe("x__fanout:probe:");
+    // The node's probe is intact: still subscribed in Redis, health still green.
+    assert_eq!(redis.numsub(&probe), 1);
+    c.expect_silence(Duration::from_millis(100));
+    assert_eq!(get(node.addr, "/healthz").status, 200);
+}
+
+#[test]
+fn reserved_prefix_is_refused_in_embedded_mode_too() {
+    let node = TestNode::start(&[]);
+    let mut c = node.client();
+    c.send(r#"{"type":"publish","channel":"__fanout:probe:a:1","data":1,"id":7}"#);
+    let v = c.expect_json();
+    assert_eq!(
+        (v["code"].as_str(), v["id"].as_i64()),
+        (Some("bad_channel"), Some(7)),
+        "{v}"
+    );
+    let r = post(
+        node.addr,
+        "/api/publish",
+        r#"{"channel":"__fanout:probe:a:1","data":1}"#,
+        "",
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("reserved"),
+        "{r:?}"
+    );
 }

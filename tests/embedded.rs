@@ -1,6 +1,7 @@
 //! A node without Redis: the in-process bus, same protocol.
 
 mod common;
+mod support;
 
 use std::time::Duration;
 
@@ -45,4 +46,34 @@ fn per_publisher_order_holds_in_embedded_mode() {
     for i in 0..1000 {
         assert_eq!(s.expect_json(), json!({"channel":"o","data":i}));
     }
+}
+
+#[test]
+fn null_data_is_published_and_delivered_byte_for_byte() {
+    let node = TestNode::start(&[]);
+    let mut s = node.client();
+    s.subscribe("c");
+    let mut p = node.client();
+    p.send(r#"{"type":"publish","channel":"c","data":null}"#);
+    p.send(r#"{"type":"publish","channel":"c","data": null,"id":"n1"}"#);
+    assert_eq!(p.expect_json(), json!({"type":"published","id":"n1"}));
+    for _ in 0..2 {
+        match s.recv_message(common::DEADLINE) {
+            Some(tungstenite::Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v, json!({"channel":"c","data":null}));
+                assert_eq!(t.as_str(), r#"{"channel":"c","data":null}"#);
+            }
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+    // Over HTTP too: the same payload, the same delivery.
+    let r = support::post(
+        node.addr,
+        "/api/publish",
+        r#"{"channel":"c","data":null}"#,
+        "",
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(s.expect_json(), json!({"channel":"c","data":null}));
 }

@@ -278,3 +278,37 @@ fn metrics_move_as_traffic_flows() {
         (metric(a, "fanout_presence_connections") == 1.0).then_some(())
     });
 }
+
+#[test]
+fn the_user_parameter_is_form_decoded_and_bad_encodings_get_a_clear_400() {
+    let node = TestNode::start(&["--presence-user-param"]);
+    // `+` is a space (as browsers encode forms), `%XX` are UTF-8 bytes.
+    let _john = common::WsClient::connect(&format!("ws://{}/?user=John+Doe", node.addr));
+    let _eve = common::WsClient::connect(&format!("ws://{}/?x=1&user=%C3%89ve%2B1", node.addr));
+    for (path, user) in [
+        ("/api/users/John%20Doe/connections", "John Doe"),
+        ("/api/users/%C3%89ve+1/connections", "Éve+1"),
+    ] {
+        // Presence records the connection asynchronously: wait for it.
+        let v = wait_for(&format!("{user} online"), DEADLINE, || {
+            let r = get(node.addr, path);
+            assert_eq!(r.status, 200, "{r:?}");
+            let v = r.json();
+            assert_eq!(v["user"].as_str(), Some(user), "{v}");
+            (v["online"] == true).then_some(v)
+        });
+        assert_eq!(v["connections"].as_array().map(Vec::len), Some(1), "{v}");
+    }
+    for (query, reason) in [("user=%FF", "UTF-8"), ("user=a%2", "percent-encoding")] {
+        let r = raw(
+            node.addr,
+            format!("GET /?{query} HTTP/1.1\r\nHost: t\r\n{UPGRADE_HEADERS}\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{query}: {r:?}");
+        // Upgrade refusals carry a plain-text reason.
+        assert!(r.body.contains(reason), "{query}: {r:?}");
+    }
+}
+
+/// The headers of a WebSocket upgrade request (after the request line and Host).
+const UPGRADE_HEADERS: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";

@@ -8,6 +8,7 @@ use presence::resolve_presence;
 pub use presence::{OnOff, PresenceConfig};
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,6 +45,46 @@ impl Default for Limits {
     }
 }
 
+/// Accepted range of `--max-message` (bytes): 16 MiB at most.
+pub const MAX_MESSAGE: RangeInclusive<usize> = 1..=16 * 1024 * 1024;
+/// Accepted range of `--max-subscriptions`.
+pub const MAX_SUBSCRIPTIONS: RangeInclusive<usize> = 1..=1_048_576;
+/// Accepted range of `--max-channel-len` (bytes).
+pub const MAX_CHANNEL_LEN: RangeInclusive<usize> = 1..=65_536;
+/// Accepted range of `--outbound-limit` (bytes): 1 KiB to 1 GiB.
+pub const OUTBOUND_LIMIT: RangeInclusive<usize> = 1024..=1024 * 1024 * 1024;
+/// Accepted range of `--shards`: the router keeps a 64-bit shard mask per channel.
+pub const SHARDS: RangeInclusive<usize> = 1..=64;
+/// Accepted range of every duration flag in seconds (`--ping-interval`,
+/// `--handshake-timeout`, `--shutdown-timeout`, `--presence-ttl`): one day at most, so
+/// no sum, product (`2 × ping`, `ttl × 1000`) or `as u32` of one can overflow.
+pub const SECONDS: RangeInclusive<u64> = 1..=86_400;
+/// Accepted range of `--presence-heartbeat` (seconds): one hour at most.
+pub const HEARTBEAT_SECONDS: RangeInclusive<u64> = 1..=3_600;
+/// Accepted range of `--flush-interval` (microseconds): 0.1 s at most.
+pub const FLUSH_MICROS: RangeInclusive<u64> = 0..=100_000;
+
+/// `Ok(value)` when `value` is in `range`, else the error printed at startup.
+fn bounded<T>(flag: &str, value: T, range: RangeInclusive<T>, unit: &str) -> Result<T, String>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let unit = if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" {unit}")
+    };
+    Err(format!(
+        "--{flag} must be between {} and {}{unit} (got {value}; {} in a config file)",
+        range.start(),
+        range.end(),
+        flag.replace('-', "_")
+    ))
+}
+
 /// What happens to a connection whose outbound queue passes `outbound_limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -53,6 +94,48 @@ pub enum SlowPolicy {
     Close,
     /// Drop its oldest queued frames and send it one `slow_consumer` error.
     DropOldest,
+}
+
+/// A list setting in the TOML file: an array of strings (`["a", "b"]`) or, like the
+/// flag, one comma-separated string (`"a,b"`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct StringList(Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = StringList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StringList, E> {
+                Ok(StringList(vec![v.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StringList, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(StringList(items))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Format of the log lines on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log pipelines).
+    Json,
 }
 
 /// The resolved configuration of one node.
@@ -79,6 +162,8 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Key required by the HTTP API (`/api/...`); `None`: open.
     pub api_key: Option<String>,
+    /// Format of the log lines on stderr.
+    pub log_format: LogFormat,
     /// Presence settings (`src/presence/`).
     pub presence: PresenceConfig,
 }
@@ -104,23 +189,23 @@ pub struct Args {
     #[arg(long, env = "SERVER_ID", value_name = "ID")]
     pub server_id: Option<String>,
 
-    /// Event-loop threads [default: number of cores]
+    /// Event-loop threads, 1–64 [default: number of cores, at most 64]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
-    /// Largest client message in bytes; larger ones get a too_large error [default: 65536]
+    /// Largest client message in bytes; larger ones get a too_large error; 1–16777216 [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub max_message: Option<usize>,
 
-    /// Subscriptions one connection may hold [default: 1024]
+    /// Subscriptions one connection may hold; 1–1048576 [default: 1024]
     #[arg(long, value_name = "N")]
     pub max_subscriptions: Option<usize>,
 
-    /// Longest channel name in bytes [default: 256]
+    /// Longest channel name in bytes; 1–65536 [default: 256]
     #[arg(long, value_name = "BYTES")]
     pub max_channel_len: Option<usize>,
 
-    /// Bytes queued for one slow connection before the slow-consumer policy applies [default: 1048576]
+    /// Bytes queued for one slow connection before the slow-consumer policy applies; 1024–1073741824 [default: 1048576]
     #[arg(long, value_name = "BYTES")]
     pub outbound_limit: Option<usize>,
 
@@ -128,21 +213,21 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "POLICY")]
     pub slow_consumer: Option<SlowPolicy>,
 
-    /// Seconds between server pings; a client silent for two intervals is dropped [default: 25]
+    /// Seconds between server pings; a client silent for two intervals is dropped; 1–86400 [default: 25]
     #[arg(long, value_name = "SECS")]
     pub ping_interval: Option<u64>,
 
-    /// Seconds a client has to complete its handshake (or HTTP request) [default: 10]
+    /// Seconds a client has to complete its handshake (or HTTP request); 1–86400 [default: 10]
     #[arg(long, value_name = "SECS")]
     pub handshake_timeout: Option<u64>,
 
-    /// Seconds a SIGTERM/SIGINT shutdown may take before the node exits anyway [default: 5]
+    /// Seconds a SIGTERM/SIGINT shutdown may take before the node exits anyway; 1–86400 [default: 5]
     #[arg(long, value_name = "SECS")]
     pub shutdown_timeout: Option<u64>,
 
     /// Pacing of a shard's flushes under high per-connection message rates: while connections
     /// get two or more messages per flush, flush at most once per this many microseconds, so each
-    /// write carries every frame of the interval (0: never pace) [default: 10000]
+    /// write carries every frame of the interval (0: never pace); 0–100000 [default: 10000]
     #[arg(long, value_name = "MICROS")]
     pub flush_interval: Option<u64>,
 
@@ -150,13 +235,17 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub echo_path: Option<String>,
 
-    /// Comma list of allowed Origin values for WebSocket upgrades (others get 403; requests without Origin are allowed) [default: any]
+    /// Comma list of allowed Origin values for WebSocket upgrades (others get 403; requests without Origin are allowed; in the config file also an array) [default: any]
     #[arg(long, env = "ALLOWED_ORIGINS", value_name = "LIST")]
     pub allowed_origins: Option<String>,
 
     /// Key required by the HTTP API (Authorization: Bearer KEY or X-Api-Key: KEY) [default: none, API open]
     #[arg(long, env = "API_KEY", value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// Log line format on stderr: text, or json (one object per line, for log pipelines) [default: text]
+    #[arg(long, env = "LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 
     /// Presence (connection manager): in Redis with --redis, in-process otherwise [default: on]
     #[arg(long, value_name = "on|off")]
@@ -166,11 +255,11 @@ pub struct Args {
     #[arg(long)]
     pub presence_user_param: bool,
 
-    /// Seconds between presence heartbeats (one pipelined round per node); the node's liveness key lives 3 intervals [default: 30]
+    /// Seconds between presence heartbeats (one pipelined round per node); the node's liveness key lives 3 intervals; 1–3600 [default: 30]
     #[arg(long, value_name = "SECS")]
     pub presence_heartbeat: Option<u64>,
 
-    /// TTL in seconds of each connections:{user} hash, refreshed by heartbeats [default: 120]
+    /// TTL in seconds of each connections:{user} hash, refreshed by heartbeats; longer than the heartbeat, at most 86400 [default: 120]
     #[arg(long, value_name = "SECS")]
     pub presence_ttl: Option<u64>,
 
@@ -197,8 +286,9 @@ struct FileConfig {
     handshake_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     flush_interval: Option<u64>,
-    allowed_origins: Option<String>,
+    allowed_origins: Option<StringList>,
     api_key: Option<String>,
+    log_format: Option<LogFormat>,
     presence: Option<OnOff>,
     presence_user_param: Option<bool>,
     presence_heartbeat: Option<u64>,
@@ -253,38 +343,39 @@ impl Config {
                 .unwrap_or(defaults.outbound_limit),
             ..defaults
         };
-        if limits.max_message == 0 || limits.max_message > 16 * 1024 * 1024 {
-            return Err("--max-message must be between 1 and 16777216".into());
-        }
-        if limits.max_channel_len == 0 {
-            return Err("--max-channel-len must be at least 1".into());
-        }
-        if limits.outbound_limit < 1024 {
-            return Err("--outbound-limit must be at least 1024".into());
-        }
+        bounded("max-message", limits.max_message, MAX_MESSAGE, "bytes")?;
+        bounded(
+            "max-subscriptions",
+            limits.max_subscriptions,
+            MAX_SUBSCRIPTIONS,
+            "",
+        )?;
+        bounded(
+            "max-channel-len",
+            limits.max_channel_len,
+            MAX_CHANNEL_LEN,
+            "bytes",
+        )?;
+        bounded(
+            "outbound-limit",
+            limits.outbound_limit,
+            OUTBOUND_LIMIT,
+            "bytes",
+        )?;
         let shards = args.shards.or(file.shards).unwrap_or_else(|| {
             std::thread::available_parallelism()
-                .map(|n| n.get())
+                .map(|n| n.get().min(*SHARDS.end()))
                 .unwrap_or(1)
         });
-        if shards == 0 || shards > 64 {
-            return Err("--shards must be between 1 and 64".into());
-        }
+        bounded("shards", shards, SHARDS, "")?;
         let redis = args.redis.or(file.redis).filter(|r| !r.is_empty());
         let server_id = args
             .server_id
             .or(file.server_id)
             .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-        let secs = |flag: Option<u64>,
-                    file: Option<u64>,
-                    default: u64,
-                    name: &str|
-         -> Result<Duration, String> {
+        let secs = |flag: Option<u64>, file: Option<u64>, default: u64, name: &str| {
             let v = flag.or(file).unwrap_or(default);
-            if v == 0 || v > 86_400 {
-                return Err(format!("--{name} must be between 1 and 86400 seconds"));
-            }
-            Ok(Duration::from_secs(v))
+            bounded(name, v, SECONDS, "seconds").map(Duration::from_secs)
         };
         let ping_interval = secs(args.ping_interval, file.ping_interval, 25, "ping-interval")?;
         let handshake_timeout = secs(
@@ -303,14 +394,12 @@ impl Config {
             .flush_interval
             .or(file.flush_interval)
             .unwrap_or(10_000);
-        if flush_us > 100_000 {
-            return Err("--flush-interval must be at most 100000 microseconds".into());
-        }
-        let allowed_origins = args
-            .allowed_origins
-            .or(file.allowed_origins)
-            .map(|list| parse_origins(&list))
-            .unwrap_or_default();
+        bounded("flush-interval", flush_us, FLUSH_MICROS, "microseconds")?;
+        let allowed_origins = match (args.allowed_origins, file.allowed_origins) {
+            (Some(list), _) => parse_origins([list.as_str()]),
+            (None, Some(StringList(items))) => parse_origins(items.iter().map(String::as_str)),
+            (None, None) => Vec::new(),
+        };
         let api_key = args.api_key.or(file.api_key).filter(|k| !k.is_empty());
         Ok(Config {
             listen,
@@ -329,15 +418,18 @@ impl Config {
             flush_interval: Duration::from_micros(flush_us),
             allowed_origins,
             api_key,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             presence,
         })
     }
 }
 
-/// Splits a comma list of origins; `*` (or an empty list) means any.
-fn parse_origins(list: &str) -> Vec<String> {
-    let origins: Vec<String> = list
-        .split(',')
+/// Splits comma lists of origins (a flag's one string, or each item of a TOML array);
+/// `*` (or an empty list) means any.
+fn parse_origins<'a>(lists: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let origins: Vec<String> = lists
+        .into_iter()
+        .flat_map(|list| list.split(','))
         .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
         .filter(|o| !o.is_empty())
         .collect();
@@ -444,6 +536,101 @@ mod tests {
             ..Args::default()
         };
         assert!(Config::resolve(bad, None).is_err());
+    }
+
+    /// `Args` with one numeric flag set by name.
+    fn with_flag(name: &str, v: u64) -> Args {
+        let mut a = Args::default();
+        let n = usize::try_from(v).unwrap_or(usize::MAX);
+        match name {
+            "max-message" => a.max_message = Some(n),
+            "max-subscriptions" => a.max_subscriptions = Some(n),
+            "max-channel-len" => a.max_channel_len = Some(n),
+            "outbound-limit" => a.outbound_limit = Some(n),
+            "shards" => a.shards = Some(n),
+            "ping-interval" => a.ping_interval = Some(v),
+            "handshake-timeout" => a.handshake_timeout = Some(v),
+            "shutdown-timeout" => a.shutdown_timeout = Some(v),
+            "flush-interval" => a.flush_interval = Some(v),
+            "presence-heartbeat" => {
+                a.presence_heartbeat = Some(v);
+                a.presence_ttl = Some(86_400);
+            }
+            "presence-ttl" => a.presence_ttl = Some(v),
+            _ => unreachable!("{name}"),
+        }
+        a
+    }
+
+    #[test]
+    fn every_numeric_flag_has_an_upper_bound_with_a_clear_message() {
+        let flags: [(&str, u64); 11] = [
+            ("max-message", *MAX_MESSAGE.end() as u64),
+            ("max-subscriptions", *MAX_SUBSCRIPTIONS.end() as u64),
+            ("max-channel-len", *MAX_CHANNEL_LEN.end() as u64),
+            ("outbound-limit", *OUTBOUND_LIMIT.end() as u64),
+            ("shards", *SHARDS.end() as u64),
+            ("ping-interval", *SECONDS.end()),
+            ("handshake-timeout", *SECONDS.end()),
+            ("shutdown-timeout", *SECONDS.end()),
+            ("flush-interval", *FLUSH_MICROS.end()),
+            ("presence-heartbeat", *HEARTBEAT_SECONDS.end()),
+            ("presence-ttl", *SECONDS.end()),
+        ];
+        for (name, max) in flags {
+            assert!(
+                Config::resolve(with_flag(name, max), None).is_ok(),
+                "--{name} {max}"
+            );
+            for v in [max + 1, u64::MAX] {
+                let e = Config::resolve(with_flag(name, v), None).unwrap_err();
+                assert!(e.contains(&format!("--{name} must be between")), "{e}");
+                assert!(e.contains(&max.to_string()), "{e}");
+            }
+        }
+        let c = Config::resolve(with_flag("presence-ttl", 86_400), None).unwrap();
+        // The store's largest product: TTL in ms plus 3 heartbeats.
+        assert!(c
+            .presence
+            .ttl_secs
+            .checked_mul(1000)
+            .and_then(|ms| ms.checked_add(3 * 3_600_000))
+            .is_some());
+    }
+
+    #[test]
+    fn toml_lists_and_log_format() {
+        let path = std::env::temp_dir().join(format!("fanout-cfg-list-{}", std::process::id()));
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let args = Args {
+                config: Some(path.clone()),
+                ..Args::default()
+            };
+            Config::resolve(args, None)
+        };
+        let c = resolve(
+            "allowed_origins = [\"https://a.example/\", \"https://B.example\"]\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.log_format, LogFormat::Json);
+        let c = resolve("allowed_origins = \"https://a.example, https://c.example\"\n").unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://c.example"]
+        );
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(resolve("allowed_origins = [\"*\"]\n")
+            .unwrap()
+            .allowed_origins
+            .is_empty());
+        let e = resolve("allowed_origins = [1]\n").unwrap_err();
+        assert!(e.contains("allowed_origins") || e.contains("string"), "{e}");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

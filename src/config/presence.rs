@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Args, FileConfig};
+use super::{bounded, Args, FileConfig, HEARTBEAT_SECONDS, SECONDS};
 
 /// Presence (connection manager) settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,11 +48,17 @@ pub(super) fn resolve_presence(args: &Args, file: &FileConfig) -> Result<Presenc
         .presence_ttl
         .or(file.presence_ttl)
         .unwrap_or(d.ttl_secs);
-    if heartbeat == 0 || heartbeat > 3600 {
-        return Err("--presence-heartbeat must be between 1 and 3600".into());
-    }
+    bounded(
+        "presence-heartbeat",
+        heartbeat,
+        HEARTBEAT_SECONDS,
+        "seconds",
+    )?;
+    bounded("presence-ttl", ttl_secs, SECONDS, "seconds")?;
     if ttl_secs <= heartbeat {
-        return Err("--presence-ttl must be longer than --presence-heartbeat".into());
+        return Err(format!(
+            "--presence-ttl ({ttl_secs} s) must be longer than --presence-heartbeat ({heartbeat} s)"
+        ));
     }
     Ok(PresenceConfig {
         enabled: args.presence.or(file.presence).unwrap_or(OnOff::On) == OnOff::On,

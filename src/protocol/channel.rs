@@ -1,7 +1,24 @@
-//! Channel names: 1 to `max_len` bytes of UTF-8 without control characters.
+//! Channel names: 1 to `max_len` bytes of UTF-8 without control characters, outside the
+//! prefix reserved for the nodes' own channels.
+
+/// Prefix of each node's private pub/sub probe channel
+/// (`__fanout:probe:<server-id>:<pid>`, see `broker/redis/reader.rs`). Clients and the
+/// HTTP API may not subscribe, unsubscribe or publish under it: unsubscribing a node's
+/// probe would break its health check and force a resubscribe (`gap`) for everyone.
+pub const PROBE_PREFIX: &str = "__fanout:probe:";
 
 /// Why a channel name was refused.
 pub fn validate(name: &str, max_len: usize) -> Result<(), &'static str> {
+    validate_name(name, max_len)?;
+    if name.starts_with(PROBE_PREFIX) {
+        return Err("channel name is reserved (__fanout:probe: prefix)");
+    }
+    Ok(())
+}
+
+/// The shape rules alone (length, no control characters), shared with user ids, which
+/// name no channel and so have no reserved prefix.
+pub fn validate_name(name: &str, max_len: usize) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("channel name is empty");
     }
@@ -16,7 +33,7 @@ pub fn validate(name: &str, max_len: usize) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::validate;
+    use super::{validate, validate_name, PROBE_PREFIX};
 
     #[test]
     fn names() {
@@ -28,5 +45,14 @@ mod tests {
         assert!(validate("a\nb", 256).is_err());
         assert!(validate("a\u{7f}", 256).is_err());
         assert!(validate("a\u{85}", 256).is_err());
+    }
+
+    #[test]
+    fn the_probe_prefix_is_reserved() {
+        assert!(validate("__fanout:probe:node-1:42", 256).is_err());
+        assert!(validate(PROBE_PREFIX, 256).is_err());
+        assert!(validate("__fanout:probe", 256).is_ok());
+        assert!(validate("x__fanout:probe:", 256).is_ok());
+        assert!(validate_name("__fanout:probe:node-1:42", 256).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use super::channel;
@@ -40,18 +40,26 @@ pub struct CommandError<'a> {
     pub channel: Option<Cow<'a, str>>,
 }
 
+/// The fields of a command, each kept raw. A field given as `null` is `Some("null")`,
+/// not `None`: `"data": null` is a payload like any other, and `"id": null` is refused.
 #[derive(Deserialize)]
 struct Wire<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
     kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     user: Option<&'a RawValue>,
+}
+
+/// A field that is present, whatever its value (`null` included); absent fields get
+/// `None` from `default`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 fn with<'a>(id: Option<&'a str>, mut e: CommandError<'a>) -> CommandError<'a> {
@@ -217,6 +225,38 @@ mod tests {
         assert_eq!(
             ok(r#"{"type":"presence","user":"u1"}"#),
             Command::Presence { user: "u1".into() }
+        );
+    }
+
+    #[test]
+    fn null_is_data_but_not_an_id() {
+        assert_eq!(
+            ok(r#"{"type":"publish","channel":"c","data":null}"#),
+            Command::Publish {
+                channel: "c".into(),
+                data: "null",
+                id: None
+            }
+        );
+        assert_eq!(
+            ok(r#"{"type":"publish","channel":"c","data": null ,"id":"n"}"#),
+            Command::Publish {
+                channel: "c".into(),
+                data: "null",
+                id: Some("\"n\"")
+            }
+        );
+        for text in [
+            r#"{"type":"publish","channel":"c","data":1,"id":null}"#,
+            r#"{"type":"subscribe","channel":"c","id":null}"#,
+            r#"{"type":null,"channel":"c"}"#,
+            r#"{"type":"presence","user":null}"#,
+        ] {
+            assert_eq!(code(text), ErrorCode::BadRequest, "{text}");
+        }
+        assert_eq!(
+            code(r#"{"type":"subscribe","channel":null}"#),
+            ErrorCode::BadChannel
         );
     }
 

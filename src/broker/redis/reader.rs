@@ -18,12 +18,11 @@ use crate::broker::router::Wire;
 use crate::broker::{BrokerCmd, Router, ShardLinks};
 use crate::health::Health;
 use crate::inbox::{Inbox, InboxSender};
+pub use crate::protocol::channel::PROBE_PREFIX;
 use crate::redis::link::{Link, LinkEvent};
 use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;
 
-/// Prefix of the node's private probe channel (`PROBE_PREFIX{server_id}:{pid}`).
-pub const PROBE_PREFIX: &str = "__fanout:probe:";
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
 const BATCH: usize = 512;
 /// How often the probe is published.
