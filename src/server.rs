@@ -18,14 +18,11 @@ use crate::shard::{Shard, ShardSetup, WAKER};
 
 use crate::health::Health;
 
-/// Capacity of each shard's delivery queue. A full queue drops (counted, and the
-/// channel's subscribers get a `gap`). Kept small on purpose: under overload a queued
-/// message waits capacity ÷ drain rate, so a deep queue only adds latency (at 5,000
-/// messages/s to 1,000 subscribers each, 4,096 messages is under a second).
-pub const SHARD_QUEUE: usize = 4096;
+/// See `config::Tuning`.
+pub const SHARD_QUEUE: usize = crate::config::TUNING.shard_queue;
 
-/// Pending connections the kernel may queue before shard 0 accepts them.
-pub const LISTEN_BACKLOG: i32 = 4096;
+/// See `config::Tuning`.
+pub const LISTEN_BACKLOG: i32 = crate::config::TUNING.listen_backlog;
 
 /// Stops the broker threads.
 type StopFn = Box<dyn FnOnce() + Send>;

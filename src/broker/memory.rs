@@ -11,7 +11,8 @@ use super::router::Wire;
 use super::{BrokerCmd, Router, ShardLinks};
 
 /// Capacity of the bus queue; a full queue answers publishers with `unavailable`.
-pub const QUEUE: usize = 65_536;
+/// See `config::Tuning`.
+pub const QUEUE: usize = crate::config::TUNING.broker_queue;
 
 /// Starts the bus thread. It ends when every sender is dropped.
 pub fn spawn(rx: Receiver<BrokerCmd>, links: ShardLinks) -> std::io::Result<JoinHandle<()>> {

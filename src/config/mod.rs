@@ -3,9 +3,11 @@
 //! Precedence: flag > environment variable > `--config` file > built-in default.
 
 mod presence;
+mod tuning;
 
 use presence::resolve_presence;
 pub use presence::{OnOff, PresenceConfig};
+pub use tuning::{Tuning, TUNING};
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;

@@ -34,11 +34,14 @@ use local::{Entry, Local};
 use store::{Op, RedisStore};
 
 /// Capacity of the queue from the shards.
-pub const QUEUE: usize = 65_536;
+/// See `config::Tuning`.
+pub const QUEUE: usize = crate::config::TUNING.presence_queue;
 /// Most messages applied in one round.
-const BATCH: usize = 16_384;
+/// See `config::Tuning`.
+const BATCH: usize = crate::config::TUNING.presence_batch;
 /// During a burst, how long the thread keeps collecting before it writes.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// See `config::Tuning`.
+const BATCH_WINDOW: Duration = crate::config::TUNING.presence_batch_window;
 
 /// Where a query answer goes.
 #[derive(Debug, Clone, Copy)]

@@ -28,7 +28,8 @@ use crate::redis::RedisUrl;
 pub const NODES_KEY: &str = "fanout:nodes";
 /// Removals kept for replay while Redis is down; past it the oldest are forgotten (own
 /// stale entries are still never reported, see `query`).
-const MAX_REMOVALS: usize = 1 << 20;
+/// See `config::Tuning`.
+const MAX_REMOVALS: usize = crate::config::TUNING.presence_max_removals;
 /// Fields per HSCAN page when removing a node's entries.
 const SCAN_COUNT: &[u8] = b"1000";
 

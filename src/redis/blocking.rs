@@ -14,7 +14,8 @@ use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;
 
 /// Connect and per-read/write timeout.
-const IO_TIMEOUT: Duration = Duration::from_secs(3);
+/// See `config::Tuning`.
+const IO_TIMEOUT: Duration = crate::config::TUNING.presence_io_timeout;
 
 /// Commands to send in one round trip.
 #[derive(Default)]

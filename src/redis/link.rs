@@ -15,7 +15,8 @@ use super::url::RedisUrl;
 use crate::config::backoff;
 
 /// Give up on a connect attempt after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// See `config::Tuning`.
+const CONNECT_TIMEOUT: Duration = crate::config::TUNING.connect_timeout;
 
 #[derive(Debug)]
 enum State {

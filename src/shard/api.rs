@@ -18,9 +18,8 @@ use crate::presence::{Msg, PresenceHandle, PresenceMetrics, ReplyTo};
 use crate::protocol::{reply, ErrorCode};
 use crate::ws::handshake::RequestHead;
 
-/// Updates kept while the presence queue is full; past it new connects are not recorded
-/// (disconnects of recorded connections are always kept).
-const BACKLOG: usize = 65_536;
+/// See `config::Tuning`.
+const BACKLOG: usize = crate::config::TUNING.presence_backlog;
 
 /// A shard's link to the presence thread.
 pub struct PresenceLink {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use super::{Shard, INBOX_BATCH, MAX_STALL};
 use crate::msg::ShardMsg;
 
-/// Lagging connections that pause intake: at least this many, and an eighth of the shard.
-const MIN_LAGGING: usize = 32;
+/// See `config::Tuning`.
+const MIN_LAGGING: usize = crate::config::TUNING.min_lagging;
 
 /// The shard's intake and flush-pacing state.
 #[derive(Debug)]

@@ -35,14 +35,14 @@ use subs::SubIndex;
 const LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX);
 
-/// Size of the shard's shared read buffer.
-const READ_BUF: usize = 64 * 1024;
-/// Reads per readable event before other connections get their turn.
-const READS_PER_EVENT: usize = 8;
-/// Deliveries taken from the inbox per loop turn before sockets get a look.
-const INBOX_BATCH: usize = 1024;
-/// Intake stays paused for lagging connections only while they progressed this recently.
-const MAX_STALL: Duration = Duration::from_secs(1);
+/// See `config::Tuning`.
+const READ_BUF: usize = crate::config::TUNING.read_buf;
+/// See `config::Tuning`.
+const READS_PER_EVENT: usize = crate::config::TUNING.reads_per_event;
+/// See `config::Tuning`.
+const INBOX_BATCH: usize = crate::config::TUNING.inbox_batch;
+/// See `config::Tuning`.
+const MAX_STALL: Duration = crate::config::TUNING.max_stall;
 
 /// Everything a shard needs from the node, handed over at start.
 pub struct ShardSetup {

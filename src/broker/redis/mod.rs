@@ -18,7 +18,8 @@ use crate::inbox::inbox;
 use crate::redis::RedisUrl;
 
 /// Capacity of the writer's publish queue and the reader's command queue.
-pub const QUEUE: usize = 65_536;
+/// See `config::Tuning`.
+pub const QUEUE: usize = crate::config::TUNING.broker_queue;
 
 pub(crate) const WAKER: Token = Token(0);
 pub(crate) const LINK: Token = Token(1);

@@ -24,11 +24,14 @@ use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;
 
 /// Channels per SUBSCRIBE / UNSUBSCRIBE command.
-const BATCH: usize = 512;
+/// See `config::Tuning`.
+const BATCH: usize = crate::config::TUNING.subscribe_batch;
 /// How often the probe is published.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// See `config::Tuning`.
+const PROBE_EVERY: Duration = crate::config::TUNING.probe_every;
 /// A probe not back within this long means the subscriber is deaf.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// See `config::Tuning`.
+const PROBE_TIMEOUT: Duration = crate::config::TUNING.probe_timeout;
 
 pub struct Reader {
     poll: Poll,

@@ -20,9 +20,11 @@ use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;
 
 /// Bytes of unsent commands beyond which publishes are refused (Redis is not keeping up).
-const MAX_UNSENT: usize = 16 * 1024 * 1024;
+/// See `config::Tuning`.
+const MAX_UNSENT: usize = crate::config::TUNING.max_unsent;
 /// A reply later than this means the connection is stuck: fail and reconnect.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// See `config::Tuning`.
+const REPLY_TIMEOUT: Duration = crate::config::TUNING.reply_timeout;
 
 pub struct Writer {
     poll: Poll,
