@@ -13,9 +13,9 @@ use mio::{Events, Interest, Poll, Token};
 use crate::client::{Event, WsConn, WBUF_HIGH};
 use crate::clock::{now_ns, thread_cpu_ns};
 use crate::net::{self, RedisTarget, Target};
+use crate::plan::n_streams;
 use crate::redis_pub::{encode_command, flush_raw, push_num, RedisConn};
 use crate::scan::{scan, Msg};
-use crate::subs::n_streams;
 
 #[derive(Debug, Clone)]
 pub enum Via {

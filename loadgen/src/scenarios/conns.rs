@@ -7,11 +7,11 @@ use serde_json::{json, Value};
 use super::{my_ids, per_url_conns, resolve_procs, round1, round3, sample};
 use crate::cli::ConnsArgs;
 use crate::clock::{now_ns, secs, sleep_until};
-use crate::control::{child_main, SubSet};
 use crate::net;
+use crate::plan::SubPlan;
 use crate::procs;
 use crate::report::{self, Ticker, SATURATION};
-use crate::subs::SubPlan;
+use crate::subset::{child_main, SubSet};
 
 pub const ROWS: &[(&str, &str)] = &[
     ("url", "url"),

@@ -10,13 +10,13 @@ use serde_json::{json, Value};
 use super::{my_ids, per_url_conns, resolve_procs, round1, round3, sample};
 use crate::cli::{FanoutArgs, PublishVia};
 use crate::clock::{now_ns, secs, sleep_until};
-use crate::control::{child_main, SubSet};
 use crate::net;
+use crate::plan::SubPlan;
 use crate::procs;
 use crate::procstat::{cpu_steal_ticks, self_cpu_s, steal_pct};
 use crate::publisher::{self, PubPlan, PubShared, Via};
 use crate::report::{self, Ticker, SATURATION};
-use crate::subs::SubPlan;
+use crate::subset::{child_main, SubSet};
 
 pub const ROWS: &[(&str, &str)] = &[
     ("url", "url"),
