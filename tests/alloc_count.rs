@@ -198,5 +198,8 @@ fn redis_reader_allocations_do_not_grow_with_subscribers() {
         .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
         .and_then(|v| v.split(',').next()?.parse().ok())
         .unwrap_or(0);
-    assert!(publishes >= 1000, "only {publishes} PUBLISHes reached Redis");
+    assert!(
+        publishes >= 1000,
+        "only {publishes} PUBLISHes reached Redis"
+    );
 }

@@ -143,7 +143,9 @@ impl RedisProcess {
         let mut reader = loop {
             assert!(Instant::now() < end, "DEBUG SLEEP never blocked Redis");
             watcher.set_read_timeout(Some(overdue)).unwrap();
-            watcher.write_all(&resp_command(&["CLIENT", "LIST"])).unwrap();
+            watcher
+                .write_all(&resp_command(&["CLIENT", "LIST"]))
+                .unwrap();
             let mut r = BufReader::new(watcher.try_clone().unwrap());
             let mut first = String::new();
             match r.read_line(&mut first) {
@@ -177,7 +179,10 @@ impl RedisProcess {
             let mut r = BufReader::new(sleeper);
             let mut ok = String::new();
             r.read_line(&mut ok).expect("DEBUG SLEEP reply");
-            assert_eq!(ok, "+OK\r\n", "DEBUG SLEEP must run (--enable-debug-command)");
+            assert_eq!(
+                ok, "+OK\r\n",
+                "DEBUG SLEEP must run (--enable-debug-command)"
+            );
         })
     }
 
