@@ -355,6 +355,11 @@ fn unsafe_kill(pid: u32, sig: i32) {
         .status();
 }
 
+/// How long one socket read of a [`WsClient`] may block. It is a poll slice, never a
+/// deadline: `recv_message` treats a timed-out read as "nothing yet" and keeps reading
+/// until its own deadline (tungstenite keeps a partly read frame across the timeout).
+pub const POLL_SLICE: Duration = Duration::from_millis(100);
+
 /// A blocking WebSocket client (tungstenite) with deadline-based receive.
 pub struct WsClient {
     pub ws: WebSocket<TcpStream>,
@@ -372,9 +377,7 @@ impl WsClient {
         let stream = TcpStream::connect(&addr).expect("tcp connect");
         stream.set_nodelay(true).unwrap();
         let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        ws.get_ref()
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        ws.get_ref().set_read_timeout(Some(POLL_SLICE)).unwrap();
         WsClient { ws }
     }
 
