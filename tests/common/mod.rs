@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
+pub mod proxy;
+
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Waits until `f` returns Some, or panics with `what` after `timeout`.
@@ -80,6 +82,7 @@ impl RedisProcess {
             let mut c = self.try_conn()?;
             redis::cmd("PING").query::<String>(&mut c).ok()
         });
+        self.assert_own();
     }
 
     /// Kills the server (SIGKILL) and waits for it to be gone.
@@ -116,19 +119,97 @@ impl RedisProcess {
         v.1
     }
 
-    /// Blocks Redis's event loop for `secs` seconds (`DEBUG SLEEP`, from a thread of its
-    /// own), returning once the sleep has begun; join the handle to wait for its end.
+    /// Blocks Redis's event loop for `secs` seconds (`DEBUG SLEEP`, from a connection of
+    /// its own), returning once the sleep has begun; join the handle to wait for its end.
+    ///
+    /// "Begun" is observed, not assumed: a second connection sends `CLIENT LIST` until one
+    /// goes unanswered (Redis's event loop is blocked); that reply, when it finally comes
+    /// at the end of the sleep, must show the sleeper's connection with `cmd=debug`, so
+    /// the block was our `DEBUG SLEEP` and nothing else. (Redis cannot answer `CLIENT
+    /// LIST` during the sleep, so it cannot show `cmd=debug` before the sleep ends.)
     pub fn debug_sleep(&self, secs: u32) -> std::thread::JoinHandle<()> {
-        let url = self.url();
-        let sleeper = std::thread::spawn(move || {
-            let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-            let slept: redis::RedisResult<String> =
-                redis::cmd("DEBUG").arg("SLEEP").arg(secs).query(&mut conn);
-            slept.expect("DEBUG SLEEP must run (redis started with --enable-debug-command)");
-        });
-        // Let DEBUG SLEEP start (not a wait for the code under test).
-        std::thread::sleep(Duration::from_millis(200));
+        use std::io::Write;
+        let mut sleeper = TcpStream::connect(("127.0.0.1", self.port)).expect("connect sleeper");
+        sleeper.set_read_timeout(Some(DEADLINE)).unwrap();
+        let sleeper_id = resp_integer(&mut sleeper, &["CLIENT", "ID"]);
+        let mut watcher = TcpStream::connect(("127.0.0.1", self.port)).expect("connect watcher");
         sleeper
+            .write_all(&resp_command(&["DEBUG", "SLEEP", &secs.to_string()]))
+            .unwrap();
+        // A prompt answer means Redis has not reached the DEBUG SLEEP yet; an answer
+        // overdue by 300 ms means its event loop is blocked.
+        let overdue = Duration::from_millis(300);
+        let end = Instant::now() + DEADLINE;
+        let mut reader = loop {
+            assert!(Instant::now() < end, "DEBUG SLEEP never blocked Redis");
+            watcher.set_read_timeout(Some(overdue)).unwrap();
+            watcher
+                .write_all(&resp_command(&["CLIENT", "LIST"]))
+                .unwrap();
+            let mut r = BufReader::new(watcher.try_clone().unwrap());
+            let mut first = String::new();
+            match r.read_line(&mut first) {
+                Ok(n) if n > 0 => {
+                    let list = read_bulk_rest(&mut r, &first);
+                    assert!(
+                        !sleeper_line_shows_debug(&list, sleeper_id),
+                        "CLIENT LIST answered while DEBUG SLEEP ran: {list}"
+                    );
+                    std::thread::sleep(Duration::from_millis(5)); // poll pacing
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    break r;
+                }
+                other => panic!("CLIENT LIST failed: {other:?}"),
+            }
+        };
+        std::thread::spawn(move || {
+            let slack = Duration::from_secs(u64::from(secs)) + DEADLINE;
+            reader.get_ref().set_read_timeout(Some(slack)).unwrap();
+            let mut first = String::new();
+            reader
+                .read_line(&mut first)
+                .expect("CLIENT LIST answered after the sleep");
+            let list = read_bulk_rest(&mut reader, &first);
+            assert!(
+                sleeper_line_shows_debug(&list, sleeper_id),
+                "Redis was blocked, but not by our DEBUG SLEEP (id {sleeper_id}): {list}"
+            );
+            sleeper.set_read_timeout(Some(slack)).unwrap();
+            let mut r = BufReader::new(sleeper);
+            let mut ok = String::new();
+            r.read_line(&mut ok).expect("DEBUG SLEEP reply");
+            assert_eq!(
+                ok, "+OK\r\n",
+                "DEBUG SLEEP must run (--enable-debug-command)"
+            );
+        })
+    }
+
+    /// The pid of the redis-server this harness started (0 when stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Panics unless the server answering on `port` is the process this harness
+    /// started (`process_id` in `INFO server`): after a restart on the same port, a
+    /// leftover or foreign redis-server would otherwise be tested by mistake.
+    pub fn assert_own(&self) {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut self.conn())
+            .expect("INFO server");
+        let pid: u32 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("INFO server has process_id");
+        assert_eq!(
+            pid,
+            self.pid(),
+            "port {} is answered by redis pid {pid}, not the one this test started",
+            self.port
+        );
     }
 
     pub fn wait_numsub(&self, channel: &str, n: i64) {
@@ -136,6 +217,48 @@ impl RedisProcess {
             (self.numsub(channel) == n).then_some(())
         });
     }
+}
+
+/// One RESP command, encoded.
+pub fn resp_command(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend(format!("${}\r\n{a}\r\n", a.len()).bytes());
+    }
+    out
+}
+
+fn resp_integer(s: &mut TcpStream, args: &[&str]) -> i64 {
+    use std::io::Write;
+    s.write_all(&resp_command(args)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).expect("RESP integer reply");
+    line.trim_end()
+        .strip_prefix(':')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{args:?}: not an integer reply: {line:?}"))
+}
+
+/// The rest of a bulk-string reply whose `$N` line was `first`.
+fn read_bulk_rest(r: &mut BufReader<TcpStream>, first: &str) -> String {
+    use std::io::Read;
+    let n: usize = first
+        .trim_end()
+        .strip_prefix('$')
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("not a bulk reply: {first:?}"));
+    let mut body = vec![0u8; n + 2];
+    r.read_exact(&mut body).expect("bulk reply body");
+    body.truncate(n);
+    String::from_utf8(body).expect("CLIENT LIST is text")
+}
+
+fn sleeper_line_shows_debug(list: &str, id: i64) -> bool {
+    list.lines().any(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        fields.contains(&format!("id={id}").as_str()) && fields.contains(&"cmd=debug")
+    })
 }
 
 impl Drop for RedisProcess {
@@ -232,6 +355,11 @@ fn unsafe_kill(pid: u32, sig: i32) {
         .status();
 }
 
+/// How long one socket read of a [`WsClient`] may block. It is a poll slice, never a
+/// deadline: `recv_message` treats a timed-out read as "nothing yet" and keeps reading
+/// until its own deadline (tungstenite keeps a partly read frame across the timeout).
+pub const POLL_SLICE: Duration = Duration::from_millis(100);
+
 /// A blocking WebSocket client (tungstenite) with deadline-based receive.
 pub struct WsClient {
     pub ws: WebSocket<TcpStream>,
@@ -249,9 +377,7 @@ impl WsClient {
         let stream = TcpStream::connect(&addr).expect("tcp connect");
         stream.set_nodelay(true).unwrap();
         let (ws, _) = tungstenite::client(url, stream).expect("websocket handshake");
-        ws.get_ref()
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        ws.get_ref().set_read_timeout(Some(POLL_SLICE)).unwrap();
         WsClient { ws }
     }
 
@@ -319,6 +445,19 @@ impl WsClient {
             serde_json::to_string(channel).unwrap()
         ));
     }
+}
+
+/// The status code of `GET /healthz`, or 0 when the node does not answer.
+pub fn healthz(addr: SocketAddr) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(DEADLINE));
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
 /// A WebSocket upgrade request for raw-socket tests.
