@@ -31,6 +31,8 @@ pub struct Intake {
     /// (or one channel got that much this turn): take no more deliveries until the
     /// flush has shown who lags. See `Shard::intake_budget`.
     pub hold: bool,
+    /// Intake is paused for lagging connections (see `stalled`).
+    paused: bool,
 }
 
 impl Intake {
@@ -42,6 +44,7 @@ impl Intake {
             lagging: 0,
             lag_progress: now,
             hold: false,
+            paused: false,
         }
     }
 
@@ -53,14 +56,21 @@ impl Intake {
     /// server would. The pause holds only while lagging connections make progress: if
     /// none has written a byte for `MAX_STALL`, they are stuck, intake resumes and the
     /// slow-consumer policy deals with them. `open`: connections of the shard.
-    pub fn stalled(&self, now: Instant, open: usize) -> bool {
+    pub fn stalled(&mut self, now: Instant, open: usize) -> bool {
         // A few slow clients never pause anyone (they meet the slow-consumer policy);
         // an eighth of the shard, and at least 32 connections, lagging is the client
-        // side as a whole not keeping up.
-        if self.lagging < MIN_LAGGING || self.lagging * 8 <= open {
-            return false;
-        }
-        now.saturating_duration_since(self.lag_progress) < MAX_STALL
+        // side as a whole not keeping up. Once paused, the pause holds down to half
+        // that: readers drain in bursts, and a count that dips for a moment must not
+        // let a full flood through to connections already near their limit.
+        let (min, share) = if self.paused {
+            (MIN_LAGGING / 2, 16)
+        } else {
+            (MIN_LAGGING, 8)
+        };
+        self.paused = self.lagging >= min
+            && self.lagging * share > open
+            && now.saturating_duration_since(self.lag_progress) < MAX_STALL;
+        self.paused
     }
 
     /// How long until the next flush may run. While connections receive several frames
@@ -135,7 +145,7 @@ impl Shard {
     }
 
     /// See `Intake::stalled`.
-    pub(super) fn intake_stalled(&self, now: Instant) -> bool {
+    pub(super) fn intake_stalled(&mut self, now: Instant) -> bool {
         self.intake.stalled(now, self.conns.len())
     }
 
@@ -185,15 +195,29 @@ mod tests {
         for _ in 0..40 {
             i.lag_seen(false, 0, t0);
         }
-        assert!(i.stalled(t0, 100), "40 of 100 lag");
         assert!(!i.stalled(t0, 400), "40 of 400 is not an eighth");
+        assert!(i.stalled(t0, 100), "40 of 100 lag");
         assert!(!i.stalled(t0 + MAX_STALL, 100), "no progress for MAX_STALL");
         i.lag_seen(true, 10, t0 + MAX_STALL);
         assert!(i.stalled(t0 + MAX_STALL, 100), "progress renews the pause");
         for _ in 0..10 {
             i.lag_ended(None);
         }
-        assert!(!i.stalled(t0 + MAX_STALL, 100), "30 lagging is too few");
+        assert!(
+            i.stalled(t0 + MAX_STALL, 100),
+            "paused: 30 lagging still holds"
+        );
+        for _ in 0..15 {
+            i.lag_ended(None);
+        }
+        assert!(!i.stalled(t0 + MAX_STALL, 100), "15 lagging ends the pause");
+        for _ in 0..15 {
+            i.lag_seen(false, 0, t0 + MAX_STALL);
+        }
+        assert!(
+            !i.stalled(t0 + MAX_STALL, 100),
+            "30 is too few to start one"
+        );
     }
 
     #[test]
