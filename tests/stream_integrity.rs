@@ -322,3 +322,23 @@ fn bytes_sent_behind_a_pending_presence_query_are_bounded() {
     );
     sleeper.join().unwrap();
 }
+
+/// Defect 4 (shutdown part): a presence request still waiting for Redis when the node is
+/// told to stop gets an answer (503) instead of a bare close.
+#[test]
+fn a_presence_request_pending_at_shutdown_gets_503() {
+    let redis = common::RedisProcess::start();
+    let node = TestNode::with_redis(&redis, &["--shutdown-timeout", "5"]);
+    let pid = node.pid();
+    let sleeper = redis.debug_sleep(4);
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.write_all(b"GET /api/users/nobody/connections HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    signal(pid, "-TERM");
+    let bytes = wire::read_to_eof(&mut s, DEADLINE);
+    assert!(!bytes.is_empty(), "closed without an answer");
+    let (status, _, body, _) = wire::http_response(&bytes);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    sleeper.join().unwrap();
+}
