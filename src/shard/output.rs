@@ -244,12 +244,10 @@ impl Shard {
                 continue;
             };
             conn.dirty = false;
+            conn.queued_since_flush = 0;
             if conn.blocked {
-                // Nothing is written to a blocked socket: its budget is not renewed
-                // until a write takes something (see `intake_budget`).
                 continue;
             }
-            conn.queued_since_flush = 0;
             writes += 1;
             match conn.outq.write_to(&mut conn.stream) {
                 Ok((outq::Flushed::Empty, n)) => {
