@@ -33,8 +33,11 @@ pub struct ShardMetrics {
     pub publish_rejected: AtomicU64,
     /// Protocol errors answered to clients.
     pub client_errors: AtomicU64,
-    /// WebSocket upgrades refused at admission (origin not allowed, bad user parameter).
+    /// WebSocket upgrades refused at admission (origin not allowed, bad user parameter,
+    /// too many connections from one address).
     pub upgrades_refused: AtomicU64,
+    /// Publishes refused by the per-connection publish rate (`--publish-rate`).
+    pub rate_limited: AtomicU64,
     /// Connections dropped for a handshake timeout or for being silent too long.
     pub timeouts: AtomicU64,
     /// Depth of the shard's delivery queue, sampled each loop turn.
@@ -94,7 +97,7 @@ impl Metrics {
     /// The Prometheus text exposition of every figure.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [ShardSeries; 13] = [
+        let per_shard: [ShardSeries; 14] = [
             (
                 "fanout_connections",
                 "gauge",
@@ -159,7 +162,13 @@ impl Metrics {
                 "fanout_upgrades_refused_total",
                 "counter",
                 |s| &s.upgrades_refused,
-                "WebSocket upgrades refused (origin not allowed, bad user parameter)",
+                "WebSocket upgrades refused (origin not allowed, bad user parameter, too many connections from one address)",
+            ),
+            (
+                "fanout_publish_rate_limited_total",
+                "counter",
+                |s| &s.rate_limited,
+                "Publishes refused by the per-connection publish rate",
             ),
             (
                 "fanout_timeouts_total",

@@ -121,6 +121,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
         broker_threads.push(p.thread);
     }
 
+    let per_ip = Arc::new(crate::shard::admission::PerIp::default());
     let mut shards = Vec::with_capacity(n);
     for (id, ((poll, data), control)) in polls.into_iter().zip(data_rx).zip(control_rx).enumerate()
     {
@@ -136,6 +137,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
             metrics: metrics.clone(),
             health: health.clone(),
             presence: presence_handle.clone(),
+            per_ip: per_ip.clone(),
         };
         let shard = Shard::new(setup);
         shards.push(

@@ -32,6 +32,11 @@ pub struct Limits {
     pub max_request_head: usize,
     /// Largest HTTP request body (POST /api/publish).
     pub max_request_body: usize,
+    /// WebSocket connections one client address may hold on this node (0: no limit).
+    pub max_conns_per_ip: u32,
+    /// Publishes one connection may make per second, with bursts of as many (0: no
+    /// limit).
+    pub publish_rate: u32,
 }
 
 impl Default for Limits {
@@ -43,10 +48,14 @@ impl Default for Limits {
             outbound_limit: 1024 * 1024,
             max_request_head: 8 * 1024,
             max_request_body: 1024 * 1024,
+            max_conns_per_ip: 0,
+            publish_rate: 0,
         }
     }
 }
 
+/// Accepted range of `--max-conns-per-ip` and `--publish-rate` (0 = no limit).
+pub const PER_CLIENT: RangeInclusive<u32> = 0..=1_000_000;
 /// Accepted range of `--max-message` (bytes): 16 MiB at most.
 pub const MAX_MESSAGE: RangeInclusive<usize> = 1..=16 * 1024 * 1024;
 /// Accepted range of `--max-subscriptions`.
@@ -211,6 +220,14 @@ pub struct Args {
     #[arg(long, value_name = "BYTES")]
     pub outbound_limit: Option<usize>,
 
+    /// WebSocket connections one client address may hold on this node; more get 429; 0 = no limit; 0–1000000 [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_ip: Option<u32>,
+
+    /// Publishes one WebSocket connection may make per second (bursts of as many); more get rate_limited; 0 = no limit; 0–1000000 [default: 0]
+    #[arg(long, value_name = "N")]
+    pub publish_rate: Option<u32>,
+
     /// What to do with a slow consumer: close it (code 4000) or drop its oldest frames [default: close]
     #[arg(long, value_enum, value_name = "POLICY")]
     pub slow_consumer: Option<SlowPolicy>,
@@ -282,6 +299,8 @@ struct FileConfig {
     max_subscriptions: Option<usize>,
     max_channel_len: Option<usize>,
     outbound_limit: Option<usize>,
+    max_conns_per_ip: Option<u32>,
+    publish_rate: Option<u32>,
     echo_path: Option<String>,
     slow_consumer: Option<SlowPolicy>,
     ping_interval: Option<u64>,
@@ -343,8 +362,23 @@ impl Config {
                 .outbound_limit
                 .or(file.outbound_limit)
                 .unwrap_or(defaults.outbound_limit),
+            max_conns_per_ip: args
+                .max_conns_per_ip
+                .or(file.max_conns_per_ip)
+                .unwrap_or(defaults.max_conns_per_ip),
+            publish_rate: args
+                .publish_rate
+                .or(file.publish_rate)
+                .unwrap_or(defaults.publish_rate),
             ..defaults
         };
+        bounded("max-conns-per-ip", limits.max_conns_per_ip, PER_CLIENT, "")?;
+        bounded(
+            "publish-rate",
+            limits.publish_rate,
+            PER_CLIENT,
+            "per second",
+        )?;
         bounded("max-message", limits.max_message, MAX_MESSAGE, "bytes")?;
         bounded(
             "max-subscriptions",

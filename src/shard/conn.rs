@@ -33,6 +33,8 @@ pub struct Conn {
     pub told_slow: bool,
     /// Recorded in presence under this user id ("": the user is the connection id).
     pub presence: Option<Box<str>>,
+    /// Per-client limit state, only when `--max-conns-per-ip` or `--publish-rate` is on.
+    pub limits: Option<Box<super::admission::ConnLimits>>,
 }
 
 impl Conn {
@@ -49,6 +51,7 @@ impl Conn {
             queued_since_flush: 0,
             told_slow: false,
             presence: None,
+            limits: None,
         }
     }
 

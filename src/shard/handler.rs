@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use super::admission::Bucket;
 use super::conn::ConnId;
 use super::session::Cmd;
 use super::subs::{Added, WAITING};
@@ -133,6 +134,18 @@ impl Shard {
         if broker_down {
             return self.publish_refused(key, &channel, id.as_deref());
         }
+        if !self.publish_allowed(key) {
+            self.metrics.shards[self.id.index()]
+                .rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return self.simple_error(
+                key,
+                ErrorCode::RateLimited,
+                "publish rate exceeded, message not published",
+                id.as_deref(),
+                Some(&channel),
+            );
+        }
         let ack = id.map(|id| AckTo {
             shard: self.id,
             conn: ConnId {
@@ -157,6 +170,23 @@ impl Shard {
             }
             Err(_) => {}
         }
+    }
+
+    /// `--publish-rate`: takes one publish from the connection's token bucket.
+    fn publish_allowed(&mut self, key: usize) -> bool {
+        let rate = self.config.limits.publish_rate;
+        if rate == 0 {
+            return true;
+        }
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let limits = conn.limits.get_or_insert_with(Default::default);
+        limits
+            .bucket
+            .get_or_insert_with(|| Bucket::full(rate, now_ms))
+            .take(rate, now_ms)
     }
 
     fn publish_refused(&mut self, key: usize, channel: &str, id: Option<&str>) {

@@ -119,7 +119,7 @@ impl Shard {
     /// A WebSocket upgrade: admitted (101, presence, then the frames sent behind it) or
     /// refused with an HTTP answer.
     fn upgrade(&mut self, key: usize, head: &RequestHead) {
-        if let Err((status, why)) = self.check_upgrade(head) {
+        if let Err((status, why)) = self.check_upgrade(head).and_then(|()| self.admit_ip(key)) {
             let response = crate::http::response::text_response(status, why);
             self.respond_http(key, response, false);
             return;
@@ -134,6 +134,29 @@ impl Shard {
         conn.outq.push(reply.into());
         self.mark_dirty(key);
         self.presence_open(key, head);
+    }
+
+    /// `--max-conns-per-ip`: counts this connection under its client address, or
+    /// refuses it (429, counted).
+    fn admit_ip(&mut self, key: usize) -> Result<(), (u16, &'static str)> {
+        let max = self.config.limits.max_conns_per_ip;
+        if max == 0 {
+            return Ok(());
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        let Ok(ip) = conn.stream.peer_addr().map(|a| a.ip()) else {
+            return Ok(()); // the peer is already gone; the close will follow
+        };
+        if !self.per_ip.acquire(ip, max) {
+            self.metrics.shards[self.id.index()]
+                .upgrades_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err((429, "too many connections from this address"));
+        }
+        conn.limits.get_or_insert_with(Default::default).ip = Some(ip);
+        Ok(())
     }
 
     fn answer_http(&mut self, key: usize, head: &RequestHead, body: &[u8]) {

@@ -4,6 +4,7 @@
 //! deliveries are queued during the turn and every touched connection is flushed once
 //! at its end with vectored writes. A shard never blocks on anything but `poll`.
 
+pub mod admission;
 mod api;
 pub mod conn;
 mod handler;
@@ -58,6 +59,8 @@ pub struct ShardSetup {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub presence: Option<crate::presence::PresenceHandle>,
+    /// Connections per client address, shared by the node's shards.
+    pub per_ip: Arc<admission::PerIp>,
 }
 
 pub struct Shard {
@@ -91,6 +94,7 @@ pub struct Shard {
     /// Back-pressure and flush pacing (see `intake.rs`).
     intake: intake::Intake,
     presence: Option<api::PresenceLink>,
+    per_ip: Arc<admission::PerIp>,
 }
 
 impl Shard {
@@ -121,6 +125,7 @@ impl Shard {
             batched: Vec::new(),
             intake: intake::Intake::new(Instant::now()),
             presence: s.presence.map(api::PresenceLink::new),
+            per_ip: s.per_ip,
         }
     }
 
@@ -286,6 +291,9 @@ impl Shard {
             self.intake.lag_ended(None);
         }
         self.presence_closed(&conn);
+        if let Some(ip) = conn.limits.as_ref().and_then(|l| l.ip) {
+            self.per_ip.release(ip);
+        }
         let m = &self.metrics.shards[self.id.index()];
         m.connections.fetch_sub(1, Ordering::Relaxed);
         m.subscriptions

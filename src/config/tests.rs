@@ -1,0 +1,184 @@
+//! Config parsing: flags, environment, TOML, precedence and bounds.
+
+use super::*;
+
+#[test]
+fn defaults_and_port_env() {
+    let c = Config::resolve(Args::default(), None).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+    assert!(c.redis.is_none());
+    assert_eq!(c.limits, Limits::default());
+    let c = Config::resolve(Args::default(), Some("4000".into())).unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+    assert!(Config::resolve(Args::default(), Some("x".into())).is_err());
+}
+
+#[test]
+fn file_then_flags() {
+    let dir = std::env::temp_dir().join(format!("fanout-cfg-{}", std::process::id()));
+    std::fs::write(&dir, "max_message = 1000\nshards = 3\n").unwrap();
+    let args = Args {
+        config: Some(dir.clone()),
+        shards: Some(2),
+        ..Args::default()
+    };
+    let c = Config::resolve(args, None).unwrap();
+    assert_eq!(c.limits.max_message, 1000);
+    assert_eq!(c.shards, 2);
+    std::fs::write(&dir, "nonsense = 1\n").unwrap();
+    let args = Args {
+        config: Some(dir.clone()),
+        ..Args::default()
+    };
+    assert!(Config::resolve(args, None).is_err());
+    let _ = std::fs::remove_file(dir);
+}
+
+#[test]
+fn rejects_bad_limits() {
+    let bad = Args {
+        shards: Some(0),
+        ..Args::default()
+    };
+    assert!(Config::resolve(bad, None).is_err());
+    let bad = Args {
+        max_message: Some(0),
+        ..Args::default()
+    };
+    assert!(Config::resolve(bad, None).is_err());
+}
+
+#[test]
+fn origins_api_key_and_presence() {
+    let args = Args {
+        allowed_origins: Some(" https://A.example/ ,https://b.example".into()),
+        api_key: Some(String::new()),
+        presence: Some(OnOff::Off),
+        presence_heartbeat: Some(2),
+        presence_ttl: Some(10),
+        ..Args::default()
+    };
+    let c = Config::resolve(args, None).unwrap();
+    assert_eq!(
+        c.allowed_origins,
+        ["https://a.example", "https://b.example"]
+    );
+    assert_eq!(c.api_key, None);
+    assert!(!c.presence.enabled);
+    assert_eq!(c.presence.heartbeat, Duration::from_secs(2));
+    let any = Args {
+        allowed_origins: Some("*".into()),
+        ..Args::default()
+    };
+    assert!(Config::resolve(any, None)
+        .unwrap()
+        .allowed_origins
+        .is_empty());
+    let bad = Args {
+        presence_heartbeat: Some(200),
+        ..Args::default()
+    };
+    assert!(Config::resolve(bad, None).is_err());
+}
+
+/// `Args` with one numeric flag set by name.
+fn with_flag(name: &str, v: u64) -> Args {
+    let mut a = Args::default();
+    let n = usize::try_from(v).unwrap_or(usize::MAX);
+    match name {
+        "max-message" => a.max_message = Some(n),
+        "max-subscriptions" => a.max_subscriptions = Some(n),
+        "max-channel-len" => a.max_channel_len = Some(n),
+        "outbound-limit" => a.outbound_limit = Some(n),
+        "shards" => a.shards = Some(n),
+        "ping-interval" => a.ping_interval = Some(v),
+        "handshake-timeout" => a.handshake_timeout = Some(v),
+        "shutdown-timeout" => a.shutdown_timeout = Some(v),
+        "flush-interval" => a.flush_interval = Some(v),
+        "presence-heartbeat" => {
+            a.presence_heartbeat = Some(v);
+            a.presence_ttl = Some(86_400);
+        }
+        "presence-ttl" => a.presence_ttl = Some(v),
+        _ => unreachable!("{name}"),
+    }
+    a
+}
+
+#[test]
+fn every_numeric_flag_has_an_upper_bound_with_a_clear_message() {
+    let flags: [(&str, u64); 11] = [
+        ("max-message", *MAX_MESSAGE.end() as u64),
+        ("max-subscriptions", *MAX_SUBSCRIPTIONS.end() as u64),
+        ("max-channel-len", *MAX_CHANNEL_LEN.end() as u64),
+        ("outbound-limit", *OUTBOUND_LIMIT.end() as u64),
+        ("shards", *SHARDS.end() as u64),
+        ("ping-interval", *SECONDS.end()),
+        ("handshake-timeout", *SECONDS.end()),
+        ("shutdown-timeout", *SECONDS.end()),
+        ("flush-interval", *FLUSH_MICROS.end()),
+        ("presence-heartbeat", *HEARTBEAT_SECONDS.end()),
+        ("presence-ttl", *SECONDS.end()),
+    ];
+    for (name, max) in flags {
+        assert!(
+            Config::resolve(with_flag(name, max), None).is_ok(),
+            "--{name} {max}"
+        );
+        for v in [max + 1, u64::MAX] {
+            let e = Config::resolve(with_flag(name, v), None).unwrap_err();
+            assert!(e.contains(&format!("--{name} must be between")), "{e}");
+            assert!(e.contains(&max.to_string()), "{e}");
+        }
+    }
+    let c = Config::resolve(with_flag("presence-ttl", 86_400), None).unwrap();
+    // The store's largest product: TTL in ms plus 3 heartbeats.
+    assert!(c
+        .presence
+        .ttl_secs
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(3 * 3_600_000))
+        .is_some());
+}
+
+#[test]
+fn toml_lists_and_log_format() {
+    let path = std::env::temp_dir().join(format!("fanout-cfg-list-{}", std::process::id()));
+    let resolve = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let args = Args {
+            config: Some(path.clone()),
+            ..Args::default()
+        };
+        Config::resolve(args, None)
+    };
+    let c = resolve(
+        "allowed_origins = [\"https://a.example/\", \"https://B.example\"]\nlog_format = \"json\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.allowed_origins,
+        ["https://a.example", "https://b.example"]
+    );
+    assert_eq!(c.log_format, LogFormat::Json);
+    let c = resolve("allowed_origins = \"https://a.example, https://c.example\"\n").unwrap();
+    assert_eq!(
+        c.allowed_origins,
+        ["https://a.example", "https://c.example"]
+    );
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert!(resolve("allowed_origins = [\"*\"]\n")
+        .unwrap()
+        .allowed_origins
+        .is_empty());
+    let e = resolve("allowed_origins = [1]\n").unwrap_err();
+    assert!(e.contains("allowed_origins") || e.contains("string"), "{e}");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn backoff_is_capped() {
+    assert_eq!(backoff(0), Duration::from_millis(100));
+    assert_eq!(backoff(3), Duration::from_millis(800));
+    assert_eq!(backoff(30), Duration::from_millis(5000));
+}

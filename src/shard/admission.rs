@@ -1,0 +1,123 @@
+//! Limits against abuse that need memory of their own: WebSocket connections per client
+//! address (counted across the node's shards, so one table behind a lock, touched only
+//! on an upgrade and a close) and each connection's publish token bucket. Counting and
+//! deciding only: the shard answers the refusals.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use parking_lot::Mutex;
+
+/// Open WebSocket connections per client address on this node.
+#[derive(Debug, Default)]
+pub struct PerIp {
+    counts: Mutex<HashMap<IpAddr, u32>>,
+}
+
+impl PerIp {
+    /// Counts one more connection from `ip` unless it already has `max`.
+    pub fn acquire(&self, ip: IpAddr, max: u32) -> bool {
+        let mut counts = self.counts.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// One connection from `ip` closed.
+    pub fn release(&self, ip: IpAddr) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+
+    /// Addresses with an open connection (for tests and metrics).
+    pub fn addresses(&self) -> usize {
+        self.counts.lock().len()
+    }
+}
+
+/// A connection's publish allowance: `rate` per second, bursts of `rate`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    /// Thousandths of a publish left.
+    milli: u64,
+    /// When the bucket was last refilled, in milliseconds of the shard clock.
+    at_ms: u64,
+}
+
+impl Bucket {
+    /// A full bucket at `now_ms`.
+    pub fn full(rate: u32, now_ms: u64) -> Bucket {
+        Bucket {
+            milli: u64::from(rate) * 1000,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes one publish at `now_ms`; false when none is left.
+    pub fn take(&mut self, rate: u32, now_ms: u64) -> bool {
+        let cap = u64::from(rate) * 1000;
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        self.milli = cap.min(self.milli + elapsed.saturating_mul(u64::from(rate)));
+        self.at_ms = now_ms;
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What a connection carries when a per-client limit is on (boxed: nothing otherwise).
+#[derive(Debug, Default)]
+pub struct ConnLimits {
+    /// Counted in `PerIp` under this address.
+    pub ip: Option<IpAddr>,
+    pub bucket: Option<Bucket>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_counts_up_to_the_limit_and_forgets_released_addresses() {
+        let t = PerIp::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "::1".parse().unwrap();
+        assert!(t.acquire(a, 2) && t.acquire(a, 2));
+        assert!(!t.acquire(a, 2), "third from a");
+        assert!(t.acquire(b, 2), "b is counted apart");
+        t.release(a);
+        assert!(t.acquire(a, 2), "a freed one");
+        t.release(a);
+        t.release(a);
+        t.release(b);
+        assert_eq!(t.addresses(), 0);
+        assert!(!t.acquire(a, 0) && t.addresses() == 0, "0 admits nobody");
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let mut b = Bucket::full(5, 0);
+        assert_eq!((0..10).filter(|_| b.take(5, 0)).count(), 5, "burst of 5");
+        assert!(!b.take(5, 100), "half a publish after 100 ms");
+        assert!(b.take(5, 200), "one after 200 ms");
+        assert_eq!(
+            (0..10).filter(|_| b.take(5, 60_000)).count(),
+            5,
+            "capped at 5"
+        );
+    }
+}
