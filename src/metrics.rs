@@ -228,7 +228,7 @@ impl Metrics {
                 "fanout_gaps_total",
                 "counter",
                 &self.gaps,
-                "Gap notices after resubscribes",
+                "Gap notices sent to shards (after a reconnect, a dropped delivery or an oversized message), one per shard per channel",
             ),
             (
                 "fanout_broker_message_too_large_total",

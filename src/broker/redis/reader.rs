@@ -341,7 +341,9 @@ impl Reader {
             }
             Some(_) => {}
             None if now >= self.next_probe && self.health.publisher_ok.load(Ordering::Relaxed) => {
-                self.probe_seq += 1;
+                // An unpredictable value per probe: a Redis client that sees the probe
+                // channel cannot answer a probe before it is sent.
+                self.probe_seq = unpredictable(self.probe_seq);
                 let cmd = BrokerCmd::Publish {
                     channel: self.probe_channel.as_ref().into(),
                     payload: Bytes::from(self.probe_seq.to_string()),
@@ -367,4 +369,13 @@ impl Reader {
             }
         }
     }
+}
+
+/// A value nobody outside this process can predict from the previous one (SipHash with
+/// the process's random keys; a fresh key pair for every call).
+fn unpredictable(previous: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(previous);
+    h.finish()
 }
