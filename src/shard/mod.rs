@@ -4,6 +4,7 @@
 //! deliveries are queued during the turn and every touched connection is flushed once
 //! at its end with vectored writes. A shard never blocks on anything but `poll`.
 
+mod accept;
 pub mod admission;
 mod api;
 pub mod conn;
@@ -68,9 +69,7 @@ pub struct Shard {
     poll: Poll,
     data: Inbox<ShardMsg>,
     control: Inbox<ShardMsg>,
-    listener: Option<TcpListener>,
-    peers: Vec<InboxSender<ShardMsg>>,
-    next_peer: usize,
+    acceptor: accept::Acceptor,
     broker: BrokerHandle,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -88,7 +87,6 @@ pub struct Shard {
     now: u32,
     last_tick: u32,
     shutdown_deadline: Option<Instant>,
-    accept_paused_until: u32,
     /// Channels with frames waiting for this turn's `fan_out` (id, name to check it).
     batched: Vec<(u32, std::sync::Arc<str>)>,
     /// Back-pressure and flush pacing (see `intake.rs`).
@@ -104,9 +102,7 @@ impl Shard {
             poll: s.poll,
             data: s.data,
             control: s.control,
-            listener: s.listener,
-            peers: s.peers,
-            next_peer: 0,
+            acceptor: accept::Acceptor::new(s.listener, s.peers),
             broker: s.broker,
             config: s.config,
             metrics: s.metrics,
@@ -121,7 +117,6 @@ impl Shard {
             now: 0,
             last_tick: 0,
             shutdown_deadline: None,
-            accept_paused_until: 0,
             batched: Vec::new(),
             intake: intake::Intake::new(Instant::now()),
             presence: s.presence.map(api::PresenceLink::new),
@@ -131,7 +126,7 @@ impl Shard {
 
     /// Runs the loop until shutdown completes.
     pub fn run(mut self) {
-        if let Some(l) = self.listener.as_mut() {
+        if let Some(l) = self.acceptor.listener.as_mut() {
             if let Err(e) = self
                 .poll
                 .registry()
@@ -226,36 +221,14 @@ impl Shard {
     }
 
     fn accept(&mut self) {
-        if self.shutdown_deadline.is_some() || self.accept_paused_until > self.now {
+        if self.shutdown_deadline.is_some() {
             return;
         }
-        loop {
-            let Some(listener) = self.listener.as_ref() else {
-                return;
-            };
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let target = self.next_peer % self.peers.len().max(1);
-                    self.next_peer = self.next_peer.wrapping_add(1);
-                    if target == self.id.index() || self.peers.is_empty() {
-                        self.register(stream);
-                    } else if let Err(ShardMsg::Accept(stream)) =
-                        self.peers[target].send(ShardMsg::Accept(stream))
-                    {
-                        self.register(stream);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of file descriptors (EMFILE/ENFILE) or similar: pause accepting
-                    // for a second instead of spinning on a listener we cannot drain.
-                    tracing::warn!(shard = self.id.index(), "accept failed, pausing 1 s: {e}");
-                    self.accept_paused_until = self.now + 1;
-                    return;
-                }
-            }
+        let mut kept = Vec::new();
+        self.acceptor
+            .accept(self.id, self.now, &mut |stream| kept.push(stream));
+        for stream in kept {
+            self.register(stream);
         }
     }
 
@@ -390,7 +363,7 @@ impl Shard {
             return;
         }
         self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
-        if let Some(mut l) = self.listener.take() {
+        if let Some(mut l) = self.acceptor.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         // Everything owed is still written (bounded by the deadline): open WebSockets
