@@ -175,8 +175,10 @@ impl Link {
             }
             let _ = stream.set_nodelay(true);
             self.state = State::Up;
-            self.attempt = 0;
             self.queue_handshake();
+            if self.handshake_replies == 0 {
+                self.attempt = 0;
+            }
             tracing::info!(
                 link = self.name,
                 "connected to Redis {}:{}",
@@ -268,9 +270,17 @@ impl Link {
                         "Redis refused AUTH/SELECT: {}",
                         String::from_utf8_lossy(&e)
                     );
+                    // Not a lost connection: retrying at once would only be refused
+                    // again, so the backoff keeps growing (it is reset only after a
+                    // connection whose AUTH/SELECT succeeded).
                     return Err(RespError("AUTH/SELECT refused"));
                 }
-                Some(_) if self.handshake_replies > 0 => self.handshake_replies -= 1,
+                Some(_) if self.handshake_replies > 0 => {
+                    self.handshake_replies -= 1;
+                    if self.handshake_replies == 0 {
+                        self.attempt = 0;
+                    }
+                }
                 other => return Ok(other),
             }
         }

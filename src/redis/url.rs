@@ -69,11 +69,24 @@ impl RedisUrl {
         if host.is_empty() {
             return Err("Redis URL has no host".into());
         }
+        // User and password are percent-encoded in a URL (`p%40ss` is `p@ss`), as
+        // redis-cli and the Redis client libraries read them.
+        let decode = |part: &str, what: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| format!("Redis URL {what} is not valid UTF-8 once decoded"))
+        };
         let (username, password) = match auth {
             None => (None, None),
             Some(a) => match a.split_once(':') {
-                Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), Some(p.to_string())),
-                None => (None, Some(a.to_string())),
+                Some((u, p)) => (
+                    (!u.is_empty())
+                        .then(|| decode(u, "user name"))
+                        .transpose()?,
+                    Some(decode(p, "password")?),
+                ),
+                None => (None, Some(decode(a, "password")?)),
             },
         };
         Ok(RedisUrl {
@@ -117,6 +130,14 @@ mod tests {
         assert!(RedisUrl::parse("redis://h:notaport").is_err());
         assert!(RedisUrl::parse("redis://h/x").is_err());
         assert!(RedisUrl::parse("redis://").is_err());
+    }
+
+    #[test]
+    fn user_and_password_are_percent_decoded() {
+        let u = RedisUrl::parse("redis://app%2Bx:p%40ss%3Aw%2Fd@h:1").unwrap();
+        assert_eq!(u.username.as_deref(), Some("app+x"));
+        assert_eq!(u.password.as_deref(), Some("p@ss:w/d"));
+        assert!(RedisUrl::parse("redis://:%ff@h").is_err(), "not UTF-8");
     }
 
     #[test]

@@ -1,0 +1,66 @@
+//! Redis credentials: a percent-encoded password in the URL is decoded (`p%40ss` is
+//! `p@ss`, as redis-cli reads it), and a refused login is retried with the growing
+//! backoff of a lost connection, not at once.
+
+mod common;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use common::{wait_for, RedisProcess, TestNode, DEADLINE};
+
+const PASSWORD: &str = "p@ss:w/d";
+
+/// A Redis that requires `PASSWORD`, and a connection to it.
+fn protected() -> (RedisProcess, redis::Connection) {
+    let redis = RedisProcess::start();
+    let mut c = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(PASSWORD)
+        .query(&mut c)
+        .unwrap();
+    let url = format!("redis://:p%40ss%3Aw%2Fd@127.0.0.1:{}", redis.port);
+    let conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+    (redis, conn)
+}
+
+#[test]
+fn a_percent_encoded_password_is_decoded() {
+    let (redis, _admin) = protected();
+    let url = format!("redis://:p%40ss%3Aw%2Fd@127.0.0.1:{}", redis.port);
+    let node = TestNode::start(&["--redis", &url]);
+    wait_for(
+        "the node healthy with the decoded password",
+        DEADLINE,
+        || (support::get(node.addr, "/healthz").status == 200).then_some(()),
+    );
+    let mut sub = node.client();
+    sub.subscribe("auth");
+    let mut publisher = node.client();
+    publisher.publish("auth", "1");
+    assert_eq!(sub.expect_json()["data"], 1);
+}
+
+#[test]
+fn a_refused_login_is_retried_with_backoff() {
+    let (redis, mut admin) = protected();
+    let url = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let connections = |c: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let before = connections(&mut admin);
+    let node = TestNode::start(&["--redis", &url, "--presence", "off"]);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let tries = connections(&mut admin) - before;
+    // Two links (reader, writer) with backoff 0.1, 0.2, 0.4, 0.8, 1.6 s: about 5 each
+    // in 4 s. Retrying at once after every refusal made it ~80.
+    assert!(tries <= 16, "{tries} connections in {:?}", start.elapsed());
+    assert_eq!(support::get(node.addr, "/healthz").status, 503);
+}
