@@ -13,6 +13,8 @@ pub struct Health {
     pub publisher_ok: AtomicBool,
     /// The last end-to-end probe came back in time.
     pub probe_ok: AtomicBool,
+    /// Redis refused the node's credentials (AUTH/SELECT) on its last try.
+    pub auth_refused: AtomicBool,
 }
 
 impl Health {
@@ -21,7 +23,12 @@ impl Health {
         if !cluster {
             return (true, "embedded");
         }
-        if !self.subscriber_ok.load(Ordering::Relaxed) {
+        if self.auth_refused.load(Ordering::Relaxed) {
+            (
+                false,
+                "redis refused our credentials (AUTH/SELECT): check the user and password",
+            )
+        } else if !self.subscriber_ok.load(Ordering::Relaxed) {
             (false, "redis subscriber down")
         } else if !self.publisher_ok.load(Ordering::Relaxed) {
             (false, "redis publisher down")

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub unrouted: AtomicU64,
     /// Broker (Redis) connections re-established after a loss.
     pub broker_reconnects: AtomicU64,
+    /// Times Redis refused the node's credentials (AUTH/SELECT).
+    pub redis_auth_refused: AtomicU64,
     /// Client publishes that the broker reported as failed.
     pub publish_failed: AtomicU64,
     /// Gap notices sent to channels after a resubscribe.
@@ -78,6 +80,7 @@ impl Metrics {
             dispatch_dropped: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             broker_reconnects: AtomicU64::new(0),
+            redis_auth_refused: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             broker_too_large: AtomicU64::new(0),
@@ -193,7 +196,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 8] = [
+        let node: [(&str, &str, &AtomicU64, &str); 9] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -217,6 +220,12 @@ impl Metrics {
                 "counter",
                 &self.broker_reconnects,
                 "Redis reconnections",
+            ),
+            (
+                "fanout_redis_auth_refused_total",
+                "counter",
+                &self.redis_auth_refused,
+                "Times Redis refused the node's credentials (AUTH/SELECT)",
             ),
             (
                 "fanout_publish_failed_total",

@@ -1,6 +1,6 @@
 //! Redis credentials: a percent-encoded password in the URL is decoded (`p%40ss` is
 //! `p@ss`, as redis-cli reads it), and a refused login is retried with the growing
-//! backoff of a lost connection, not at once.
+//! backoff of a lost connection, not at once, and reported in `/healthz` and a counter.
 
 mod common;
 mod support;
@@ -62,5 +62,26 @@ fn a_refused_login_is_retried_with_backoff() {
     // Two links (reader, writer) with backoff 0.1, 0.2, 0.4, 0.8, 1.6 s: about 5 each
     // in 4 s. Retrying at once after every refusal made it ~80.
     assert!(tries <= 16, "{tries} connections in {:?}", start.elapsed());
-    assert_eq!(support::get(node.addr, "/healthz").status, 503);
+    // Said plainly: in /healthz and in a counter.
+    let health = support::get(node.addr, "/healthz");
+    assert_eq!(health.status, 503);
+    assert!(
+        health.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused our credentials"),
+        "{}",
+        health.body
+    );
+    assert!(support::metric(node.addr, "fanout_redis_auth_refused_total") >= 2.0);
+    // Fixed credentials: the refusal clears once a login succeeds.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("wrong")
+        .query(&mut admin)
+        .unwrap();
+    wait_for("healthy once Redis accepts the password", DEADLINE, || {
+        (support::get(node.addr, "/healthz").status == 200).then_some(())
+    });
 }

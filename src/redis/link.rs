@@ -46,6 +46,10 @@ pub struct Link {
     /// What each read() lands in before it is appended to `rbuf`.
     scratch: Vec<u8>,
     attempt: u32,
+    /// Redis refused the last AUTH/SELECT (cleared by one that succeeds).
+    auth_refused: bool,
+    /// `auth_refused` changed since `auth_change` last looked.
+    auth_changed: bool,
     /// Replies to AUTH/SELECT still to be skipped.
     handshake_replies: usize,
     /// True once a connection was ever established (later ones are reconnects).
@@ -66,6 +70,8 @@ impl Link {
             wbuf: BytesMut::with_capacity(64 * 1024),
             scratch: Vec::new(),
             attempt: 0,
+            auth_refused: false,
+            auth_changed: false,
             handshake_replies: 0,
             was_up: false,
         }
@@ -259,6 +265,12 @@ impl Link {
         Ok(())
     }
 
+    /// `Some(refused)` when Redis refused our credentials, or accepted them after a
+    /// refusal, since the last call (for the health flag and the counter).
+    pub fn auth_change(&mut self) -> Option<bool> {
+        std::mem::take(&mut self.auth_changed).then_some(self.auth_refused)
+    }
+
     /// The next complete value received, skipping the AUTH/SELECT replies.
     pub fn next_value(&mut self) -> Result<Option<Value>, RespError> {
         loop {
@@ -273,12 +285,16 @@ impl Link {
                     // Not a lost connection: retrying at once would only be refused
                     // again, so the backoff keeps growing (it is reset only after a
                     // connection whose AUTH/SELECT succeeded).
+                    self.auth_changed = true;
+                    self.auth_refused = true;
                     return Err(RespError("AUTH/SELECT refused"));
                 }
                 Some(_) if self.handshake_replies > 0 => {
                     self.handshake_replies -= 1;
                     if self.handshake_replies == 0 {
                         self.attempt = 0;
+                        self.auth_changed |= self.auth_refused;
+                        self.auth_refused = false;
                     }
                 }
                 other => return Ok(other),
