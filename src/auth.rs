@@ -144,13 +144,12 @@ impl Verifier {
     /// (and a test) decides the instant.
     pub fn verify(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 kind => AuthError::Invalid(format!("{kind:?}")),
-            }
-        })?;
+            })?;
         let c = data.claims;
         if c.exp.saturating_add(LEEWAY) <= now {
             return Err(AuthError::Expired);

@@ -66,9 +66,11 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     let config = Arc::new(config);
     // Before anything starts: a key that cannot be used is a startup error.
     let auth = match &config.jwt {
-        Some(jwt) => Some(Arc::new(crate::auth::Verifier::new(jwt).map_err(|e| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
-        })?)),
+        Some(jwt) => {
+            Some(Arc::new(crate::auth::Verifier::new(jwt).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+            })?))
+        }
         None => None,
     };
     if auth.is_none() && !config.listen.ip().is_loopback() {

@@ -154,22 +154,57 @@ fn the_token_matrix_on_the_upgrade_and_in_the_auth_message() {
     let cases: Vec<(&str, Node, String, bool)> = vec![
         ("garbage", Node::Hs, "not.a.token".into(), false),
         ("alg none", Node::Hs, unsigned(&claims("alice", 60)), false),
-        ("alg none vs RSA", Node::Rs, unsigned(&claims("alice", 60)), false),
+        (
+            "alg none vs RSA",
+            Node::Rs,
+            unsigned(&claims("alice", 60)),
+            false,
+        ),
         (
             "HS256 with the RSA public key as secret",
             Node::Rs,
             hs(RSA_PUBLIC_PEM, &claims("alice", 60)),
             false,
         ),
-        ("wrong secret", Node::Hs, hs(b"other-secret", &claims("alice", 60)), false),
-        ("RS256 against HS256", Node::Hs, rs(&claims("alice", 60)), false),
-        ("ES256 against RSA", Node::Rs, es(&claims("alice", 60)), false),
-        ("expired", Node::Hs, hs(secret, &claims("alice", -10)), false),
+        (
+            "wrong secret",
+            Node::Hs,
+            hs(b"other-secret", &claims("alice", 60)),
+            false,
+        ),
+        (
+            "RS256 against HS256",
+            Node::Hs,
+            rs(&claims("alice", 60)),
+            false,
+        ),
+        (
+            "ES256 against RSA",
+            Node::Rs,
+            es(&claims("alice", 60)),
+            false,
+        ),
+        (
+            "expired",
+            Node::Hs,
+            hs(secret, &claims("alice", -10)),
+            false,
+        ),
         ("no exp", Node::Hs, hs(secret, &no_exp), false),
         ("not yet valid", Node::Hs, hs(secret, &nbf), false),
-        ("no audience", Node::Aud, hs(secret, &claims("alice", 60)), false),
+        (
+            "no audience",
+            Node::Aud,
+            hs(secret, &claims("alice", 60)),
+            false,
+        ),
         ("wrong audience", Node::Aud, hs(secret, &aud_other), false),
-        ("valid HS256", Node::Hs, hs(secret, &claims("alice", 60)), true),
+        (
+            "valid HS256",
+            Node::Hs,
+            hs(secret, &claims("alice", 60)),
+            true,
+        ),
         ("valid RS256", Node::Rs, rs(&claims("alice", 60)), true),
         ("valid ES256", Node::Es, es(&claims("alice", 60)), true),
         ("valid with audience", Node::Aud, hs(secret, &aud_ok), true),
@@ -210,7 +245,10 @@ fn the_token_matrix_on_the_upgrade_and_in_the_auth_message() {
     assert_eq!(subscribe_news(&mut c).unwrap_err(), "unauthorized");
     c.send(r#"{"type":"publish","channel":"room:1","data":1,"id":3}"#);
     let v = c.expect_json();
-    assert_eq!((v["code"].as_str(), v["id"].as_i64()), (Some("unauthorized"), Some(3)));
+    assert_eq!(
+        (v["code"].as_str(), v["id"].as_i64()),
+        (Some("unauthorized"), Some(3))
+    );
     c.send(r#"{"type":"unsubscribe","channel":"news"}"#);
     assert_eq!(c.expect_json()["code"], "unauthorized");
     c.send(r#"{"type":"presence","user":"alice"}"#);
@@ -249,7 +287,11 @@ fn channel_patterns_allow_deny_and_prefix() {
         json!({"type":"error","code":"forbidden","message":"the token does not allow this channel","channel":"secret"})
     );
     c.send(r#"{"type":"subscribe","channel":"newsroom"}"#);
-    assert_eq!(c.expect_json()["code"], "forbidden", "exact names are exact");
+    assert_eq!(
+        c.expect_json()["code"],
+        "forbidden",
+        "exact names are exact"
+    );
     // Still usable; the prefix pattern.
     c.subscribe("room:7");
     c.subscribe("room:1");
@@ -259,7 +301,10 @@ fn channel_patterns_allow_deny_and_prefix() {
         got.push(c.expect_json());
     }
     assert!(got.contains(&json!({"type":"published","id":1})), "{got:?}");
-    assert!(got.contains(&json!({"channel":"room:1","data":"hi"})), "{got:?}");
+    assert!(
+        got.contains(&json!({"channel":"room:1","data":"hi"})),
+        "{got:?}"
+    );
     c.send(r#"{"type":"publish","channel":"room:7","data":"hi","id":2}"#);
     let v = c.expect_json();
     assert_eq!(
@@ -284,15 +329,24 @@ fn a_refresh_before_exp_keeps_the_connection_and_exp_closes_4003() {
     assert_eq!(refreshed.expect_json()["type"], "authenticated");
     refreshed.send(&auth_msg(&hs(secret, &claims("dave", 60))));
     let v = refreshed.expect_json();
-    assert_eq!((v["type"].as_str(), v["sub"].as_str()), (Some("authenticated"), Some("dave")));
+    assert_eq!(
+        (v["type"].as_str(), v["sub"].as_str()),
+        (Some("authenticated"), Some("dave"))
+    );
     assert_eq!(
         close_code(&mut lapsing, Duration::from_secs(6)),
         Some(4003),
         "closed at exp"
     );
-    assert!(now() >= exp && now() <= exp + 2, "closed on time: {} vs exp {exp}", now());
+    assert!(
+        now() >= exp && now() <= exp + 2,
+        "closed on time: {} vs exp {exp}",
+        now()
+    );
     // The refreshed one outlives the first token.
-    wait_for("the first exp to pass", DEADLINE, || (now() > exp + 1).then_some(()));
+    wait_for("the first exp to pass", DEADLINE, || {
+        (now() > exp + 1).then_some(())
+    });
     assert_eq!(subscribe_news(&mut refreshed), Ok(()));
     // A token for another user closes with 4001.
     refreshed.send(&auth_msg(&hs(secret, &claims("eve", 60))));
@@ -305,7 +359,11 @@ fn a_connection_not_authenticated_in_the_handshake_timeout_is_closed_4001() {
     let start = Instant::now();
     let mut c = node.client();
     assert_eq!(close_code(&mut c, Duration::from_secs(6)), Some(4001));
-    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     // One that authenticates in time stays.
     let mut ok = node.client();
     ok.send(&auth_msg(&hs(SECRET.as_bytes(), &claims("frank", 60))));

@@ -53,7 +53,9 @@ fn b64(data: &[u8]) -> String {
 
 #[test]
 fn a_valid_hs256_token_gives_its_grant() {
-    let g = hs("s3cret", None).verify(&hs_token("s3cret", &claims()), NOW).unwrap();
+    let g = hs("s3cret", None)
+        .verify(&hs_token("s3cret", &claims()), NOW)
+        .unwrap();
     assert_eq!(&*g.sub, "u1");
     assert_eq!(g.exp, NOW + 3600);
     assert!(g.may_subscribe("news"));
@@ -85,7 +87,10 @@ fn rs256_and_es256_keys_are_detected_from_the_pem() {
     )
     .unwrap();
     assert!(ec.verify(&t, NOW).is_ok());
-    assert!(rsa.verify(&t, NOW).is_err(), "an ES256 token against the RSA key");
+    assert!(
+        rsa.verify(&t, NOW).is_err(),
+        "an ES256 token against the RSA key"
+    );
     assert!(Verifier::new(&JwtConfig {
         key: JwtKey::PublicKeyPem(b"not a key".to_vec()),
         audience: None,
@@ -99,7 +104,10 @@ fn attacks_and_bad_tokens_are_refused() {
     let invalid = |r: Result<Grant, AuthError>| matches!(r, Err(AuthError::Invalid(_)));
     assert!(invalid(v.verify("garbage", NOW)));
     assert!(invalid(v.verify("", NOW)));
-    assert!(invalid(v.verify(&hs_token("other", &claims()), NOW)), "wrong secret");
+    assert!(
+        invalid(v.verify(&hs_token("other", &claims()), NOW)),
+        "wrong secret"
+    );
     // alg: none, no signature.
     let none = format!(
         "{}.{}.",
@@ -121,7 +129,12 @@ fn attacks_and_bad_tokens_are_refused() {
     let parts: Vec<&str> = good.split('.').collect();
     let mut c = claims();
     c["channels"] = json!(["*"]);
-    let forged = format!("{}.{}.{}", parts[0], b64(c.to_string().as_bytes()), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(c.to_string().as_bytes()),
+        parts[2]
+    );
     assert!(invalid(v.verify(&forged, NOW)));
 }
 
@@ -158,8 +171,13 @@ fn exp_sub_nbf_and_audience_are_enforced() {
     // Audience.
     let a = hs("k", Some("app"));
     assert!(a.verify(&with(&|c| c["aud"] = json!("app")), NOW).is_ok());
-    assert!(a.verify(&with(&|c| c["aud"] = json!("other")), NOW).is_err());
-    assert!(a.verify(&t, NOW).is_err(), "aud is required when configured");
+    assert!(a
+        .verify(&with(&|c| c["aud"] = json!("other")), NOW)
+        .is_err());
+    assert!(
+        a.verify(&t, NOW).is_err(),
+        "aud is required when configured"
+    );
     assert!(v.verify(&with(&|c| c["aud"] = json!("any")), NOW).is_ok());
 }
 

@@ -6,8 +6,8 @@ mod jwt;
 mod presence;
 mod tuning;
 
-use presence::resolve_presence;
 pub use jwt::{JwtConfig, JwtKey};
+use presence::resolve_presence;
 pub use presence::{OnOff, PresenceConfig};
 pub use tuning::{Tuning, TUNING};
 
@@ -287,7 +287,12 @@ pub struct Args {
     pub presence_ttl: Option<u64>,
 
     /// Require a JWT signed with this HS256 secret on every WebSocket connection (auth on) [default: none, auth off]
-    #[arg(long, env = "JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
     /// Require a JWT verified with this PEM public key (RS256 for an RSA key, ES256 for an EC P-256 key) on every WebSocket connection (auth on) [default: none, auth off]

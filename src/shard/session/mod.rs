@@ -87,7 +87,10 @@ pub enum Due {
     Answer504,
     /// Close the WebSocket with this code: 4001 not authenticated in time, 4003 the
     /// token expired without a refresh.
-    Close { code: u16, reason: &'static str },
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
 }
 
 /// A connection's authentication, present only when auth is on.
