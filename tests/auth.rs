@@ -348,6 +348,18 @@ fn a_refresh_before_exp_keeps_the_connection_and_exp_closes_4003() {
         (now() > exp + 1).then_some(())
     });
     assert_eq!(subscribe_news(&mut refreshed), Ok(()));
+    refreshed.subscribe("room:5");
+    // A refresh that narrows the channels drops what it no longer allows.
+    let mut narrower = claims("dave", 60);
+    narrower["channels"] = json!(["room:*"]);
+    refreshed.send(&auth_msg(&hs(secret, &narrower)));
+    assert_eq!(refreshed.expect_json()["type"], "authenticated");
+    assert_eq!(
+        refreshed.expect_json(),
+        json!({"type":"unsubscribed","channel":"news"})
+    );
+    assert_eq!(subscribe_news(&mut refreshed).unwrap_err(), "forbidden");
+    refreshed.subscribe("room:5");
     // A token for another user closes with 4001.
     refreshed.send(&auth_msg(&hs(secret, &claims("eve", 60))));
     assert_eq!(close_code(&mut refreshed, DEADLINE), Some(4001));

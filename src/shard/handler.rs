@@ -96,10 +96,34 @@ impl Shard {
         let sub = grant.sub.clone();
         match conn.session.authenticate(grant, now, unix_now) {
             Refresh::OtherUser => return self.close_ws(key, 4001, "unauthorized"),
-            Refresh::Renewed => {}
+            Refresh::Renewed => {
+                self.queue(key, answer);
+                return self.drop_disallowed(key);
+            }
             Refresh::First => self.presence_open(key, Some(&sub)),
         }
         self.queue(key, answer);
+    }
+
+    /// After a refresh: subscriptions the new token no longer allows are dropped, each
+    /// answered `unsubscribed`.
+    fn drop_disallowed(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let Some(grant) = conn.session.grant() else {
+            return;
+        };
+        let gone: Vec<std::sync::Arc<str>> = conn
+            .subs
+            .iter()
+            .filter_map(|&(chan, _)| self.subs.channel(chan))
+            .filter(|ch| !grant.may_subscribe(&ch.name))
+            .map(|ch| ch.name.clone())
+            .collect();
+        for name in gone {
+            self.unsubscribe(key, &name);
+        }
     }
 
     fn subscribe(&mut self, key: usize, channel: &str) {
