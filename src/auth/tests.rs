@@ -186,7 +186,10 @@ fn patterns() {
     assert!(Pattern::parse("*").matches("anything"));
     assert!(Pattern::parse("a:*").matches("a:"));
     assert!(!Pattern::parse("a:*").matches("a"));
-    assert!(!Pattern::parse("a:*").matches("xa:1"), "a prefix, not a substring");
+    assert!(
+        !Pattern::parse("a:*").matches("xa:1"),
+        "a prefix, not a substring"
+    );
     assert!(Pattern::parse("a").matches("a"));
     assert!(!Pattern::parse("a").matches("ab"));
 }
