@@ -113,16 +113,21 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Result<String, &'static s
 /// The decoded value of query parameter `name` (`application/x-www-form-urlencoded`:
 /// `+` is a space, `%XX` a byte of UTF-8), checked as a user id.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<Result<String, Refusal>> {
+    Some(match query_value(query, name)? {
+        Ok(u) if valid_user(&u) => Ok(u),
+        Ok(_) => Err((400, "bad user parameter")),
+        Err(why) => Err(why),
+    })
+}
+
+/// The decoded value of query parameter `name`, unchecked (`?token=`).
+pub fn query_value(query: Option<&str>, name: &str) -> Option<Result<String, Refusal>> {
     let query = query?;
     let raw = query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k, true).ok()? == name).then_some(v)
     })?;
-    Some(match percent_decode(raw, true) {
-        Ok(u) if valid_user(&u) => Ok(u),
-        Ok(_) => Err((400, "bad user parameter")),
-        Err(why) => Err((400, why)),
-    })
+    Some(percent_decode(raw, true).map_err(|why| (400, why)))
 }
 
 /// Whether the request carries the configured API key (constant-time comparison).

@@ -23,7 +23,7 @@
 //! 5  shard
 //! 4  broker presence
 //! 3  msg api http
-//! 2  protocol metrics redis
+//! 2  protocol metrics redis auth
 //! 1  config latency ws ids inbox health
 //! ```
 //!
@@ -37,6 +37,7 @@
 //! | [`health`] | the node's health flags | I/O |
 //! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
 //! | [`metrics`] | counters and their Prometheus text (presence's too) | lock |
+//! | [`auth`] | JWT verification → `Grant` (user, expiry, channel patterns) | I/O, log a token |
 //! | [`redis`] | RESP, the Redis URL, the non-blocking link, the blocking client | decide what to send |
 //! | [`msg`] | `BrokerCmd`, `ShardMsg`, `BrokerHandle`: what threads send each other | decide |
 //! | [`api`] | HTTP API parsing, API-key and origin rules | I/O |
@@ -47,6 +48,7 @@
 //! | [`server`] | starting and stopping threads | touch sockets of clients |
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod health;

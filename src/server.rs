@@ -64,6 +64,23 @@ impl ServerHandle {
 /// Starts a node with `config`.
 pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     let config = Arc::new(config);
+    // Before anything starts: a key that cannot be used is a startup error.
+    let auth = match &config.jwt {
+        Some(jwt) => {
+            Some(Arc::new(crate::auth::Verifier::new(jwt).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+            })?))
+        }
+        None => None,
+    };
+    if auth.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            addr = %config.listen,
+            "listening on a non-loopback address without authentication: anyone who reaches \
+             the port may subscribe and publish to any channel (set --jwt-secret or \
+             --jwt-public-key)"
+        );
+    }
     let std_listener = std::net::TcpListener::bind(config.listen)?;
     // std listens with a backlog of 128, which a connect storm overflows (SYN retries
     // of a second); Linux lets a second listen() raise it (capped by somaxconn).
@@ -138,6 +155,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
             health: health.clone(),
             presence: presence_handle.clone(),
             per_ip: per_ip.clone(),
+            auth: auth.clone(),
         };
         let shard = Shard::new(setup);
         shards.push(

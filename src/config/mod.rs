@@ -2,9 +2,11 @@
 //! resolved once at start into `Config`. Every limit lives in `Limits`, in one place.
 //! Precedence: flag > environment variable > `--config` file > built-in default.
 
+mod jwt;
 mod presence;
 mod tuning;
 
+pub use jwt::{JwtConfig, JwtKey};
 use presence::resolve_presence;
 pub use presence::{OnOff, PresenceConfig};
 pub use tuning::{Tuning, TUNING};
@@ -177,6 +179,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Presence settings (`src/presence/`).
     pub presence: PresenceConfig,
+    /// Connection authentication (JWT); `None`: off.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// fanout: a WebSocket pub/sub server that scales horizontally through Redis.
@@ -282,6 +286,23 @@ pub struct Args {
     #[arg(long, value_name = "SECS")]
     pub presence_ttl: Option<u64>,
 
+    /// Require a JWT signed with this HS256 secret on every WebSocket connection (auth on) [default: none, auth off]
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Require a JWT verified with this PEM public key (RS256 for an RSA key, ES256 for an EC P-256 key) on every WebSocket connection (auth on) [default: none, auth off]
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `aud` claim of connection tokens [default: not checked]
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+
     /// TOML file with any of the settings above
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -314,6 +335,9 @@ struct FileConfig {
     presence_user_param: Option<bool>,
     presence_heartbeat: Option<u64>,
     presence_ttl: Option<u64>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    jwt_audience: Option<String>,
 }
 
 impl Config {
@@ -437,6 +461,11 @@ impl Config {
             (None, None) => Vec::new(),
         };
         let api_key = args.api_key.or(file.api_key).filter(|k| !k.is_empty());
+        let jwt = jwt::resolve(
+            args.jwt_secret.or(file.jwt_secret),
+            args.jwt_public_key.or(file.jwt_public_key),
+            args.jwt_audience.or(file.jwt_audience),
+        )?;
         Ok(Config {
             listen,
             redis,
@@ -456,6 +485,7 @@ impl Config {
             api_key,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             presence,
+            jwt,
         })
     }
 }

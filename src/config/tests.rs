@@ -182,3 +182,45 @@ fn backoff_is_capped() {
     assert_eq!(backoff(3), Duration::from_millis(800));
     assert_eq!(backoff(30), Duration::from_millis(5000));
 }
+
+#[test]
+fn jwt_flags_and_file() {
+    let c = Config::resolve(Args::default(), None).unwrap();
+    assert!(c.jwt.is_none(), "auth off by default");
+    let args = Args {
+        jwt_secret: Some("s".into()),
+        jwt_audience: Some("app".into()),
+        ..Args::default()
+    };
+    let jwt = Config::resolve(args, None).unwrap().jwt.unwrap();
+    assert!(jwt.key == JwtKey::Secret(b"s".to_vec()));
+    assert_eq!(jwt.audience.as_deref(), Some("app"));
+    assert!(
+        !format!("{jwt:?}").contains("[115]"),
+        "the secret's bytes are not printed"
+    );
+    let pem = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rsa_public.pem");
+    let both = Args {
+        jwt_secret: Some("s".into()),
+        jwt_public_key: Some(pem.into()),
+        ..Args::default()
+    };
+    assert!(Config::resolve(both, None).is_err(), "both keys");
+    let alone = Args {
+        jwt_audience: Some("app".into()),
+        ..Args::default()
+    };
+    assert!(
+        Config::resolve(alone, None).is_err(),
+        "an audience without a key"
+    );
+    let dir = std::env::temp_dir().join(format!("fanout-cfg-jwt-{}", std::process::id()));
+    std::fs::write(&dir, format!("jwt_public_key = {pem:?}\n")).unwrap();
+    let args = Args {
+        config: Some(dir.clone()),
+        ..Args::default()
+    };
+    let jwt = Config::resolve(args, None).unwrap().jwt.unwrap();
+    assert!(matches!(jwt.key, JwtKey::PublicKeyPem(ref p) if p.starts_with(b"-----BEGIN")));
+    let _ = std::fs::remove_file(dir);
+}

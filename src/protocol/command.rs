@@ -29,6 +29,10 @@ pub enum Command<'a> {
     Presence {
         user: Cow<'a, str>,
     },
+    /// Authenticate, or refresh the token (`{"type":"auth","token":"..."}`).
+    Auth {
+        token: Cow<'a, str>,
+    },
 }
 
 /// A command that cannot be carried out, with what is known of it for the error reply.
@@ -54,6 +58,8 @@ struct Wire<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// A field that is present, whatever its value (`null` included); absent fields get
@@ -146,6 +152,15 @@ pub fn parse_command(text: &str, max_channel: usize) -> Result<Command<'_>, Comm
             )),
         };
     }
+    if kind == "auth" {
+        return match wire.token.and_then(as_string) {
+            Some(token) if !token.is_empty() => Ok(Command::Auth { token }),
+            _ => Err(with(
+                id,
+                err(ErrorCode::BadRequest, "auth needs a token string"),
+            )),
+        };
+    }
     if !matches!(&*kind, "subscribe" | "unsubscribe" | "publish") {
         return Err(with(
             id,
@@ -226,6 +241,15 @@ mod tests {
             ok(r#"{"type":"presence","user":"u1"}"#),
             Command::Presence { user: "u1".into() }
         );
+        assert_eq!(
+            ok(r#"{"type":"auth","token":"a.b.c"}"#),
+            Command::Auth {
+                token: "a.b.c".into()
+            }
+        );
+        assert_eq!(code(r#"{"type":"auth"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"auth","token":""}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"auth","token":1}"#), ErrorCode::BadRequest);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub enum ErrorCode {
     BadChannel,
     TooLarge,
     Forbidden,
+    Unauthorized,
     RateLimited,
     Unavailable,
     SlowConsumer,
@@ -30,6 +31,7 @@ impl ErrorCode {
             ErrorCode::BadChannel => "bad_channel",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SlowConsumer => "slow_consumer",
@@ -64,6 +66,15 @@ pub fn unsubscribed(channel: &str) -> Bytes {
 /// `{"type":"gap","channel":C}`: messages on C may have been missed.
 pub fn gap(channel: &str) -> Bytes {
     typed("gap", channel)
+}
+
+/// `{"type":"authenticated","sub":S,"exp":E}`: a token was accepted (or refreshed).
+pub fn authenticated(sub: &str, exp: u64) -> Bytes {
+    let mut body = Vec::with_capacity(48 + sub.len());
+    body.extend_from_slice(b"{\"type\":\"authenticated\",\"sub\":");
+    push_string(&mut body, sub);
+    body.extend_from_slice(format!(",\"exp\":{exp}}}").as_bytes());
+    text_frame(&body)
 }
 
 /// `{"type":"published","id":X}` with X the raw JSON the client sent.

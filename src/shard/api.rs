@@ -73,7 +73,8 @@ impl Shard {
         if !api::origin_allowed(&self.config.allowed_origins, head.origin.as_deref()) {
             return Err((403, "origin not allowed"));
         }
-        if self.presence.is_some() && self.config.presence.user_param {
+        // With auth on, the user is the token's `sub`: `?user=` is ignored.
+        if self.presence.is_some() && self.config.presence.user_param && self.auth.is_none() {
             if let Some(Err(refusal)) = api::query_param(head.query.as_deref(), "user") {
                 return Err(refusal);
             }
@@ -81,8 +82,19 @@ impl Shard {
         Ok(())
     }
 
-    /// Hook: the WebSocket of `key` just opened.
-    pub(super) fn presence_open(&mut self, key: usize, head: &RequestHead) {
+    /// The presence user id a WebSocket opened with `head` is recorded under: `?user=`
+    /// when `--presence-user-param` is on (`None`: the connection id). Not used with
+    /// auth on (the token's `sub` is the user).
+    pub(super) fn user_param(&self, head: &RequestHead) -> Option<String> {
+        if !self.config.presence.user_param {
+            return None;
+        }
+        api::query_param(head.query.as_deref(), "user").and_then(Result::ok)
+    }
+
+    /// Hook: the WebSocket of `key` just opened (or, with auth on, authenticated), for
+    /// `user` (`None`: the connection id is the user).
+    pub(super) fn presence_open(&mut self, key: usize, user: Option<&str>) {
         let Some(link) = self.presence.as_mut() else {
             return;
         };
@@ -93,15 +105,9 @@ impl Shard {
             return;
         }
         let cid = link.handle.conn_id(self.id, conn.gen);
-        let param = self
-            .config
-            .presence
-            .user_param
-            .then(|| api::query_param(head.query.as_deref(), "user"))
-            .flatten();
-        let (user, stored): (Box<str>, Box<str>) = match param {
-            Some(Ok(u)) => (u.clone().into(), u.into()),
-            _ => (cid.clone(), "".into()),
+        let (user, stored): (Box<str>, Box<str>) = match user {
+            Some(u) => (u.into(), u.into()),
+            None => (cid.clone(), "".into()),
         };
         if link.update(Msg::Open { user, cid }, &self.metrics.presence) {
             conn.presence = Some(stored);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::admission::Bucket;
 use super::conn::ConnId;
-use super::session::Cmd;
+use super::session::{Cmd, Refresh};
 use super::subs::{Added, WAITING};
 use super::Shard;
 use crate::msg::{AckTo, BrokerCmd};
@@ -32,6 +32,12 @@ impl Shard {
 
     /// Carries out one client command.
     pub(super) fn on_command(&mut self, key: usize, cmd: Cmd) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if let Err(code) = conn.session.permits(&cmd) {
+            return self.refuse(key, code, &cmd);
+        }
         match cmd {
             Cmd::Subscribe(channel) => self.subscribe(key, &channel),
             Cmd::Unsubscribe(channel) => self.unsubscribe(key, &channel),
@@ -41,6 +47,82 @@ impl Shard {
                 id,
             } => self.publish(key, channel, payload, id),
             Cmd::Presence(user) => self.presence(key, &user),
+            Cmd::Auth(token) => self.auth_message(key, &token),
+        }
+    }
+
+    /// A command the connection's token does not allow (or no token yet).
+    fn refuse(&mut self, key: usize, code: ErrorCode, cmd: &Cmd) {
+        let (id, channel) = match cmd {
+            Cmd::Subscribe(c) | Cmd::Unsubscribe(c) => (None, Some(&**c)),
+            Cmd::Publish { channel, id, .. } => (id.as_deref(), Some(&**channel)),
+            Cmd::Presence(_) | Cmd::Auth(_) => (None, None),
+        };
+        let message = if code == ErrorCode::Unauthorized {
+            "authenticate first: {\"type\":\"auth\",\"token\":\"...\"}"
+        } else {
+            "the token does not allow this channel"
+        };
+        self.simple_error(key, code, message, id, channel);
+    }
+
+    /// `{"type":"auth","token":…}`: the first token of the connection, or a refresh
+    /// (same `sub`). An invalid token, or one for another user, closes with 4001.
+    fn auth_message(&mut self, key: usize, token: &str) {
+        let Some(verifier) = self.auth.clone() else {
+            return self.simple_error(
+                key,
+                ErrorCode::BadRequest,
+                "authentication is off on this node",
+                None,
+                None,
+            );
+        };
+        let unix_now = crate::auth::unix_now();
+        let grant = match verifier.verify(token, unix_now) {
+            Ok(grant) => grant,
+            Err(_) => {
+                self.metrics.shards[self.id.index()]
+                    .client_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return self.close_ws(key, 4001, "unauthorized");
+            }
+        };
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let answer = reply::authenticated(&grant.sub, grant.exp);
+        let sub = grant.sub.clone();
+        match conn.session.authenticate(grant, now, unix_now) {
+            Refresh::OtherUser => return self.close_ws(key, 4001, "unauthorized"),
+            Refresh::Renewed => {
+                self.queue(key, answer);
+                return self.drop_disallowed(key);
+            }
+            Refresh::First => self.presence_open(key, Some(&sub)),
+        }
+        self.queue(key, answer);
+    }
+
+    /// After a refresh: subscriptions the new token no longer allows are dropped, each
+    /// answered `unsubscribed`.
+    fn drop_disallowed(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let Some(grant) = conn.session.grant() else {
+            return;
+        };
+        let gone: Vec<std::sync::Arc<str>> = conn
+            .subs
+            .iter()
+            .filter_map(|&(chan, _)| self.subs.channel(chan))
+            .filter(|ch| !grant.may_subscribe(&ch.name))
+            .map(|ch| ch.name.clone())
+            .collect();
+        for name in gone {
+            self.unsubscribe(key, &name);
         }
     }
 

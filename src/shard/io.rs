@@ -119,21 +119,79 @@ impl Shard {
     /// A WebSocket upgrade: admitted (101, presence, then the frames sent behind it) or
     /// refused with an HTTP answer.
     fn upgrade(&mut self, key: usize, head: &RequestHead) {
-        if let Err((status, why)) = self.check_upgrade(head).and_then(|()| self.admit_ip(key)) {
-            let response = crate::http::response::text_response(status, why);
-            self.respond_http(key, response, false);
-            return;
-        }
+        let echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
+        let admitted = self
+            .check_upgrade(head)
+            .and_then(|()| self.upgrade_token(head, echo))
+            .and_then(|grant| self.admit_ip(key).map(|()| grant));
+        let grant = match admitted {
+            Ok(grant) => grant,
+            Err((status, why)) => {
+                let response = crate::http::response::text_response(status, why);
+                self.respond_http(key, response, false);
+                return;
+            }
+        };
         let reply =
             crate::ws::handshake::switching_protocols(head.ws_accept.as_deref().unwrap_or(""));
-        let echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
+        let (now, unix_now) = (self.now, crate::auth::unix_now());
+        let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
+        let auth_on = self.auth.is_some() && !echo;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         conn.session.open(echo);
         conn.outq.push(reply.into());
+        let user = match grant {
+            Some(grant) => {
+                let sub = grant.sub.clone();
+                conn.outq
+                    .push(crate::protocol::reply::authenticated(&sub, grant.exp));
+                conn.session.authenticate(grant, now, unix_now);
+                Some(sub.into_string())
+            }
+            None if auth_on => {
+                // Presence records it once it authenticates.
+                conn.session.require_auth(now.saturating_add(handshake));
+                self.mark_dirty(key);
+                return;
+            }
+            None => self.user_param(head),
+        };
         self.mark_dirty(key);
-        self.presence_open(key, head);
+        self.presence_open(key, user.as_deref());
+    }
+
+    /// With auth on, a token on the upgrade (`?token=` or `Authorization: Bearer`) is
+    /// verified now: valid, the connection opens authenticated; invalid, 401 (counted).
+    /// Without one the connection opens and must send an auth message.
+    fn upgrade_token(
+        &self,
+        head: &RequestHead,
+        echo: bool,
+    ) -> Result<Option<crate::auth::Grant>, (u16, &'static str)> {
+        let Some(verifier) = self.auth.as_ref().filter(|_| !echo) else {
+            return Ok(None);
+        };
+        let token = match crate::api::query_value(head.query.as_deref(), "token") {
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return Err(self.refused_upgrade(401, "invalid token")),
+            None => head.bearer.clone(),
+        };
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        match verifier.verify(&token, crate::auth::unix_now()) {
+            Ok(grant) => Ok(Some(grant)),
+            Err(_) => Err(self.refused_upgrade(401, "invalid token")),
+        }
+    }
+
+    fn refused_upgrade(&self, status: u16, why: &'static str) -> (u16, &'static str) {
+        self.metrics.shards[self.id.index()]
+            .upgrades_refused
+            .fetch_add(1, Ordering::Relaxed);
+        (status, why)
     }
 
     /// `--max-conns-per-ip`: counts this connection under its client address, or

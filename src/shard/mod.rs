@@ -62,6 +62,8 @@ pub struct ShardSetup {
     pub presence: Option<crate::presence::PresenceHandle>,
     /// Connections per client address, shared by the node's shards.
     pub per_ip: Arc<admission::PerIp>,
+    /// Connection authentication (`--jwt-*`); `None`: off.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 pub struct Shard {
@@ -93,6 +95,7 @@ pub struct Shard {
     intake: intake::Intake,
     presence: Option<api::PresenceLink>,
     per_ip: Arc<admission::PerIp>,
+    auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 impl Shard {
@@ -121,6 +124,7 @@ impl Shard {
             intake: intake::Intake::new(Instant::now()),
             presence: s.presence.map(api::PresenceLink::new),
             per_ip: s.per_ip,
+            auth: s.auth,
         }
     }
 
@@ -304,6 +308,7 @@ impl Shard {
         let mut expired = Vec::new();
         let mut unanswered = Vec::new();
         let mut to_ping = Vec::new();
+        let mut to_close = Vec::new();
         for (key, c) in self.conns.iter_mut() {
             if c.session.is_open() {
                 c.outq.release_if_empty();
@@ -316,11 +321,15 @@ impl Shard {
                 }
                 session::Due::Expire => expired.push(key),
                 session::Due::Answer504 => unanswered.push(key),
+                session::Due::Close { code, reason } => to_close.push((key, code, reason)),
             }
         }
         let ping_frame = crate::ws::frame::build(crate::ws::frame::OutOp::Ping, b"").freeze();
         for key in to_ping {
             self.queue(key, ping_frame.clone());
+        }
+        for (key, code, reason) in to_close {
+            self.close_ws(key, code, reason);
         }
         let m = &self.metrics.shards[self.id.index()];
         m.timeouts

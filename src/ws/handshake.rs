@@ -18,6 +18,8 @@ pub struct RequestHead {
     pub content_length: Option<usize>,
     /// `Authorization: Bearer K` or `X-Api-Key: K`.
     pub api_key: Option<String>,
+    /// `Authorization: Bearer T` only (a connection token on an upgrade).
+    pub bearer: Option<String>,
     /// Bytes of the head, including the blank line.
     pub head_len: usize,
     /// Set for a valid WebSocket upgrade: the `Sec-WebSocket-Accept` value.
@@ -66,6 +68,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
         origin: None,
         content_length: None,
         api_key: None,
+        bearer: None,
         head_len,
         ws_accept: None,
         keep_alive: req.version == Some(1),
@@ -109,6 +112,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
         } else if name.eq_ignore_ascii_case("authorization") {
             if let Some(k) = value.strip_prefix("Bearer ") {
                 head.api_key = Some(k.trim().to_string());
+                head.bearer = Some(k.trim().to_string());
             }
         }
     }

@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use crate::auth::Grant;
 use crate::config::Limits;
 use crate::protocol::{parse_command, reply, Command, CommandError, ErrorCode};
 use crate::ws::frame::{self, OutOp};
@@ -19,7 +20,7 @@ use crate::ws::inbound::{Flow, Inbound, Message};
 pub enum Phase {
     /// Waiting for an HTTP request head (a new connection, or a kept-alive one).
     Handshake,
-    /// A plain HTTP request waiting for its body (`pending_http` holds the head).
+    /// A plain HTTP request waiting for its body (`aside` holds the head).
     HttpBody,
     /// A plain HTTP request being answered (by the shard now, or by another thread
     /// later: a presence query); input is buffered (bounded) meanwhile, and the tick
@@ -44,6 +45,8 @@ pub enum Cmd {
         id: Option<Box<str>>,
     },
     Presence(Box<str>),
+    /// A token to authenticate with (or to refresh the grant with).
+    Auth(Box<str>),
 }
 
 /// What the shard must do next for this connection.
@@ -82,6 +85,33 @@ pub enum Due {
     Expire,
     /// A request waiting for another thread's answer gets 504 instead.
     Answer504,
+    /// Close the WebSocket with this code: 4001 not authenticated in time, 4003 the
+    /// token expired without a refresh.
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+}
+
+/// A connection's authentication, present only when auth is on.
+#[derive(Debug)]
+pub struct SessionAuth {
+    /// `None` until a token is accepted.
+    pub grant: Option<Grant>,
+    /// Coarse second at which the connection is closed: the end of the time to
+    /// authenticate (no grant) or the token's `exp` (a grant).
+    pub deadline: u32,
+}
+
+/// What an accepted token did to the connection's grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// The first token of the connection.
+    First,
+    /// A fresh token for the same `sub`.
+    Renewed,
+    /// A token for another user: refused.
+    OtherUser,
 }
 
 /// The tick's timeouts, in whole seconds.
@@ -98,8 +128,9 @@ pub struct Session {
     /// answered), or the start of an incomplete frame.
     inbuf: Vec<u8>,
     inbound: Inbound,
-    /// HTTP request head waiting for its body (phase `HttpBody`).
-    pending_http: Option<Box<RequestHead>>,
+    /// What only some connections need, in one pointer: the HTTP request head waiting
+    /// for its body (phase `HttpBody`), or the authentication state (auth on, `Open`).
+    aside: Option<Box<Aside>>,
     /// The WebSocket was opened on the echo path (conformance testing).
     echo: bool,
     /// The HTTP request being answered allows the connection to stay open after it.
@@ -115,19 +146,122 @@ pub struct Session {
     ping_outstanding: bool,
 }
 
+/// See `Session::aside` (the two never live at the same time: a request head is
+/// dropped once answered, before any upgrade).
+#[derive(Debug)]
+enum Aside {
+    Http(Box<RequestHead>),
+    Auth(SessionAuth),
+}
+
 impl Session {
     pub fn new(now: u32) -> Session {
         Session {
             phase: Phase::Handshake,
             inbuf: Vec::new(),
             inbound: Inbound::default(),
-            pending_http: None,
+            aside: None,
             echo: false,
             keep_alive: false,
             read_closed: false,
             opened: now,
             last_seen: now,
             ping_outstanding: false,
+        }
+    }
+
+    fn auth(&self) -> Option<&SessionAuth> {
+        match self.aside.as_deref() {
+            Some(Aside::Auth(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn pending_http(&self) -> Option<&RequestHead> {
+        match self.aside.as_deref() {
+            Some(Aside::Http(h)) => Some(h),
+            _ => None,
+        }
+    }
+
+    fn take_pending_http(&mut self) -> Option<Box<RequestHead>> {
+        match self.aside.take().map(|a| *a) {
+            Some(Aside::Http(h)) => Some(h),
+            other => {
+                self.aside = other.map(Box::new);
+                None
+            }
+        }
+    }
+
+    /// Drops a pending request head (the authentication state stays).
+    fn clear_pending_http(&mut self) {
+        if matches!(self.aside.as_deref(), Some(Aside::Http(_))) {
+            self.aside = None;
+        }
+    }
+
+    /// Auth is on and no token came with the upgrade: the client has until `deadline`
+    /// (coarse second) to send one.
+    pub fn require_auth(&mut self, deadline: u32) {
+        self.aside = Some(Box::new(Aside::Auth(SessionAuth {
+            grant: None,
+            deadline,
+        })));
+    }
+
+    /// Accepts a verified token at coarse second `now` (Unix second `unix_now`): the
+    /// connection closes at its `exp` unless refreshed. A token for another `sub` than
+    /// the current grant's is refused (the grant is kept; the caller closes).
+    pub fn authenticate(&mut self, grant: Grant, now: u32, unix_now: u64) -> Refresh {
+        let left = u32::try_from(grant.exp.saturating_sub(unix_now)).unwrap_or(u32::MAX);
+        let deadline = now.saturating_add(left);
+        if !matches!(self.aside.as_deref(), Some(Aside::Auth(_))) {
+            self.aside = Some(Box::new(Aside::Auth(SessionAuth {
+                grant: None,
+                deadline,
+            })));
+        }
+        let Some(Aside::Auth(auth)) = self.aside.as_deref_mut() else {
+            unreachable!("just set");
+        };
+        let verdict = match &auth.grant {
+            None => Refresh::First,
+            Some(old) if old.sub == grant.sub => Refresh::Renewed,
+            Some(_) => return Refresh::OtherUser,
+        };
+        auth.grant = Some(grant);
+        auth.deadline = deadline;
+        verdict
+    }
+
+    /// The current grant (auth on and authenticated).
+    pub fn grant(&self) -> Option<&Grant> {
+        self.auth().and_then(|a| a.grant.as_ref())
+    }
+
+    /// Whether this command may be carried out: always with auth off; with auth on,
+    /// only `auth` before a token is accepted, then subscribe and publish as the
+    /// token's patterns allow.
+    pub fn permits(&self, cmd: &Cmd) -> Result<(), ErrorCode> {
+        let Some(auth) = self.auth() else {
+            return Ok(());
+        };
+        let Some(grant) = &auth.grant else {
+            return match cmd {
+                Cmd::Auth(_) => Ok(()),
+                _ => Err(ErrorCode::Unauthorized),
+            };
+        };
+        let allowed = match cmd {
+            Cmd::Subscribe(channel) => grant.may_subscribe(channel),
+            Cmd::Publish { channel, .. } => grant.may_publish(channel),
+            Cmd::Unsubscribe(_) | Cmd::Presence(_) | Cmd::Auth(_) => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ErrorCode::Forbidden)
         }
     }
 
@@ -274,14 +408,13 @@ impl Session {
     fn parse_request(&mut self, limits: &Limits) -> Option<Effect> {
         if self.phase == Phase::HttpBody {
             let need = self
-                .pending_http
-                .as_ref()
+                .pending_http()
                 .and_then(|h| h.content_length)
                 .unwrap_or(0);
             if self.inbuf.len() < need {
                 return None;
             }
-            let head = self.pending_http.take()?;
+            let head = self.take_pending_http()?;
             let body: Vec<u8> = self.inbuf.drain(..need).collect();
             return Some(self.request(head, body));
         }
@@ -318,7 +451,7 @@ impl Session {
             Some(self.request(Box::new(head), body))
         } else {
             self.phase = Phase::HttpBody;
-            self.pending_http = Some(Box::new(head));
+            self.aside = Some(Box::new(Aside::Http(Box::new(head))));
             None
         }
     }
@@ -350,7 +483,7 @@ impl Session {
         } else {
             self.close();
         }
-        self.pending_http = None;
+        self.clear_pending_http();
         keep
     }
 
@@ -367,7 +500,7 @@ impl Session {
     fn enter_closing(&mut self) {
         self.phase = Phase::Closing;
         self.inbuf = Vec::new();
-        self.pending_http = None;
+        self.clear_pending_http();
     }
 
     /// The peer closed its side (a read returned 0).
@@ -380,6 +513,20 @@ impl Session {
     pub fn due(&self, gen: u32, now: u32, t: Timers) -> Due {
         let silent = now.saturating_sub(self.last_seen);
         let since_opened = now.saturating_sub(self.opened);
+        if let (Phase::Open, Some(auth)) = (self.phase, self.auth()) {
+            if now >= auth.deadline {
+                return match auth.grant {
+                    None => Due::Close {
+                        code: 4001,
+                        reason: "unauthorized",
+                    },
+                    Some(_) => Due::Close {
+                        code: 4003,
+                        reason: "token expired",
+                    },
+                };
+            }
+        }
         match self.phase {
             Phase::HttpWait if since_opened >= t.handshake => Due::Answer504,
             Phase::Handshake | Phase::HttpBody if since_opened >= t.handshake => Due::Expire,
@@ -453,6 +600,7 @@ fn owned(cmd: Command<'_>) -> Cmd {
             id: id.map(Into::into),
         },
         Command::Presence { user } => Cmd::Presence(user.into()),
+        Command::Auth { token } => Cmd::Auth(token.into()),
     }
 }
 

@@ -127,3 +127,83 @@ fn a_malformed_request_is_rejected_and_buffering_is_bounded() {
     let big = vec![b'x'; limits.max_request_head + limits.max_request_body + 1];
     assert_eq!(feed(&mut s, &big), [Effect::Drop]);
 }
+
+fn grant(sub: &str, exp: u64) -> Grant {
+    use crate::auth::Pattern;
+    Grant {
+        sub: sub.into(),
+        exp,
+        subscribe: vec![Pattern::parse("a"), Pattern::parse("p:*")],
+        publish: vec![Pattern::parse("p:1")],
+    }
+}
+
+const T: Timers = Timers {
+    handshake: 10,
+    ping: 25,
+};
+
+#[test]
+fn auth_off_permits_everything_and_never_closes_for_auth() {
+    let s = open();
+    assert_eq!(s.permits(&Cmd::Subscribe("x".into())), Ok(()));
+    assert_eq!(s.due(0, 5, T), Due::Nothing);
+}
+
+#[test]
+fn auth_on_gates_commands_and_closes_4001_then_4003() {
+    let mut s = open();
+    s.require_auth(3);
+    assert_eq!(
+        s.permits(&Cmd::Subscribe("a".into())),
+        Err(ErrorCode::Unauthorized)
+    );
+    assert_eq!(s.permits(&Cmd::Auth("t".into())), Ok(()));
+    assert_eq!(s.due(0, 2, T), Due::Nothing);
+    assert_eq!(
+        s.due(0, 3, T),
+        Due::Close {
+            code: 4001,
+            reason: "unauthorized"
+        }
+    );
+    // Authenticated at coarse 2 = Unix 1000; exp 1005: closes at coarse 7.
+    assert_eq!(s.authenticate(grant("u", 1005), 2, 1000), Refresh::First);
+    assert_eq!(s.grant().map(|g| &*g.sub), Some("u"));
+    assert_eq!(s.due(0, 6, T), Due::Nothing);
+    assert_eq!(
+        s.due(0, 7, T),
+        Due::Close {
+            code: 4003,
+            reason: "token expired"
+        }
+    );
+    assert_eq!(s.permits(&Cmd::Subscribe("a".into())), Ok(()));
+    assert_eq!(s.permits(&Cmd::Subscribe("p:9".into())), Ok(()));
+    assert_eq!(
+        s.permits(&Cmd::Subscribe("b".into())),
+        Err(ErrorCode::Forbidden)
+    );
+    let publish = |c: &str| Cmd::Publish {
+        channel: c.into(),
+        payload: Bytes::from_static(b"1"),
+        id: None,
+    };
+    assert_eq!(s.permits(&publish("p:1")), Ok(()));
+    assert_eq!(s.permits(&publish("p:2")), Err(ErrorCode::Forbidden));
+    // A refresh moves the deadline; another user is refused and changes nothing.
+    assert_eq!(s.authenticate(grant("u", 1100), 5, 1003), Refresh::Renewed);
+    assert_eq!(s.due(0, 7, T), Due::Nothing);
+    assert_eq!(
+        s.authenticate(grant("v", 2000), 6, 1004),
+        Refresh::OtherUser
+    );
+    assert_eq!(s.grant().map(|g| (&*g.sub, g.exp)), Some(("u", 1100)));
+    assert_eq!(
+        s.due(0, 102, T),
+        Due::Close {
+            code: 4003,
+            reason: "token expired"
+        }
+    );
+}
