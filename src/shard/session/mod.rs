@@ -8,12 +8,9 @@
 
 use bytes::Bytes;
 
-use crate::auth::Grant;
 use crate::config::Limits;
-use crate::protocol::{parse_command, reply, Command, CommandError, ErrorCode};
-use crate::ws::frame::{self, OutOp};
 use crate::ws::handshake::{self, Parsed, RequestHead};
-use crate::ws::inbound::{Flow, Inbound, Message};
+use crate::ws::inbound::{Flow, Inbound};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,27 +90,6 @@ pub enum Due {
     },
 }
 
-/// A connection's authentication, present only when auth is on.
-#[derive(Debug)]
-pub struct SessionAuth {
-    /// `None` until a token is accepted.
-    pub grant: Option<Grant>,
-    /// Coarse second at which the connection is closed: the end of the time to
-    /// authenticate (no grant) or the token's `exp` (a grant).
-    pub deadline: u32,
-}
-
-/// What an accepted token did to the connection's grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refresh {
-    /// The first token of the connection.
-    First,
-    /// A fresh token for the same `sub`.
-    Renewed,
-    /// A token for another user: refused.
-    OtherUser,
-}
-
 /// The tick's timeouts, in whole seconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Timers {
@@ -170,13 +146,6 @@ impl Session {
         }
     }
 
-    fn auth(&self) -> Option<&SessionAuth> {
-        match self.aside.as_deref() {
-            Some(Aside::Auth(a)) => Some(a),
-            _ => None,
-        }
-    }
-
     fn pending_http(&self) -> Option<&RequestHead> {
         match self.aside.as_deref() {
             Some(Aside::Http(h)) => Some(h),
@@ -198,70 +167,6 @@ impl Session {
     fn clear_pending_http(&mut self) {
         if matches!(self.aside.as_deref(), Some(Aside::Http(_))) {
             self.aside = None;
-        }
-    }
-
-    /// Auth is on and no token came with the upgrade: the client has until `deadline`
-    /// (coarse second) to send one.
-    pub fn require_auth(&mut self, deadline: u32) {
-        self.aside = Some(Box::new(Aside::Auth(SessionAuth {
-            grant: None,
-            deadline,
-        })));
-    }
-
-    /// Accepts a verified token at coarse second `now` (Unix second `unix_now`): the
-    /// connection closes at its `exp` unless refreshed. A token for another `sub` than
-    /// the current grant's is refused (the grant is kept; the caller closes).
-    pub fn authenticate(&mut self, grant: Grant, now: u32, unix_now: u64) -> Refresh {
-        let left = u32::try_from(grant.exp.saturating_sub(unix_now)).unwrap_or(u32::MAX);
-        let deadline = now.saturating_add(left);
-        if !matches!(self.aside.as_deref(), Some(Aside::Auth(_))) {
-            self.aside = Some(Box::new(Aside::Auth(SessionAuth {
-                grant: None,
-                deadline,
-            })));
-        }
-        let Some(Aside::Auth(auth)) = self.aside.as_deref_mut() else {
-            unreachable!("just set");
-        };
-        let verdict = match &auth.grant {
-            None => Refresh::First,
-            Some(old) if old.sub == grant.sub => Refresh::Renewed,
-            Some(_) => return Refresh::OtherUser,
-        };
-        auth.grant = Some(grant);
-        auth.deadline = deadline;
-        verdict
-    }
-
-    /// The current grant (auth on and authenticated).
-    pub fn grant(&self) -> Option<&Grant> {
-        self.auth().and_then(|a| a.grant.as_ref())
-    }
-
-    /// Whether this command may be carried out: always with auth off; with auth on,
-    /// only `auth` before a token is accepted, then subscribe and publish as the
-    /// token's patterns allow.
-    pub fn permits(&self, cmd: &Cmd) -> Result<(), ErrorCode> {
-        let Some(auth) = self.auth() else {
-            return Ok(());
-        };
-        let Some(grant) = &auth.grant else {
-            return match cmd {
-                Cmd::Auth(_) => Ok(()),
-                _ => Err(ErrorCode::Unauthorized),
-            };
-        };
-        let allowed = match cmd {
-            Cmd::Subscribe(channel) => grant.may_subscribe(channel),
-            Cmd::Publish { channel, .. } => grant.may_publish(channel),
-            Cmd::Unsubscribe(_) | Cmd::Presence(_) | Cmd::Auth(_) => true,
-        };
-        if allowed {
-            Ok(())
-        } else {
-            Err(ErrorCode::Forbidden)
         }
     }
 
@@ -544,66 +449,6 @@ impl Session {
     }
 }
 
-/// What one decoded message asks for (a pong asks for nothing).
-fn message_effect(msg: Message<'_>, echo: bool, limits: &Limits) -> Option<Effect> {
-    Some(match msg {
-        Message::Text(text) if echo => {
-            Effect::Send(frame::build(OutOp::Text, text.as_bytes()).freeze())
-        }
-        Message::Binary(data) if echo => Effect::Send(frame::build(OutOp::Binary, data).freeze()),
-        Message::Text(text) => match parse_command(text, limits.max_channel_len) {
-            Ok(cmd) => Effect::Command(owned(cmd)),
-            Err(e) => Effect::Error {
-                frame: error_frame(e),
-                text: true,
-            },
-        },
-        Message::Binary(_) => Effect::Error {
-            frame: reply::error(
-                ErrorCode::BadRequest,
-                "binary frames are not supported: send JSON text",
-                None,
-                None,
-            ),
-            text: false,
-        },
-        Message::TooLarge => Effect::Error {
-            frame: reply::error(
-                ErrorCode::TooLarge,
-                "message exceeds the size limit",
-                None,
-                None,
-            ),
-            text: false,
-        },
-        Message::Ping(payload) => Effect::Send(frame::build(OutOp::Pong, payload).freeze()),
-        Message::Pong => return None,
-        Message::Close(close) => {
-            let code = close.map(|(c, _)| c).unwrap_or(1000);
-            let code = if code == 1005 { 1000 } else { code };
-            Effect::Close { code, reason: "" }
-        }
-    })
-}
-
-fn error_frame(e: CommandError<'_>) -> Bytes {
-    reply::error(e.code, e.message, e.id, e.channel.as_deref())
-}
-
-fn owned(cmd: Command<'_>) -> Cmd {
-    match cmd {
-        Command::Subscribe { channel } => Cmd::Subscribe(channel.into()),
-        Command::Unsubscribe { channel } => Cmd::Unsubscribe(channel.into()),
-        Command::Publish { channel, data, id } => Cmd::Publish {
-            channel: channel.into(),
-            payload: Bytes::copy_from_slice(data.as_bytes()),
-            id: id.map(Into::into),
-        },
-        Command::Presence { user } => Cmd::Presence(user.into()),
-        Command::Auth { token } => Cmd::Auth(token.into()),
-    }
-}
-
 /// How many seconds early connection `gen` is pinged: spreads the pings (and the pongs
 /// that resynchronise `last_seen`) of connections opened in the same second over half
 /// an interval, instead of one burst every interval.
@@ -611,5 +456,10 @@ fn jitter(gen: u32, ping: u32) -> u32 {
     gen.wrapping_mul(2_654_435_761) % (ping / 2).max(1)
 }
 
+mod auth;
+mod message;
 #[cfg(test)]
 mod tests;
+
+pub use auth::{Refresh, SessionAuth};
+use message::message_effect;

@@ -1,6 +1,9 @@
 //! Sessions driven without a socket: bytes in, effects out.
 
 use super::*;
+use crate::auth::Grant;
+use crate::protocol::ErrorCode;
+use crate::ws::frame::{self, OutOp};
 use crate::ws::inbound::client_frame;
 
 const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";

@@ -1,0 +1,102 @@
+//! A session's authentication state (only when auth is on): whether a token was
+//! accepted, the grant it carries, and the deadline at which the connection closes
+//! (the time to authenticate, then the token's `exp`). Decides what a command may do;
+//! never verifies a token (`crate::auth` does, in the shard).
+
+use super::{Aside, Cmd, Session};
+use crate::auth::Grant;
+use crate::protocol::ErrorCode;
+
+/// A connection's authentication, present only when auth is on.
+#[derive(Debug)]
+pub struct SessionAuth {
+    /// `None` until a token is accepted.
+    pub grant: Option<Grant>,
+    /// Coarse second at which the connection is closed: the end of the time to
+    /// authenticate (no grant) or the token's `exp` (a grant).
+    pub deadline: u32,
+}
+
+/// What an accepted token did to the connection's grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// The first token of the connection.
+    First,
+    /// A fresh token for the same `sub`.
+    Renewed,
+    /// A token for another user: refused.
+    OtherUser,
+}
+
+impl Session {
+    pub(super) fn auth(&self) -> Option<&SessionAuth> {
+        match self.aside.as_deref() {
+            Some(Aside::Auth(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Auth is on and no token came with the upgrade: the client has until `deadline`
+    /// (coarse second) to send one.
+    pub fn require_auth(&mut self, deadline: u32) {
+        self.aside = Some(Box::new(Aside::Auth(SessionAuth {
+            grant: None,
+            deadline,
+        })));
+    }
+
+    /// Accepts a verified token at coarse second `now` (Unix second `unix_now`): the
+    /// connection closes at its `exp` unless refreshed. A token for another `sub` than
+    /// the current grant's is refused (the grant is kept; the caller closes).
+    pub fn authenticate(&mut self, grant: Grant, now: u32, unix_now: u64) -> Refresh {
+        let left = u32::try_from(grant.exp.saturating_sub(unix_now)).unwrap_or(u32::MAX);
+        let deadline = now.saturating_add(left);
+        if !matches!(self.aside.as_deref(), Some(Aside::Auth(_))) {
+            self.aside = Some(Box::new(Aside::Auth(SessionAuth {
+                grant: None,
+                deadline,
+            })));
+        }
+        let Some(Aside::Auth(auth)) = self.aside.as_deref_mut() else {
+            return Refresh::OtherUser; // cannot happen: set just above
+        };
+        let verdict = match &auth.grant {
+            None => Refresh::First,
+            Some(old) if old.sub == grant.sub => Refresh::Renewed,
+            Some(_) => return Refresh::OtherUser,
+        };
+        auth.grant = Some(grant);
+        auth.deadline = deadline;
+        verdict
+    }
+
+    /// The current grant (auth on and authenticated).
+    pub fn grant(&self) -> Option<&Grant> {
+        self.auth().and_then(|a| a.grant.as_ref())
+    }
+
+    /// Whether this command may be carried out: always with auth off; with auth on,
+    /// only `auth` before a token is accepted, then subscribe and publish as the
+    /// token's patterns allow.
+    pub fn permits(&self, cmd: &Cmd) -> Result<(), ErrorCode> {
+        let Some(auth) = self.auth() else {
+            return Ok(());
+        };
+        let Some(grant) = &auth.grant else {
+            return match cmd {
+                Cmd::Auth(_) => Ok(()),
+                _ => Err(ErrorCode::Unauthorized),
+            };
+        };
+        let allowed = match cmd {
+            Cmd::Subscribe(channel) => grant.may_subscribe(channel),
+            Cmd::Publish { channel, .. } => grant.may_publish(channel),
+            Cmd::Unsubscribe(_) | Cmd::Presence(_) | Cmd::Auth(_) => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ErrorCode::Forbidden)
+        }
+    }
+}
