@@ -110,9 +110,14 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
         } else if name.eq_ignore_ascii_case("x-api-key") {
             head.api_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("authorization") {
-            if let Some(k) = value.strip_prefix("Bearer ") {
-                head.api_key = Some(k.trim().to_string());
-                head.bearer = Some(k.trim().to_string());
+            // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` works too.
+            let bearer = value
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, k)| k.trim().to_string());
+            if let Some(k) = bearer {
+                head.api_key = Some(k.clone());
+                head.bearer = Some(k);
             }
         }
     }
@@ -227,5 +232,21 @@ mod tests {
         assert!(!ka("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let req = format!("GET / HTTP/1.1\r\nAuthorization: {scheme} k1\r\n\r\n");
+            match parse(req.as_bytes(), 8192) {
+                Parsed::Request(h) => {
+                    assert_eq!(h.api_key.as_deref(), Some("k1"), "{scheme}");
+                    assert_eq!(h.bearer.as_deref(), Some("k1"), "{scheme}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let basic = b"GET / HTTP/1.1\r\nAuthorization: Basic a2V5\r\n\r\n";
+        assert!(matches!(parse(basic, 8192), Parsed::Request(h) if h.api_key.is_none()));
     }
 }
