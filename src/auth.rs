@@ -47,6 +47,8 @@ pub struct Grant {
     pub subscribe: Vec<Pattern>,
     /// Channels the client may publish to (claim `publish`).
     pub publish: Vec<Pattern>,
+    /// May ask about any user's presence (claim `"presence": true`); else only its own.
+    pub presence: bool,
 }
 
 impl Grant {
@@ -80,6 +82,9 @@ struct Claims {
     channels: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    /// May ask about any user's presence (else only about its own `sub`).
+    #[serde(default)]
+    presence: bool,
 }
 
 /// The decoding key and the rules of the node.
@@ -165,6 +170,7 @@ impl Verifier {
             exp: c.exp,
             subscribe: c.channels.iter().map(|p| Pattern::parse(p)).collect(),
             publish: c.publish.iter().map(|p| Pattern::parse(p)).collect(),
+            presence: c.presence,
         })
     }
 }

@@ -387,7 +387,10 @@ fn a_connection_not_authenticated_in_the_handshake_timeout_is_closed_4001() {
 #[test]
 fn presence_records_the_token_sub_not_the_user_parameter() {
     let node = TestNode::start(&["--jwt-secret", SECRET, "--presence-user-param"]);
-    let token = hs(SECRET.as_bytes(), &claims("grace", 60));
+    // grace may ask about anyone (see the next test for the default).
+    let mut grace = claims("grace", 60);
+    grace["presence"] = json!(true);
+    let token = hs(SECRET.as_bytes(), &grace);
     let url = format!("{}?user=mallory&token={token}", node.url());
     let mut c = ws_with_headers(&url, &[]).unwrap();
     assert_eq!(c.expect_json()["type"], "authenticated");
@@ -402,6 +405,27 @@ fn presence_records_the_token_sub_not_the_user_parameter() {
     wait_for("heidi online", DEADLINE, || {
         (support::ws_presence(&mut c, "heidi")["online"] == true).then_some(())
     });
+}
+
+/// Without the `presence` claim a client may ask only about its own user.
+#[test]
+fn presence_queries_are_limited_to_the_own_user_without_the_presence_claim() {
+    let node = TestNode::start(&["--jwt-secret", SECRET]);
+    let mut c = node.client();
+    c.send(&auth_msg(&hs(SECRET.as_bytes(), &claims("ivan", 60))));
+    assert_eq!(c.expect_json()["type"], "authenticated");
+    wait_for("ivan online", DEADLINE, || {
+        (support::ws_presence(&mut c, "ivan")["online"] == true).then_some(())
+    });
+    c.send(r#"{"type":"presence","user":"judy"}"#);
+    let v = c.expect_json();
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{v}"
+    );
+    // The connection stays usable.
+    assert_eq!(support::ws_presence(&mut c, "ivan")["online"], true);
 }
 
 #[test]

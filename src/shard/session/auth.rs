@@ -77,7 +77,8 @@ impl Session {
 
     /// Whether this command may be carried out: always with auth off; with auth on,
     /// only `auth` before a token is accepted, then subscribe and publish as the
-    /// token's patterns allow.
+    /// token's patterns allow, and presence queries about the token's own user (any
+    /// user with the `presence` claim).
     pub fn permits(&self, cmd: &Cmd) -> Result<(), ErrorCode> {
         let Some(auth) = self.auth() else {
             return Ok(());
@@ -91,7 +92,9 @@ impl Session {
         let allowed = match cmd {
             Cmd::Subscribe(channel) => grant.may_subscribe(channel),
             Cmd::Publish { channel, .. } => grant.may_publish(channel),
-            Cmd::Unsubscribe(_) | Cmd::Presence(_) | Cmd::Auth(_) => true,
+            // Presence: only about yourself, unless the token says `"presence": true`.
+            Cmd::Presence(user) => grant.presence || **user == *grant.sub,
+            Cmd::Unsubscribe(_) | Cmd::Auth(_) => true,
         };
         if allowed {
             Ok(())

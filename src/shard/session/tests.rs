@@ -138,6 +138,7 @@ fn grant(sub: &str, exp: u64) -> Grant {
         exp,
         subscribe: vec![Pattern::parse("a"), Pattern::parse("p:*")],
         publish: vec![Pattern::parse("p:1")],
+        presence: false,
     }
 }
 
