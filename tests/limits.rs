@@ -82,3 +82,32 @@ fn out_of_range_limits_are_refused_at_startup() {
         "{err}"
     );
 }
+
+/// `--client-publish off`: WebSocket publishes are refused (`forbidden`), the HTTP API
+/// still publishes, and subscribers get its messages.
+#[test]
+fn client_publish_off_leaves_only_the_http_api() {
+    let node = TestNode::start(&["--client-publish", "off"]);
+    let mut sub = node.client();
+    sub.subscribe("news");
+    let mut c = node.client();
+    c.send(r#"{"type":"publish","channel":"news","data":1,"id":"a"}"#);
+    let v = c.expect_json();
+    assert_eq!(
+        (v["code"].as_str(), v["id"].as_str(), v["channel"].as_str()),
+        (Some("forbidden"), Some("a"), Some("news")),
+        "{v}"
+    );
+    let r = support::post(
+        node.addr,
+        "/api/publish",
+        r#"{"channel":"news","data":2}"#,
+        "",
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        sub.expect_json()["data"],
+        2,
+        "only the HTTP publish arrives"
+    );
+}

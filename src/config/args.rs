@@ -96,6 +96,10 @@ pub struct Args {
     #[arg(long, env = "LOG_FORMAT", value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
 
+    /// Whether clients may publish over the WebSocket; off: only the HTTP API and Redis publish (WebSocket publishes get forbidden) [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub client_publish: Option<OnOff>,
+
     /// Presence (connection manager): in Redis with --redis, in-process otherwise [default: on]
     #[arg(long, value_name = "on|off")]
     pub presence: Option<OnOff>,

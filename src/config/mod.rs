@@ -178,6 +178,8 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Format of the log lines on stderr.
     pub log_format: LogFormat,
+    /// Clients may publish over the WebSocket (`--client-publish`).
+    pub client_publish: bool,
     /// Presence settings (`src/presence/`).
     pub presence: PresenceConfig,
     /// Connection authentication (JWT); `None`: off.
@@ -207,6 +209,7 @@ struct FileConfig {
     allowed_origins: Option<StringList>,
     api_key: Option<String>,
     log_format: Option<LogFormat>,
+    client_publish: Option<OnOff>,
     presence: Option<OnOff>,
     presence_user_param: Option<bool>,
     presence_heartbeat: Option<u64>,
@@ -360,6 +363,7 @@ impl Config {
             allowed_origins,
             api_key,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            client_publish: args.client_publish.or(file.client_publish) != Some(OnOff::Off),
             presence,
             jwt,
         })

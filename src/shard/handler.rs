@@ -216,6 +216,15 @@ impl Shard {
         if broker_down {
             return self.publish_refused(key, &channel, id.as_deref());
         }
+        if !self.config.client_publish {
+            return self.simple_error(
+                key,
+                ErrorCode::Forbidden,
+                "publishing over the WebSocket is off on this server (--client-publish off)",
+                id.as_deref(),
+                Some(&channel),
+            );
+        }
         if !self.publish_allowed(key) {
             self.metrics.shards[self.id.index()]
                 .rate_limited
