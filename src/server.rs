@@ -139,6 +139,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     }
 
     let per_ip = Arc::new(crate::shard::admission::PerIp::default());
+    let per_user = Arc::new(crate::shard::admission::PerUser::default());
     let mut shards = Vec::with_capacity(n);
     for (id, ((poll, data), control)) in polls.into_iter().zip(data_rx).zip(control_rx).enumerate()
     {
@@ -155,6 +156,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
             health: health.clone(),
             presence: presence_handle.clone(),
             per_ip: per_ip.clone(),
+            per_user: per_user.clone(),
             auth: auth.clone(),
         };
         let shard = Shard::new(setup);

@@ -454,3 +454,30 @@ fn both_keys_or_a_bad_key_file_stop_the_node_at_startup() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("jwt-public-key"));
 }
+
+/// `--max-conns-per-user`: connections are counted per token `sub`; past the limit the
+/// upgrade gets 429 (token on the URL) or the connection closes 1008 (auth message);
+/// another user is not affected, and a closed connection frees its place.
+#[test]
+fn connections_per_user_are_capped() {
+    let node = TestNode::start(&["--jwt-secret", SECRET, "--max-conns-per-user", "2"]);
+    let token = |sub: &str| hs(SECRET.as_bytes(), &claims(sub, 60));
+    let open = |sub: &str| ws_with_headers(&format!("{}?token={}", node.url(), token(sub)), &[]);
+    let mut a = open("kim").unwrap();
+    assert_eq!(a.expect_json()["type"], "authenticated");
+    let mut b = open("kim").unwrap();
+    assert_eq!(b.expect_json()["type"], "authenticated");
+    let refused = open("kim").err().expect("a third for kim is refused");
+    assert_eq!(refused_status(&refused), 429);
+    let mut other = open("lee").unwrap();
+    assert_eq!(other.expect_json()["type"], "authenticated");
+    // By auth message: closed with 1008.
+    let mut m = node.client();
+    m.send(&auth_msg(&token("kim")));
+    assert_eq!(close_code(&mut m, DEADLINE), Some(1008));
+    // One of kim's closes: its place is free again.
+    drop(b);
+    let mut again = wait_for("a freed place for kim", DEADLINE, || open("kim").ok());
+    assert_eq!(again.expect_json()["type"], "authenticated");
+    a.subscribe("news");
+}

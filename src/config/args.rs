@@ -54,6 +54,10 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub max_conns_per_ip: Option<u32>,
 
+    /// WebSocket connections one authenticated user (the token's sub) may hold on this node; more get 429 on the upgrade or close 1008; 0 = no limit; 0–1000000 [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_user: Option<u32>,
+
     /// Publishes one WebSocket connection may make per second (bursts of as many); more get rate_limited; 0 = no limit; 0–1000000 [default: 0]
     #[arg(long, value_name = "N")]
     pub publish_rate: Option<u32>,

@@ -37,6 +37,9 @@ pub struct Limits {
     pub max_request_body: usize,
     /// WebSocket connections one client address may hold on this node (0: no limit).
     pub max_conns_per_ip: u32,
+    /// WebSocket connections one authenticated user (`sub`) may hold on this node (0: no
+    /// limit).
+    pub max_conns_per_user: u32,
     /// Publishes one connection may make per second, with bursts of as many (0: no
     /// limit).
     pub publish_rate: u32,
@@ -52,6 +55,7 @@ impl Default for Limits {
             max_request_head: 8 * 1024,
             max_request_body: 1024 * 1024,
             max_conns_per_ip: 0,
+            max_conns_per_user: 0,
             publish_rate: 0,
         }
     }
@@ -199,6 +203,7 @@ struct FileConfig {
     max_channel_len: Option<usize>,
     outbound_limit: Option<usize>,
     max_conns_per_ip: Option<u32>,
+    max_conns_per_user: Option<u32>,
     publish_rate: Option<u32>,
     echo_path: Option<String>,
     slow_consumer: Option<SlowPolicy>,
@@ -269,6 +274,10 @@ impl Config {
                 .max_conns_per_ip
                 .or(file.max_conns_per_ip)
                 .unwrap_or(defaults.max_conns_per_ip),
+            max_conns_per_user: args
+                .max_conns_per_user
+                .or(file.max_conns_per_user)
+                .unwrap_or(defaults.max_conns_per_user),
             publish_rate: args
                 .publish_rate
                 .or(file.publish_rate)

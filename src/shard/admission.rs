@@ -1,24 +1,39 @@
 //! Limits against abuse that need memory of their own: WebSocket connections per client
-//! address (counted across the node's shards, so one table behind a lock, touched only
-//! on an upgrade and a close) and each connection's publish token bucket. Counting and
+//! address and per authenticated user (counted across the node's shards, so one table
+//! each behind a lock, touched only on an upgrade, an authentication and a close) and
+//! each connection's publish token bucket. Counting and
 //! deciding only: the shard answers the refusals.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 use parking_lot::Mutex;
 
-/// Open WebSocket connections per client address on this node.
-#[derive(Debug, Default)]
-pub struct PerIp {
-    counts: Mutex<HashMap<IpAddr, u32>>,
+/// Open WebSocket connections per key (a client address, a user) on this node.
+#[derive(Debug)]
+pub struct PerKey<K> {
+    counts: Mutex<HashMap<K, u32>>,
 }
 
-impl PerIp {
-    /// Counts one more connection from `ip` unless it already has `max`.
-    pub fn acquire(&self, ip: IpAddr, max: u32) -> bool {
+/// Connections per client address.
+pub type PerIp = PerKey<IpAddr>;
+/// Connections per authenticated user (`sub`).
+pub type PerUser = PerKey<Box<str>>;
+
+impl<K> Default for PerKey<K> {
+    fn default() -> Self {
+        PerKey {
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> PerKey<K> {
+    /// Counts one more connection of `ip` unless it already has `max`.
+    pub fn acquire(&self, ip: K, max: u32) -> bool {
         let mut counts = self.counts.lock();
-        let n = counts.entry(ip).or_insert(0);
+        let n = counts.entry(ip.clone()).or_insert(0);
         if *n >= max {
             if *n == 0 {
                 counts.remove(&ip);
@@ -29,13 +44,13 @@ impl PerIp {
         true
     }
 
-    /// One connection from `ip` closed.
-    pub fn release(&self, ip: IpAddr) {
+    /// One connection of `ip` closed.
+    pub fn release(&self, ip: &K) {
         let mut counts = self.counts.lock();
-        if let Some(n) = counts.get_mut(&ip) {
+        if let Some(n) = counts.get_mut(ip) {
             *n -= 1;
             if *n == 0 {
-                counts.remove(&ip);
+                counts.remove(ip);
             }
         }
     }
@@ -84,6 +99,8 @@ impl Bucket {
 pub struct ConnLimits {
     /// Counted in `PerIp` under this address.
     pub ip: Option<IpAddr>,
+    /// Counted in `PerUser` under this user.
+    pub user: Option<Box<str>>,
     pub bucket: Option<Bucket>,
 }
 
@@ -99,11 +116,11 @@ mod tests {
         assert!(t.acquire(a, 2) && t.acquire(a, 2));
         assert!(!t.acquire(a, 2), "third from a");
         assert!(t.acquire(b, 2), "b is counted apart");
-        t.release(a);
+        t.release(&a);
         assert!(t.acquire(a, 2), "a freed one");
-        t.release(a);
-        t.release(a);
-        t.release(b);
+        t.release(&a);
+        t.release(&a);
+        t.release(&b);
         assert_eq!(t.addresses(), 0);
         assert!(!t.acquire(a, 0) && t.addresses() == 0, "0 admits nobody");
     }

@@ -100,7 +100,12 @@ impl Shard {
                 self.queue(key, answer);
                 return self.drop_disallowed(key);
             }
-            Refresh::First => self.presence_open(key, Some(&sub)),
+            Refresh::First => {
+                if !self.admit_user(key, &sub) {
+                    return self.close_ws(key, 1008, "too many connections for this user");
+                }
+                self.presence_open(key, Some(&sub))
+            }
         }
         self.queue(key, answer);
     }

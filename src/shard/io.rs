@@ -123,7 +123,13 @@ impl Shard {
         let admitted = self
             .check_upgrade(head)
             .and_then(|()| self.upgrade_token(head, echo))
-            .and_then(|grant| self.admit_ip(key).map(|()| grant));
+            .and_then(|grant| self.admit_ip(key).map(|()| grant))
+            .and_then(|grant| match &grant {
+                Some(g) if !self.admit_user(key, &g.sub) => {
+                    Err((429, "too many connections for this user"))
+                }
+                _ => Ok(grant),
+            });
         let grant = match admitted {
             Ok(grant) => grant,
             Err((status, why)) => {
@@ -215,6 +221,27 @@ impl Shard {
         }
         conn.limits.get_or_insert_with(Default::default).ip = Some(ip);
         Ok(())
+    }
+
+    /// `--max-conns-per-user`: counts this connection under its authenticated user, or
+    /// refuses it (counted; the caller answers). A refused connection is closed, which
+    /// releases whatever else it was counted under.
+    pub(super) fn admit_user(&mut self, key: usize, sub: &str) -> bool {
+        let max = self.config.limits.max_conns_per_user;
+        if max == 0 {
+            return true;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if !self.per_user.acquire(sub.into(), max) {
+            self.metrics.shards[self.id.index()]
+                .upgrades_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        conn.limits.get_or_insert_with(Default::default).user = Some(sub.into());
+        true
     }
 
     fn answer_http(&mut self, key: usize, head: &RequestHead, body: &[u8]) {

@@ -62,6 +62,8 @@ pub struct ShardSetup {
     pub presence: Option<crate::presence::PresenceHandle>,
     /// Connections per client address, shared by the node's shards.
     pub per_ip: Arc<admission::PerIp>,
+    /// Connections per authenticated user, shared by the node's shards.
+    pub per_user: Arc<admission::PerUser>,
     /// Connection authentication (`--jwt-*`); `None`: off.
     pub auth: Option<Arc<crate::auth::Verifier>>,
 }
@@ -95,6 +97,7 @@ pub struct Shard {
     intake: intake::Intake,
     presence: Option<api::PresenceLink>,
     per_ip: Arc<admission::PerIp>,
+    per_user: Arc<admission::PerUser>,
     auth: Option<Arc<crate::auth::Verifier>>,
 }
 
@@ -124,6 +127,7 @@ impl Shard {
             intake: intake::Intake::new(Instant::now()),
             presence: s.presence.map(api::PresenceLink::new),
             per_ip: s.per_ip,
+            per_user: s.per_user,
             auth: s.auth,
         }
     }
@@ -268,8 +272,13 @@ impl Shard {
             self.intake.lag_ended(None);
         }
         self.presence_closed(&conn);
-        if let Some(ip) = conn.limits.as_ref().and_then(|l| l.ip) {
-            self.per_ip.release(ip);
+        if let Some(limits) = conn.limits.as_deref() {
+            if let Some(ip) = &limits.ip {
+                self.per_ip.release(ip);
+            }
+            if let Some(user) = &limits.user {
+                self.per_user.release(user);
+            }
         }
         let m = &self.metrics.shards[self.id.index()];
         m.connections.fetch_sub(1, Ordering::Relaxed);
