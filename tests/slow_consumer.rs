@@ -22,19 +22,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// would otherwise absorb megabytes, a different amount for each socket, and make when
 /// each reader starts to lag a matter of chance.
 fn stalled_subscriber(node: &TestNode, channel: &str) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(64 * 1024).unwrap();
-    sock.connect(&node.addr.into()).unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(common::UPGRADE_REQUEST).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut s = common::raw_upgrade_small_buffer(node.addr, 64 * 1024);
     let cmd = format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#);
     s.write_all(&fanout::ws::inbound::client_frame(
         1,

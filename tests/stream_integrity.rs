@@ -20,19 +20,7 @@ use wire::Frame;
 /// then nothing until the test says so.
 fn stalled_subscriber(node: &TestNode, channel: &str) -> TcpStream {
     // A small receive buffer, so the server's queue (not the kernel) holds the backlog.
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    sock.connect(&node.addr.into()).unwrap();
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(common::UPGRADE_REQUEST).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut s = common::raw_upgrade_small_buffer(node.addr, 4096);
     wire::send(
         &mut s,
         &wire::text(&format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#)),

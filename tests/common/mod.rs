@@ -466,8 +466,22 @@ pub const UPGRADE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: webso
 /// A raw TCP socket upgraded to WebSocket by hand (the 101 head read and checked), for
 /// tests that must misbehave or must not allocate per message on the client side.
 pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    upgrade_stream(TcpStream::connect(addr).expect("tcp connect"))
+}
+
+/// `raw_upgrade` with a receive buffer of `bytes`: what the client does not read then
+/// waits in the server, not in the kernel's autotuned buffers (which absorb megabytes,
+/// a different amount for each socket).
+pub fn raw_upgrade_small_buffer(addr: SocketAddr, bytes: usize) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+    sock.connect(&addr.into()).expect("tcp connect");
+    upgrade_stream(sock.into())
+}
+
+fn upgrade_stream(mut s: TcpStream) -> TcpStream {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect(addr).expect("tcp connect");
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     s.write_all(UPGRADE_REQUEST).unwrap();
     let mut head = Vec::new();

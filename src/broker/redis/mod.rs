@@ -101,3 +101,22 @@ pub fn start(
         stop: Box::new(stop_fn),
     })
 }
+
+/// Mirrors a refusal (or acceptance) of our Redis credentials, seen by `link`, into
+/// `/healthz` and the counter (the reader and the writer each call it for their link).
+fn note_auth(
+    link: &mut crate::redis::link::Link,
+    health: &Health,
+    metrics: &crate::metrics::Metrics,
+) {
+    if let Some(refused) = link.auth_change() {
+        health
+            .auth_refused
+            .store(refused, std::sync::atomic::Ordering::Relaxed);
+        if refused {
+            metrics
+                .redis_auth_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

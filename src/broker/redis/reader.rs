@@ -113,7 +113,7 @@ impl Reader {
             let ev = self.link.maintain(self.poll.registry(), now);
             self.on_link_event(ev, now);
             self.read_messages(now);
-            self.note_auth();
+            super::note_auth(&mut self.link, &self.health, &self.links.metrics);
             self.drain_inbox();
             self.write_subscriptions();
             self.probe(now);
@@ -320,20 +320,6 @@ impl Reader {
                 }
             }
             _ => {}
-        }
-    }
-
-    /// Mirrors a refusal (or acceptance) of our Redis credentials into `/healthz` and
-    /// the counter.
-    fn note_auth(&mut self) {
-        if let Some(refused) = self.link.auth_change() {
-            self.health.auth_refused.store(refused, Ordering::Relaxed);
-            if refused {
-                self.links
-                    .metrics
-                    .redis_auth_refused
-                    .fetch_add(1, Ordering::Relaxed);
-            }
         }
     }
 

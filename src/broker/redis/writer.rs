@@ -80,7 +80,7 @@ impl Writer {
             let ev = self.link.maintain(self.poll.registry(), now);
             self.on_link_event(ev);
             self.read_replies(now);
-            self.note_auth();
+            super::note_auth(&mut self.link, &self.health, &self.links.metrics);
             self.drain_inbox(now);
             if self.link.is_up() && self.link.flush().is_err() {
                 self.lost(now);
@@ -125,20 +125,6 @@ impl Writer {
             }
         }
         self.count_lost(lost);
-    }
-
-    /// Mirrors a refusal (or acceptance) of our Redis credentials into `/healthz` and
-    /// the counter.
-    fn note_auth(&mut self) {
-        if let Some(refused) = self.link.auth_change() {
-            self.health.auth_refused.store(refused, Ordering::Relaxed);
-            if refused {
-                self.links
-                    .metrics
-                    .redis_auth_refused
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 
     /// Counts publishes without an id that failed.
