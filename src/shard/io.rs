@@ -57,14 +57,16 @@ impl Shard {
     /// with nothing new to resume buffered input (a pipelined request once the previous
     /// answer is written, frames sent behind an upgrade).
     pub(super) fn ingest(&mut self, key: usize, data: &mut [u8]) {
-        let config = self.config.clone();
         let mut at = 0;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             let may_parse = conn.outq.is_empty();
-            let Some(effect) = conn.session.poll(data, &mut at, &config.limits, may_parse) else {
+            let Some(effect) = conn
+                .session
+                .poll(data, &mut at, &self.config.limits, may_parse)
+            else {
                 return;
             };
             self.apply(key, effect);

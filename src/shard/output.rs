@@ -211,12 +211,8 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        match conn.phase() {
-            Phase::Open => return,
-            // Closed by the session itself (a rejected request): its answer is the one
-            // thing still written, and only once.
-            Phase::Closing if !conn.outq.is_empty() => return,
-            _ => {}
+        if matches!(conn.phase(), Phase::Open | Phase::Closing) {
+            return; // not an HTTP connection, or its final answer is already queued
         }
         if conn.session.responded(keep_alive, now) {
             crate::http::response::set_keep_alive(&mut response);

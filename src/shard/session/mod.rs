@@ -64,7 +64,8 @@ pub enum Effect {
     /// `HttpWait` until `Session::responded`).
     Request(Box<RequestHead>, Vec<u8>),
     /// An HTTP answer the session decided itself (a malformed or too large request):
-    /// write it, then close.
+    /// write it with `Shard::respond_http`, which closes (the stream can no longer be
+    /// parsed; the session waits in `HttpWait` meanwhile).
     Reject(Vec<u8>),
     /// The client sent more than a request may hold while its answer was pending: drop
     /// the connection without an answer.
@@ -329,7 +330,7 @@ impl Session {
         let head = match handshake::parse(&self.inbuf, limits.max_request_head) {
             Parsed::Incomplete => return None,
             Parsed::Reject(status, why) => {
-                self.close();
+                self.await_answer(false);
                 return Some(Effect::Reject(crate::http::response::text_response(
                     status, why,
                 )));
@@ -345,7 +346,7 @@ impl Session {
         }
         let need = head.content_length.unwrap_or(0);
         if need > limits.max_request_body {
-            self.close();
+            self.await_answer(false);
             return Some(Effect::Reject(crate::http::response::text_response(
                 413,
                 "request body too large",
@@ -362,9 +363,15 @@ impl Session {
     }
 
     fn request(&mut self, head: Box<RequestHead>, body: Vec<u8>) -> Effect {
-        self.keep_alive = head.keep_alive;
-        self.phase = Phase::HttpWait;
+        self.await_answer(head.keep_alive);
         Effect::Request(head, body)
+    }
+
+    /// Nothing more is parsed until the shard answers (`responded`); `keep_alive`: the
+    /// request allows the connection to stay open after that answer.
+    fn await_answer(&mut self, keep_alive: bool) {
+        self.keep_alive = keep_alive;
+        self.phase = Phase::HttpWait;
     }
 
     /// The shard admitted the upgrade: the WebSocket is open.

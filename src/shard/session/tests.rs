@@ -122,6 +122,12 @@ fn a_malformed_request_is_rejected_and_buffering_is_bounded() {
     let mut s = Session::new(0);
     let effects = feed(&mut s, b"\x16\x03garbage\r\n\r\n");
     assert!(matches!(effects[..], [Effect::Reject(_)]));
+    assert_eq!(
+        feed(&mut s, b"GET / HTTP/1.1\r\n\r\n"),
+        [],
+        "nothing more is parsed"
+    );
+    assert!(!s.responded(true, 1), "the answer closes the connection");
     assert_eq!(s.phase(), Phase::Closing);
     let mut s = Session::new(0);
     let effects = feed(&mut s, b"GET /a HTTP/1.1\r\n\r\n");
