@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::admission::Bucket;
 use super::conn::ConnId;
-use super::session::{Cmd, Refresh};
+use super::session::{may_subscribe, Cmd, Refresh};
 use super::subs::{Added, WAITING};
 use super::Shard;
 use crate::msg::{AckTo, BrokerCmd};
@@ -35,7 +35,7 @@ impl Shard {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        if let Err(code) = conn.session.permits(&cmd) {
+        if let Err(code) = conn.session.permits(&cmd, &self.config.namespaces) {
             return self.refuse(key, code, &cmd);
         }
         match cmd {
@@ -58,10 +58,12 @@ impl Shard {
             Cmd::Publish { channel, id, .. } => (id.as_deref(), Some(&**channel)),
             Cmd::Presence(_) | Cmd::Auth(_) => (None, None),
         };
-        let message = if code == ErrorCode::Unauthorized {
-            "authenticate first: {\"type\":\"auth\",\"token\":\"...\"}"
-        } else {
-            "the token does not allow this channel"
+        let message = match (code, cmd) {
+            (ErrorCode::Unauthorized, _) => {
+                "authenticate first: {\"type\":\"auth\",\"token\":\"...\"}"
+            }
+            (_, Cmd::Publish { .. }) => "publishing to this channel is not allowed",
+            _ => "the token does not allow this channel",
         };
         self.simple_error(key, code, message, id, channel);
     }
@@ -123,7 +125,7 @@ impl Shard {
             .subs
             .iter()
             .filter_map(|&(chan, _)| self.subs.channel(chan))
-            .filter(|ch| !grant.may_subscribe(&ch.name))
+            .filter(|ch| !may_subscribe(grant, &self.config.namespaces, &ch.name))
             .map(|ch| ch.name.clone())
             .collect();
         for name in gone {

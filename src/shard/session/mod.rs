@@ -468,5 +468,5 @@ mod message;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{Refresh, SessionAuth};
+pub use auth::{may_publish, may_subscribe, Refresh, SessionAuth};
 use message::message_effect;
