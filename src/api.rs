@@ -82,6 +82,49 @@ pub fn user_path(path: &str) -> Option<Result<String, Refusal>> {
     })
 }
 
+/// A history request: `GET /api/channels/{C}/history?limit=N&since=O`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub channel: String,
+    pub limit: Option<u32>,
+    pub since: Option<crate::offset::Offset>,
+}
+
+/// The history request of `/api/channels/{C}/history` (C percent-decoded and checked
+/// as a channel name of at most `max_channel` bytes); `None` for other paths.
+pub fn history_path(
+    path: &str,
+    query: Option<&str>,
+    max_channel: usize,
+) -> Option<Result<HistoryQuery, Refusal>> {
+    let rest = path.strip_prefix("/api/channels/")?;
+    let channel = rest.strip_suffix("/history")?;
+    let parse = || -> Result<HistoryQuery, Refusal> {
+        let channel = percent_decode(channel, false).map_err(|why| (400, why))?;
+        crate::protocol::channel::validate(&channel, max_channel).map_err(|why| (400, why))?;
+        let limit = match query_value(query, "limit").transpose()? {
+            None => None,
+            Some(l) => Some(
+                l.parse::<u32>()
+                    .map_err(|_| (400, "limit must be a non-negative integer"))?,
+            ),
+        };
+        let since = match query_value(query, "since").transpose()? {
+            None => None,
+            Some(o) => Some(
+                crate::offset::Offset::parse(&o)
+                    .ok_or((400, "since must be an offset this server handed out"))?,
+            ),
+        };
+        Ok(HistoryQuery {
+            channel,
+            limit,
+            since,
+        })
+    };
+    Some(parse())
+}
+
 /// A user id is 1 to 256 bytes of UTF-8 without control characters (like a channel).
 pub fn valid_user(user: &str) -> bool {
     crate::protocol::channel::validate_name(user, 256).is_ok()
@@ -205,6 +248,29 @@ mod tests {
                 .0,
             413
         );
+    }
+
+    #[test]
+    fn history_paths() {
+        let q = history_path(
+            "/api/channels/a%2Fb/history",
+            Some("limit=5&since=1-2%3A3"),
+            256,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(q.channel, "a/b");
+        assert_eq!(q.limit, Some(5));
+        assert_eq!(q.since, crate::offset::Offset::parse("1-2:3"));
+        assert!(history_path("/api/channels/a/other", None, 256).is_none());
+        for (path, query) in [
+            ("/api/channels/a/history", Some("limit=-1")),
+            ("/api/channels/a/history", Some("since=zz")),
+            ("/api/channels/%zz/history", None),
+            ("/api/channels//history", None),
+        ] {
+            assert_eq!(history_path(path, query, 256).unwrap().unwrap_err().0, 400);
+        }
     }
 
     #[test]

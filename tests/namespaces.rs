@@ -7,10 +7,9 @@
 mod common;
 mod support;
 
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{TestNode, WsClient};
+use common::{ConfigFile, TestNode, WsClient};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -39,27 +38,6 @@ publish = "none"
 "#;
 
 /// A TOML file holding `text`, removed on drop.
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(name: &str, text: &str) -> ConfigFile {
-        let path =
-            std::env::temp_dir().join(format!("fanout-ns-{name}-{}.toml", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        ConfigFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 fn token(sub: &str, channels: &[&str], publish: &[&str]) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -3,6 +3,7 @@
 //! table, reference counted per shard, and the dispatch of one shared frame to every
 //! interested shard. The router never blocks: a full shard queue drops and counts.
 
+pub mod history;
 pub mod memory;
 pub mod redis;
 pub mod router;

@@ -224,6 +224,24 @@ impl Shard {
                     Err((status, why)) => response::json_error(status, why),
                 }
             }
+        } else if let Some(query) = api::history_path(
+            &head.path,
+            head.query.as_deref(),
+            self.config.limits.max_channel_len,
+        ) {
+            if head.method != "GET" {
+                response::method_not_allowed("GET")
+            } else if !key_ok {
+                response::json_error(401, "missing or wrong API key")
+            } else {
+                match query {
+                    Ok(q) => match self.history_http(key, &q.channel, q.limit, q.since) {
+                        None => return true, // answered later, as a `Reply`
+                        Some(response) => response,
+                    },
+                    Err((status, why)) => response::json_error(status, why),
+                }
+            }
         } else if head.path.starts_with("/api/") {
             response::json_error(404, "no such API endpoint")
         } else {

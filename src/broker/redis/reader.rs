@@ -206,7 +206,7 @@ impl Reader {
                         self.to_send.push((false, channel));
                     }
                 }
-                BrokerCmd::Publish { .. } => {}
+                BrokerCmd::Publish { .. } | BrokerCmd::History(_) => {}
             }
         }
     }
@@ -256,7 +256,9 @@ impl Reader {
                                 self.probe_back(&payload);
                             }
                             Ok(ch) => {
-                                self.router.dispatch(&mut self.links, ch, payload, None);
+                                let (offset, data) = super::history::split_marked(payload);
+                                self.router
+                                    .dispatch(&mut self.links, ch, data, None, offset);
                                 self.link.rbuf.advance(len);
                             }
                             Err(_) => self.link.rbuf.advance(len),
@@ -302,8 +304,9 @@ impl Reader {
                 if *channel == *self.probe_channel {
                     self.probe_back(&payload);
                 } else {
+                    let (offset, data) = super::history::split_marked(&payload);
                     self.router
-                        .dispatch(&mut self.links, channel, &payload, None);
+                        .dispatch(&mut self.links, channel, data, None, offset);
                 }
             }
             b"subscribe" => {

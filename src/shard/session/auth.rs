@@ -123,7 +123,10 @@ impl Session {
             };
         };
         let allowed = match cmd {
-            Cmd::Subscribe(channel) => may_subscribe(grant, namespaces, channel),
+            // Reading a channel's history needs the right to subscribe to it.
+            Cmd::Subscribe(channel, _) | Cmd::History { channel, .. } => {
+                may_subscribe(grant, namespaces, channel)
+            }
             Cmd::Publish { channel, .. } => may_publish(grant, namespaces, channel),
             // Presence: only about yourself, unless the token says `"presence": true`.
             Cmd::Presence(user) => grant.presence || **user == *grant.sub,

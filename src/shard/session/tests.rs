@@ -43,7 +43,7 @@ fn frames_behind_an_upgrade_wait_for_admission_then_decode() {
     s.open(false);
     assert_eq!(
         feed(&mut s, b""),
-        [Effect::Command(Cmd::Subscribe("a".into()))]
+        [Effect::Command(Cmd::Subscribe("a".into(), None))]
     );
 }
 
@@ -187,7 +187,7 @@ const T: Timers = Timers {
 fn auth_off_permits_everything_and_never_closes_for_auth() {
     let s = open();
     let ns = Namespaces::default();
-    assert_eq!(s.permits(&Cmd::Subscribe("x".into()), &ns), Ok(()));
+    assert_eq!(s.permits(&Cmd::Subscribe("x".into(), None), &ns), Ok(()));
     assert_eq!(s.permits(&publish("x"), &ns), Ok(()));
     assert_eq!(s.due(0, 5, T), Due::Nothing);
     // Without auth, only `publish = "none"` refuses anything.
@@ -196,7 +196,7 @@ fn auth_off_permits_everything_and_never_closes_for_auth() {
         "[[namespace]]\nprefix = \"ro:\"\npublish = \"none\"\n",
     );
     assert_eq!(s.permits(&publish("ro:1"), &ns), Err(ErrorCode::Forbidden));
-    assert_eq!(s.permits(&Cmd::Subscribe("ro:1".into()), &ns), Ok(()));
+    assert_eq!(s.permits(&Cmd::Subscribe("ro:1".into(), None), &ns), Ok(()));
     assert_eq!(s.permits(&publish("rw:1"), &ns), Ok(()));
 }
 
@@ -227,12 +227,12 @@ publish = "none"
     let mut s = open();
     s.require_auth(3);
     assert_eq!(
-        s.permits(&Cmd::Subscribe("pub:1".into()), &ns),
+        s.permits(&Cmd::Subscribe("pub:1".into(), None), &ns),
         Err(ErrorCode::Unauthorized),
         "public still needs a token"
     );
     s.authenticate(grant("u", 1005), 2, 1000);
-    let sub = |c: &str| s.permits(&Cmd::Subscribe(c.into()), &ns);
+    let sub = |c: &str| s.permits(&Cmd::Subscribe(c.into(), None), &ns);
     assert_eq!(sub("pub:1"), Ok(()), "public: no claim needed");
     assert_eq!(sub("a"), Ok(()), "token: the claim");
     assert_eq!(sub("b"), Err(ErrorCode::Forbidden));
@@ -257,7 +257,7 @@ fn auth_on_gates_commands_and_closes_4001_then_4003() {
     let mut s = open();
     s.require_auth(3);
     assert_eq!(
-        s.permits(&Cmd::Subscribe("a".into()), &ns),
+        s.permits(&Cmd::Subscribe("a".into(), None), &ns),
         Err(ErrorCode::Unauthorized)
     );
     assert_eq!(s.permits(&Cmd::Auth("t".into()), &ns), Ok(()));
@@ -280,10 +280,10 @@ fn auth_on_gates_commands_and_closes_4001_then_4003() {
             reason: "token expired"
         }
     );
-    assert_eq!(s.permits(&Cmd::Subscribe("a".into()), &ns), Ok(()));
-    assert_eq!(s.permits(&Cmd::Subscribe("p:9".into()), &ns), Ok(()));
+    assert_eq!(s.permits(&Cmd::Subscribe("a".into(), None), &ns), Ok(()));
+    assert_eq!(s.permits(&Cmd::Subscribe("p:9".into(), None), &ns), Ok(()));
     assert_eq!(
-        s.permits(&Cmd::Subscribe("b".into()), &ns),
+        s.permits(&Cmd::Subscribe("b".into(), None), &ns),
         Err(ErrorCode::Forbidden)
     );
     assert_eq!(s.permits(&publish("p:1"), &ns), Ok(()));
