@@ -9,6 +9,7 @@ use crossbeam_channel::Receiver;
 
 use super::router::Wire;
 use super::{BrokerCmd, Router, ShardLinks};
+use crate::protocol::control::CONTROL_CHANNEL;
 
 /// Capacity of the bus queue; a full queue answers publishers with `unavailable`.
 /// See `config::Tuning`.
@@ -56,7 +57,12 @@ fn handle(router: &mut Router, links: &mut ShardLinks, cmd: BrokerCmd) {
             payload,
             ack,
         } => {
-            router.dispatch(links, &channel, &payload, Some(true));
+            if &*channel == CONTROL_CHANNEL {
+                // Embedded mode: the control channel is this one bus.
+                links.control_message(&payload);
+            } else {
+                router.dispatch(links, &channel, &payload, Some(true));
+            }
             if let Some(ack) = ack {
                 links.ack(ack, Ok(()));
             }
