@@ -68,13 +68,27 @@ pub fn free_port() -> u16 {
 pub struct RedisProcess {
     pub port: u16,
     child: Option<Child>,
+    /// Extra `redis-server` arguments (they override the defaults: later wins).
+    extra: Vec<String>,
+    /// Its working directory (AOF files), removed on drop.
+    dir: std::path::PathBuf,
 }
 
 impl RedisProcess {
     pub fn start() -> RedisProcess {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra arguments, e.g. `["--appendonly", "yes"]`.
+    pub fn start_with(extra: &[&str]) -> RedisProcess {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("fanout-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let mut r = RedisProcess {
-            port: free_port(),
+            port,
             child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
         };
         r.restart();
         r
@@ -98,6 +112,9 @@ impl RedisProcess {
                 "127.0.0.1",
             ])
             .args(["--enable-debug-command", "yes"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -289,6 +306,7 @@ fn sleeper_line_shows_debug(list: &str, id: i64) -> bool {
 impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
