@@ -541,3 +541,71 @@ impl Shard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offset::StreamId;
+
+    fn at(seq: u64) -> Option<Offset> {
+        Some(Offset {
+            id: StreamId { ms: 1, seq },
+            epoch: 7,
+        })
+    }
+
+    fn frame() -> Bytes {
+        Bytes::from_static(b"x")
+    }
+
+    #[test]
+    fn live_deliveries_are_taken_once_held_while_syncing_and_kept_for_catch_ups() {
+        let mut h = ChanHistory {
+            last: at(5),
+            ..ChanHistory::default()
+        };
+        // Already delivered (a read brought it): dropped.
+        assert!(!take_live(&mut h, at(5), &frame()));
+        assert!(!take_live(&mut h, at(3), &frame()));
+        // Newer: taken, and the channel moves on.
+        assert!(take_live(&mut h, at(6), &frame()));
+        assert_eq!(h.last, at(6));
+        // Another epoch cannot be compared: taken.
+        let other = Some(Offset {
+            id: StreamId { ms: 0, seq: 1 },
+            epoch: 8,
+        });
+        assert!(take_live(&mut h, other, &frame()));
+        assert_eq!(h.last, other);
+        // While a read is in flight: held, with its offset, the channel stays put.
+        h.last = at(6);
+        h.syncing = 3;
+        assert!(!take_live(&mut h, at(7), &frame()));
+        assert!(!take_live(&mut h, None, &frame()));
+        assert_eq!(
+            h.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            vec![at(7), None]
+        );
+        assert_eq!(h.last, at(6));
+        // Past the bound: dropped and owed a new read; a lost plain frame owes a gap.
+        let big = Bytes::from(vec![0u8; MAX_HELD]);
+        assert!(!take_live(&mut h, at(8), &big));
+        assert!(h.held.is_empty() && h.again && h.held_lost);
+        // A subscriber being caught up gets what the members get, held for it.
+        h.syncing = 0;
+        h.again = false;
+        h.catching.push(Catch {
+            key: 1,
+            tag: 1,
+            since: at(1).unwrap(),
+            upto: at(6).unwrap(),
+            held: Vec::new(),
+            held_bytes: 0,
+            overflowed: false,
+        });
+        assert!(take_live(&mut h, at(9), &frame()));
+        assert_eq!(h.catching[0].held.len(), 1);
+        assert!(take_live(&mut h, at(10), &big));
+        assert!(h.catching[0].overflowed && h.catching[0].held.is_empty());
+    }
+}

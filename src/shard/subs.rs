@@ -338,6 +338,51 @@ mod tests {
     }
 
     #[test]
+    fn history_waiters_wait_for_the_offset_and_catch_ups_have_their_own_list() {
+        let o = |seq| Offset {
+            id: crate::offset::StreamId { ms: 1, seq },
+            epoch: 1,
+        };
+        let mut idx = SubIndex::default();
+        let (id, _, a) = idx.add("h", 1, true, Some(o(2)));
+        assert!(matches!(a, Added::NewChannel(_)));
+        idx.set_live(id);
+        // Live but without an offset yet: a new subscriber waits too.
+        assert_eq!(idx.add("h", 2, true, None).2, Added::Pending);
+        assert_eq!(
+            idx.channel(id).unwrap().hist.as_ref().unwrap().resume,
+            vec![(1, o(2))]
+        );
+        idx.channel_mut(id).unwrap().hist.as_mut().unwrap().last = Some(o(5));
+        assert_eq!(idx.confirm(id).0, vec![1, 2]);
+        assert_eq!(idx.add("h", 3, true, None), (id, 2, Added::Live));
+        let catch = |key| Catch {
+            key,
+            tag: key,
+            since: o(2),
+            upto: o(5),
+            held: Vec::new(),
+            held_bytes: 0,
+            overflowed: false,
+        };
+        // Member 1 (position 0) is caught up: 3 takes its place.
+        let (pos, moved) = idx.start_catch(id, 0, catch(1)).unwrap();
+        assert_eq!((pos, moved), (CATCHING, Some((3, 0))));
+        let (pos, _) = idx.start_catch(id, 1, catch(2)).unwrap();
+        assert_eq!(pos, 1 | CATCHING);
+        assert_eq!(idx.channel(id).unwrap().members, vec![3]);
+        // The first catch-up ends: a member again; the second moves into its slot.
+        let (c, pos, moved) = idx.end_catch(id, 1, 1).unwrap();
+        assert_eq!((c.key, pos, moved), (1, 1, Some((2, CATCHING))));
+        assert!(idx.end_catch(id, 2, 99).is_none(), "a stale tag");
+        // Removing everyone, catching included, empties the channel.
+        idx.remove(id, CATCHING);
+        idx.remove(id, 1);
+        let r = idx.remove(id, 0);
+        assert_eq!(r.emptied.as_deref(), Some("h"));
+    }
+
+    #[test]
     fn out_of_range_removal_is_harmless() {
         let mut idx = SubIndex::default();
         let (id, _, _) = idx.add("c", 1, false, None);
