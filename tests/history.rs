@@ -360,7 +360,7 @@ fn churning_subscribers_resuming_on_either_node_receive_everything_exactly_once(
             let (ready, done, addrs) = (ready.clone(), done.clone(), addrs.clone());
             std::thread::spawn(move || {
                 let ch = format!("churn{}", i as u64 % CHANNELS);
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1) * 0x1000_0001);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1000_0001));
                 let mut node = i % 2;
                 let connect = |node: usize| WsClient::connect(&format!("ws://{}/", addrs[node]));
                 let mut c = connect(node);
@@ -390,7 +390,7 @@ fn churning_subscribers_resuming_on_either_node_receive_everything_exactly_once(
                             break;
                         }
                     }
-                    if seen == PER_CHANNEL || done.load(Ordering::Relaxed) && seen == PER_CHANNEL {
+                    if seen == PER_CHANNEL {
                         break;
                     }
                     if !done.load(Ordering::Relaxed) {
