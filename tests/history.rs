@@ -485,3 +485,62 @@ fn redis_restarted_without_persistence_means_gap_never_a_wrong_replay() {
 fn redis_restarted_with_aof_loses_nothing() {
     redis_restart(true);
 }
+
+/// A shard's delivery queue overflowing (a burst larger than it, here a queue of 8)
+/// makes the router drop and owe a `gap`; on a history channel the shard reads what it
+/// missed from history instead, so the subscriber gets every message, in order, and no
+/// `gap`. Without history the same burst announces the loss.
+#[test]
+fn an_overflowing_shard_queue_is_repaired_from_history() {
+    for history in [true, false] {
+        let redis = RedisProcess::start();
+        let size = if history { "10000" } else { "0" };
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"));
+        cmd.args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
+            .args(["--history-size", size, "--shards", "1"])
+            .env("FANOUT_TEST_SHARD_QUEUE", "8");
+        let node = TestNode::spawn(cmd);
+        let ch = "burst";
+        let mut a = node.client();
+        a.send(&json!({"type":"subscribe","channel":ch}).to_string());
+        assert_eq!(a.expect_json()["type"], "subscribed");
+        let total = 2000u64;
+        for chunk in (1..=total).collect::<Vec<_>>().chunks(500) {
+            let batch: Vec<Value> = chunk
+                .iter()
+                .map(|n| json!({"channel":ch,"data":{"n":n}}))
+                .collect();
+            let r = post(
+                node.addr,
+                "/api/publish",
+                &Value::Array(batch).to_string(),
+                "",
+            );
+            assert_eq!(r.status, 202);
+        }
+        let dropped = support::metric(node.addr, "fanout_dispatch_dropped_total");
+        assert!(dropped > 0.0, "the burst overflowed the queue of 8");
+        let mut seen = 0;
+        let mut gaps = 0;
+        while let Some(v) = a.recv_json(Duration::from_secs(2)) {
+            if v["type"] == "gap" {
+                gaps += 1;
+                continue;
+            }
+            let n = v["data"]["n"].as_u64().unwrap();
+            assert!(n > seen, "in order");
+            if history {
+                assert_eq!(n, seen + 1, "nothing missing: {v}");
+            }
+            seen = n;
+            if seen == total {
+                break;
+            }
+        }
+        if history {
+            assert_eq!((seen, gaps), (total, 0), "repaired from history");
+        } else {
+            assert!(gaps > 0, "without history the loss is announced");
+        }
+    }
+}

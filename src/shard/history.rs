@@ -33,18 +33,27 @@ use crate::protocol::{reply, ErrorCode};
 const MAX_HELD: usize = crate::config::TUNING.max_held;
 /// See `config::Tuning`.
 const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
+/// `ChanHistory::syncing` while a read waits to be asked again (deliveries are held).
+const RETRY: u32 = u32::MAX;
 
 /// Decides what happens to a live delivery on a history channel: `true` to deliver it
 /// now (the channel's offset moves to it, and subscribers being caught up get it
-/// held); `false` when it was already delivered (dropped) or is held because a read is
-/// in flight.
+/// held); `false` when it was already delivered (dropped), is held because a read is
+/// in flight, or comes after a gap that arrived during that read (dropped: the next
+/// read brings it, after what the gap lost).
 pub(super) fn take_live(h: &mut ChanHistory, offset: Option<Offset>, frame: &Bytes) -> bool {
     if let (Some(o), Some(last)) = (offset, h.last) {
         if o.covered_by(&last) {
             return false;
         }
     }
-    if h.syncing != 0 || (h.again && h.last.is_some()) {
+    if h.syncing != 0 {
+        if h.again {
+            // A gap came after the read was asked: what follows it must wait for the
+            // next read (delivering it would step over the hole), which brings it too.
+            h.held_lost |= offset.is_none();
+            return false;
+        }
         h.held_bytes += frame.len();
         if h.held_bytes > MAX_HELD {
             // Everything with an offset is read again from history afterwards.
@@ -118,8 +127,8 @@ impl Shard {
                 .channel_mut(id)
                 .and_then(|c| c.hist.as_deref_mut())
             {
-                h.syncing = 0;
-                h.again = true;
+                // The broker cannot take it now: keep holding, ask again in a second.
+                h.syncing = RETRY;
             }
             self.history_retry.push(name);
         }
@@ -166,13 +175,15 @@ impl Shard {
         if h.syncing != tag {
             return; // a stale answer
         }
-        h.syncing = 0;
         let Ok(replay) = replay else {
             // Redis could not answer: keep holding, ask again in a second.
-            h.syncing = u32::MAX;
+            h.syncing = RETRY;
             self.history_retry.push(name);
             return;
         };
+        h.syncing = 0;
+        // Taken now: what this answer brings must be delivered, not held for the next.
+        let again = std::mem::take(&mut h.again);
         let first = h.last.is_none();
         if first {
             h.last = Some(replay.top);
@@ -211,11 +222,6 @@ impl Shard {
         for (offset, frame) in held {
             self.deliver_to(id, frame, Kind::Delivery, offset);
         }
-        let again = self
-            .subs
-            .channel_mut(id)
-            .and_then(|c| c.hist.as_deref_mut())
-            .is_some_and(|h| std::mem::take(&mut h.again));
         if again {
             self.start_sync(id);
         }
@@ -427,9 +433,7 @@ impl Shard {
                 .subs
                 .channel(id)
                 .and_then(|c| c.hist.as_ref())
-                .is_some_and(|h| {
-                    h.syncing == u32::MAX || (h.syncing == 0 && (h.again || h.last.is_none()))
-                });
+                .is_some_and(|h| h.syncing == RETRY || (h.syncing == 0 && h.last.is_none()));
             if pending && self.subs.channel(id).is_some_and(|c| c.live) {
                 self.start_sync(id);
             } else if pending {
@@ -591,6 +595,9 @@ mod tests {
         let big = Bytes::from(vec![0u8; MAX_HELD]);
         assert!(!take_live(&mut h, at(8), &big));
         assert!(h.held.is_empty() && h.again && h.held_lost);
+        // After a gap during the read, nothing more is held: the next read brings it.
+        assert!(!take_live(&mut h, at(9), &frame()));
+        assert!(h.held.is_empty());
         // A subscriber being caught up gets what the members get, held for it.
         h.syncing = 0;
         h.again = false;
