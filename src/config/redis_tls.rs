@@ -121,9 +121,16 @@ mod tests {
 
     #[test]
     fn a_bad_ca_file_is_a_clear_error() {
-        let e = resolve(Some("rediss://h"), Some("/nonexistent/ca.pem".into()), false)
-            .unwrap_err();
-        assert!(e.contains("cannot read --redis-ca /nonexistent/ca.pem"), "{e}");
+        let e = resolve(
+            Some("rediss://h"),
+            Some("/nonexistent/ca.pem".into()),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("cannot read --redis-ca /nonexistent/ca.pem"),
+            "{e}"
+        );
         let empty = temp("empty", "just text\n");
         let e = read_ca(&empty).unwrap_err();
         assert!(e.contains("holds no certificate"), "{e}");

@@ -23,10 +23,16 @@ const CONNECT_TIMEOUT: Duration = crate::config::TUNING.connect_timeout;
 
 #[derive(Debug)]
 enum State {
-    Down { retry_at: Instant },
-    Connecting { since: Instant },
+    Down {
+        retry_at: Instant,
+    },
+    Connecting {
+        since: Instant,
+    },
     /// TCP is up, the TLS handshake is running (bounded by the connect timeout).
-    Handshaking { since: Instant },
+    Handshaking {
+        since: Instant,
+    },
     Up,
 }
 

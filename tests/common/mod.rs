@@ -14,6 +14,7 @@ use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
 pub mod proxy;
+pub mod tls;
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -43,13 +44,20 @@ pub fn free_port() -> u16 {
 pub struct RedisProcess {
     pub port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments (TLS ports and files: `tls.rs`).
+    extra: Vec<String>,
 }
 
 impl RedisProcess {
     pub fn start() -> RedisProcess {
+        Self::start_with(Vec::new())
+    }
+
+    pub fn start_with(extra: Vec<String>) -> RedisProcess {
         let mut r = RedisProcess {
             port: free_port(),
             child: None,
+            extra,
         };
         r.restart();
         r
@@ -73,6 +81,7 @@ impl RedisProcess {
                 "127.0.0.1",
             ])
             .args(["--enable-debug-command", "yes"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
