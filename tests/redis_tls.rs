@@ -307,6 +307,11 @@ fn a_bad_ca_file_stops_the_start_like_any_config_error() {
             "needs --redis rediss://",
         ),
         (
+            vec!["--redis", "redis://127.0.0.1:1"],
+            vec![("REDIS_INSECURE", "true")],
+            "--redis-insecure applies to TLS connections only",
+        ),
+        (
             vec![
                 "--redis",
                 url,
