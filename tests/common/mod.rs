@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
+pub mod cluster;
 pub mod proxy;
 pub mod tls;
 
