@@ -243,6 +243,60 @@ fn a_wrong_ca_or_host_name_fails_clearly_and_is_retried_with_backoff() {
         );
     }
     assert_eq!(r.tls_clients(), 0);
+
+    // Redis gets a certificate for the name the node uses: the next handshake succeeds
+    // and the error clears by itself.
+    let (cert, key) = pki.server_cert("fixed", SAN);
+    let _: () = redis_cmd(
+        &elsewhere.redis,
+        &[
+            "CONFIG",
+            "SET",
+            "tls-cert-file",
+            path(&cert),
+            "tls-key-file",
+            path(&key),
+        ],
+    );
+    assert_eq!(healthy(wrong_host.addr), "redis");
+}
+
+#[test]
+fn a_redis_restart_over_tls_is_repaired_with_a_gap() {
+    let pki = Pki::new("restart");
+    let mut r = TlsRedis::start(&pki, SAN);
+    let ca = pki.ca();
+    let node = TestNode::start(&[
+        "--redis",
+        &r.url("", "localhost"),
+        "--redis-ca",
+        path(&ca),
+        "--presence",
+        "off",
+    ]);
+    healthy(node.addr);
+    let mut sub = node.client();
+    sub.subscribe("r");
+    r.redis.kill();
+    r.redis.restart();
+    // The reader reconnects (TLS again), resubscribes and says what may be lost.
+    let gap = wait_for("a gap", DEADLINE, || {
+        sub.recv_json(Duration::from_millis(200))
+            .filter(|v| v["type"] == "gap")
+    });
+    assert_eq!(gap, json!({"type":"gap","channel":"r"}));
+    healthy(node.addr);
+    // The writer is back too: a publish with an id is confirmed and delivered.
+    let mut publisher = node.client();
+    wait_for("a confirmed publish", DEADLINE, || {
+        publisher.send(r#"{"type":"publish","channel":"r","data":"back","id":1}"#);
+        (publisher.expect_json()["type"] == "published").then_some(())
+    });
+    let v = wait_for("the delivery", DEADLINE, || {
+        sub.recv_json(Duration::from_millis(200))
+            .filter(|v| v["data"] == "back")
+    });
+    assert_eq!(v["channel"], "r");
 }
 
 #[test]
