@@ -249,8 +249,14 @@ impl Link {
         if !self.is_up() {
             return LinkEvent::Nothing;
         }
-        if self.read().is_err() || self.flush().is_err() {
-            tracing::warn!(link = self.name, "Redis connection lost");
+        if let Err(e) = self.read().and_then(|()| self.flush()) {
+            if is_tls_error(&e) {
+                // E.g. a server that wants a client certificate says so after the
+                // handshake (TLS 1.3): fanout sends none.
+                tracing::error!(link = self.name, "Redis connection lost: {e}");
+            } else {
+                tracing::warn!(link = self.name, "Redis connection lost: {e}");
+            }
             self.disconnect(registry, now);
             return LinkEvent::Lost;
         }
