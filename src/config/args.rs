@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Redis URL, redis[s]://[user[:password]@]host[:port][/db] (rediss: TLS; user and password percent-encoded; port 6379; db 0); join the cluster through it [default: none, embedded in-process bus]
+    /// Redis URL, redis[s]://[[user]:password@]host[:port][/db] (rediss: TLS; user and password percent-encoded; port 6379; db 0); join the cluster through it [default: none, embedded in-process bus]
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     pub redis: Option<String>,
 

@@ -1,5 +1,5 @@
 //! The Redis URL every connection of the node is made from: its grammar
-//! (`redis[s]://[user[:password]@]host[:port][/db]`), the TLS configuration a `rediss://`
+//! (`redis[s]://[[user]:password@]host[:port][/db]`), the TLS configuration a `rediss://`
 //! URL carries to every connection made from it, and its one conversion to an error a
 //! caller can return. Parsing and name resolution only: it never connects.
 
@@ -40,7 +40,7 @@ pub struct RedisUrl {
 }
 
 impl RedisUrl {
-    /// Parses `redis[s]://[user[:password]@]host[:port][/db]`; a `rediss://` URL
+    /// Parses `redis[s]://[[user]:password@]host[:port][/db]`; a `rediss://` URL
     /// verifies the server with the built-in roots (see `parse_with`).
     pub fn parse(url: &str) -> Result<RedisUrl, UrlError> {
         Self::parse_with(url, &RedisTls::default())
