@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("router_crossbeam", |b| {
         b.iter(|| {
             for _ in 0..BATCH {
-                router.dispatch(&mut links, "room.42", payload, Some(true));
+                router.dispatch(&mut links, "room.42", payload, Some(true), None);
             }
             router.wake(&mut links);
             sent += BATCH * SHARDS as u64;

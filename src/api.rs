@@ -73,13 +73,69 @@ pub fn parse_publish(body: &[u8], limits: &Limits) -> Result<Vec<Publish>, Refus
 /// The user of `/api/users/{U}/connections`, percent-decoded (`+` stays `+` in a path);
 /// `None` for other paths. `Some(Err)` when the user segment is not valid.
 pub fn user_path(path: &str) -> Option<Result<String, Refusal>> {
+    user_segment(path, "/connections")
+}
+
+/// The user of `POST /api/users/{U}/disconnect`, decoded and checked like `user_path`.
+pub fn disconnect_path(path: &str) -> Option<Result<String, Refusal>> {
+    user_segment(path, "/disconnect")
+}
+
+/// The decoded, checked `{U}` of `/api/users/{U}<suffix>`.
+fn user_segment(path: &str, suffix: &str) -> Option<Result<String, Refusal>> {
     let rest = path.strip_prefix("/api/users/")?;
-    let user = rest.strip_suffix("/connections")?;
+    let user = rest.strip_suffix(suffix)?;
+    if user.contains('/') {
+        return Some(Err((404, "no such API endpoint")));
+    }
     Some(match percent_decode(user, false) {
         Ok(u) if valid_user(&u) => Ok(u),
         Ok(_) => Err((400, "bad user id")),
         Err(why) => Err((400, why)),
     })
+}
+
+/// A history request: `GET /api/channels/{C}/history?limit=N&since=O`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub channel: String,
+    pub limit: Option<u32>,
+    pub since: Option<crate::offset::Offset>,
+}
+
+/// The history request of `/api/channels/{C}/history` (C percent-decoded and checked
+/// as a channel name of at most `max_channel` bytes); `None` for other paths.
+pub fn history_path(
+    path: &str,
+    query: Option<&str>,
+    max_channel: usize,
+) -> Option<Result<HistoryQuery, Refusal>> {
+    let rest = path.strip_prefix("/api/channels/")?;
+    let channel = rest.strip_suffix("/history")?;
+    let parse = || -> Result<HistoryQuery, Refusal> {
+        let channel = percent_decode(channel, false).map_err(|why| (400, why))?;
+        crate::protocol::channel::validate(&channel, max_channel).map_err(|why| (400, why))?;
+        let limit = match query_value(query, "limit").transpose()? {
+            None => None,
+            Some(l) => Some(
+                l.parse::<u32>()
+                    .map_err(|_| (400, "limit must be a non-negative integer"))?,
+            ),
+        };
+        let since = match query_value(query, "since").transpose()? {
+            None => None,
+            Some(o) => Some(
+                crate::offset::Offset::parse(&o)
+                    .ok_or((400, "since must be an offset this server handed out"))?,
+            ),
+        };
+        Ok(HistoryQuery {
+            channel,
+            limit,
+            since,
+        })
+    };
+    Some(parse())
 }
 
 /// A user id is 1 to 256 bytes of UTF-8 without control characters (like a channel).
@@ -208,6 +264,29 @@ mod tests {
     }
 
     #[test]
+    fn history_paths() {
+        let q = history_path(
+            "/api/channels/a%2Fb/history",
+            Some("limit=5&since=1-2%3A3"),
+            256,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(q.channel, "a/b");
+        assert_eq!(q.limit, Some(5));
+        assert_eq!(q.since, crate::offset::Offset::parse("1-2:3"));
+        assert!(history_path("/api/channels/a/other", None, 256).is_none());
+        for (path, query) in [
+            ("/api/channels/a/history", Some("limit=-1")),
+            ("/api/channels/a/history", Some("since=zz")),
+            ("/api/channels/%zz/history", None),
+            ("/api/channels//history", None),
+        ] {
+            assert_eq!(history_path(path, query, 256).unwrap().unwrap_err().0, 400);
+        }
+    }
+
+    #[test]
     fn paths_params_keys_origins() {
         assert_eq!(
             user_path("/api/users/al%20ice/connections"),
@@ -219,6 +298,23 @@ mod tests {
             Some(Err(_))
         ));
         assert_eq!(user_path("/api/users/x"), None);
+        assert_eq!(
+            disconnect_path("/api/users/b%C3%B8b%2Fx/disconnect"),
+            Some(Ok("bøb/x".into()))
+        );
+        assert_eq!(disconnect_path("/api/users/bob/connections"), None);
+        assert!(matches!(
+            disconnect_path("/api/users/a/b/disconnect"),
+            Some(Err((404, _)))
+        ));
+        assert!(matches!(
+            disconnect_path(&format!("/api/users/{}/disconnect", "a".repeat(257))),
+            Some(Err((400, _)))
+        ));
+        assert!(matches!(
+            disconnect_path("/api/users/%0A/disconnect"),
+            Some(Err((400, _)))
+        ));
         assert_eq!(
             query_param(Some("a=1&user=bob%40x"), "user"),
             Some(Ok("bob@x".into()))

@@ -24,7 +24,7 @@
 //! 4  broker presence
 //! 3  msg api http
 //! 2  protocol metrics redis auth
-//! 1  config latency ws ids inbox health
+//! 1  config latency ws ids inbox health offset
 //! ```
 //!
 //! | module | owns | never |
@@ -33,6 +33,7 @@
 //! | [`latency`] | the publish→send histogram | lock |
 //! | [`ws`] | handshake parsing and RFC 6455 framing | I/O |
 //! | [`ids`] | `ConnId`, `ShardId` | behaviour |
+//! | [`offset`] | history offsets: stream id + epoch, parse and format | decide |
 //! | [`inbox`] | a shard's queues and the waker that interrupts its poll | block |
 //! | [`health`] | the node's health flags | I/O |
 //! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
@@ -58,6 +59,7 @@ pub mod inbox;
 pub mod latency;
 pub mod metrics;
 pub mod msg;
+pub mod offset;
 pub mod presence;
 pub mod protocol;
 pub mod redis;

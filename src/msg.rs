@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::ids::{ConnId, ShardId};
 use crate::inbox::InboxSender;
+use crate::offset::{Offset, StreamId};
 use crate::protocol::ErrorCode;
 
 /// Where to send the outcome of a publish that carried an `id`.
@@ -37,6 +38,66 @@ pub enum BrokerCmd {
         payload: Bytes,
         ack: Option<AckTo>,
     },
+    /// Read a history channel (see `HistoryRead`); the answer goes where `to` says.
+    History(Box<HistoryRead>),
+}
+
+/// One read of a channel's history.
+#[derive(Debug)]
+pub struct HistoryRead {
+    pub channel: Arc<str>,
+    /// Messages after this offset; `None`: the newest `limit` ones.
+    pub since: Option<Offset>,
+    /// Stop at this entry (inclusive); `None`: the newest.
+    pub upto: Option<StreamId>,
+    /// At most this many messages (0: only the channel's current offset).
+    pub limit: usize,
+    pub to: HistoryTo,
+}
+
+/// Who asked for a history read, and so what its answer becomes.
+#[derive(Debug)]
+pub enum HistoryTo {
+    /// A shard brings its local channel up to date (first subscriber, or repairing a
+    /// gap): answered `ShardMsg::Synced` with delivery frames. `tag` tells a stale
+    /// answer from the current one.
+    Sync { shard: ShardId, tag: u32 },
+    /// A subscriber resuming with `since`: answered `ShardMsg::Caught` with delivery
+    /// frames for that connection only.
+    Catch {
+        shard: ShardId,
+        conn: ConnId,
+        tag: u32,
+    },
+    /// A client's `{"type":"history"}`: answered with a `Reply` frame.
+    Client {
+        shard: ShardId,
+        conn: ConnId,
+        id: Option<Box<str>>,
+    },
+    /// `GET /api/channels/{C}/history`: answered with an HTTP `Reply`.
+    Http { shard: ShardId, conn: ConnId },
+}
+
+impl HistoryTo {
+    pub fn shard(&self) -> ShardId {
+        match self {
+            HistoryTo::Sync { shard, .. }
+            | HistoryTo::Catch { shard, .. }
+            | HistoryTo::Client { shard, .. }
+            | HistoryTo::Http { shard, .. } => *shard,
+        }
+    }
+}
+
+/// What a sync or catch-up read found: delivery frames (each with its offset) after the
+/// asked position, the channel's newest offset, and whether messages between the asked
+/// position and the first frame are gone (trimmed, expired, or another epoch).
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub frames: Vec<(Offset, Bytes)>,
+    pub top: Offset,
+    pub gap: bool,
 }
 
 /// Broker → shard.
@@ -48,6 +109,22 @@ pub enum ShardMsg {
         channel: Arc<str>,
         frame: Bytes,
         at: std::time::Instant,
+        /// The message's history offset (history channels).
+        offset: Option<Offset>,
+    },
+    /// The answer to a `HistoryTo::Sync` read (`Err`: Redis could not answer). Control
+    /// queue.
+    Synced {
+        channel: Arc<str>,
+        tag: u32,
+        replay: Result<Replay, ()>,
+    },
+    /// The answer to a `HistoryTo::Catch` read. Control queue.
+    Caught {
+        channel: Arc<str>,
+        conn: ConnId,
+        tag: u32,
+        replay: Result<Replay, ()>,
     },
     /// The broker subscription to `channel` is live for the subscribe of `epoch`.
     Subscribed { channel: Arc<str>, epoch: u32 },
@@ -71,6 +148,9 @@ pub enum ShardMsg {
         frame: Bytes,
         close_after: bool,
     },
+    /// Close every WebSocket of this user with 4004 (`POST /api/users/{U}/disconnect`,
+    /// from any node through the control channel). Control queue.
+    Disconnect { user: Arc<str> },
     /// A connection accepted by another shard, to be owned by this one.
     Accept(mio::net::TcpStream),
     /// Stop accepting, close every client with 1001, flush and exit.
@@ -95,7 +175,7 @@ impl BrokerHandle {
         match self {
             BrokerHandle::Memory(tx) => tx.try_send(cmd).map_err(|e| e.into_inner()),
             BrokerHandle::Redis { reader, writer } => match cmd {
-                BrokerCmd::Publish { .. } => writer.send(cmd),
+                BrokerCmd::Publish { .. } | BrokerCmd::History(_) => writer.send(cmd),
                 _ => reader.send(cmd),
             },
         }

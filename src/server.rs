@@ -121,7 +121,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     ) = match &config.redis {
         None => {
             let (tx, rx) = crossbeam_channel::bounded(broker::memory::QUEUE);
-            let thread = broker::memory::spawn(rx, links)?;
+            let thread = broker::memory::spawn(rx, links, config.clone())?;
             (BrokerHandle::Memory(tx), vec![thread], None)
         }
         Some(url) => {

@@ -145,7 +145,15 @@ pub struct Args {
     #[arg(long, value_name = "AUD")]
     pub jwt_audience: Option<String>,
 
-    /// TOML file with any of the settings above
+    /// Messages of history kept per channel (0 = off); the config file's [[namespace]] tables can set it per channel prefix; 0–1000000 [default: 0]
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<u64>,
+
+    /// Seconds a message stays in history (0 = no time limit, only --history-size bounds it); 0–2592000 [default: 0]
+    #[arg(long, value_name = "SECS")]
+    pub history_ttl: Option<u64>,
+
+    /// TOML file with any of the settings above, and [[namespace]] tables (prefix, history_size, history_ttl, subscribe, publish)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }

@@ -4,12 +4,16 @@
 
 mod args;
 mod jwt;
+mod namespace;
 mod presence;
 mod redis_tls;
 mod tuning;
 
 pub use args::Args;
 pub use jwt::{JwtConfig, JwtKey};
+pub use namespace::{
+    Namespace, Namespaces, PublishRule, SubscribeRule, HISTORY_SIZE, HISTORY_TTL, MAX_NAMESPACES,
+};
 use presence::resolve_presence;
 pub use presence::{OnOff, PresenceConfig};
 pub use redis_tls::{read_ca, RedisCa, RedisTls};
@@ -192,6 +196,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Connection authentication (JWT); `None`: off.
     pub jwt: Option<JwtConfig>,
+    /// Channel namespaces: history and subscribe/publish rules per channel prefix.
+    pub namespaces: Namespaces,
 }
 
 /// The same settings as read from a TOML file.
@@ -228,6 +234,11 @@ struct FileConfig {
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
     jwt_audience: Option<String>,
+    history_size: Option<u64>,
+    history_ttl: Option<u64>,
+    /// The `[[namespace]]` tables.
+    #[serde(default)]
+    namespace: Vec<namespace::FileNamespace>,
 }
 
 impl Config {
@@ -365,6 +376,13 @@ impl Config {
             args.jwt_public_key.or(file.jwt_public_key),
             args.jwt_audience.or(file.jwt_audience),
         )?;
+        let namespaces = namespace::resolve(
+            args.history_size.or(file.history_size),
+            args.history_ttl.or(file.history_ttl),
+            &file.namespace,
+            jwt.is_some(),
+            limits.max_channel_len,
+        )?;
         Ok(Config {
             listen,
             redis,
@@ -387,6 +405,7 @@ impl Config {
             client_publish: args.client_publish.or(file.client_publish) != Some(OnOff::Off),
             presence,
             jwt,
+            namespaces,
         })
     }
 }

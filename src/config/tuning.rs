@@ -49,6 +49,16 @@ pub struct Tuning {
     pub reply_timeout: Duration,
     /// Give up on a Redis connect attempt after this long.
     pub connect_timeout: Duration,
+    // --- history ---
+    /// Most messages one history read returns: a resume further behind gets `gap` and
+    /// the newest this many; a `history` request's `limit` is capped to it.
+    pub max_replay: usize,
+    /// A `history` request without `limit` gets at most this many (the newest).
+    pub default_history_limit: usize,
+    /// Bytes of live frames a shard holds per channel (or per resuming subscriber)
+    /// while its history read is in flight; past it they are dropped and read again
+    /// from history afterwards.
+    pub max_held: usize,
     // --- presence ---
     /// Capacity of the presence thread's queue.
     pub presence_queue: usize,
@@ -79,6 +89,9 @@ pub const TUNING: Tuning = Tuning {
     max_unsent: 16 * 1024 * 1024,
     reply_timeout: Duration::from_secs(3),
     connect_timeout: Duration::from_secs(2),
+    max_replay: 10_000,
+    default_history_limit: 100,
+    max_held: 4 * 1024 * 1024,
     presence_queue: 65_536,
     presence_batch: 16_384,
     presence_batch_window: Duration::from_millis(2),

@@ -9,12 +9,15 @@ use serde_json::value::RawValue;
 
 use super::channel;
 use super::reply::ErrorCode;
+use crate::offset::Offset;
 
 /// A well-formed client command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command<'a> {
+    /// Subscribe; with `since`, resume after that history offset.
     Subscribe {
         channel: Cow<'a, str>,
+        since: Option<Offset>,
     },
     Unsubscribe {
         channel: Cow<'a, str>,
@@ -32,6 +35,13 @@ pub enum Command<'a> {
     /// Authenticate, or refresh the token (`{"type":"auth","token":"..."}`).
     Auth {
         token: Cow<'a, str>,
+    },
+    /// The last `limit` messages of a history channel, or those after `since`.
+    History {
+        channel: Cow<'a, str>,
+        limit: Option<u32>,
+        since: Option<Offset>,
+        id: Option<&'a str>,
     },
 }
 
@@ -60,6 +70,10 @@ struct Wire<'a> {
     user: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    limit: Option<&'a RawValue>,
 }
 
 /// A field that is present, whatever its value (`null` included); absent fields get
@@ -161,7 +175,7 @@ pub fn parse_command(text: &str, max_channel: usize) -> Result<Command<'_>, Comm
             )),
         };
     }
-    if !matches!(&*kind, "subscribe" | "unsubscribe" | "publish") {
+    if !matches!(&*kind, "subscribe" | "unsubscribe" | "publish" | "history") {
         return Err(with(
             id,
             err(ErrorCode::UnknownType, "unknown message type"),
@@ -186,9 +200,52 @@ pub fn parse_command(text: &str, max_channel: usize) -> Result<Command<'_>, Comm
         }
         return Err(e);
     }
+    let since = match wire
+        .since
+        .map(|raw| as_string(raw).and_then(|s| Offset::parse(&s)))
+    {
+        None => None,
+        Some(Some(offset)) => Some(offset),
+        Some(None) => {
+            return Err(CommandError {
+                channel: Some(channel),
+                ..with(
+                    id,
+                    err(
+                        ErrorCode::BadRequest,
+                        "since must be an offset string this server handed out",
+                    ),
+                )
+            })
+        }
+    };
     match &*kind {
-        "subscribe" => Ok(Command::Subscribe { channel }),
+        "subscribe" => Ok(Command::Subscribe { channel, since }),
         "unsubscribe" => Ok(Command::Unsubscribe { channel }),
+        "history" => {
+            let limit = match wire.limit.map(|raw| raw.get().parse::<u32>()) {
+                None => None,
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => {
+                    return Err(CommandError {
+                        channel: Some(channel),
+                        ..with(
+                            id,
+                            err(
+                                ErrorCode::BadRequest,
+                                "limit must be a non-negative integer",
+                            ),
+                        )
+                    })
+                }
+            };
+            Ok(Command::History {
+                channel,
+                limit,
+                since,
+                id,
+            })
+        }
         _ => match wire.data {
             Some(data) => Ok(Command::Publish {
                 channel,
@@ -220,7 +277,8 @@ mod tests {
         assert_eq!(
             ok(r#"{"type":"subscribe","channel":"news"}"#),
             Command::Subscribe {
-                channel: "news".into()
+                channel: "news".into(),
+                since: None
             }
         );
         assert_eq!(
@@ -319,6 +377,36 @@ mod tests {
         }
         let long = format!(r#"{{"type":"subscribe","channel":"{}"}}"#, "x".repeat(257));
         assert_eq!(code(&long), ErrorCode::BadChannel);
+    }
+
+    #[test]
+    fn since_and_history() {
+        assert_eq!(
+            ok(r#"{"type":"subscribe","channel":"c","since":"5-1:9"}"#),
+            Command::Subscribe {
+                channel: "c".into(),
+                since: Offset::parse("5-1:9")
+            }
+        );
+        assert_eq!(
+            ok(r#"{"type":"history","channel":"c","limit":3,"id":"h"}"#),
+            Command::History {
+                channel: "c".into(),
+                limit: Some(3),
+                since: None,
+                id: Some("\"h\"")
+            }
+        );
+        for text in [
+            r#"{"type":"subscribe","channel":"c","since":"nope"}"#,
+            r#"{"type":"subscribe","channel":"c","since":5}"#,
+            r#"{"type":"history","channel":"c","limit":-1}"#,
+            r#"{"type":"history","channel":"c","limit":"3"}"#,
+            r#"{"type":"history","channel":"c","limit":1.5}"#,
+        ] {
+            assert_eq!(code(text), ErrorCode::BadRequest, "{text}");
+        }
+        assert_eq!(code(r#"{"type":"history"}"#), ErrorCode::BadChannel);
     }
 
     #[test]

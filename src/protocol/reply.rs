@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::json::push_string;
+use crate::offset::Offset;
 use crate::ws::frame::{self, OutOp};
 
 /// The error codes of protocol v1.
@@ -56,6 +57,62 @@ fn typed(kind: &str, channel: &str) -> Bytes {
 /// `{"type":"subscribed","channel":C}`
 pub fn subscribed(channel: &str) -> Bytes {
     typed("subscribed", channel)
+}
+
+/// `{"type":"subscribed","channel":C,"offset":O}`: a history channel, at offset O.
+pub fn subscribed_at(channel: &str, offset: &Offset) -> Bytes {
+    let mut body = Vec::with_capacity(96 + channel.len());
+    body.extend_from_slice(b"{\"type\":\"subscribed\",\"channel\":");
+    push_string(&mut body, channel);
+    body.extend_from_slice(b",\"offset\":\"");
+    offset.write_to(&mut body);
+    body.extend_from_slice(b"\"}");
+    text_frame(&body)
+}
+
+/// The body of a history answer, `{"type":"history","channel":C,"messages":[{"data":D,
+/// "offset":O},...][,"id":X]}` (D verbatim when it is JSON, else a JSON string);
+/// `ws` wraps it in a text frame, else it is the HTTP body (without `"type"`).
+pub fn history<'a>(
+    channel: &str,
+    messages: impl Iterator<Item = (Offset, &'a [u8])>,
+    id: Option<&str>,
+    ws: bool,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64 + channel.len());
+    body.extend_from_slice(if ws {
+        &b"{\"type\":\"history\",\"channel\":"[..]
+    } else {
+        &b"{\"channel\":"[..]
+    });
+    push_string(&mut body, channel);
+    body.extend_from_slice(b",\"messages\":[");
+    for (n, (offset, data)) in messages.enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"data\":");
+        if super::json::is_valid(data) {
+            body.extend_from_slice(data);
+        } else {
+            push_string(&mut body, &String::from_utf8_lossy(data));
+        }
+        body.extend_from_slice(b",\"offset\":\"");
+        offset.write_to(&mut body);
+        body.extend_from_slice(b"\"}");
+    }
+    body.push(b']');
+    if let Some(id) = id {
+        body.extend_from_slice(b",\"id\":");
+        body.extend_from_slice(id.as_bytes());
+    }
+    body.push(b'}');
+    body
+}
+
+/// A history answer as a WebSocket text frame.
+pub fn history_frame(body: &[u8]) -> Bytes {
+    text_frame(body)
 }
 
 /// `{"type":"unsubscribed","channel":C}`

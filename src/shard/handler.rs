@@ -9,14 +9,14 @@ use bytes::Bytes;
 
 use super::admission::Bucket;
 use super::conn::ConnId;
-use super::session::{Cmd, Refresh};
+use super::session::{may_subscribe, Cmd, Refresh};
 use super::subs::{Added, WAITING};
 use super::Shard;
 use crate::msg::{AckTo, BrokerCmd};
 use crate::protocol::{reply, ErrorCode};
 
 impl Shard {
-    fn simple_error(
+    pub(super) fn simple_error(
         &mut self,
         key: usize,
         code: ErrorCode,
@@ -35,11 +35,11 @@ impl Shard {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
-        if let Err(code) = conn.session.permits(&cmd) {
+        if let Err(code) = conn.session.permits(&cmd, &self.config.namespaces) {
             return self.refuse(key, code, &cmd);
         }
         match cmd {
-            Cmd::Subscribe(channel) => self.subscribe(key, &channel),
+            Cmd::Subscribe(channel, since) => self.subscribe(key, &channel, since),
             Cmd::Unsubscribe(channel) => self.unsubscribe(key, &channel),
             Cmd::Publish {
                 channel,
@@ -48,20 +48,30 @@ impl Shard {
             } => self.publish(key, channel, payload, id),
             Cmd::Presence(user) => self.presence(key, &user),
             Cmd::Auth(token) => self.auth_message(key, &token),
+            Cmd::History {
+                channel,
+                limit,
+                since,
+                id,
+            } => self.history_query(key, &channel, limit, since, id),
         }
     }
 
     /// A command the connection's token does not allow (or no token yet).
     fn refuse(&mut self, key: usize, code: ErrorCode, cmd: &Cmd) {
         let (id, channel) = match cmd {
-            Cmd::Subscribe(c) | Cmd::Unsubscribe(c) => (None, Some(&**c)),
-            Cmd::Publish { channel, id, .. } => (id.as_deref(), Some(&**channel)),
+            Cmd::Subscribe(c, _) | Cmd::Unsubscribe(c) => (None, Some(&**c)),
+            Cmd::Publish { channel, id, .. } | Cmd::History { channel, id, .. } => {
+                (id.as_deref(), Some(&**channel))
+            }
             Cmd::Presence(_) | Cmd::Auth(_) => (None, None),
         };
-        let message = if code == ErrorCode::Unauthorized {
-            "authenticate first: {\"type\":\"auth\",\"token\":\"...\"}"
-        } else {
-            "the token does not allow this channel"
+        let message = match (code, cmd) {
+            (ErrorCode::Unauthorized, _) => {
+                "authenticate first: {\"type\":\"auth\",\"token\":\"...\"}"
+            }
+            (_, Cmd::Publish { .. }) => "publishing to this channel is not allowed",
+            _ => "the token does not allow this channel",
         };
         self.simple_error(key, code, message, id, channel);
     }
@@ -123,7 +133,7 @@ impl Shard {
             .subs
             .iter()
             .filter_map(|&(chan, _)| self.subs.channel(chan))
-            .filter(|ch| !grant.may_subscribe(&ch.name))
+            .filter(|ch| !may_subscribe(grant, &self.config.namespaces, &ch.name))
             .map(|ch| ch.name.clone())
             .collect();
         for name in gone {
@@ -131,7 +141,17 @@ impl Shard {
         }
     }
 
-    fn subscribe(&mut self, key: usize, channel: &str) {
+    fn subscribe(&mut self, key: usize, channel: &str, since: Option<crate::offset::Offset>) {
+        let history = self.has_history(channel);
+        if since.is_some() && !history {
+            return self.simple_error(
+                key,
+                ErrorCode::BadRequest,
+                "this channel keeps no history: since is not allowed",
+                None,
+                Some(channel),
+            );
+        }
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -141,7 +161,16 @@ impl Shard {
                 // still waiting gets its one `subscribed` when the broker confirms
                 // (never one per repeat: the waiter list stays bounded).
                 if conn.subs[i].1 & WAITING == 0 {
-                    self.queue(key, reply::subscribed(channel));
+                    let last = self
+                        .subs
+                        .channel(chan)
+                        .and_then(|c| c.hist.as_ref())
+                        .and_then(|h| h.last);
+                    let frame = match last {
+                        Some(last) => reply::subscribed_at(channel, &last),
+                        None => reply::subscribed(channel),
+                    };
+                    self.queue(key, frame);
                 }
                 return;
             }
@@ -156,7 +185,7 @@ impl Shard {
             );
             return;
         }
-        let (chan, pos, added) = self.subs.add(channel, key as u32);
+        let (chan, pos, added) = self.subs.add(channel, key as u32, history, since);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.subs.push((chan, pos));
         }
@@ -164,6 +193,12 @@ impl Shard {
             .subscriptions
             .fetch_add(1, Ordering::Relaxed);
         match added {
+            Added::Live if history => {
+                let name = self.subs.channel(chan).map(|c| c.name.clone());
+                if let Some(name) = name {
+                    self.joined(key, chan, &name, since);
+                }
+            }
             Added::Live => self.queue(key, reply::subscribed(channel)),
             Added::Pending => {}
             Added::NewChannel(epoch) => {
@@ -312,6 +347,20 @@ impl Shard {
         };
         if ch.epoch != epoch {
             return; // a confirmation of an earlier, since abandoned subscribe
+        }
+        if ch.hist.is_some() {
+            // A history channel answers its subscribers with its offset: the first
+            // time, only once it has read it.
+            if ch.unsynced() {
+                let syncing = ch.hist.as_ref().is_some_and(|h| h.syncing != 0);
+                self.subs.set_live(chan);
+                if !syncing {
+                    self.start_sync(chan);
+                }
+            } else {
+                self.admit_waiters(chan);
+            }
+            return;
         }
         // Waiters become members (deliveries start now) and are told `subscribed`, in
         // that order on their queue: nothing of this channel reaches them before it.

@@ -151,8 +151,13 @@ impl Shard {
 
     fn on_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver { channel, frame, at } => {
-                self.deliver(&channel, frame, super::outq::Kind::Delivery);
+            ShardMsg::Deliver {
+                channel,
+                frame,
+                at,
+                offset,
+            } => {
+                self.deliver(&channel, frame, super::outq::Kind::Delivery, offset);
                 self.metrics.shards[self.id.index()]
                     .deliver_latency
                     .observe(at.elapsed());
@@ -160,15 +165,30 @@ impl Shard {
             ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
             ShardMsg::Unconfirmed => self.on_unconfirmed(),
             ShardMsg::Gap { channel } => {
-                let frame = crate::protocol::reply::gap(&channel);
-                self.deliver(&channel, frame, super::outq::Kind::Keep);
+                // History channels repair the gap from history instead.
+                if !self.repair(&channel) {
+                    let frame = crate::protocol::reply::gap(&channel);
+                    self.deliver(&channel, frame, super::outq::Kind::Keep, None);
+                }
             }
+            ShardMsg::Synced {
+                channel,
+                tag,
+                replay,
+            } => self.on_synced(&channel, tag, replay),
+            ShardMsg::Caught {
+                channel,
+                conn,
+                tag,
+                replay,
+            } => self.on_caught(&channel, conn, tag, replay),
             ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
             ShardMsg::Reply {
                 conn,
                 frame,
                 close_after,
             } => self.on_reply(conn, frame, close_after),
+            ShardMsg::Disconnect { user } => self.disconnect_user(&user),
             ShardMsg::Accept(stream) => self.register(stream),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }

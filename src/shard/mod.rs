@@ -9,6 +9,7 @@ pub mod admission;
 mod api;
 pub mod conn;
 mod handler;
+mod history;
 mod intake;
 mod io;
 mod output;
@@ -93,6 +94,12 @@ pub struct Shard {
     shutdown_deadline: Option<Instant>,
     /// Channels with frames waiting for this turn's `fan_out` (id, name to check it).
     batched: Vec<(u32, std::sync::Arc<str>)>,
+    /// History reads to ask again at the next tick: channel syncs, and catch-ups
+    /// (channel, connection key, tag).
+    history_retry: Vec<Arc<str>>,
+    catch_retry: Vec<(Arc<str>, u32, u32)>,
+    /// The last tag given to a history read (answers carry it back).
+    history_tag: u32,
     /// Back-pressure and flush pacing (see `intake.rs`).
     intake: intake::Intake,
     presence: Option<api::PresenceLink>,
@@ -124,6 +131,9 @@ impl Shard {
             last_tick: 0,
             shutdown_deadline: None,
             batched: Vec::new(),
+            history_retry: Vec::new(),
+            catch_retry: Vec::new(),
+            history_tag: 0,
             intake: intake::Intake::new(Instant::now()),
             presence: s.presence.map(api::PresenceLink::new),
             per_ip: s.per_ip,
@@ -307,6 +317,7 @@ impl Shard {
 
     /// Once a second: handshake timeouts, pings, and dropping silent clients.
     fn tick(&mut self) {
+        self.retry_history();
         let now = self.now;
         let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
         let ping = u32::try_from(self.config.ping_interval.as_secs()).unwrap_or(u32::MAX);

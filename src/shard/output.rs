@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::conn::{Conn, Phase};
+use super::history;
 use super::outq::{self, Kind};
 use super::Shard;
 use crate::config::{Config, SlowPolicy};
+use crate::offset::Offset;
 
 impl Shard {
     /// How long until the next flush may run (see `Intake::flush_due_in`).
@@ -27,15 +29,34 @@ impl Shard {
     }
 
     /// Takes a frame for every local subscriber of `channel`. Frames are collected per
-    /// channel during the turn and fanned out together by `fan_out`.
-    pub(super) fn deliver(&mut self, channel: &str, frame: Bytes, kind: Kind) {
-        let budget = self.intake_budget();
+    /// channel during the turn and fanned out together by `fan_out`. On a history
+    /// channel (`offset`), a message already delivered is dropped, deliveries wait
+    /// while the channel is being brought up to date, and subscribers being caught up
+    /// get it held for them.
+    pub(super) fn deliver(
+        &mut self,
+        channel: &str,
+        frame: Bytes,
+        kind: Kind,
+        offset: Option<Offset>,
+    ) {
         let Some(id) = self.subs.lookup(channel) else {
             return;
         };
+        self.deliver_to(id, frame, kind, offset);
+    }
+
+    /// `deliver` to local channel `id`.
+    pub(super) fn deliver_to(&mut self, id: u32, frame: Bytes, kind: Kind, offset: Option<Offset>) {
+        let budget = self.intake_budget();
         let Some(ch) = self.subs.channel_mut(id) else {
             return;
         };
+        if let Some(h) = ch.hist.as_deref_mut() {
+            if !history::take_live(h, offset, &frame) {
+                return;
+            }
+        }
         if ch.pending.is_empty() {
             self.batched.push((id, ch.name.clone()));
             ch.pending_bytes = 0;
@@ -173,6 +194,29 @@ impl Shard {
         } else {
             limit
         };
+        if conn.outq.bytes() > limit {
+            Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
+        }
+    }
+
+    /// Queues a delivery (droppable by the slow-consumer policy) to one open WebSocket:
+    /// a subscriber's own history replay.
+    pub(super) fn queue_delivery(&mut self, key: usize, frame: Bytes) {
+        let limit = self.config.limits.outbound_limit;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.session.is_open() {
+            return;
+        }
+        conn.outq.push_kind(frame, Kind::Delivery);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+        self.metrics.shards[self.id.index()]
+            .messages_out
+            .fetch_add(1, Ordering::Relaxed);
         if conn.outq.bytes() > limit {
             Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
         }

@@ -3,13 +3,53 @@
 //! the broker subscription is live and who waits for the `subscribed` reply: a waiter
 //! is not a member yet (deliveries go to members only), so nobody gets a delivery or a
 //! `gap` of a channel before its `subscribed`. A position with `WAITING` set is an
-//! index into the waiters, otherwise into the members.
+//! index into the waiters, one with `CATCHING` set an index into the subscribers still
+//! being caught up from history (history channels), otherwise into the members.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use slab::Slab;
+
+use crate::offset::Offset;
+
+/// A history channel's local state: how far this shard has delivered, the read in
+/// flight that brings it up to date, and the subscribers being caught up.
+#[derive(Debug, Default)]
+pub struct ChanHistory {
+    /// The offset of the newest message delivered to the members (or the channel's
+    /// offset when it was first read); `None` until the first read answered.
+    pub last: Option<Offset>,
+    /// The tag of the sync read in flight (0: none). While one is, deliveries are held.
+    pub syncing: u32,
+    /// Another sync is needed once the one in flight answers (a gap arrived meanwhile,
+    /// or held frames overflowed).
+    pub again: bool,
+    /// Deliveries held while syncing, with their offsets.
+    pub held: Vec<(Option<Offset>, Bytes)>,
+    pub held_bytes: usize,
+    /// A held frame without an offset was dropped (overflow): the members get `gap`.
+    pub held_lost: bool,
+    /// Subscribers being caught up (positions with `CATCHING`).
+    pub catching: Vec<Catch>,
+    /// The `since` of waiters that asked to resume.
+    pub resume: Vec<(u32, Offset)>,
+}
+
+/// One subscriber being caught up: its history read covers (`since`, `upto`]; live
+/// frames after `upto` are held for it meanwhile.
+#[derive(Debug)]
+pub struct Catch {
+    pub key: u32,
+    pub tag: u32,
+    pub since: Offset,
+    pub upto: Offset,
+    pub held: Vec<(Option<Offset>, Bytes)>,
+    pub held_bytes: usize,
+    /// Held frames were dropped (too many): read history again after this read.
+    pub overflowed: bool,
+}
 
 /// One channel's local state.
 #[derive(Debug)]
@@ -30,6 +70,16 @@ pub struct LocalChannel {
     pub pending_bytes: usize,
     /// `pending` holds a frame that must never be dropped (a `gap` notice).
     pub pending_keep: bool,
+    /// History state (history channels only).
+    pub hist: Option<Box<ChanHistory>>,
+}
+
+impl LocalChannel {
+    /// A history channel that has no offset yet (its first read is in flight):
+    /// subscribers wait for it.
+    pub fn unsynced(&self) -> bool {
+        self.hist.as_ref().is_some_and(|h| h.last.is_none())
+    }
 }
 
 /// What adding a member changed.
@@ -52,8 +102,13 @@ pub struct Removed {
     pub emptied: Option<Arc<str>>,
 }
 
+/// (key, new position) of the entry that took a removed one's place.
+pub type Moved = Option<(u32, u32)>;
+
 /// Set in a member position that indexes `waiters` rather than `members`.
 pub const WAITING: u32 = 1 << 31;
+/// Set in a member position that indexes the history `catching` list.
+pub const CATCHING: u32 = 1 << 30;
 
 #[derive(Debug, Default)]
 pub struct SubIndex {
@@ -87,16 +142,26 @@ impl SubIndex {
         self.channels.is_empty()
     }
 
-    /// Adds `conn` to `name`: a member if the channel is live, else a waiter. Returns
-    /// (channel id, position, what changed).
-    pub fn add(&mut self, name: &str, conn: u32) -> (u32, u32, Added) {
+    /// Adds `conn` to `name`: a member if the channel is live (and, with history, has
+    /// its offset), else a waiter (remembering `since`). `history`: a new channel keeps
+    /// history. Returns (channel id, position, what changed).
+    pub fn add(
+        &mut self,
+        name: &str,
+        conn: u32,
+        history: bool,
+        since: Option<Offset>,
+    ) -> (u32, u32, Added) {
         if let Some(&id) = self.by_name.get(name) {
             let ch = &mut self.channels[id as usize];
-            if ch.live {
+            if ch.live && !ch.unsynced() {
                 ch.members.push(conn);
                 return (id, (ch.members.len() - 1) as u32, Added::Live);
             }
             ch.waiters.push(conn);
+            if let (Some(h), Some(since)) = (ch.hist.as_mut(), since) {
+                h.resume.push((conn, since));
+            }
             return (id, (ch.waiters.len() - 1) as u32 | WAITING, Added::Pending);
         }
         // Wanted again: an unsubscribe still owed to the broker is void (the broker
@@ -116,6 +181,12 @@ impl SubIndex {
             pending: Vec::new(),
             pending_bytes: 0,
             pending_keep: false,
+            hist: history.then(|| {
+                Box::new(ChanHistory {
+                    resume: since.map(|s| (conn, s)).into_iter().collect(),
+                    ..ChanHistory::default()
+                })
+            }),
         }) as u32;
         self.by_name.insert(name, id);
         (id, WAITING, Added::NewChannel(epoch))
@@ -143,24 +214,80 @@ impl SubIndex {
         }
     }
 
+    /// Marks channel `id` live without moving its waiters (a history channel waits for
+    /// its first read before anyone joins).
+    pub fn set_live(&mut self, id: u32) {
+        if let Some(ch) = self.channels.get_mut(id as usize) {
+            ch.live = true;
+        }
+    }
+
+    /// Moves the member at `pos` of channel `id` to the catching list with `catch`.
+    /// Returns its new position and the member that took its old place, if any.
+    pub fn start_catch(&mut self, id: u32, pos: u32, catch: Catch) -> Option<(u32, Moved)> {
+        let ch = self.channels.get_mut(id as usize)?;
+        let h = ch.hist.as_mut()?;
+        let at = pos as usize;
+        if pos & (WAITING | CATCHING) != 0 || at >= ch.members.len() {
+            return None;
+        }
+        ch.members.swap_remove(at);
+        let moved = ch.members.get(at).map(|&k| (k, at as u32));
+        h.catching.push(catch);
+        Some(((h.catching.len() - 1) as u32 | CATCHING, moved))
+    }
+
+    /// Takes the catch-up of `key` with `tag` off channel `id`'s catching list and makes
+    /// it a member. Returns the catch, the member's position, and the catching entry
+    /// that took its old place, if any.
+    pub fn end_catch(&mut self, id: u32, key: u32, tag: u32) -> Option<(Catch, u32, Moved)> {
+        let ch = self.channels.get_mut(id as usize)?;
+        let h = ch.hist.as_mut()?;
+        let at = h
+            .catching
+            .iter()
+            .position(|c| c.key == key && c.tag == tag)?;
+        let catch = h.catching.swap_remove(at);
+        let moved = h.catching.get(at).map(|c| (c.key, at as u32 | CATCHING));
+        ch.members.push(key);
+        Some((catch, (ch.members.len() - 1) as u32, moved))
+    }
+
     /// Removes the member at `pos` of channel `id`.
     pub fn remove(&mut self, id: u32, pos: u32) -> Removed {
         let Some(ch) = self.channels.get_mut(id as usize) else {
             return Removed::default();
         };
-        let flag = pos & WAITING;
-        let list = if flag != 0 {
-            &mut ch.waiters
+        let flag = pos & (WAITING | CATCHING);
+        let at = (pos & !(WAITING | CATCHING)) as usize;
+        let moved = if flag & CATCHING != 0 {
+            let Some(h) = ch.hist.as_mut() else {
+                return Removed::default();
+            };
+            if at >= h.catching.len() {
+                return Removed::default();
+            }
+            h.catching.swap_remove(at);
+            h.catching.get(at).map(|c| (c.key, at as u32 | flag))
         } else {
-            &mut ch.members
+            let list = if flag != 0 {
+                &mut ch.waiters
+            } else {
+                &mut ch.members
+            };
+            if at >= list.len() {
+                return Removed::default();
+            }
+            let key = list.swap_remove(at);
+            if flag != 0 {
+                if let Some(h) = ch.hist.as_mut() {
+                    h.resume.retain(|&(k, _)| k != key);
+                }
+            }
+            list.get(at).map(|&k| (k, at as u32 | flag))
         };
-        let pos = (pos & !WAITING) as usize;
-        if pos >= list.len() {
-            return Removed::default();
-        }
-        list.swap_remove(pos);
-        let moved = list.get(pos).map(|&k| (k, pos as u32 | flag));
-        if !ch.members.is_empty() || !ch.waiters.is_empty() {
+        let catching = ch.hist.as_ref().is_some_and(|h| !h.catching.is_empty());
+        if !ch.members.is_empty() || !ch.waiters.is_empty() || catching {
             return Removed {
                 moved,
                 emptied: None,
@@ -182,11 +309,11 @@ mod tests {
     #[test]
     fn add_remove_keeps_positions_consistent() {
         let mut idx = SubIndex::default();
-        let (id, p0, a) = idx.add("c", 10);
+        let (id, p0, a) = idx.add("c", 10, false, None);
         assert!(matches!(a, Added::NewChannel(_)));
-        let (_, p1, a) = idx.add("c", 11);
+        let (_, p1, a) = idx.add("c", 11, false, None);
         assert_eq!(a, Added::Pending);
-        let (_, p2, _) = idx.add("c", 12);
+        let (_, p2, _) = idx.add("c", 12, false, None);
         assert_eq!((p0, p1, p2), (WAITING, 1 | WAITING, 2 | WAITING));
         // Removing the first moves the last (12) into position 0.
         let r = idx.remove(id, WAITING);
@@ -198,9 +325,9 @@ mod tests {
         );
         assert_eq!(idx.confirm(id), (vec![12, 11], 0));
         assert_eq!(idx.channel(id).unwrap().members, vec![12, 11]);
-        assert_eq!(idx.add("c", 13).2, Added::Live);
+        assert_eq!(idx.add("c", 13, false, None).2, Added::Live);
         idx.unconfirm_all();
-        assert_eq!(idx.add("c", 14), (id, WAITING, Added::Pending));
+        assert_eq!(idx.add("c", 14, false, None), (id, WAITING, Added::Pending));
         idx.remove(id, WAITING);
         idx.remove(id, 2);
         idx.remove(id, 1);
@@ -213,7 +340,7 @@ mod tests {
     #[test]
     fn out_of_range_removal_is_harmless() {
         let mut idx = SubIndex::default();
-        let (id, _, _) = idx.add("c", 1);
+        let (id, _, _) = idx.add("c", 1, false, None);
         assert_eq!(idx.remove(id, 5), Removed::default());
         assert_eq!(idx.remove(id, 5 | WAITING), Removed::default());
         assert_eq!(idx.remove(99, 0), Removed::default());

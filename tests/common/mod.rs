@@ -19,6 +19,31 @@ pub mod tls;
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// A TOML config file for `--config`, removed on drop.
+pub struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    pub fn new(name: &str, text: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!(
+            "fanout-test-{name}-{}-{}.toml",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Waits until `f` returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;

@@ -3,6 +3,7 @@
 //! Both are mio loops over our own RESP codec (see docs/architecture.md for why not
 //! redis-rs): neither ever blocks on a shard or on Redis.
 
+pub mod history;
 pub mod reader;
 pub mod writer;
 
@@ -45,7 +46,7 @@ pub struct Started {
 /// Starts the reader and writer threads for `url`.
 pub fn start(
     url: &str,
-    config: &Config,
+    config: &Arc<Config>,
     links: ShardLinks,
     health: Arc<Health>,
 ) -> std::io::Result<Started> {
@@ -72,6 +73,7 @@ pub fn start(
         links.clone(),
         health.clone(),
         stop.clone(),
+        config.clone(),
     );
     let reader = reader::Reader::new(
         reader_poll,

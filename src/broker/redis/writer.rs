@@ -1,7 +1,8 @@
-//! The Redis writer thread: takes publishes from every shard, pipelines them as PUBLISH
-//! commands on its own connection, and matches each reply to the publish that asked for
-//! an ack. While Redis is down or too slow, publishes are refused at once (`unavailable`)
-//! rather than queued without bound.
+//! The Redis writer thread: takes publishes and history reads from every shard,
+//! pipelines them on its own connection (PUBLISH, or the history script on channels
+//! with history), and matches each reply to what asked for it: an ack, a read's answer.
+//! While Redis is down or too slow, publishes and reads are refused at once
+//! (`unavailable`) rather than queued without bound.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,10 +11,15 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
 
+use super::history::{self as scripts, Scripts};
 use super::LINK;
+use crate::broker::history::{answer, Found};
 use crate::broker::{AckTo, BrokerCmd, ShardLinks};
+use crate::config::Config;
 use crate::health::Health;
 use crate::inbox::Inbox;
+use crate::msg::HistoryRead;
+use crate::protocol::envelope::EnvelopeBuilder;
 use crate::protocol::ErrorCode;
 use crate::redis::link::{Link, LinkEvent};
 use crate::redis::resp::{self, Value};
@@ -33,9 +39,22 @@ pub struct Writer {
     links: ShardLinks,
     health: Arc<Health>,
     stop: Arc<AtomicBool>,
-    /// One entry per PUBLISH sent, oldest first: who wants the reply, whether it is a
-    /// client's publish (not the node's probe), and when it was sent.
-    pending: VecDeque<(Option<AckTo>, bool, Instant)>,
+    config: Arc<Config>,
+    scripts: Scripts,
+    envelope: EnvelopeBuilder,
+    /// One entry per command sent, oldest first, with when it was sent.
+    pending: VecDeque<(Pending, Instant)>,
+}
+
+/// What a sent command's reply is for.
+enum Pending {
+    /// A PUBLISH (or history publish): who wants the outcome, and whether it is a
+    /// client's publish (not the node's probe).
+    Publish { ack: Option<AckTo>, client: bool },
+    /// A `SCRIPT LOAD`.
+    Load,
+    /// A history read, answered to whoever asked.
+    Read(Box<HistoryRead>),
 }
 
 impl Writer {
@@ -46,6 +65,7 @@ impl Writer {
         links: ShardLinks,
         health: Arc<Health>,
         stop: Arc<AtomicBool>,
+        config: Arc<Config>,
     ) -> Writer {
         Writer {
             poll,
@@ -54,6 +74,9 @@ impl Writer {
             links,
             health,
             stop,
+            config,
+            scripts: Scripts::default(),
+            envelope: EnvelopeBuilder::default(),
             pending: VecDeque::new(),
         }
     }
@@ -100,10 +123,21 @@ impl Writer {
                 }
                 self.link.was_up = true;
                 self.health.publisher_ok.store(true, Ordering::Relaxed);
+                if self.config.namespaces.any_history() {
+                    self.load_scripts(Instant::now());
+                }
             }
             LinkEvent::Lost => self.fail_pending(),
             LinkEvent::Nothing => {}
         }
+    }
+
+    /// Loads the history scripts (first thing on every connection: a restarted Redis
+    /// has forgotten them, and `EVALSHA` behind this in the pipeline finds them).
+    fn load_scripts(&mut self, now: Instant) {
+        scripts::encode_load(&mut self.link.wbuf);
+        self.pending.push_back((Pending::Load, now));
+        self.pending.push_back((Pending::Load, now));
     }
 
     fn lost(&mut self, now: Instant) {
@@ -117,11 +151,14 @@ impl Writer {
     fn fail_pending(&mut self) {
         self.health.publisher_ok.store(false, Ordering::Relaxed);
         let mut lost = 0u64;
-        for (ack, client, _) in self.pending.drain(..) {
-            match ack {
-                Some(ack) => self.links.ack(ack, Err(ErrorCode::Unavailable)),
-                None if client => lost += 1,
-                None => {}
+        for (pending, _) in std::mem::take(&mut self.pending) {
+            match pending {
+                Pending::Publish { ack: Some(ack), .. } => {
+                    self.links.ack(ack, Err(ErrorCode::Unavailable))
+                }
+                Pending::Publish { client: true, .. } => lost += 1,
+                Pending::Read(read) => answer(&self.links, &mut self.envelope, *read, Err(())),
+                Pending::Publish { .. } | Pending::Load => {}
             }
         }
         self.count_lost(lost);
@@ -142,22 +179,11 @@ impl Writer {
             match self.link.next_value() {
                 Ok(None) => return,
                 Ok(Some(value)) => {
-                    let Some((ack, client, _)) = self.pending.pop_front() else {
+                    let Some((pending, _)) = self.pending.pop_front() else {
                         tracing::warn!("Redis reply without a request: {value:?}");
                         continue;
                     };
-                    let result = match value {
-                        Value::Error(e) => {
-                            tracing::warn!("PUBLISH refused: {}", String::from_utf8_lossy(&e));
-                            Err(ErrorCode::Unavailable)
-                        }
-                        _ => Ok(()),
-                    };
-                    match ack {
-                        Some(ack) => self.links.ack(ack, result),
-                        None if client && result.is_err() => self.count_lost(1),
-                        None => {}
-                    }
+                    self.on_reply(pending, value, now);
                 }
                 Err(e) => {
                     tracing::warn!("bad reply from Redis ({}): reconnecting", e.0);
@@ -168,15 +194,69 @@ impl Writer {
         }
     }
 
+    fn on_reply(&mut self, pending: Pending, value: Value, now: Instant) {
+        if let Value::Error(e) = &value {
+            if e.starts_with(b"NOSCRIPT") {
+                // The scripts were flushed under us: load them again for what follows.
+                self.load_scripts(now);
+            }
+        }
+        match pending {
+            Pending::Publish { ack, client } => {
+                let result = match value {
+                    Value::Error(e) => {
+                        tracing::warn!("PUBLISH refused: {}", String::from_utf8_lossy(&e));
+                        Err(ErrorCode::Unavailable)
+                    }
+                    _ => Ok(()),
+                };
+                match ack {
+                    Some(ack) => self.links.ack(ack, result),
+                    None if client && result.is_err() => self.count_lost(1),
+                    None => {}
+                }
+            }
+            Pending::Load => {
+                if let Value::Error(e) = value {
+                    tracing::warn!(
+                        "Redis refused to load the history scripts: {}",
+                        String::from_utf8_lossy(&e)
+                    );
+                }
+            }
+            Pending::Read(read) => {
+                let found: Result<Found, ()> = match value {
+                    Value::Error(e) => {
+                        tracing::warn!("history read refused: {}", String::from_utf8_lossy(&e));
+                        Err(())
+                    }
+                    other => scripts::decode_read(other).ok_or_else(|| {
+                        tracing::warn!("malformed history answer from Redis");
+                    }),
+                };
+                answer(&self.links, &mut self.envelope, *read, found);
+            }
+        }
+    }
+
     fn drain_inbox(&mut self, now: Instant) {
         while let Some(cmd) = self.inbox.try_recv() {
-            let BrokerCmd::Publish {
-                channel,
-                payload,
-                ack,
-            } = cmd
-            else {
-                continue;
+            let (channel, payload, ack) = match cmd {
+                BrokerCmd::Publish {
+                    channel,
+                    payload,
+                    ack,
+                } => (channel, payload, ack),
+                BrokerCmd::History(read) => {
+                    if !self.link.is_up() || self.link.wbuf.len() > MAX_UNSENT {
+                        answer(&self.links, &mut self.envelope, *read, Err(()));
+                    } else {
+                        scripts::encode_read(&mut self.link.wbuf, &self.scripts, &read);
+                        self.pending.push_back((Pending::Read(read), now));
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             if !self.link.is_up() || self.link.wbuf.len() > MAX_UNSENT {
                 if let Some(ack) = ack {
@@ -186,22 +266,28 @@ impl Writer {
                 }
                 continue;
             }
-            resp::encode(
-                &mut self.link.wbuf,
-                &[b"PUBLISH", channel.as_bytes(), &payload],
-            );
+            let ns = self.config.namespaces.lookup(&channel);
+            if ns.history_size > 0 && !crate::protocol::channel::is_internal(&channel) {
+                scripts::encode_publish(&mut self.link.wbuf, &self.scripts, &channel, &payload, ns);
+            } else {
+                resp::encode(
+                    &mut self.link.wbuf,
+                    &[b"PUBLISH", channel.as_bytes(), &payload],
+                );
+            }
             // A probe is the node's own: its loss is the reader's business (it
             // reconnects), not a client publish that failed.
             let client = !is_probe(&channel);
-            self.pending.push_back((ack, client, now));
+            self.pending
+                .push_back((Pending::Publish { ack, client }, now));
         }
     }
 
     fn check_stuck(&mut self, now: Instant) {
-        if let Some((_, _, sent)) = self.pending.front() {
+        if let Some((_, sent)) = self.pending.front() {
             if now.duration_since(*sent) > REPLY_TIMEOUT {
                 tracing::warn!(
-                    "Redis did not answer a PUBLISH within {REPLY_TIMEOUT:?}: reconnecting"
+                    "Redis did not answer a command within {REPLY_TIMEOUT:?}: reconnecting"
                 );
                 self.lost(now);
             }

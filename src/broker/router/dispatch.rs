@@ -93,6 +93,7 @@ impl Router {
         channel: &str,
         payload: &[u8],
         payload_is_json: Option<bool>,
+        offset: Option<crate::offset::Offset>,
     ) -> usize {
         let Router {
             routes,
@@ -127,8 +128,8 @@ impl Router {
         }
         if targets != 0 {
             let frame: Bytes = match payload_is_json {
-                Some(is_json) => envelope.build(channel, payload, is_json),
-                None => envelope.build_checked(channel, payload),
+                Some(is_json) => envelope.build_at(channel, payload, is_json, offset.as_ref()),
+                None => envelope.build_checked_at(channel, payload, offset.as_ref()),
             };
             let at = std::time::Instant::now();
             for shard in shards_of(targets) {
@@ -147,6 +148,7 @@ impl Router {
                     channel: route.name.clone(),
                     frame: frame.clone(),
                     at,
+                    offset,
                 };
                 if out.send_data(shard, msg).is_ok() {
                     *unwoken |= bit;

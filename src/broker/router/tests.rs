@@ -108,7 +108,7 @@ fn dispatch_shares_one_frame_and_counts_drops() {
     let (mut r, mut o) = setup(2);
     r.subscribe(&mut o, "c".into(), sid(0), 1);
     r.subscribe(&mut o, "c".into(), sid(1), 1);
-    assert_eq!(r.dispatch(&mut o, "c", b"1", Some(true)), 2);
+    assert_eq!(r.dispatch(&mut o, "c", b"1", Some(true), None), 2);
     assert!(o.woken.is_empty(), "no wake-up per message");
     r.wake(&mut o);
     assert_eq!(o.woken, [0, 1], "one wake-up per shard per batch");
@@ -121,9 +121,9 @@ fn dispatch_shares_one_frame_and_counts_drops() {
         other => panic!("{other:?}"),
     };
     assert_eq!(a.as_ptr(), b.as_ptr(), "one buffer shared by both shards");
-    assert_eq!(r.dispatch(&mut o, "nobody", b"1", Some(true)), 0);
+    assert_eq!(r.dispatch(&mut o, "nobody", b"1", Some(true), None), 0);
     for _ in 0..20 {
-        r.dispatch(&mut o, "c", b"1", Some(true));
+        r.dispatch(&mut o, "c", b"1", Some(true), None);
     }
     assert!(r.metrics.dispatch_dropped.load(Ordering::Relaxed) > 0);
 }
@@ -133,19 +133,19 @@ fn a_dropped_delivery_is_followed_by_a_gap_notice() {
     let (mut r, mut o) = setup(1);
     r.subscribe(&mut o, "c".into(), sid(0), 1);
     for _ in 0..20 {
-        r.dispatch(&mut o, "c", b"1", Some(true));
+        r.dispatch(&mut o, "c", b"1", Some(true), None);
     }
     let queued = o.data[0].drain(..).count();
     assert_eq!(queued, 16, "queue capacity");
     assert_eq!(r.metrics.dispatch_dropped.load(Ordering::Relaxed), 4);
-    assert_eq!(r.dispatch(&mut o, "c", b"2", Some(true)), 1);
+    assert_eq!(r.dispatch(&mut o, "c", b"2", Some(true), None), 1);
     assert!(matches!(o.data[0].pop_front(), Some(ShardMsg::Gap { .. })));
     assert!(matches!(
         o.data[0].pop_front(),
         Some(ShardMsg::Deliver { .. })
     ));
     // Owed once: the next delivery comes alone.
-    r.dispatch(&mut o, "c", b"3", Some(true));
+    r.dispatch(&mut o, "c", b"3", Some(true), None);
     assert!(matches!(
         o.data[0].pop_front(),
         Some(ShardMsg::Deliver { .. })
@@ -159,8 +159,8 @@ fn a_gap_notice_queues_behind_the_deliveries_already_queued() {
     r.subscribe(&mut o, "c".into(), sid(0), 1);
     r.confirmed(&mut o, "c");
     subscribed(&mut o.control[0]);
-    r.dispatch(&mut o, "c", b"1", Some(true));
-    r.dispatch(&mut o, "c", b"2", Some(true));
+    r.dispatch(&mut o, "c", b"1", Some(true), None);
+    r.dispatch(&mut o, "c", b"2", Some(true), None);
     r.gap(&mut o, "c");
     assert_eq!(kinds(&mut o.data[0]), ["deliver", "deliver", "gap"]);
     assert!(
@@ -170,7 +170,7 @@ fn a_gap_notice_queues_behind_the_deliveries_already_queued() {
     // Owed while the queue is full, sent as soon as it has room, without waiting
     // for the next delivery.
     for _ in 0..16 {
-        r.dispatch(&mut o, "c", b"1", Some(true));
+        r.dispatch(&mut o, "c", b"1", Some(true), None);
     }
     r.gap(&mut o, "c");
     r.send_owed_gaps(&mut o);
@@ -187,12 +187,12 @@ fn an_oversized_message_is_dropped_counted_and_owes_a_gap() {
     let mut r = r.with_max_message(4);
     r.subscribe(&mut o, "c".into(), sid(0), 1);
     r.subscribe(&mut o, "c".into(), sid(1), 1);
-    assert_eq!(r.dispatch(&mut o, "c", b"12345", Some(true)), 0);
+    assert_eq!(r.dispatch(&mut o, "c", b"12345", Some(true), None), 0);
     assert_eq!(r.metrics.broker_too_large.load(Ordering::Relaxed), 1);
     assert!(kinds(&mut o.data[0]).is_empty());
-    assert_eq!(r.dispatch(&mut o, "c", b"1234", Some(true)), 2);
+    assert_eq!(r.dispatch(&mut o, "c", b"1234", Some(true), None), 2);
     assert_eq!(kinds(&mut o.data[0]), ["gap", "deliver"]);
-    r.dispatch(&mut o, "c", b"123456", Some(true));
+    r.dispatch(&mut o, "c", b"123456", Some(true), None);
     r.send_owed_gaps(&mut o);
     assert_eq!(kinds(&mut o.data[1]), ["gap", "deliver", "gap"]);
 }

@@ -1,11 +1,36 @@
 //! A session's authentication state (only when auth is on): whether a token was
 //! accepted, the grant it carries, and the deadline at which the connection closes
-//! (the time to authenticate, then the token's `exp`). Decides what a command may do;
-//! never verifies a token (`crate::auth` does, in the shard).
+//! (the time to authenticate, then the token's `exp`). Decides what a command may do,
+//! under the channel namespaces' subscribe and publish rules; never verifies a token
+//! (`crate::auth` does, in the shard).
 
 use super::{Aside, Cmd, Session};
 use crate::auth::Grant;
+use crate::config::{Namespaces, PublishRule, SubscribeRule};
 use crate::protocol::ErrorCode;
+
+/// Whether `grant` may subscribe to `channel`: its namespace's `subscribe` rule decides
+/// (`public`: any authenticated client; `token`: the `channels` claim; `user`: only the
+/// user's own `<prefix><sub>` and `<prefix><sub>:...`).
+pub fn may_subscribe(grant: &Grant, namespaces: &Namespaces, channel: &str) -> bool {
+    let ns = namespaces.lookup(channel);
+    match ns.subscribe {
+        SubscribeRule::Public => true,
+        SubscribeRule::Token => grant.may_subscribe(channel),
+        SubscribeRule::User => ns.is_users_own(channel, &grant.sub),
+    }
+}
+
+/// Whether `grant` may publish to `channel` over the WebSocket: its namespace's
+/// `publish` rule decides (`none`: nobody; `token`: the `publish` claim; `public`: any
+/// authenticated client).
+pub fn may_publish(grant: &Grant, namespaces: &Namespaces, channel: &str) -> bool {
+    match namespaces.lookup(channel).publish {
+        PublishRule::None => false,
+        PublishRule::Token => grant.may_publish(channel),
+        PublishRule::Public => true,
+    }
+}
 
 /// A connection's authentication, present only when auth is on.
 #[derive(Debug)]
@@ -75,13 +100,21 @@ impl Session {
         self.auth().and_then(|a| a.grant.as_ref())
     }
 
-    /// Whether this command may be carried out: always with auth off; with auth on,
-    /// only `auth` before a token is accepted, then subscribe and publish as the
-    /// token's patterns allow, and presence queries about the token's own user (any
-    /// user with the `presence` claim).
-    pub fn permits(&self, cmd: &Cmd) -> Result<(), ErrorCode> {
+    /// Whether this command may be carried out. With auth off: everything but a
+    /// publish into a `publish = "none"` namespace. With auth on: only `auth` before a
+    /// token is accepted, then subscribe and publish as the channel's namespace and the
+    /// token allow (`may_subscribe`, `may_publish`), and presence queries about the
+    /// token's own user (any user with the `presence` claim).
+    pub fn permits(&self, cmd: &Cmd, namespaces: &Namespaces) -> Result<(), ErrorCode> {
         let Some(auth) = self.auth() else {
-            return Ok(());
+            return match cmd {
+                Cmd::Publish { channel, .. }
+                    if namespaces.lookup(channel).publish == PublishRule::None =>
+                {
+                    Err(ErrorCode::Forbidden)
+                }
+                _ => Ok(()),
+            };
         };
         let Some(grant) = &auth.grant else {
             return match cmd {
@@ -90,8 +123,11 @@ impl Session {
             };
         };
         let allowed = match cmd {
-            Cmd::Subscribe(channel) => grant.may_subscribe(channel),
-            Cmd::Publish { channel, .. } => grant.may_publish(channel),
+            // Reading a channel's history needs the right to subscribe to it.
+            Cmd::Subscribe(channel, _) | Cmd::History { channel, .. } => {
+                may_subscribe(grant, namespaces, channel)
+            }
+            Cmd::Publish { channel, .. } => may_publish(grant, namespaces, channel),
             // Presence: only about yourself, unless the token says `"presence": true`.
             Cmd::Presence(user) => grant.presence || **user == *grant.sub,
             Cmd::Unsubscribe(_) | Cmd::Auth(_) => true,

@@ -57,7 +57,7 @@ fn error_frame(e: CommandError<'_>) -> Bytes {
 
 fn owned(cmd: Command<'_>) -> Cmd {
     match cmd {
-        Command::Subscribe { channel } => Cmd::Subscribe(channel.into()),
+        Command::Subscribe { channel, since } => Cmd::Subscribe(channel.into(), since),
         Command::Unsubscribe { channel } => Cmd::Unsubscribe(channel.into()),
         Command::Publish { channel, data, id } => Cmd::Publish {
             channel: channel.into(),
@@ -66,5 +66,16 @@ fn owned(cmd: Command<'_>) -> Cmd {
         },
         Command::Presence { user } => Cmd::Presence(user.into()),
         Command::Auth { token } => Cmd::Auth(token.into()),
+        Command::History {
+            channel,
+            limit,
+            since,
+            id,
+        } => Cmd::History {
+            channel: channel.into(),
+            limit,
+            since,
+            id: id.map(Into::into),
+        },
     }
 }

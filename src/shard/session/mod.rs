@@ -32,7 +32,8 @@ pub enum Phase {
 /// A client command, owned (channel names and payloads are moved on to the broker).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cmd {
-    Subscribe(Box<str>),
+    /// Subscribe; with an offset, resume after it (history channels).
+    Subscribe(Box<str>, Option<crate::offset::Offset>),
     Unsubscribe(Box<str>),
     Publish {
         channel: Box<str>,
@@ -44,6 +45,13 @@ pub enum Cmd {
     Presence(Box<str>),
     /// A token to authenticate with (or to refresh the grant with).
     Auth(Box<str>),
+    /// A history query (`{"type":"history",...}`).
+    History {
+        channel: Box<str>,
+        limit: Option<u32>,
+        since: Option<crate::offset::Offset>,
+        id: Option<Box<str>>,
+    },
 }
 
 /// What the shard must do next for this connection.
@@ -468,5 +476,5 @@ mod message;
 #[cfg(test)]
 mod tests;
 
-pub use auth::{Refresh, SessionAuth};
+pub use auth::{may_publish, may_subscribe, Refresh, SessionAuth};
 use message::message_effect;

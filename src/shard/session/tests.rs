@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::auth::Grant;
+use crate::config::Namespaces;
 use crate::protocol::ErrorCode;
 use crate::ws::frame::{self, OutOp};
 use crate::ws::inbound::client_frame;
@@ -42,7 +43,7 @@ fn frames_behind_an_upgrade_wait_for_admission_then_decode() {
     s.open(false);
     assert_eq!(
         feed(&mut s, b""),
-        [Effect::Command(Cmd::Subscribe("a".into()))]
+        [Effect::Command(Cmd::Subscribe("a".into(), None))]
     );
 }
 
@@ -148,6 +149,35 @@ fn grant(sub: &str, exp: u64) -> Grant {
     }
 }
 
+/// The namespaces of a node with auth on (or off) and this TOML config.
+fn namespaces(auth: bool, toml: &str) -> Namespaces {
+    use crate::config::{Args, Config};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "fanout-session-ns-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, toml).unwrap();
+    let args = Args {
+        config: Some(path.clone()),
+        jwt_secret: auth.then(|| "s".to_string()),
+        ..Args::default()
+    };
+    let c = Config::resolve(args, None);
+    let _ = std::fs::remove_file(path);
+    c.unwrap().namespaces
+}
+
+fn publish(c: &str) -> Cmd {
+    Cmd::Publish {
+        channel: c.into(),
+        payload: Bytes::from_static(b"1"),
+        id: None,
+    }
+}
+
 const T: Timers = Timers {
     handshake: 10,
     ping: 25,
@@ -156,19 +186,81 @@ const T: Timers = Timers {
 #[test]
 fn auth_off_permits_everything_and_never_closes_for_auth() {
     let s = open();
-    assert_eq!(s.permits(&Cmd::Subscribe("x".into())), Ok(()));
+    let ns = Namespaces::default();
+    assert_eq!(s.permits(&Cmd::Subscribe("x".into(), None), &ns), Ok(()));
+    assert_eq!(s.permits(&publish("x"), &ns), Ok(()));
     assert_eq!(s.due(0, 5, T), Due::Nothing);
+    // Without auth, only `publish = "none"` refuses anything.
+    let ns = namespaces(
+        false,
+        "[[namespace]]\nprefix = \"ro:\"\npublish = \"none\"\n",
+    );
+    assert_eq!(s.permits(&publish("ro:1"), &ns), Err(ErrorCode::Forbidden));
+    assert_eq!(s.permits(&Cmd::Subscribe("ro:1".into(), None), &ns), Ok(()));
+    assert_eq!(s.permits(&publish("rw:1"), &ns), Ok(()));
+}
+
+#[test]
+fn namespace_rules_decide_with_the_token() {
+    let ns = namespaces(
+        true,
+        r#"
+[[namespace]]
+prefix = "pub:"
+subscribe = "public"
+publish = "public"
+
+[[namespace]]
+prefix = "ro:"
+subscribe = "public"
+publish = "none"
+
+[[namespace]]
+prefix = "user:"
+subscribe = "user"
+
+[[namespace]]
+prefix = "p:x"
+publish = "none"
+"#,
+    );
+    let mut s = open();
+    s.require_auth(3);
+    assert_eq!(
+        s.permits(&Cmd::Subscribe("pub:1".into(), None), &ns),
+        Err(ErrorCode::Unauthorized),
+        "public still needs a token"
+    );
+    s.authenticate(grant("u", 1005), 2, 1000);
+    let sub = |c: &str| s.permits(&Cmd::Subscribe(c.into(), None), &ns);
+    assert_eq!(sub("pub:1"), Ok(()), "public: no claim needed");
+    assert_eq!(sub("a"), Ok(()), "token: the claim");
+    assert_eq!(sub("b"), Err(ErrorCode::Forbidden));
+    assert_eq!(sub("user:u"), Ok(()), "user: own channel");
+    assert_eq!(sub("user:u:inbox"), Ok(()));
+    assert_eq!(sub("user:v"), Err(ErrorCode::Forbidden), "another user's");
+    assert_eq!(sub("user:uu"), Err(ErrorCode::Forbidden));
+    let publ = |c: &str| s.permits(&publish(c), &ns);
+    assert_eq!(publ("pub:1"), Ok(()), "public: no claim needed");
+    assert_eq!(publ("ro:1"), Err(ErrorCode::Forbidden), "none");
+    assert_eq!(publ("p:1"), Ok(()), "token: the claim");
+    assert_eq!(publ("p:2"), Err(ErrorCode::Forbidden));
+    assert_eq!(publ("user:u"), Err(ErrorCode::Forbidden), "inherits token");
+    let g = grant("u", 1005);
+    assert!(may_subscribe(&g, &ns, "p:xyz"), "the claim p:* matches");
+    assert!(!may_publish(&g, &ns, "p:xyz"), "none beats the claim");
 }
 
 #[test]
 fn auth_on_gates_commands_and_closes_4001_then_4003() {
+    let ns = namespaces(true, "");
     let mut s = open();
     s.require_auth(3);
     assert_eq!(
-        s.permits(&Cmd::Subscribe("a".into())),
+        s.permits(&Cmd::Subscribe("a".into(), None), &ns),
         Err(ErrorCode::Unauthorized)
     );
-    assert_eq!(s.permits(&Cmd::Auth("t".into())), Ok(()));
+    assert_eq!(s.permits(&Cmd::Auth("t".into()), &ns), Ok(()));
     assert_eq!(s.due(0, 2, T), Due::Nothing);
     assert_eq!(
         s.due(0, 3, T),
@@ -188,19 +280,14 @@ fn auth_on_gates_commands_and_closes_4001_then_4003() {
             reason: "token expired"
         }
     );
-    assert_eq!(s.permits(&Cmd::Subscribe("a".into())), Ok(()));
-    assert_eq!(s.permits(&Cmd::Subscribe("p:9".into())), Ok(()));
+    assert_eq!(s.permits(&Cmd::Subscribe("a".into(), None), &ns), Ok(()));
+    assert_eq!(s.permits(&Cmd::Subscribe("p:9".into(), None), &ns), Ok(()));
     assert_eq!(
-        s.permits(&Cmd::Subscribe("b".into())),
+        s.permits(&Cmd::Subscribe("b".into(), None), &ns),
         Err(ErrorCode::Forbidden)
     );
-    let publish = |c: &str| Cmd::Publish {
-        channel: c.into(),
-        payload: Bytes::from_static(b"1"),
-        id: None,
-    };
-    assert_eq!(s.permits(&publish("p:1")), Ok(()));
-    assert_eq!(s.permits(&publish("p:2")), Err(ErrorCode::Forbidden));
+    assert_eq!(s.permits(&publish("p:1"), &ns), Ok(()));
+    assert_eq!(s.permits(&publish("p:2"), &ns), Err(ErrorCode::Forbidden));
     // A refresh moves the deadline; another user is refused and changes nothing.
     assert_eq!(s.authenticate(grant("u", 1100), 5, 1003), Refresh::Renewed);
     assert_eq!(s.due(0, 7, T), Due::Nothing);

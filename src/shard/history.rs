@@ -1,0 +1,543 @@
+//! History channels on a shard: no message twice and none missing, for the shard as a
+//! whole and for each subscriber that resumes.
+//!
+//! - A channel's first read (`sync`, when it becomes live) gives its current offset;
+//!   the channel's subscribers wait for it, so `subscribed` always carries an offset.
+//! - A `gap` from the broker (Redis resubscribed, a full queue) on a channel whose
+//!   offset is known becomes a repair: deliveries are held, history after the last
+//!   delivered offset is read and delivered, then the held deliveries not already in
+//!   it. Clients see `gap` only for what history no longer has.
+//! - A subscriber with `since` joins at the channel's offset O and is caught up alone:
+//!   (since, O] is read for it while what arrives after O is held for it, then it
+//!   becomes a member like any other. The hand-over is exact because every read is
+//!   bounded by an offset the shard already holds.
+//!
+//! Every check is per channel or per resuming subscriber, never per member and
+//! delivery; a failed read is retried once a second, and held frames are bounded
+//! (past `max_held` they are dropped and read again from history).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::conn::ConnId;
+use super::outq::Kind;
+use super::subs::{Catch, ChanHistory};
+use super::Shard;
+use crate::broker::history::MAX_REPLAY;
+use crate::msg::{BrokerCmd, HistoryRead, HistoryTo, Replay};
+use crate::offset::Offset;
+use crate::protocol::{reply, ErrorCode};
+
+/// See `config::Tuning`.
+const MAX_HELD: usize = crate::config::TUNING.max_held;
+/// See `config::Tuning`.
+const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
+
+/// Decides what happens to a live delivery on a history channel: `true` to deliver it
+/// now (the channel's offset moves to it, and subscribers being caught up get it
+/// held); `false` when it was already delivered (dropped) or is held because a read is
+/// in flight.
+pub(super) fn take_live(h: &mut ChanHistory, offset: Option<Offset>, frame: &Bytes) -> bool {
+    if let (Some(o), Some(last)) = (offset, h.last) {
+        if o.covered_by(&last) {
+            return false;
+        }
+    }
+    if h.syncing != 0 || (h.again && h.last.is_some()) {
+        h.held_bytes += frame.len();
+        if h.held_bytes > MAX_HELD {
+            // Everything with an offset is read again from history afterwards.
+            h.held_lost |= offset.is_none() || h.held.iter().any(|(o, _)| o.is_none());
+            h.held.clear();
+            h.held_bytes = 0;
+            h.again = true;
+        } else {
+            h.held.push((offset, frame.clone()));
+        }
+        return false;
+    }
+    if let Some(o) = offset {
+        h.last = Some(o);
+    }
+    for c in h.catching.iter_mut().filter(|c| !c.overflowed) {
+        c.held_bytes += frame.len();
+        if c.held_bytes > MAX_HELD {
+            c.overflowed = true;
+            c.held = Vec::new();
+        } else {
+            c.held.push((offset, frame.clone()));
+        }
+    }
+    true
+}
+
+impl Shard {
+    /// Whether `channel` keeps history (its namespace's `history_size`).
+    pub(super) fn has_history(&self, channel: &str) -> bool {
+        self.config.namespaces.lookup(channel).history_size > 0
+    }
+
+    fn next_tag(&mut self) -> u32 {
+        self.history_tag = self.history_tag.wrapping_add(1).max(1);
+        self.history_tag
+    }
+
+    /// Asks for a read; false if the broker cannot take it now.
+    fn ask(&mut self, read: HistoryRead) -> bool {
+        self.broker.send(BrokerCmd::History(Box::new(read))).is_ok()
+    }
+
+    /// Reads local channel `id` up to date: its first offset, or what it missed since
+    /// its last delivered one. Deliveries are held until the answer.
+    pub(super) fn start_sync(&mut self, id: u32) {
+        let tag = self.next_tag();
+        let Some(ch) = self.subs.channel_mut(id) else {
+            return;
+        };
+        let Some(h) = ch.hist.as_deref_mut() else {
+            return;
+        };
+        h.syncing = tag;
+        h.again = false;
+        let since = h.last;
+        let read = HistoryRead {
+            channel: ch.name.clone(),
+            since,
+            upto: None,
+            limit: if since.is_some() { MAX_REPLAY } else { 0 },
+            to: HistoryTo::Sync {
+                shard: self.id,
+                tag,
+            },
+        };
+        let name = ch.name.clone();
+        if !self.ask(read) {
+            if let Some(h) = self
+                .subs
+                .channel_mut(id)
+                .and_then(|c| c.hist.as_deref_mut())
+            {
+                h.syncing = 0;
+                h.again = true;
+            }
+            self.history_retry.push(name);
+        }
+    }
+
+    /// A `gap` from the broker on `channel`: repaired from history when the channel has
+    /// an offset to repair from. False: not a history channel (send the gap).
+    pub(super) fn repair(&mut self, channel: &str) -> bool {
+        let Some(id) = self.subs.lookup(channel) else {
+            return true; // nobody here to tell
+        };
+        let Some(h) = self
+            .subs
+            .channel_mut(id)
+            .and_then(|c| c.hist.as_deref_mut())
+        else {
+            return false;
+        };
+        if h.last.is_none() {
+            // The first read is in flight (or owed): it reads everything there is.
+            h.again |= h.syncing != 0;
+            return true;
+        }
+        if h.syncing != 0 {
+            h.again = true;
+        } else {
+            self.start_sync(id);
+        }
+        true
+    }
+
+    /// The answer to a sync read.
+    pub(super) fn on_synced(&mut self, channel: &str, tag: u32, replay: Result<Replay, ()>) {
+        let Some(id) = self.subs.lookup(channel) else {
+            return;
+        };
+        let Some(ch) = self.subs.channel_mut(id) else {
+            return;
+        };
+        let name = ch.name.clone();
+        let Some(h) = ch.hist.as_deref_mut() else {
+            return;
+        };
+        if h.syncing != tag {
+            return; // a stale answer
+        }
+        h.syncing = 0;
+        let Ok(replay) = replay else {
+            // Redis could not answer: keep holding, ask again in a second.
+            h.syncing = u32::MAX;
+            self.history_retry.push(name);
+            return;
+        };
+        let first = h.last.is_none();
+        if first {
+            h.last = Some(replay.top);
+        }
+        let held = std::mem::take(&mut h.held);
+        h.held_bytes = 0;
+        let lost = std::mem::take(&mut h.held_lost);
+        // Waiters join at the offset the shard had before this answer, so what the
+        // answer brings reaches them exactly once.
+        if self.subs.channel(id).is_some_and(|c| c.live) {
+            self.admit_waiters(id);
+        }
+        if replay.gap || lost {
+            self.metrics
+                .gaps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.deliver_to(id, reply::gap(channel), Kind::Keep, None);
+        }
+        for (offset, frame) in replay.frames {
+            self.deliver_to(id, frame, Kind::Delivery, Some(offset));
+        }
+        if let Some(h) = self
+            .subs
+            .channel_mut(id)
+            .and_then(|c| c.hist.as_deref_mut())
+        {
+            // The channel is at least at the answer's offset (a new epoch replaces it).
+            let top = replay.top;
+            match h.last {
+                Some(last) if top.covered_by(&last) => {}
+                Some(last) if last.epoch == top.epoch || top.epoch != 0 => h.last = Some(top),
+                Some(_) => {}
+                None => h.last = Some(top),
+            }
+        }
+        for (offset, frame) in held {
+            self.deliver_to(id, frame, Kind::Delivery, offset);
+        }
+        let again = self
+            .subs
+            .channel_mut(id)
+            .and_then(|c| c.hist.as_deref_mut())
+            .is_some_and(|h| std::mem::take(&mut h.again));
+        if again {
+            self.start_sync(id);
+        }
+    }
+
+    /// Waiters of live, synced channel `id` become members (told `subscribed` with the
+    /// channel's offset); those that asked to resume from elsewhere are caught up.
+    pub(super) fn admit_waiters(&mut self, id: u32) {
+        let (waiters, first) = self.subs.confirm(id);
+        let Some(ch) = self.subs.channel(id) else {
+            return;
+        };
+        let name = ch.name.clone();
+        for (n, &key) in waiters.iter().enumerate() {
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                if let Some(i) = c.sub_index(id) {
+                    c.subs[i].1 = first + n as u32;
+                }
+            }
+        }
+        let mut resume = match self
+            .subs
+            .channel_mut(id)
+            .and_then(|c| c.hist.as_deref_mut())
+        {
+            Some(h) => std::mem::take(&mut h.resume),
+            None => Vec::new(),
+        };
+        for &key in &waiters {
+            let since = resume
+                .iter()
+                .position(|&(k, _)| k == key)
+                .map(|i| resume.swap_remove(i).1);
+            self.joined(key as usize, id, &name, since);
+        }
+    }
+
+    /// Connection `key` is a member of history channel `id`: it is told `subscribed`
+    /// with the channel's offset, and caught up if it resumes from another one.
+    pub(super) fn joined(&mut self, key: usize, id: u32, name: &str, since: Option<Offset>) {
+        let Some(last) = self
+            .subs
+            .channel(id)
+            .and_then(|c| c.hist.as_ref())
+            .and_then(|h| h.last)
+        else {
+            return;
+        };
+        self.queue(key, reply::subscribed_at(name, &last));
+        let Some(since) = since.filter(|s| *s != last) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        let Some(i) = conn.sub_index(id) else {
+            return;
+        };
+        let pos = conn.subs[i].1;
+        let tag = self.next_tag();
+        let catch = Catch {
+            key: key as u32,
+            tag,
+            since,
+            upto: last,
+            held: Vec::new(),
+            held_bytes: 0,
+            overflowed: false,
+        };
+        let Some((new_pos, moved)) = self.subs.start_catch(id, pos, catch) else {
+            return;
+        };
+        self.set_pos(key as u32, id, new_pos);
+        if let Some((k, p)) = moved {
+            self.set_pos(k, id, p);
+        }
+        self.ask_catch(id, key as u32, gen, tag, since, last);
+    }
+
+    fn ask_catch(&mut self, id: u32, key: u32, gen: u32, tag: u32, since: Offset, upto: Offset) {
+        let Some(ch) = self.subs.channel(id) else {
+            return;
+        };
+        let channel: Arc<str> = ch.name.clone();
+        let read = HistoryRead {
+            channel: channel.clone(),
+            since: Some(since),
+            upto: Some(upto.id),
+            limit: MAX_REPLAY,
+            to: HistoryTo::Catch {
+                shard: self.id,
+                conn: ConnId { key, gen },
+                tag,
+            },
+        };
+        if !self.ask(read) {
+            self.catch_retry.push((channel, key, tag));
+        }
+    }
+
+    fn set_pos(&mut self, key: u32, id: u32, pos: u32) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(i) = c.sub_index(id) {
+                c.subs[i].1 = pos;
+            }
+        }
+    }
+
+    /// The answer to a subscriber's catch-up read: `gap` if history lost something,
+    /// the replay, then what was held for it; then it is a member.
+    pub(super) fn on_caught(
+        &mut self,
+        channel: &str,
+        conn: ConnId,
+        tag: u32,
+        replay: Result<Replay, ()>,
+    ) {
+        let key = conn.key;
+        if self
+            .conns
+            .get(key as usize)
+            .is_none_or(|c| c.gen != conn.gen)
+        {
+            return;
+        }
+        let Some(id) = self.subs.lookup(channel) else {
+            return;
+        };
+        let state = self
+            .subs
+            .channel(id)
+            .and_then(|c| c.hist.as_ref())
+            .and_then(|h| {
+                let c = h.catching.iter().find(|c| c.key == key && c.tag == tag)?;
+                Some((c.overflowed, c.since, c.upto, h.last))
+            });
+        let Some((overflowed, since, upto, last)) = state else {
+            return; // unsubscribed meanwhile, or a stale answer
+        };
+        let Ok(replay) = replay else {
+            // Ask again in a second; what arrives meanwhile is held for it.
+            self.catch_retry.push((Arc::from(channel), key, tag));
+            return;
+        };
+        if overflowed {
+            // Its held frames were dropped: deliver this part, then read on from
+            // `upto` to where the channel is now.
+            let new_tag = self.next_tag();
+            let now = last.unwrap_or(upto);
+            if let Some(c) = self
+                .subs
+                .channel_mut(id)
+                .and_then(|c| c.hist.as_deref_mut())
+                .and_then(|h| h.catching.iter_mut().find(|c| c.key == key && c.tag == tag))
+            {
+                c.tag = new_tag;
+                c.since = upto;
+                c.upto = now;
+                c.overflowed = false;
+                c.held = Vec::new();
+                c.held_bytes = 0;
+            }
+            self.replay_to(key as usize, channel, &replay, since);
+            self.ask_catch(id, key, conn.gen, new_tag, upto, now);
+            return;
+        }
+        let Some((catch, pos, moved)) = self.subs.end_catch(id, key, tag) else {
+            return;
+        };
+        self.set_pos(key, id, pos);
+        if let Some((k, p)) = moved {
+            self.set_pos(k, id, p);
+        }
+        self.replay_to(key as usize, channel, &replay, since);
+        for (offset, frame) in catch.held {
+            if offset.is_some_and(|o| o.covered_by(&since) || o.covered_by(&upto)) {
+                continue;
+            }
+            self.queue_delivery(key as usize, frame);
+        }
+    }
+
+    /// Queues a replay to one subscriber: `gap` first if history lost something, then
+    /// every message after `since`.
+    fn replay_to(&mut self, key: usize, channel: &str, replay: &Replay, since: Offset) {
+        if replay.gap {
+            self.metrics
+                .gaps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.queue(key, reply::gap(channel));
+        }
+        for (offset, frame) in &replay.frames {
+            if offset.covered_by(&since) {
+                continue;
+            }
+            self.queue_delivery(key, frame.clone());
+        }
+    }
+
+    /// Once a second: reads that could not be asked, or that Redis could not answer,
+    /// are asked again.
+    pub(super) fn retry_history(&mut self) {
+        for name in std::mem::take(&mut self.history_retry) {
+            let Some(id) = self.subs.lookup(&name) else {
+                continue;
+            };
+            let pending = self
+                .subs
+                .channel(id)
+                .and_then(|c| c.hist.as_ref())
+                .is_some_and(|h| {
+                    h.syncing == u32::MAX || (h.syncing == 0 && (h.again || h.last.is_none()))
+                });
+            if pending && self.subs.channel(id).is_some_and(|c| c.live) {
+                self.start_sync(id);
+            } else if pending {
+                self.history_retry.push(name);
+            }
+        }
+        for (name, key, tag) in std::mem::take(&mut self.catch_retry) {
+            let Some(id) = self.subs.lookup(&name) else {
+                continue;
+            };
+            let found = self
+                .subs
+                .channel(id)
+                .and_then(|c| c.hist.as_ref())
+                .and_then(|h| h.catching.iter().find(|c| c.key == key && c.tag == tag))
+                .map(|c| (c.since, c.upto));
+            let Some((since, upto)) = found else {
+                continue;
+            };
+            let Some(gen) = self.conns.get(key as usize).map(|c| c.gen) else {
+                continue;
+            };
+            self.ask_catch(id, key, gen, tag, since, upto);
+        }
+    }
+
+    /// `{"type":"history",...}` from a client.
+    pub(super) fn history_query(
+        &mut self,
+        key: usize,
+        channel: &str,
+        limit: Option<u32>,
+        since: Option<Offset>,
+        id: Option<Box<str>>,
+    ) {
+        if !self.has_history(channel) {
+            return self.simple_error(
+                key,
+                ErrorCode::BadRequest,
+                "this channel keeps no history",
+                id.as_deref(),
+                Some(channel),
+            );
+        }
+        let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
+            return;
+        };
+        let read = HistoryRead {
+            channel: Arc::from(channel),
+            since,
+            upto: None,
+            limit: limit.map_or(DEFAULT_LIMIT, |l| l as usize).min(MAX_REPLAY),
+            to: HistoryTo::Client {
+                shard: self.id,
+                conn: ConnId {
+                    key: key as u32,
+                    gen,
+                },
+                id,
+            },
+        };
+        if let Err(BrokerCmd::History(read)) = self.broker.send(BrokerCmd::History(Box::new(read)))
+        {
+            let id = match read.to {
+                HistoryTo::Client { id, .. } => id,
+                _ => None,
+            };
+            self.simple_error(
+                key,
+                ErrorCode::Unavailable,
+                "history is unavailable, try again",
+                id.as_deref(),
+                Some(channel),
+            );
+        }
+    }
+
+    /// `GET /api/channels/{C}/history?limit=N&since=O`: the answer comes back as a
+    /// `Reply`; None when it was asked, else the response to send now.
+    pub(super) fn history_http(
+        &mut self,
+        key: usize,
+        channel: &str,
+        limit: Option<u32>,
+        since: Option<Offset>,
+    ) -> Option<Vec<u8>> {
+        use crate::http::response::json_error;
+        if !self.has_history(channel) {
+            return Some(json_error(400, "this channel keeps no history"));
+        }
+        let gen = self.conns.get(key)?.gen;
+        let read = HistoryRead {
+            channel: Arc::from(channel),
+            since,
+            upto: None,
+            limit: limit.map_or(DEFAULT_LIMIT, |l| l as usize).min(MAX_REPLAY),
+            to: HistoryTo::Http {
+                shard: self.id,
+                conn: ConnId {
+                    key: key as u32,
+                    gen,
+                },
+            },
+        };
+        if self.ask(read) {
+            None
+        } else {
+            Some(json_error(503, "history is unavailable, try again"))
+        }
+    }
+}
