@@ -1,6 +1,6 @@
 //! `rediss://` against a real `redis-server` with a TLS port and a CA made by the test:
-//! reader, writer and presence all over TLS (end to end, large messages, an ACL user
-//! whose password needs percent-encoding); a wrong CA or host name said plainly
+//! reader, writer, presence and history all over TLS (end to end, large messages, an
+//! ACL user whose password needs percent-encoding); a wrong CA or host name said plainly
 //! (`/healthz`, counter, log) and retried with backoff; `--redis-insecure` said loudly;
 //! a bad `--redis-ca` stops the start like any other config error.
 
@@ -159,14 +159,22 @@ fn an_acl_user_with_a_percent_encoded_password_works_over_tls() {
         "--redis-ca",
         path(&ca),
         "--presence-user-param",
+        "--history-size",
+        "10",
     ]);
     healthy(node.addr);
     let mut sub = user_client(&node, "carol");
-    sub.subscribe("acl");
+    sub.send(r#"{"type":"subscribe","channel":"acl"}"#);
+    assert_eq!(sub.expect_json()["type"], "subscribed"); // with an offset: history is on
     let mut publisher = node.client();
     publisher.publish("acl", "\"over tls\"");
     assert_eq!(sub.expect_json()["data"], "over tls");
     assert_eq!(ws_presence(&mut publisher, "carol")["online"], true);
+    // History (Lua scripts over the writer's link) over TLS too.
+    publisher.send(r#"{"type":"history","channel":"acl","limit":5}"#);
+    let v = publisher.expect_json();
+    assert_eq!(v["type"], "history", "{v}");
+    assert_eq!(v["messages"][0]["data"], "over tls", "{v}");
     // Every TLS connection is logged in as `app`, and presence wrote into db 1.
     let list: String = redis_cmd(&r.redis, &["CLIENT", "LIST"]);
     let laddr = format!("laddr=127.0.0.1:{}", r.tls_port);
