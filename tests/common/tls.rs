@@ -14,10 +14,15 @@ pub struct Pki {
     pub dir: PathBuf,
 }
 
+/// A new EC P-256 key (quick to make).
+const EC_KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
 fn openssl(dir: &Path, args: &[&str]) {
+    let req = args.first() == Some(&"req");
     let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)
+        .args(if req { &EC_KEY[..] } else { &[] })
         .output()
         .expect("the openssl CLI must be installed");
     assert!(
@@ -45,10 +50,6 @@ impl Pki {
                 "-x509",
                 "-new",
                 "-nodes",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
                 "-keyout",
                 "ca.key",
                 "-out",
@@ -92,10 +93,6 @@ impl Pki {
                 "req",
                 "-new",
                 "-nodes",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
                 "-keyout",
                 &key,
                 "-out",

@@ -117,24 +117,23 @@ fn note_auth(
     health: &Health,
     metrics: &crate::metrics::Metrics,
 ) {
-    if let Some(refused) = link.auth_change() {
-        health
-            .auth_refused
-            .store(refused, std::sync::atomic::Ordering::Relaxed);
-        if refused {
-            metrics
-                .redis_auth_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let mirror = |change: Option<bool>, flag: &AtomicBool, counter: &AtomicU64| {
+        if let Some(bad) = change {
+            flag.store(bad, Relaxed);
+            if bad {
+                counter.fetch_add(1, Relaxed);
+            }
         }
-    }
-    if let Some(failed) = link.tls_change() {
-        health
-            .tls_failed
-            .store(failed, std::sync::atomic::Ordering::Relaxed);
-        if failed {
-            metrics
-                .redis_tls_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
+    };
+    mirror(
+        link.auth_change(),
+        &health.auth_refused,
+        &metrics.redis_auth_refused,
+    );
+    mirror(
+        link.tls_change(),
+        &health.tls_failed,
+        &metrics.redis_tls_failed,
+    );
 }
