@@ -60,6 +60,8 @@ pub struct Metrics {
     pub broker_reconnects: AtomicU64,
     /// Times Redis refused the node's credentials (AUTH/SELECT).
     pub redis_auth_refused: AtomicU64,
+    /// Failed TLS handshakes with Redis.
+    pub redis_tls_failed: AtomicU64,
     /// Client publishes that the broker reported as failed.
     pub publish_failed: AtomicU64,
     /// Gap notices sent to channels after a resubscribe.
@@ -81,6 +83,7 @@ impl Metrics {
             unrouted: AtomicU64::new(0),
             broker_reconnects: AtomicU64::new(0),
             redis_auth_refused: AtomicU64::new(0),
+            redis_tls_failed: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             broker_too_large: AtomicU64::new(0),
@@ -196,7 +199,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 9] = [
+        let node: [(&str, &str, &AtomicU64, &str); 10] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -226,6 +229,12 @@ impl Metrics {
                 "counter",
                 &self.redis_auth_refused,
                 "Times Redis refused the node's credentials (AUTH/SELECT)",
+            ),
+            (
+                "fanout_redis_tls_failed_total",
+                "counter",
+                &self.redis_tls_failed,
+                "Failed TLS handshakes with Redis (certificate, CA, host name)",
             ),
             (
                 "fanout_publish_failed_total",
