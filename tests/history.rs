@@ -255,6 +255,9 @@ fn cut_subscriber_connection_is_repaired_without_gap() {
     a.expect_silence(Duration::from_millis(300));
     let reconnects = support::metric(node.addr, "fanout_broker_reconnects_total");
     assert!(reconnects >= 4.0, "the subscriber was cut: {reconnects}");
+    let repairs = support::metric(node.addr, "fanout_history_repairs_total");
+    assert!(repairs >= 4.0, "each cut was repaired: {repairs}");
+    assert_eq!(support::metric(node.addr, "fanout_history_gaps_total"), 0.0);
 }
 
 #[test]
@@ -474,6 +477,8 @@ fn redis_restart(persist: bool) {
         }
         c.expect_silence(Duration::from_millis(300));
     }
+    let told = support::metric(node.addr, "fanout_history_gaps_total");
+    assert_eq!(told > 0.0, !persist, "history gaps counted: {told}");
 }
 
 #[test]
@@ -539,6 +544,7 @@ fn an_overflowing_shard_queue_is_repaired_from_history() {
         }
         if history {
             assert_eq!((seen, gaps), (total, 0), "repaired from history");
+            assert!(support::metric(node.addr, "fanout_history_repairs_total") > 0.0);
         } else {
             assert!(gaps > 0, "without history the loss is announced");
         }

@@ -157,6 +157,9 @@ impl Shard {
         } else {
             self.start_sync(id);
         }
+        self.metrics
+            .history_repairs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
