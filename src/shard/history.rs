@@ -201,7 +201,7 @@ impl Shard {
         }
         if replay.gap || lost {
             self.metrics
-                .gaps
+                .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.deliver_to(id, reply::gap(channel), Kind::Keep, None);
         }
@@ -413,7 +413,7 @@ impl Shard {
     fn replay_to(&mut self, key: usize, channel: &str, replay: &Replay, since: Offset) {
         if replay.gap {
             self.metrics
-                .gaps
+                .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.queue(key, reply::gap(channel));
         }
