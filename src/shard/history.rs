@@ -18,11 +18,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use super::chan_history::{Catch, RETRY};
 use super::conn::ConnId;
 use super::outq::Kind;
-use super::subs::{Catch, ChanHistory};
 use super::Shard;
 use crate::broker::history::MAX_REPLAY;
 use crate::msg::{BrokerCmd, HistoryRead, HistoryTo, Replay};
@@ -30,56 +28,7 @@ use crate::offset::Offset;
 use crate::protocol::{reply, ErrorCode};
 
 /// See `config::Tuning`.
-const MAX_HELD: usize = crate::config::TUNING.max_held;
-/// See `config::Tuning`.
 const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
-/// `ChanHistory::syncing` while a read waits to be asked again (deliveries are held).
-const RETRY: u32 = u32::MAX;
-
-/// Decides what happens to a live delivery on a history channel: `true` to deliver it
-/// now (the channel's offset moves to it, and subscribers being caught up get it
-/// held); `false` when it was already delivered (dropped), is held because a read is
-/// in flight, or comes after a gap that arrived during that read (dropped: the next
-/// read brings it, after what the gap lost).
-pub(super) fn take_live(h: &mut ChanHistory, offset: Option<Offset>, frame: &Bytes) -> bool {
-    if let (Some(o), Some(last)) = (offset, h.last) {
-        if o.covered_by(&last) {
-            return false;
-        }
-    }
-    if h.syncing != 0 {
-        if h.again {
-            // A gap came after the read was asked: what follows it must wait for the
-            // next read (delivering it would step over the hole), which brings it too.
-            h.held_lost |= offset.is_none();
-            return false;
-        }
-        h.held_bytes += frame.len();
-        if h.held_bytes > MAX_HELD {
-            // Everything with an offset is read again from history afterwards.
-            h.held_lost |= offset.is_none() || h.held.iter().any(|(o, _)| o.is_none());
-            h.held.clear();
-            h.held_bytes = 0;
-            h.again = true;
-        } else {
-            h.held.push((offset, frame.clone()));
-        }
-        return false;
-    }
-    if let Some(o) = offset {
-        h.last = Some(o);
-    }
-    for c in h.catching.iter_mut().filter(|c| !c.overflowed) {
-        c.held_bytes += frame.len();
-        if c.held_bytes > MAX_HELD {
-            c.overflowed = true;
-            c.held = Vec::new();
-        } else {
-            c.held.push((offset, frame.clone()));
-        }
-    }
-    true
-}
 
 impl Shard {
     /// Whether `channel` keeps history (its namespace's `history_size`).
@@ -546,76 +495,5 @@ impl Shard {
         } else {
             Some(json_error(503, "history is unavailable, try again"))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::offset::StreamId;
-
-    fn at(seq: u64) -> Option<Offset> {
-        Some(Offset {
-            id: StreamId { ms: 1, seq },
-            epoch: 7,
-        })
-    }
-
-    fn frame() -> Bytes {
-        Bytes::from_static(b"x")
-    }
-
-    #[test]
-    fn live_deliveries_are_taken_once_held_while_syncing_and_kept_for_catch_ups() {
-        let mut h = ChanHistory {
-            last: at(5),
-            ..ChanHistory::default()
-        };
-        // Already delivered (a read brought it): dropped.
-        assert!(!take_live(&mut h, at(5), &frame()));
-        assert!(!take_live(&mut h, at(3), &frame()));
-        // Newer: taken, and the channel moves on.
-        assert!(take_live(&mut h, at(6), &frame()));
-        assert_eq!(h.last, at(6));
-        // Another epoch cannot be compared: taken.
-        let other = Some(Offset {
-            id: StreamId { ms: 0, seq: 1 },
-            epoch: 8,
-        });
-        assert!(take_live(&mut h, other, &frame()));
-        assert_eq!(h.last, other);
-        // While a read is in flight: held, with its offset, the channel stays put.
-        h.last = at(6);
-        h.syncing = 3;
-        assert!(!take_live(&mut h, at(7), &frame()));
-        assert!(!take_live(&mut h, None, &frame()));
-        assert_eq!(
-            h.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            vec![at(7), None]
-        );
-        assert_eq!(h.last, at(6));
-        // Past the bound: dropped and owed a new read; a lost plain frame owes a gap.
-        let big = Bytes::from(vec![0u8; MAX_HELD]);
-        assert!(!take_live(&mut h, at(8), &big));
-        assert!(h.held.is_empty() && h.again && h.held_lost);
-        // After a gap during the read, nothing more is held: the next read brings it.
-        assert!(!take_live(&mut h, at(9), &frame()));
-        assert!(h.held.is_empty());
-        // A subscriber being caught up gets what the members get, held for it.
-        h.syncing = 0;
-        h.again = false;
-        h.catching.push(Catch {
-            key: 1,
-            tag: 1,
-            since: at(1).unwrap(),
-            upto: at(6).unwrap(),
-            held: Vec::new(),
-            held_bytes: 0,
-            overflowed: false,
-        });
-        assert!(take_live(&mut h, at(9), &frame()));
-        assert_eq!(h.catching[0].held.len(), 1);
-        assert!(take_live(&mut h, at(10), &big));
-        assert!(h.catching[0].overflowed && h.catching[0].held.is_empty());
     }
 }

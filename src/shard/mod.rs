@@ -7,6 +7,7 @@
 mod accept;
 pub mod admission;
 mod api;
+mod chan_history;
 pub mod conn;
 mod handler;
 mod history;

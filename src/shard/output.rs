@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::chan_history::take_live;
 use super::conn::{Conn, Phase};
-use super::history;
 use super::outq::{self, Kind};
 use super::Shard;
 use crate::config::{Config, SlowPolicy};
@@ -53,7 +53,7 @@ impl Shard {
             return;
         };
         if let Some(h) = ch.hist.as_deref_mut() {
-            if !history::take_live(h, offset, &frame) {
+            if !take_live(h, offset, &frame) {
                 return;
             }
         }
