@@ -354,3 +354,25 @@ fn churning_subscribers_resuming_on_either_node_receive_everything_exactly_once(
         "every subscriber churned: {resumes} resumes"
     );
 }
+
+/// History reads are bounded per connection (each may read 10,000 messages): a client
+/// asking 30 at once gets 20 answers and 10 `rate_limited`, and stays connected.
+#[test]
+fn history_reads_are_rate_limited_per_connection() {
+    let node = TestNode::start(&["--history-size", "10"]);
+    let mut c = node.client();
+    for i in 0..30 {
+        c.send(&json!({"type":"history","channel":"h","id":i}).to_string());
+    }
+    let (mut answers, mut limited) = (0, 0);
+    for _ in 0..30 {
+        let v = c.expect_json();
+        match (v["type"].as_str(), v["code"].as_str()) {
+            (Some("history"), _) => answers += 1,
+            (Some("error"), Some("rate_limited")) => limited += 1,
+            other => panic!("unexpected {other:?}: {v}"),
+        }
+    }
+    assert_eq!((answers, limited), (20, 10));
+    subscribe(&mut c, "h", None);
+}

@@ -102,6 +102,8 @@ pub struct ConnLimits {
     /// Counted in `PerUser` under this user.
     pub user: Option<Box<str>>,
     pub bucket: Option<Bucket>,
+    /// History reads asked by the client (`history`, `subscribe` with `since`).
+    pub history: Option<Bucket>,
 }
 
 #[cfg(test)]

@@ -185,6 +185,9 @@ impl Shard {
             );
             return;
         }
+        if since.is_some() && !self.history_allowed(key, channel, None) {
+            return;
+        }
         let (chan, pos, added) = self.subs.add(channel, key as u32, history, since);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.subs.push((chan, pos));

@@ -30,7 +30,37 @@ use crate::protocol::{reply, ErrorCode};
 /// See `config::Tuning`.
 const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
 
+/// See `config::Tuning`.
+const HISTORY_RATE: u32 = crate::config::TUNING.history_rate;
+
 impl Shard {
+    /// Takes one history read from connection `key`'s allowance; false (answered
+    /// `rate_limited`, counted) when it has none left.
+    pub(super) fn history_allowed(&mut self, key: usize, channel: &str, id: Option<&str>) -> bool {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let limits = conn.limits.get_or_insert_with(Default::default);
+        let ok = limits
+            .history
+            .get_or_insert_with(|| super::admission::Bucket::full(HISTORY_RATE, now_ms))
+            .take(HISTORY_RATE, now_ms);
+        if !ok {
+            self.metrics.shards[self.id.index()]
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.simple_error(
+                key,
+                ErrorCode::RateLimited,
+                "too many history reads: at most 20 per second",
+                id,
+                Some(channel),
+            );
+        }
+        ok
+    }
+
     /// Whether `channel` keeps history (its namespace's `history_size`).
     pub(super) fn has_history(&self, channel: &str) -> bool {
         self.config.namespaces.lookup(channel).history_size > 0
@@ -429,6 +459,9 @@ impl Shard {
                 id.as_deref(),
                 Some(channel),
             );
+        }
+        if !self.history_allowed(key, channel, id.as_deref()) {
+            return;
         }
         let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
             return;
