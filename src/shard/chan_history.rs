@@ -4,9 +4,34 @@
 //! each resuming subscriber holds (`Catch`). Pure state: the shard's I/O around it is
 //! `history.rs`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::offset::Offset;
+
+/// The shard's history reads that must be asked again, and the tags that tell a
+/// read's answer from a stale one.
+#[derive(Debug, Default)]
+pub struct Reads {
+    /// Channels whose sync could not be asked or answered: asked again at the tick.
+    pub retry: Vec<Arc<str>>,
+    /// Catch-ups likewise: (channel, connection key, tag).
+    pub catch_retry: Vec<(Arc<str>, u32, u32)>,
+    /// The last tag given to a read.
+    pub tag: u32,
+}
+
+impl Reads {
+    /// A fresh tag (never 0: 0 means "no read in flight").
+    pub fn next_tag(&mut self) -> u32 {
+        self.tag = self.tag.wrapping_add(1).max(1);
+        if self.tag == RETRY {
+            self.tag = 1;
+        }
+        self.tag
+    }
+}
 
 /// A history channel's local state: how far this shard has delivered, the read in
 /// flight that brings it up to date, and the subscribers being caught up.

@@ -37,7 +37,7 @@ impl Shard {
     /// Takes one history read from connection `key`'s allowance; false (answered
     /// `rate_limited`, counted) when it has none left.
     pub(super) fn history_allowed(&mut self, key: usize, channel: &str, id: Option<&str>) -> bool {
-        let now_ms = self.started.elapsed().as_millis() as u64;
+        let now_ms = self.clock.ms();
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
@@ -66,11 +66,6 @@ impl Shard {
         self.config.namespaces.lookup(channel).history_size > 0
     }
 
-    fn next_tag(&mut self) -> u32 {
-        self.history_tag = self.history_tag.wrapping_add(1).max(1);
-        self.history_tag
-    }
-
     /// Asks for a read; false if the broker cannot take it now.
     fn ask(&mut self, read: HistoryRead) -> bool {
         self.broker.send(BrokerCmd::History(Box::new(read))).is_ok()
@@ -79,7 +74,7 @@ impl Shard {
     /// Reads local channel `id` up to date: its first offset, or what it missed since
     /// its last delivered one. Deliveries are held until the answer.
     pub(super) fn start_sync(&mut self, id: u32) {
-        let tag = self.next_tag();
+        let tag = self.reads.next_tag();
         let Some(ch) = self.subs.channel_mut(id) else {
             return;
         };
@@ -109,7 +104,7 @@ impl Shard {
                 // The broker cannot take it now: keep holding, ask again in a second.
                 h.syncing = RETRY;
             }
-            self.history_retry.push(name);
+            self.reads.retry.push(name);
         }
     }
 
@@ -160,7 +155,7 @@ impl Shard {
         let Ok(replay) = replay else {
             // Redis could not answer: keep holding, ask again in a second.
             h.syncing = RETRY;
-            self.history_retry.push(name);
+            self.reads.retry.push(name);
             return;
         };
         h.syncing = 0;
@@ -264,7 +259,7 @@ impl Shard {
             return;
         };
         let pos = conn.subs[i].1;
-        let tag = self.next_tag();
+        let tag = self.reads.next_tag();
         let catch = Catch {
             key: key as u32,
             tag,
@@ -301,7 +296,7 @@ impl Shard {
             },
         };
         if !self.ask(read) {
-            self.catch_retry.push((channel, key, tag));
+            self.reads.catch_retry.push((channel, key, tag));
         }
     }
 
@@ -346,13 +341,13 @@ impl Shard {
         };
         let Ok(replay) = replay else {
             // Ask again in a second; what arrives meanwhile is held for it.
-            self.catch_retry.push((Arc::from(channel), key, tag));
+            self.reads.catch_retry.push((Arc::from(channel), key, tag));
             return;
         };
         if overflowed {
             // Its held frames were dropped: deliver this part, then read on from
             // `upto` to where the channel is now.
-            let new_tag = self.next_tag();
+            let new_tag = self.reads.next_tag();
             let now = last.unwrap_or(upto);
             if let Some(c) = self
                 .subs
@@ -407,7 +402,7 @@ impl Shard {
     /// Once a second: reads that could not be asked, or that Redis could not answer,
     /// are asked again.
     pub(super) fn retry_history(&mut self) {
-        for name in std::mem::take(&mut self.history_retry) {
+        for name in std::mem::take(&mut self.reads.retry) {
             let Some(id) = self.subs.lookup(&name) else {
                 continue;
             };
@@ -419,10 +414,10 @@ impl Shard {
             if pending && self.subs.channel(id).is_some_and(|c| c.live) {
                 self.start_sync(id);
             } else if pending {
-                self.history_retry.push(name);
+                self.reads.retry.push(name);
             }
         }
-        for (name, key, tag) in std::mem::take(&mut self.catch_retry) {
+        for (name, key, tag) in std::mem::take(&mut self.reads.catch_retry) {
             let Some(id) = self.subs.lookup(&name) else {
                 continue;
             };

@@ -251,7 +251,7 @@ impl Shard {
     /// waits for its next request once this one is written; otherwise it closes then.
     pub(super) fn respond_http(&mut self, key: usize, mut response: Vec<u8>, keep_alive: bool) {
         let keep_alive = keep_alive && self.shutdown_deadline.is_none();
-        let now = self.now;
+        let now = self.clock.coarse();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
