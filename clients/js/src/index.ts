@@ -269,6 +269,11 @@ export class FanoutClient {
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
   private connectTimer: ReturnType<typeof setTimeout> | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  private flushTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Subscribes of this connection not answered yet: queued requests wait for them. */
+  private readonly awaiting = new Set<string>();
+  /** Connected, and every resubscribe answered: requests go straight out. */
+  private live = false;
   private token: string | undefined;
   private tokenExp: number | undefined;
   private tokenStale = false;
@@ -378,6 +383,7 @@ export class FanoutClient {
   _unsubscribe(sub: Subscription): void {
     if (this.subs.get(sub.channel) !== sub) return;
     this.subs.delete(sub.channel);
+    this.answered(sub.channel);
     const wasSent = this._state === "connected";
     sub._ended(new FanoutError("unsubscribed", "unsubscribed before the server confirmed", { channel: sub.channel }), false);
     if (wasSent) {
@@ -416,7 +422,7 @@ export class FanoutClient {
     if (this.closed) return Promise.reject(new FanoutError("closed", "the client is closed"));
     return new Promise((resolve, reject) => {
       const req: Request = { kind, frame, resolve, reject, user };
-      if (this._state === "connected") {
+      if (this.live) {
         this.sendRequest(req);
       } else {
         if (this.outbox.length >= this.opts.maxQueue) {
@@ -424,7 +430,7 @@ export class FanoutClient {
           return;
         }
         this.outbox.push(req);
-        this.connect();
+        if (this._state !== "connected") this.connect();
       }
     });
   }
@@ -554,13 +560,36 @@ export class FanoutClient {
     this.everConnected = true;
     this._state = "connected";
     this.pendingUnsubs.clear();
-    for (const sub of this.subs.values()) this.sendSubscribe(sub);
-    const queued = this.outbox;
-    this.outbox = [];
-    for (const req of queued) this.sendRequest(req);
+    this.awaiting.clear();
+    for (const sub of this.subs.values()) {
+      this.sendSubscribe(sub);
+      this.awaiting.add(sub.channel);
+    }
+    // Queued publishes go out once the subscriptions are live again, so a client that
+    // publishes on a channel it is subscribed to sees its own message after a reconnect.
+    if (this.awaiting.size === 0) this.flushOutbox();
+    else
+      this.flushTimer = setTimeout(() => {
+        this.flushTimer = null;
+        this.flushOutbox();
+      }, this.opts.connectTimeout);
     this.scheduleRefresh();
     this.emit("state", "connected");
     this.emit("connected", { reconnected });
+  }
+
+  private answered(channel: string): void {
+    if (this.awaiting.delete(channel) && this.awaiting.size === 0 && !this.live) this.flushOutbox();
+  }
+
+  private flushOutbox(): void {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    this.awaiting.clear();
+    this.live = true;
+    const queued = this.outbox;
+    this.outbox = [];
+    for (const req of queued) this.sendRequest(req);
   }
 
   /** The socket is gone (closed, failed, timed out): decide whether and when to reconnect. */
@@ -578,6 +607,8 @@ export class FanoutClient {
     }
     this.clearConnTimers();
     this.authenticating = false;
+    this.live = false;
+    this.awaiting.clear();
     this.failInflight(new FanoutError("disconnected", `connection lost (${code} ${reason})`.trim(), { closeCode: code }));
     for (const sub of this.subs.values()) if (sub._state === "subscribed") sub._state = "subscribing";
 
@@ -623,7 +654,8 @@ export class FanoutClient {
   private clearConnTimers(): void {
     if (this.connectTimer) clearTimeout(this.connectTimer);
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
-    this.connectTimer = this.refreshTimer = null;
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.connectTimer = this.refreshTimer = this.flushTimer = null;
   }
 
   /** Unanswered requests: publishes reject (they may or may not have been published); queries are asked again. */
@@ -729,6 +761,7 @@ export class FanoutClient {
       case "subscribed": {
         const sub = this.subs.get(msg.channel);
         if (sub) sub._subscribed(typeof msg.offset === "string" ? msg.offset : undefined);
+        this.answered(msg.channel);
         return;
       }
       case "unsubscribed": {
@@ -809,6 +842,7 @@ export class FanoutClient {
         sub._opts.onError?.(err);
         if (sub._everSubscribed) this.emit("error", err);
         sub._ended(err, true);
+        this.answered(channel);
         return;
       }
       this.emit("error", err);

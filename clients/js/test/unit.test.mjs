@@ -152,6 +152,9 @@ test("auth: the token is the first frame, everything else waits for authenticate
   assert.equal(client.state, "connecting");
   WS.last.receive({ type: "authenticated", sub: "u", exp: 1 });
   assert.equal(client.state, "connected");
+  assert.deepEqual(WS.last.sent.map((f) => f.type), ["auth", "subscribe"]);
+  // Queued publishes wait until the subscriptions are live (a publisher sees its own message).
+  WS.last.receive({ type: "subscribed", channel: "a" });
   assert.deepEqual(WS.last.sent.map((f) => f.type), ["auth", "subscribe", "publish"]);
   WS.last.receive({ type: "published", id: WS.last.sentOf("publish")[0].id });
   await p;
