@@ -120,3 +120,29 @@ test("a subscriber that saw no message yet resumes from the offset in subscribed
   await sleep(200);
   assert.deepEqual(got.items.map((m) => m.data), ["while away 1", "while away 2"]);
 });
+
+test("away longer than history keeps: onGap first, then the newest messages in order, then live", async (t) => {
+  if (!gate(t)) return;
+  const a = client(nodeA.url);
+  const events = [];
+  await a.subscribe("h:trimmed", {
+    onMessage: (d) => events.push(d.n),
+    onGap: () => events.push("gap"),
+  }).ready;
+  await a.publish("h:trimmed", { n: 0 });
+  await waitFor(() => events.length === 1, "the first message");
+  await nodeA.stop("SIGKILL");
+  await waitFor(() => a.state !== "connected", "the client to notice");
+  const batch = Array.from({ length: 250 }, (_, i) => ({ channel: "h:trimmed", data: { n: i + 1 } }));
+  const res = await fetch(`${nodeB.http}/api/publish`, { method: "POST", body: JSON.stringify(batch) });
+  assert.equal(res.status, 202);
+  nodeA = await startFanout(ARGS(), { port: nodeA.port });
+  await waitFor(() => events.at(-1) === 250, "the replay up to the newest");
+  await a.publish("h:trimmed", { n: 251 });
+  await waitFor(() => events.at(-1) === 251, "a live message after the replay");
+  assert.equal(events[0], 0);
+  assert.equal(events[1], "gap", "the gap comes before the replay");
+  const replay = events.slice(2);
+  assert.ok(replay.length >= 100 && replay.length < 250, `history kept ${replay.length}`);
+  assert.deepEqual(replay, Array.from({ length: replay.length }, (_, i) => 252 - replay.length + i), "a contiguous suffix, in order");
+});
