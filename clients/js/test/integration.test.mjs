@@ -198,18 +198,25 @@ test("4001 for a bad token: the token function is asked again and the client get
   assert.equal(disc[0].code, 4001);
 });
 
-test("4004 from the disconnect API stops reconnecting", async (t) => {
+test("4004 from the disconnect API (called on another node) stops reconnecting", async (t) => {
   const token = signJwt({ sub: "kicked", channels: ["x"] }, SECRET);
   const a = client(authNode.url, { token: async () => token });
-  await a.subscribe("x").ready;
-  const res = await fetch(`${authNode.http}/api/users/kicked/disconnect`, { method: "POST" });
+  const disc = [];
+  a.on("disconnected", (d) => disc.push(d));
+  const ended = [];
+  await a.subscribe("x", { onUnsubscribed: (e) => ended.push(e.code) }).ready;
+  const res = await fetch(`${node.http}/api/users/kicked/disconnect`, { method: "POST" });
   if (res.status === 404 || res.status === 405) {
     t.skip("server without the disconnect API (#12): 4004 is covered by the unit tests");
     return;
   }
+  assert.equal(res.status, 202);
   await waitFor(() => a.state === "closed", "the 4004 close");
-  await sleep(300);
-  assert.equal(a.state, "closed");
+  assert.deepEqual(disc, [{ code: 4004, reason: "disconnected by server", reconnect: false }]);
+  assert.deepEqual(ended, ["disconnected_by_server"]);
+  await sleep(500);
+  assert.equal(a.state, "closed", "no reconnect");
+  assert.equal(disc.length, 1);
 });
 
 test("a Node process that closes its client exits by itself (no timer or socket left)", async () => {
