@@ -701,6 +701,9 @@ export class FanoutClient {
     this.refreshTimer = null;
     if (typeof this.opts.token !== "function" || this.tokenExp === undefined) return;
     const remaining = this.tokenExp * 1000 - Date.now();
+    // A token that has (almost) expired already is not refreshed in a loop: the server
+    // closes with 4003 and the reconnect fetches a new one.
+    if (remaining < 1000) return;
     const margin = Math.min(this.opts.refreshMargin, Math.max(0, remaining) / 4);
     const delay = Math.max(0, remaining - margin);
     this.refreshTimer = setTimeout(() => {
@@ -837,6 +840,14 @@ export class FanoutClient {
     }
     if (channel !== undefined) {
       const sub = this.subs.get(channel);
+      if (sub && sub._state === "subscribing" && code === "bad_request" && sub._sentSince && this.ws) {
+        // `since` refused: the channel has no history (any more). Resubscribe without it
+        // and tell the application that it may have missed messages.
+        sub.offset = undefined;
+        sub._opts.onGap?.();
+        this.sendSubscribe(sub);
+        return;
+      }
       if (sub && sub._state === "subscribing") {
         this.subs.delete(channel);
         sub._opts.onError?.(err);

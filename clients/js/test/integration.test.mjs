@@ -81,6 +81,17 @@ test("server errors: bad_channel rejects ready, the reserved probe prefix too; t
   await a.publish("fine", 1);
 });
 
+test("a token given to a node without auth: the node says bad_request, the client reports it and works without auth", async () => {
+  const a = client(node.url, { token: signJwt({ sub: "x" }, SECRET) });
+  const errors = [];
+  a.on("error", (e) => errors.push(e.code));
+  const got = collector();
+  await a.subscribe("noauth", got).ready;
+  await a.publish("noauth", 1);
+  await got.until(1);
+  assert.deepEqual(errors, ["bad_request"]);
+});
+
 test("auth: the token goes first; forbidden subscribe and publish reject with the code; allowed ones work", async () => {
   const token = signJwt({ sub: "alice", channels: ["room:*"], publish: ["room:1"] }, SECRET);
   const a = client(authNode.url, { token: async () => token });

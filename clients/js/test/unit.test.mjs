@@ -425,3 +425,34 @@ test("without a WebSocket implementation the constructor says how to pass one", 
     if (saved) globalThis.WebSocket = saved;
   }
 });
+
+test("a since the server refuses (bad_request: no history on the channel any more) becomes onGap and a plain resubscribe", async () => {
+  const { WS, client } = setup({ minReconnectDelay: 1, maxReconnectDelay: 1 });
+  let gaps = 0;
+  const got = [];
+  const sub = client.subscribe("c", { since: "7-0", onGap: () => gaps++, onMessage: (d) => got.push(d) });
+  await flush();
+  WS.last.open();
+  assert.deepEqual(WS.last.sentOf("subscribe"), [{ type: "subscribe", channel: "c", since: "7-0" }]);
+  WS.last.receive({ type: "error", code: "bad_request", message: "no history", channel: "c" });
+  assert.equal(gaps, 1);
+  assert.deepEqual(WS.last.sentOf("subscribe")[1], { type: "subscribe", channel: "c" });
+  WS.last.receive({ type: "subscribed", channel: "c" });
+  await sub.ready;
+  WS.last.receive({ channel: "c", data: 1 });
+  assert.deepEqual(got, [1]);
+  client.close();
+});
+
+test("a token function that returns an expired token is not called in a loop (the server's 4003 leads to a fresh fetch)", async () => {
+  let calls = 0;
+  const tokenFn = async () => (calls++, fakeJwt({ sub: "u", exp: Math.floor(Date.now() / 1000) - 10 }));
+  const { WS, client } = setup({ token: tokenFn });
+  client.connect();
+  await flush();
+  WS.last.open();
+  WS.last.receive({ type: "authenticated", sub: "u", exp: 0 });
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(calls, 1);
+  client.close();
+});
