@@ -270,6 +270,8 @@ export class FanoutClient {
   private connectTimer: ReturnType<typeof setTimeout> | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
   private flushTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Resubscribes put off after a `rate_limited` (history reads are rate limited per connection). */
+  private readonly retryTimers = new Set<ReturnType<typeof setTimeout>>();
   /** Subscribes of this connection not answered yet: queued requests wait for them. */
   private readonly awaiting = new Set<string>();
   /** Connected, and every resubscribe answered: requests go straight out. */
@@ -656,6 +658,8 @@ export class FanoutClient {
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     if (this.flushTimer) clearTimeout(this.flushTimer);
     this.connectTimer = this.refreshTimer = this.flushTimer = null;
+    for (const t of this.retryTimers) clearTimeout(t);
+    this.retryTimers.clear();
   }
 
   /** Unanswered requests: publishes reject (they may or may not have been published); queries are asked again. */
@@ -840,6 +844,17 @@ export class FanoutClient {
     }
     if (channel !== undefined) {
       const sub = this.subs.get(channel);
+      if (sub && sub._state === "subscribing" && code === "rate_limited" && this.ws) {
+        // Too many history reads at once (subscribe with since, e.g. many history channels
+        // after a reconnect): ask again a little later on this connection.
+        const gen = this.generation;
+        const timer = setTimeout(() => {
+          this.retryTimers.delete(timer);
+          if (gen === this.generation && this.subs.get(channel) === sub && sub._state === "subscribing") this.sendSubscribe(sub);
+        }, Math.floor(1000 + this.opts.random() * 1000));
+        this.retryTimers.add(timer);
+        return;
+      }
       if (sub && sub._state === "subscribing" && code === "bad_request" && sub._sentSince && this.ws) {
         // `since` refused: the channel has no history (any more). Resubscribe without it
         // and tell the application that it may have missed messages.

@@ -146,3 +146,19 @@ test("away longer than history keeps: onGap first, then the newest messages in o
   assert.ok(replay.length >= 100 && replay.length < 250, `history kept ${replay.length}`);
   assert.deepEqual(replay, Array.from({ length: replay.length }, (_, i) => 252 - replay.length + i), "a contiguous suffix, in order");
 });
+
+test("30 history channels resume after a restart although the server allows 20 history reads a second", async (t) => {
+  if (!gate(t)) return;
+  const a = client(nodeA.url);
+  const channels = Array.from({ length: 30 }, (_, i) => `h:many:${i}`);
+  const got = new Map(channels.map((c) => [c, []]));
+  await Promise.all(channels.map((c) => a.subscribe(c, { onMessage: (d) => got.get(c).push(d) }).ready));
+  for (const c of channels) await httpPublish(nodeB, c, 1);
+  await waitFor(() => channels.every((c) => got.get(c).length === 1), "the first message on each channel");
+  await nodeA.stop("SIGKILL");
+  await waitFor(() => a.state !== "connected", "the client to notice");
+  for (const c of channels) await httpPublish(nodeB, c, 2);
+  nodeA = await startFanout(ARGS(), { port: nodeA.port });
+  await waitFor(() => channels.every((c) => got.get(c).length >= 2), "every channel resumed", 10000);
+  for (const c of channels) assert.deepEqual(got.get(c), [1, 2], c);
+});

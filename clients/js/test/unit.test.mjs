@@ -398,7 +398,10 @@ test("close() leaves no timer behind and stops everything", async () => {
   WS.last.open();
   WS.last.receive({ type: "authenticated", sub: "u", exp: 0 });
   WS.last.receive({ type: "subscribed", channel: "a" });
-  // connected: a token refresh timer is pending; then a disconnect: a reconnect timer.
+  client.subscribe("b", { since: "1-0" });
+  WS.last.receive({ type: "error", code: "rate_limited", message: "x", channel: "b" });
+  // connected: a token refresh timer and a resubscribe retry are pending; then a
+  // disconnect: a reconnect timer.
   WS.last.serverClose(1006);
   assert.ok(process.getActiveResourcesInfo().filter((r) => r === "Timeout").length > before);
   client.close();
@@ -454,5 +457,27 @@ test("a token function that returns an expired token is not called in a loop (th
   WS.last.receive({ type: "authenticated", sub: "u", exp: 0 });
   await new Promise((r) => setTimeout(r, 200));
   assert.equal(calls, 1);
+  client.close();
+});
+
+test("a resubscribe refused with rate_limited (history reads are rate limited) is sent again later; the subscription lives on", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const { WS, client } = setup({ random: () => 0 });
+  const ended = [];
+  const sub = client.subscribe("h", { since: "1-0", onUnsubscribed: (e) => ended.push(e) });
+  await flush();
+  WS.last.open();
+  WS.last.receive({ type: "error", code: "rate_limited", message: "too many history reads", channel: "h" });
+  assert.equal(sub.state, "subscribing");
+  assert.equal(WS.last.sentOf("subscribe").length, 1);
+  t.mock.timers.tick(999);
+  assert.equal(WS.last.sentOf("subscribe").length, 1);
+  t.mock.timers.tick(1);
+  assert.deepEqual(WS.last.sentOf("subscribe")[1], { type: "subscribe", channel: "h", since: "1-0" });
+  WS.last.receive({ type: "subscribed", channel: "h", offset: "3-0" });
+  await sub.ready;
+  assert.deepEqual(ended, []);
+  // A retry pending when the client closes leaves no timer.
+  WS.last.receive({ type: "error", code: "rate_limited", message: "x", channel: "h" });
   client.close();
 });
