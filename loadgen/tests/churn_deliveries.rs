@@ -64,7 +64,8 @@ fn churn(url: &str, extra: &[&str]) -> Value {
 }
 
 fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 #[test]
@@ -103,7 +104,10 @@ fn resume_delivers_everything_exactly_once_and_plain_reconnect_does_not() {
     assert!(u(&r, "drops") >= 80, "{r}");
     assert_eq!(u(&r, "resubscribes_since"), 0, "{r}");
     assert!(u(&r, "lost") > 0, "{r}");
-    assert!(r["delivery_ratio_pct"].as_f64().expect("ratio") < 100.0, "{r}");
+    assert!(
+        r["delivery_ratio_pct"].as_f64().expect("ratio") < 100.0,
+        "{r}"
+    );
     assert_eq!(u(&r, "duplicates"), 0, "{r}");
     node.shutdown();
 }

@@ -83,9 +83,11 @@ fn run_local(
 
 pub fn run(a: &ChurnArgs) -> Result<Value, String> {
     if a.resume {
-        return Err("`churn` measures connection cycles; delivery under churn with resume is \
+        return Err(
+            "`churn` measures connection cycles; delivery under churn with resume is \
              `loadgen churn-deliveries --resume` (see docs/loadgen.md)"
-            .into());
+                .into(),
+        );
     }
     if a.channels == 0
         || a.concurrency == 0

@@ -1,81 +1,15 @@
 //! One subscriber of `churn-deliveries` as loadgen sees it across all of its connections:
-//! every text frame parsed as JSON (`parse`), per stream what it received (sequence
+//! what its parsed frames (`churn_deliveries_frame`) say, per stream what it received (sequence
 //! tracking with `seq::Tracker`: distinct, duplicates, reorders, what is missing), the
 //! last offset seen per channel (for `since`), its churn counters, and a bounded event log
 //! that says what happened when. No sockets and no clocks: the worker feeds it.
 
 use serde_json::{json, Value};
 
+use super::churn_deliveries_frame::{parse, Frame};
 use crate::plan::{n_streams, stream_of};
 use crate::scan::channel_index;
 use crate::seq::{Seen, Tracker};
-
-/// A server text frame, parsed with a JSON parser (this mode counts only what parsed).
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Frame {
-    /// A delivery whose `data` is a loadgen payload (`p`, `s`).
-    Delivery {
-        channel: String,
-        p: u64,
-        s: u64,
-        offset: Option<String>,
-    },
-    /// A delivery whose data is not a loadgen payload.
-    Foreign,
-    Subscribed {
-        channel: String,
-        offset: Option<String>,
-    },
-    Gap {
-        channel: String,
-    },
-    Error {
-        code: String,
-    },
-    Other,
-    Unparsed,
-}
-
-/// Parse one text frame.
-pub(super) fn parse(text: &[u8]) -> Frame {
-    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(text) else {
-        return Frame::Unparsed;
-    };
-    let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
-    match o.get("type") {
-        None => {
-            let (Some(channel), Some(data)) = (s("channel"), o.get("data")) else {
-                return Frame::Unparsed;
-            };
-            match (data["p"].as_u64(), data["s"].as_u64()) {
-                (Some(p), Some(seq)) => Frame::Delivery {
-                    channel,
-                    p,
-                    s: seq,
-                    offset: s("offset"),
-                },
-                _ => Frame::Foreign,
-            }
-        }
-        Some(Value::String(t)) => match t.as_str() {
-            "subscribed" => match s("channel") {
-                Some(channel) => Frame::Subscribed {
-                    channel,
-                    offset: s("offset"),
-                },
-                None => Frame::Unparsed,
-            },
-            "gap" => Frame::Gap {
-                channel: s("channel").unwrap_or_default(),
-            },
-            "error" => Frame::Error {
-                code: s("code").unwrap_or_default(),
-            },
-            _ => Frame::Other,
-        },
-        Some(_) => Frame::Unparsed,
-    }
-}
 
 /// What the subscriber needs to know about the run to read its frames.
 pub(super) struct Ctx {
@@ -196,9 +130,9 @@ impl Sub {
         let rel = if cx.t0 == 0 {
             "   setup".to_string()
         } else {
-            format!("{:8.3}", (now as f64 - cx.t0 as f64) / 1e9)
+            format!("{:8.3}s", (now as f64 - cx.t0 as f64) / 1e9)
         };
-        self.log.push(format!("{rel}s {what}"));
+        self.log.push(format!("{rel} {what}"));
     }
 
     fn channel_name(cx: &Ctx, c: u32) -> String {
@@ -248,12 +182,7 @@ impl Sub {
 
     /// Handle one text frame. Returns the channel slot of a `subscribed` reply, or of an
     /// error reply (`Err`), so the worker can count its pending subscribes.
-    pub(super) fn on_text(
-        &mut self,
-        cx: &Ctx,
-        text: &[u8],
-        now: u64,
-    ) -> Option<Result<usize, ()>> {
+    pub(super) fn on_text(&mut self, cx: &Ctx, text: &[u8], now: u64) -> Option<Result<usize, ()>> {
         match parse(text) {
             Frame::Delivery {
                 channel,
@@ -468,54 +397,17 @@ mod tests {
     }
 
     #[test]
-    fn frames() {
-        assert_eq!(
-            parse(br#"{"channel":"lg.1","data":{"p":0,"s":7,"t":1,"x":"a"},"offset":"5-0:1"}"#),
-            Frame::Delivery {
-                channel: "lg.1".into(),
-                p: 0,
-                s: 7,
-                offset: Some("5-0:1".into())
-            }
-        );
-        assert_eq!(
-            parse(br#"{ "data": {"s":2,"p":1}, "channel": "lg.0" }"#),
-            Frame::Delivery {
-                channel: "lg.0".into(),
-                p: 1,
-                s: 2,
-                offset: None
-            }
-        );
-        assert_eq!(
-            parse(br#"{"type":"subscribed","channel":"lg.0","offset":"0-0:0"}"#),
-            Frame::Subscribed {
-                channel: "lg.0".into(),
-                offset: Some("0-0:0".into())
-            }
-        );
-        assert_eq!(
-            parse(br#"{"type":"gap","channel":"lg.0"}"#),
-            Frame::Gap {
-                channel: "lg.0".into()
-            }
-        );
-        assert_eq!(
-            parse(br#"{"channel":"lg.0","data":"text"}"#),
-            Frame::Foreign
-        );
-        assert_eq!(parse(br#"{"channel":"lg.0","data":{"p":1,"#), Frame::Unparsed);
-        assert_eq!(parse(br#"{"type":"presence"}"#), Frame::Other);
-    }
-
-    #[test]
     fn counts_distinct_duplicates_and_missing() {
         let cx = cx();
         let mut s = Sub::new(0, 0, vec![1], 1, 2);
         assert_eq!(s.streams.len(), 1);
         let cmd = s.subscribe_cmd(&cx, 2, 0, None);
         assert_eq!(cmd, r#"{"channel":"lg.1","type":"subscribe"}"#);
-        let r = s.on_text(&cx, br#"{"type":"subscribed","channel":"lg.1","offset":"A"}"#, 3);
+        let r = s.on_text(
+            &cx,
+            br#"{"type":"subscribed","channel":"lg.1","offset":"A"}"#,
+            3,
+        );
         assert_eq!(r, Some(Ok(0)));
         assert_eq!(s.offsets[0].as_deref(), Some("A"));
         for (seq, off) in [(0, "B"), (1, "C"), (1, "C"), (4, "F")] {
@@ -533,7 +425,11 @@ mod tests {
         // A resubscribe with since keeps the offset it resumes from.
         let cmd = s.subscribe_cmd(&cx, 5, 0, Some("F".into()));
         assert!(cmd.contains(r#""since":"F""#), "{cmd}");
-        s.on_text(&cx, br#"{"type":"subscribed","channel":"lg.1","offset":"Z"}"#, 6);
+        s.on_text(
+            &cx,
+            br#"{"type":"subscribed","channel":"lg.1","offset":"Z"}"#,
+            6,
+        );
         assert_eq!(s.offsets[0].as_deref(), Some("F"));
         // Foreign: another channel, an unknown publisher.
         s.on_text(&cx, br#"{"channel":"lg.0","data":{"p":0,"s":0}}"#, 7);

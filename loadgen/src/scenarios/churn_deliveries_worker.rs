@@ -89,7 +89,6 @@ pub(super) struct WorkerResult {
     pub(super) setup: SetupErrors,
     /// Subscribers not connected and subscribed when the worker stopped.
     pub(super) offline_at_end: u64,
-    pub(super) cpu_s: f64,
     pub(super) max_frac: f64,
 }
 
@@ -181,7 +180,8 @@ pub(super) fn worker(cfg: Arc<Cfg>, mine: Vec<usize>, sh: Arc<Shared>) -> Worker
     let mut res = WorkerResult::default();
     let Ok(mut poll) = Poll::new() else {
         res.setup.connect = mine.len() as u64;
-        sh.setup_errors.fetch_add(mine.len() as u64, Ordering::Relaxed);
+        sh.setup_errors
+            .fetch_add(mine.len() as u64, Ordering::Relaxed);
         sh.workers_ready.fetch_add(1, Ordering::Release);
         return res;
     };
@@ -265,7 +265,11 @@ pub(super) fn worker(cfg: Arc<Cfg>, mine: Vec<usize>, sh: Arc<Shared>) -> Worker
             let now = now_ns();
             if let Some(code) = server_close {
                 let code = code.map_or("none".to_string(), |c| c.to_string());
-                slot.sub.log(&cx, now, format!("server closed the connection (code {code})"));
+                slot.sub.log(
+                    &cx,
+                    now,
+                    format!("server closed the connection (code {code})"),
+                );
             }
             for r in replies {
                 if let Phase::Subscribing(_) = slot.phase {
@@ -408,7 +412,8 @@ pub(super) fn worker(cfg: Arc<Cfg>, mine: Vec<usize>, sh: Arc<Shared>) -> Worker
                     if !setup && s.ever_live && now > t + OP_TIMEOUT_NS =>
                 {
                     s.sub.c.reconnect_errors += 1;
-                    s.sub.log(&cx, now, "reconnect or resubscribe timed out".into());
+                    s.sub
+                        .log(&cx, now, "reconnect or resubscribe timed out".into());
                     s.close(&poll);
                     s.phase = Phase::Offline(now + RETRY_NS);
                 }
@@ -434,7 +439,6 @@ pub(super) fn worker(cfg: Arc<Cfg>, mine: Vec<usize>, sh: Arc<Shared>) -> Worker
         }
     }
     let cpu = (thread_cpu_ns() - cpu0) as f64;
-    res.cpu_s = cpu / 1e9;
     res.max_frac = cpu / (now_ns().saturating_sub(wall0).max(1) as f64);
     for mut s in slots {
         if s.phase == Phase::Out {

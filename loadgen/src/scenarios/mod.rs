@@ -3,6 +3,8 @@
 
 pub mod churn;
 pub mod churn_deliveries;
+mod churn_deliveries_frame;
+mod churn_deliveries_report;
 mod churn_deliveries_sub;
 mod churn_deliveries_worker;
 mod churn_worker;
