@@ -73,8 +73,21 @@ pub fn parse_publish(body: &[u8], limits: &Limits) -> Result<Vec<Publish>, Refus
 /// The user of `/api/users/{U}/connections`, percent-decoded (`+` stays `+` in a path);
 /// `None` for other paths. `Some(Err)` when the user segment is not valid.
 pub fn user_path(path: &str) -> Option<Result<String, Refusal>> {
+    user_segment(path, "/connections")
+}
+
+/// The user of `POST /api/users/{U}/disconnect`, decoded and checked like `user_path`.
+pub fn disconnect_path(path: &str) -> Option<Result<String, Refusal>> {
+    user_segment(path, "/disconnect")
+}
+
+/// The decoded, checked `{U}` of `/api/users/{U}<suffix>`.
+fn user_segment(path: &str, suffix: &str) -> Option<Result<String, Refusal>> {
     let rest = path.strip_prefix("/api/users/")?;
-    let user = rest.strip_suffix("/connections")?;
+    let user = rest.strip_suffix(suffix)?;
+    if user.contains('/') {
+        return Some(Err((404, "no such API endpoint")));
+    }
     Some(match percent_decode(user, false) {
         Ok(u) if valid_user(&u) => Ok(u),
         Ok(_) => Err((400, "bad user id")),
@@ -285,6 +298,23 @@ mod tests {
             Some(Err(_))
         ));
         assert_eq!(user_path("/api/users/x"), None);
+        assert_eq!(
+            disconnect_path("/api/users/b%C3%B8b%2Fx/disconnect"),
+            Some(Ok("bøb/x".into()))
+        );
+        assert_eq!(disconnect_path("/api/users/bob/connections"), None);
+        assert!(matches!(
+            disconnect_path("/api/users/a/b/disconnect"),
+            Some(Err((404, _)))
+        ));
+        assert!(matches!(
+            disconnect_path(&format!("/api/users/{}/disconnect", "a".repeat(257))),
+            Some(Err((400, _)))
+        ));
+        assert!(matches!(
+            disconnect_path("/api/users/%0A/disconnect"),
+            Some(Err((400, _)))
+        ));
         assert_eq!(
             query_param(Some("a=1&user=bob%40x"), "user"),
             Some(Ok("bob@x".into()))

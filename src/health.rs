@@ -15,6 +15,10 @@ pub struct Health {
     pub probe_ok: AtomicBool,
     /// Redis refused the node's credentials (AUTH/SELECT) on its last try.
     pub auth_refused: AtomicBool,
+    /// The last TLS handshake with Redis failed (certificate, CA, host name, protocol).
+    pub tls_failed: AtomicBool,
+    /// `--redis-insecure`: Redis's certificate is not verified (said on `/healthz`).
+    pub tls_unverified: AtomicBool,
 }
 
 impl Health {
@@ -23,7 +27,12 @@ impl Health {
         if !cluster {
             return (true, "embedded");
         }
-        if self.auth_refused.load(Ordering::Relaxed) {
+        if self.tls_failed.load(Ordering::Relaxed) {
+            (
+                false,
+                "redis TLS handshake failed: check --redis-ca, the host name in the URL and the server certificate (see the log)",
+            )
+        } else if self.auth_refused.load(Ordering::Relaxed) {
             (
                 false,
                 "redis refused our credentials (AUTH/SELECT): check the user and password",
@@ -34,6 +43,11 @@ impl Health {
             (false, "redis publisher down")
         } else if !self.probe_ok.load(Ordering::Relaxed) {
             (false, "redis pub/sub probe failing")
+        } else if self.tls_unverified.load(Ordering::Relaxed) {
+            (
+                true,
+                "redis, TLS certificate NOT verified (--redis-insecure: for tests only)",
+            )
         } else {
             (true, "redis")
         }

@@ -15,6 +15,11 @@ fn main() -> ExitCode {
         }
     };
     init_logs(config.log_format);
+    if config.redis_tls.insecure {
+        tracing::warn!(
+            "--redis-insecure: Redis's TLS certificate and host name are NOT verified; anyone on the network path can read and change the traffic. For tests only."
+        );
+    }
     let mode = config.redis.clone().unwrap_or_else(|| "embedded".into());
     let (shards, server_id) = (config.shards, config.server_id.clone());
     let shutdown_timeout = config.shutdown_timeout;

@@ -148,6 +148,9 @@ pub enum ShardMsg {
         frame: Bytes,
         close_after: bool,
     },
+    /// Close every WebSocket of this user with 4004 (`POST /api/users/{U}/disconnect`,
+    /// from any node through the control channel). Control queue.
+    Disconnect { user: Arc<str> },
     /// A connection accepted by another shard, to be owned by this one.
     Accept(mio::net::TcpStream),
     /// Stop accepting, close every client with 1001, flush and exit.

@@ -21,6 +21,16 @@ use crate::health::Health;
 /// See `config::Tuning`.
 pub const SHARD_QUEUE: usize = crate::config::TUNING.shard_queue;
 
+/// Capacity of each shard's delivery queue: `SHARD_QUEUE`, or `FANOUT_TEST_SHARD_QUEUE`
+/// (a test knob, so a test can overflow it with a small burst and watch the repair).
+fn shard_queue() -> usize {
+    std::env::var("FANOUT_TEST_SHARD_QUEUE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(SHARD_QUEUE)
+}
+
 /// See `config::Tuning`.
 pub const LISTEN_BACKLOG: i32 = crate::config::TUNING.listen_backlog;
 
@@ -100,7 +110,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     for _ in 0..n {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = inbox(waker.clone(), Some(SHARD_QUEUE));
+        let (tx, rx) = inbox(waker.clone(), Some(shard_queue()));
         data_tx.push(tx);
         data_rx.push(rx);
         let (tx, rx) = inbox(waker, None);

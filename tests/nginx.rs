@@ -274,3 +274,94 @@ fn cross_node_delivery_through_nginx_and_a_drained_node_loses_no_client() {
     );
     assert!(placed.iter().any(|p| p == drained), "someone was drained");
 }
+
+/// A node drained with SIGTERM during a publish stream on a history channel: its
+/// clients get 1001, come back through nginx to the survivors with `since`, and every
+/// client sees every message exactly once, in order (issue #11).
+#[test]
+fn a_drained_node_loses_no_message_on_history_channels() {
+    let redis = RedisProcess::start();
+    let mut nodes: Vec<Option<TestNode>> = (0..2)
+        .map(|i| {
+            let id = format!("hl-{i}");
+            Some(TestNode::with_redis(
+                &redis,
+                &[
+                    "--server-id",
+                    &id,
+                    "--shards",
+                    "1",
+                    "--history-size",
+                    "1000",
+                ],
+            ))
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.addr).collect();
+    for a in &addrs {
+        wait_for("node healthy", DEADLINE, || {
+            (get(*a, "/healthz").status == 200).then_some(())
+        });
+    }
+    let lb = Nginx::start(&addrs);
+    // Eight clients through nginx (round robin: both nodes), each with its offset.
+    let mut clients: Vec<(WsClient, String)> = (0..8)
+        .map(|i| {
+            let mut c = lb.ws(&format!("h{i}"));
+            c.send(r#"{"type":"subscribe","channel":"feed"}"#);
+            let v = c.expect_json();
+            assert_eq!(v["type"], "subscribed", "{v}");
+            (c, v["offset"].as_str().unwrap().to_string())
+        })
+        .collect();
+    // The publisher uses the node that stays.
+    let total = 150u64;
+    let survivor = addrs[0];
+    let publisher = std::thread::spawn(move || {
+        for n in 1..=total {
+            let body = format!(r#"{{"channel":"feed","data":{{"n":{n}}}}}"#);
+            assert_eq!(post(survivor, "/api/publish", &body, "").status, 202);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let status = nodes[1]
+        .as_mut()
+        .unwrap()
+        .terminate(Duration::from_secs(15));
+    assert!(status.success(), "drained node exit: {status:?}");
+    nodes[1] = None;
+    let mut drained = 0;
+    for (i, (c, offset)) in clients.iter_mut().enumerate() {
+        let mut seen = 0u64;
+        while seen < total {
+            match c.recv_message(DEADLINE) {
+                Some(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    assert!(v.get("type").is_none(), "client {i}: {v}");
+                    let n = v["data"]["n"].as_u64().unwrap();
+                    assert_eq!(n, seen + 1, "client {i}: exactly once, in order");
+                    seen = n;
+                    *offset = v["offset"].as_str().unwrap().to_string();
+                }
+                Some(Message::Close(frame)) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    assert_eq!(code, Some(1001), "client {i}");
+                    drained += 1;
+                    *c = lb.ws(&format!("h{i}"));
+                    c.send(
+                        &serde_json::json!({"type":"subscribe","channel":"feed","since":offset})
+                            .to_string(),
+                    );
+                    let v = c.expect_json();
+                    assert_eq!(v["type"], "subscribed", "{v}");
+                }
+                Some(Message::Ping(_)) | Some(Message::Pong(_)) => {}
+                Some(other) => panic!("client {i}: unexpected {other:?}"),
+                None => panic!("client {i} stuck at {seen}"),
+            }
+        }
+    }
+    publisher.join().unwrap();
+    assert!(drained >= 1, "someone was on the drained node");
+}

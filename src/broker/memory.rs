@@ -14,6 +14,7 @@ use super::history::{answer, MemoryHistory};
 use super::router::Wire;
 use super::{BrokerCmd, Router, ShardLinks};
 use crate::config::Config;
+use crate::protocol::control::CONTROL_CHANNEL;
 use crate::protocol::envelope::EnvelopeBuilder;
 
 /// Capacity of the bus queue; a full queue answers publishers with `unavailable`.
@@ -126,10 +127,15 @@ fn handle(
             payload,
             ack,
         } => {
-            let ns = config.namespaces.lookup(&channel);
-            let offset = (ns.history_size > 0)
-                .then(|| history.append(&channel, ns, payload.clone(), unix_ms()));
-            router.dispatch(links, &channel, &payload, Some(true), offset);
+            if &*channel == CONTROL_CHANNEL {
+                // Embedded mode: the control channel is this one bus.
+                links.control_message(&payload);
+            } else {
+                let ns = config.namespaces.lookup(&channel);
+                let offset = (ns.history_size > 0)
+                    .then(|| history.append(&channel, ns, payload.clone(), unix_ms()));
+                router.dispatch(links, &channel, &payload, Some(true), offset);
+            }
             if let Some(ack) = ack {
                 links.ack(ack, Ok(()));
             }

@@ -1,7 +1,8 @@
 //! The broker side of a node: what shards ask of it (`BrokerCmd`), what it tells shards
 //! (`ShardMsg`), and the `Router` that both buses share: the node-wide channel → shards
 //! table, reference counted per shard, and the dispatch of one shared frame to every
-//! interested shard. The router never blocks: a full shard queue drops and counts.
+//! interested shard; the nodes' control channel (`protocol::control`) fanned out to
+//! every shard. The router never blocks: a full shard queue drops and counts.
 
 pub mod history;
 pub mod memory;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use crate::inbox::InboxSender;
 use crate::metrics::Metrics;
+use crate::protocol::control::Control;
 use crate::protocol::ErrorCode;
 
 pub use crate::ids::ShardId;
@@ -33,6 +35,20 @@ impl ShardLinks {
     pub fn control(&self, shard: ShardId, msg: ShardMsg) {
         if let Some(tx) = self.control.get(shard.index()) {
             let _ = tx.send(msg);
+        }
+    }
+
+    /// Carries out a payload of the nodes' control channel (`protocol::control`): a
+    /// disconnect goes to every shard. Anything else is ignored.
+    pub fn control_message(&self, payload: &[u8]) {
+        match crate::protocol::control::decode(payload) {
+            Some(Control::Disconnect(user)) => {
+                let user: Arc<str> = user.into();
+                for tx in &self.control {
+                    let _ = tx.send(ShardMsg::Disconnect { user: user.clone() });
+                }
+            }
+            None => tracing::debug!("ignored a malformed control message"),
         }
     }
 

@@ -22,9 +22,17 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Redis URL (redis://[:password@]host:port[/db]); join the cluster through it [default: none, embedded in-process bus]
+    /// Redis URL, redis[s]://[[user]:password@]host[:port][/db] (rediss: TLS; user and password percent-encoded; port 6379; db 0); join the cluster through it [default: none, embedded in-process bus]
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     pub redis: Option<String>,
+
+    /// PEM file of the CA certificate(s) that sign Redis's TLS certificate (rediss:// only); they replace the built-in Mozilla roots [default: built-in roots]
+    #[arg(long, env = "REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// Do not verify Redis's TLS certificate or host name (rediss:// only). For tests only: anyone on the path can read and change the traffic [default: off]
+    #[arg(long, env = "REDIS_INSECURE")]
+    pub redis_insecure: bool,
 
     /// This node's name in presence and logs [default: <hostname>-<pid>]
     #[arg(long, env = "SERVER_ID", value_name = "ID")]

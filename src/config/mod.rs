@@ -6,6 +6,7 @@ mod args;
 mod jwt;
 mod namespace;
 mod presence;
+mod redis_tls;
 mod tuning;
 
 pub use args::Args;
@@ -15,6 +16,7 @@ pub use namespace::{
 };
 use presence::resolve_presence;
 pub use presence::{OnOff, PresenceConfig};
+pub use redis_tls::{read_ca, RedisCa, RedisTls};
 pub use tuning::{Tuning, TUNING};
 
 use std::net::SocketAddr;
@@ -166,6 +168,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None`: the embedded in-process bus.
     pub redis: Option<String>,
+    /// How `rediss://` connections verify Redis (`--redis-ca`, `--redis-insecure`).
+    pub redis_tls: RedisTls,
     pub server_id: String,
     pub shards: usize,
     pub limits: Limits,
@@ -202,6 +206,8 @@ pub struct Config {
 struct FileConfig {
     listen: Option<SocketAddr>,
     redis: Option<String>,
+    redis_ca: Option<PathBuf>,
+    redis_insecure: Option<bool>,
     server_id: Option<String>,
     shards: Option<usize>,
     max_message: Option<usize>,
@@ -328,6 +334,11 @@ impl Config {
         });
         bounded("shards", shards, SHARDS, "")?;
         let redis = args.redis.or(file.redis).filter(|r| !r.is_empty());
+        let redis_tls = redis_tls::resolve(
+            redis.as_deref(),
+            args.redis_ca.or(file.redis_ca),
+            args.redis_insecure || file.redis_insecure.unwrap_or(false),
+        )?;
         let server_id = args
             .server_id
             .or(file.server_id)
@@ -375,6 +386,7 @@ impl Config {
         Ok(Config {
             listen,
             redis,
+            redis_tls,
             server_id,
             shards,
             limits,

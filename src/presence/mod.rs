@@ -154,7 +154,7 @@ pub fn start(
     let store = match &config.redis {
         None => None,
         Some(url) => {
-            let url = RedisUrl::parse(url)?;
+            let url = RedisUrl::parse_with(url, &config.redis_tls)?;
             let mut live = b"{\"serverId\":".to_vec();
             push_string(&mut live, &config.server_id);
             let pid = std::process::id();

@@ -1,5 +1,5 @@
 //! Channel names: 1 to `max_len` bytes of UTF-8 without control characters, outside the
-//! prefix reserved for the nodes' own channels.
+//! nodes' own channels (the probe prefix and the control channel).
 
 /// Prefix of each node's private pub/sub probe channel
 /// (`__fanout:probe:<server-id>:<pid>`, see `broker/redis/reader.rs`). Clients and the
@@ -7,11 +7,20 @@
 /// probe would break its health check and force a resubscribe (`gap`) for everyone.
 pub const PROBE_PREFIX: &str = "__fanout:probe:";
 
+/// Whether `name` is one of the nodes' own channels (probe, control): never kept in
+/// history, never offered to clients.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with(PROBE_PREFIX) || name == super::control::CONTROL_CHANNEL
+}
+
 /// Why a channel name was refused.
 pub fn validate(name: &str, max_len: usize) -> Result<(), &'static str> {
     validate_name(name, max_len)?;
     if name.starts_with(PROBE_PREFIX) {
         return Err("channel name is reserved (__fanout:probe: prefix)");
+    }
+    if name == super::control::CONTROL_CHANNEL {
+        return Err("channel name is reserved (the nodes' control channel)");
     }
     Ok(())
 }
@@ -54,5 +63,13 @@ mod tests {
         assert!(validate("__fanout:probe", 256).is_ok());
         assert!(validate("x__fanout:probe:", 256).is_ok());
         assert!(validate_name("__fanout:probe:node-1:42", 256).is_ok());
+    }
+
+    #[test]
+    fn the_control_channel_is_reserved() {
+        use crate::protocol::control::CONTROL_CHANNEL;
+        assert!(validate(CONTROL_CHANNEL, 256).is_err());
+        assert!(validate("__fanout:control:x", 256).is_ok());
+        assert!(validate("__fanout:contro", 256).is_ok());
     }
 }

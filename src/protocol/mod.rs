@@ -1,8 +1,9 @@
 //! Protocol v1 (docs/protocol.md): client commands, server replies and error codes,
-//! channel names, and the delivery envelope. Pure functions over bytes: no I/O.
+//! channel names, the delivery envelope, and the nodes' control channel. Pure functions over bytes: no I/O.
 
 pub mod channel;
 pub mod command;
+pub mod control;
 pub mod envelope;
 pub mod json;
 pub mod reply;

@@ -1,7 +1,8 @@
 //! The presence thread's own Redis connection: blocking (the presence thread is not a
 //! shard, so it may wait on Redis), pipelined (a `Pipe` of any number of commands is one
 //! write and one read pass), with connect/read timeouts and capped exponential backoff
-//! between reconnect attempts so a Redis outage never makes it spin.
+//! between reconnect attempts so a Redis outage never makes it spin. Plain TCP, or TLS
+//! for `rediss://` (a `rustls::StreamOwned`, handshake done at connect).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -39,8 +40,49 @@ impl Pipe {
     }
 }
 
+/// Plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Drop for Stream {
+    /// Says goodbye (`close_notify`) on a TLS connection, best effort.
+    fn drop(&mut self) {
+        if let Stream::Tls(s) = self {
+            s.conn.send_close_notify();
+            let _ = s.conn.write_tls(&mut s.sock);
+        }
+    }
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
 }
 
@@ -102,6 +144,25 @@ impl Client {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let stream = match &self.url.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                let mut session = tls.session(&self.url.host)?;
+                let mut tcp = stream;
+                while session.is_handshaking() {
+                    session.complete_io(&mut tcp).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!(
+                                "TLS handshake with {}:{} failed: {e}",
+                                self.url.host, self.url.port
+                            ),
+                        )
+                    })?;
+                }
+                Stream::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
+            }
+        };
         let mut conn = Conn {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -150,6 +211,7 @@ impl Client {
 impl Conn {
     fn exchange(&mut self, pipe: &Pipe) -> io::Result<Vec<Value>> {
         self.stream.write_all(&pipe.buf)?;
+        self.stream.flush()?;
         let mut out = Vec::with_capacity(pipe.n);
         let mut chunk = vec![0u8; 64 * 1024];
         while out.len() < pipe.n {

@@ -1,7 +1,9 @@
 //! One non-blocking connection to Redis, as a small state machine (down → connecting →
-//! up) with capped exponential backoff between attempts, AUTH/SELECT on connect, a read
-//! buffer that RESP values are decoded from and a write buffer flushed until the socket
-//! would block. Used by both the reader and the writer; never blocks its thread.
+//! [TLS handshake →] up) with capped exponential backoff between attempts, AUTH/SELECT
+//! on connect, a read buffer that RESP values are decoded from and a write buffer
+//! flushed until the socket would block. Plain TCP or TLS (`rediss://`, through
+//! `tls::TlsStream`); a failed handshake or a refused login is remembered for
+//! `/healthz`. Used by both the reader and the writer; never blocks its thread.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
@@ -11,6 +13,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::resp::{self, RespError, Value};
+use super::tls::{is_tls_error, TlsStream};
 use super::url::RedisUrl;
 use crate::config::backoff;
 
@@ -20,9 +23,32 @@ const CONNECT_TIMEOUT: Duration = crate::config::TUNING.connect_timeout;
 
 #[derive(Debug)]
 enum State {
-    Down { retry_at: Instant },
-    Connecting { since: Instant },
+    Down {
+        retry_at: Instant,
+    },
+    Connecting {
+        since: Instant,
+    },
+    /// TCP is up, the TLS handshake is running (bounded by the connect timeout).
+    Handshaking {
+        since: Instant,
+    },
     Up,
+}
+
+/// The socket: plain TCP, or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Transport {
+    fn tcp(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &mut t.tcp,
+        }
+    }
 }
 
 /// What happened on the link during one look at it.
@@ -40,7 +66,7 @@ pub struct Link {
     token: Token,
     name: &'static str,
     state: State,
-    stream: Option<TcpStream>,
+    stream: Option<Transport>,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
     /// What each read() lands in before it is appended to `rbuf`.
@@ -50,6 +76,10 @@ pub struct Link {
     auth_refused: bool,
     /// `auth_refused` changed since `auth_change` last looked.
     auth_changed: bool,
+    /// The last TLS handshake failed (cleared by one that succeeds).
+    tls_failed: bool,
+    /// `tls_failed` changed since `tls_change` last looked.
+    tls_changed: bool,
     /// Replies to AUTH/SELECT still to be skipped.
     handshake_replies: usize,
     /// True once a connection was ever established (later ones are reconnects).
@@ -72,6 +102,8 @@ impl Link {
             attempt: 0,
             auth_refused: false,
             auth_changed: false,
+            tls_failed: false,
+            tls_changed: false,
             handshake_replies: 0,
             was_up: false,
         }
@@ -85,7 +117,7 @@ impl Link {
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
         match self.state {
             State::Down { retry_at } => Some(retry_at.saturating_duration_since(now)),
-            State::Connecting { since } => {
+            State::Connecting { since } | State::Handshaking { since } => {
                 Some((since + CONNECT_TIMEOUT).saturating_duration_since(now))
             }
             State::Up => None,
@@ -110,8 +142,19 @@ impl Link {
                 }
                 LinkEvent::Nothing
             }
-            State::Connecting { since } if now >= since + CONNECT_TIMEOUT => {
-                tracing::warn!(link = self.name, "Redis connect timed out");
+            State::Connecting { since } | State::Handshaking { since }
+                if now >= since + CONNECT_TIMEOUT =>
+            {
+                let what = match self.state {
+                    State::Handshaking { .. } => "TLS handshake",
+                    _ => "connect",
+                };
+                tracing::warn!(
+                    link = self.name,
+                    "Redis {what} to {}:{} timed out",
+                    self.url.host,
+                    self.url.port
+                );
                 self.drop_stream(registry);
                 self.schedule_retry(now);
                 LinkEvent::Nothing
@@ -128,7 +171,7 @@ impl Link {
             self.token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.stream = Some(stream);
+        self.stream = Some(Transport::Plain(stream));
         Ok(())
     }
 
@@ -142,7 +185,10 @@ impl Link {
 
     fn drop_stream(&mut self, registry: &Registry) {
         if let Some(mut s) = self.stream.take() {
-            let _ = registry.deregister(&mut s);
+            if let Transport::Tls(t) = &mut s {
+                t.close();
+            }
+            let _ = registry.deregister(s.tcp());
         }
         self.rbuf.clear();
         self.wbuf.clear();
@@ -158,8 +204,8 @@ impl Link {
     /// Handles a readiness event on the link's token: completes a connect, reads what
     /// arrived and writes what is queued.
     pub fn on_ready(&mut self, registry: &Registry, now: Instant) -> LinkEvent {
-        if let State::Connecting { .. } = self.state {
-            let Some(stream) = self.stream.as_ref() else {
+        if let State::Connecting { since } = self.state {
+            let Some(Transport::Plain(stream)) = self.stream.as_ref() else {
                 return LinkEvent::Nothing;
             };
             match stream.take_error() {
@@ -180,29 +226,105 @@ impl Link {
                 }
             }
             let _ = stream.set_nodelay(true);
-            self.state = State::Up;
-            self.queue_handshake();
-            if self.handshake_replies == 0 {
-                self.attempt = 0;
-            }
-            tracing::info!(
-                link = self.name,
-                "connected to Redis {}:{}",
-                self.url.host,
-                self.url.port
-            );
-            let _ = self.flush();
-            return LinkEvent::Connected;
+            let Some(tls) = self.url.tls.clone() else {
+                return self.established();
+            };
+            let session = match tls.session(&self.url.host) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(link = self.name, "Redis TLS session: {e}");
+                    self.disconnect(registry, now);
+                    return LinkEvent::Nothing;
+                }
+            };
+            let Some(Transport::Plain(tcp)) = self.stream.take() else {
+                return LinkEvent::Nothing;
+            };
+            self.stream = Some(Transport::Tls(Box::new(TlsStream::new(tcp, session))));
+            self.state = State::Handshaking { since };
+        }
+        if let State::Handshaking { .. } = self.state {
+            return self.handshake(registry, now);
         }
         if !self.is_up() {
             return LinkEvent::Nothing;
         }
-        if self.read().is_err() || self.flush().is_err() {
-            tracing::warn!(link = self.name, "Redis connection lost");
+        if let Err(e) = self.read().and_then(|()| self.flush()) {
+            if is_tls_error(&e) {
+                // E.g. a server that wants a client certificate says so after the
+                // handshake (TLS 1.3): fanout sends none.
+                tracing::error!(link = self.name, "Redis connection lost: {e}");
+            } else {
+                tracing::warn!(link = self.name, "Redis connection lost: {e}");
+            }
             self.disconnect(registry, now);
             return LinkEvent::Lost;
         }
         LinkEvent::Nothing
+    }
+
+    /// TCP (and TLS) is up: AUTH/SELECT are queued and the owner is told to send its
+    /// state.
+    fn established(&mut self) -> LinkEvent {
+        self.state = State::Up;
+        self.queue_handshake();
+        if self.handshake_replies == 0 {
+            self.attempt = 0;
+        }
+        tracing::info!(
+            link = self.name,
+            tls = self.url.tls.is_some(),
+            "connected to Redis {}:{}",
+            self.url.host,
+            self.url.port
+        );
+        let _ = self.flush();
+        LinkEvent::Connected
+    }
+
+    /// Moves the TLS handshake on; `Connected` once it is done. A certificate, CA, host
+    /// name or protocol error is logged, remembered for `/healthz` and retried with the
+    /// backoff of a lost connection (which keeps growing while it fails).
+    fn handshake(&mut self, registry: &Registry, now: Instant) -> LinkEvent {
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; 64 * 1024];
+        }
+        let Some(Transport::Tls(tls)) = self.stream.as_mut() else {
+            return LinkEvent::Nothing;
+        };
+        let step = tls
+            .read_into(&mut self.rbuf, &mut self.scratch)
+            .and_then(|()| tls.write_from(&mut self.wbuf));
+        match step {
+            Ok(()) if tls.is_handshaking() => LinkEvent::Nothing,
+            Ok(()) => {
+                self.tls_changed |= self.tls_failed;
+                self.tls_failed = false;
+                self.established()
+            }
+            Err(e) if is_tls_error(&e) => {
+                tracing::error!(
+                    link = self.name,
+                    "Redis TLS handshake with {}:{} failed: {e} (check --redis-ca, the host name in the URL and the server certificate)",
+                    self.url.host,
+                    self.url.port
+                );
+                self.tls_changed = true;
+                self.tls_failed = true;
+                self.disconnect(registry, now);
+                LinkEvent::Nothing
+            }
+            Err(e) => {
+                tracing::warn!(
+                    link = self.name,
+                    "Redis TLS handshake with {}:{} broke off: {e}",
+                    self.url.host,
+                    self.url.port
+                );
+                self.disconnect(registry, now);
+                LinkEvent::Nothing
+            }
+        }
     }
 
     fn queue_handshake(&mut self) {
@@ -224,12 +346,14 @@ impl Link {
     /// Reads everything available into `rbuf` (through a scratch buffer, so nothing is
     /// zero-filled per read). Errors on EOF.
     fn read(&mut self) -> io::Result<()> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
-        };
         if self.scratch.is_empty() {
             self.scratch = vec![0; 64 * 1024];
         }
+        let stream = match self.stream.as_mut() {
+            None => return Ok(()),
+            Some(Transport::Tls(tls)) => return tls.read_into(&mut self.rbuf, &mut self.scratch),
+            Some(Transport::Plain(s)) => s,
+        };
         loop {
             match stream.read(&mut self.scratch) {
                 Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
@@ -248,8 +372,10 @@ impl Link {
 
     /// Writes `wbuf` until empty or the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
+        let stream = match self.stream.as_mut() {
+            None => return Ok(()),
+            Some(Transport::Tls(tls)) => return tls.write_from(&mut self.wbuf),
+            Some(Transport::Plain(s)) => s,
         };
         while !self.wbuf.is_empty() {
             match stream.write(&self.wbuf) {
@@ -269,6 +395,12 @@ impl Link {
     /// refusal, since the last call (for the health flag and the counter).
     pub fn auth_change(&mut self) -> Option<bool> {
         std::mem::take(&mut self.auth_changed).then_some(self.auth_refused)
+    }
+
+    /// `Some(failed)` when a TLS handshake failed, or succeeded after a failure, since
+    /// the last call (for the health flag and the counter).
+    pub fn tls_change(&mut self) -> Option<bool> {
+        std::mem::take(&mut self.tls_changed).then_some(self.tls_failed)
     }
 
     /// The next complete value received, skipping the AUTH/SELECT replies.

@@ -1,8 +1,13 @@
-//! The Redis URL every connection of the node is made from: its grammar, and its one
-//! conversion to an error a caller can return. Parsing and name resolution only.
+//! The Redis URL every connection of the node is made from: its grammar
+//! (`redis[s]://[[user]:password@]host[:port][/db]`), the TLS configuration a `rediss://`
+//! URL carries to every connection made from it, and its one conversion to an error a
+//! caller can return. Parsing and name resolution only: it never connects.
 
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, ToSocketAddrs};
+
+use super::tls::Tls;
+use crate::config::RedisTls;
 
 /// A Redis URL that does not parse, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,18 +35,33 @@ pub struct RedisUrl {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: Option<u32>,
+    /// `rediss://`: every connection made from this URL is TLS with this configuration.
+    pub tls: Option<Tls>,
 }
 
 impl RedisUrl {
-    /// Parses `redis://[[user]:password@]host[:port][/db]`.
+    /// Parses `redis[s]://[[user]:password@]host[:port][/db]`; a `rediss://` URL
+    /// verifies the server with the built-in roots (see `parse_with`).
     pub fn parse(url: &str) -> Result<RedisUrl, UrlError> {
-        Self::parse_str(url).map_err(UrlError)
+        Self::parse_with(url, &RedisTls::default())
     }
 
-    fn parse_str(url: &str) -> Result<RedisUrl, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or_else(|| format!("Redis URL must start with redis:// (got {url:?})"))?;
+    /// Parses the URL; a `rediss://` one carries TLS as `tls` says (`--redis-ca`,
+    /// `--redis-insecure`).
+    pub fn parse_with(url: &str, tls: &RedisTls) -> Result<RedisUrl, UrlError> {
+        Self::parse_str(url, tls).map_err(UrlError)
+    }
+
+    fn parse_str(url: &str, tls: &RedisTls) -> Result<RedisUrl, String> {
+        let (rest, tls) = if let Some(rest) = url.strip_prefix("redis://") {
+            (rest, None)
+        } else if let Some(rest) = url.strip_prefix("rediss://") {
+            (rest, Some(Tls::new(tls)))
+        } else {
+            return Err(format!(
+                "Redis URL must start with redis:// or rediss:// (TLS) (got {url:?})"
+            ));
+        };
         let (auth, hostpart) = match rest.rsplit_once('@') {
             Some((a, h)) => (Some(a), h),
             None => (None, rest),
@@ -57,15 +77,28 @@ impl RedisUrl {
             ),
             None => (hostpart, None),
         };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("bad Redis port {p:?}"))?,
-            ),
-            _ => (hostport, 6379),
+        let port_of = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| format!("bad Redis port {p:?}"))
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        // `[v6 address]` or `[v6 address]:port`; otherwise `host` or `host:port`.
+        let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+            let (h, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("Redis URL has an unclosed [ in {hostport:?}"))?;
+            match after {
+                "" => (h, 6379),
+                _ => match after.strip_prefix(':') {
+                    Some(p) => (h, port_of(p)?),
+                    None => return Err(format!("bad Redis host {hostport:?}")),
+                },
+            }
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, port_of(p)?),
+                None => (hostport, 6379),
+            }
+        };
         if host.is_empty() {
             return Err("Redis URL has no host".into());
         }
@@ -95,6 +128,7 @@ impl RedisUrl {
             username,
             password,
             db,
+            tls,
         })
     }
 
@@ -126,10 +160,41 @@ mod tests {
         assert_eq!(u.username.as_deref(), Some("bob"));
         let u = RedisUrl::parse("redis://[::1]:7000").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 7000));
+        let u = RedisUrl::parse("redis://[::1]").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 6379));
+        assert!(RedisUrl::parse("redis://[::1").is_err());
+        assert!(RedisUrl::parse("redis://[::1]x").is_err());
         assert!(RedisUrl::parse("http://x").is_err());
         assert!(RedisUrl::parse("redis://h:notaport").is_err());
         assert!(RedisUrl::parse("redis://h/x").is_err());
         assert!(RedisUrl::parse("redis://").is_err());
+        assert!(u.tls.is_none());
+    }
+
+    #[test]
+    fn rediss_is_tls_with_the_same_grammar() {
+        let u = RedisUrl::parse("rediss://app:p%40ss@redis.example.com:6380/1").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.db),
+            ("redis.example.com", 6380, Some(1))
+        );
+        assert_eq!(u.username.as_deref(), Some("app"));
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+        assert!(u.tls.as_ref().is_some_and(|t| t.verified()));
+        let u = RedisUrl::parse("rediss://[::1]").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 6379));
+        let insecure = RedisTls {
+            ca: None,
+            insecure: true,
+        };
+        let u = RedisUrl::parse_with("rediss://h", &insecure).unwrap();
+        assert!(u.tls.as_ref().is_some_and(|t| !t.verified()));
+        assert!(RedisUrl::parse_with("redis://h", &insecure)
+            .unwrap()
+            .tls
+            .is_none());
+        let e = RedisUrl::parse("redisss://h").unwrap_err();
+        assert!(e.0.contains("rediss://"), "{e}");
     }
 
     #[test]

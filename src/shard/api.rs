@@ -1,8 +1,10 @@
 //! The shard's side of presence and of the HTTP API: recording a WebSocket in presence
 //! when it opens and removing it when it closes (through a backlog when the presence
 //! queue is full, so no entry is ever leaked), presence queries over WebSocket and HTTP
-//! (answered later through `ShardMsg::Reply`), `POST /api/publish`, and the admission
-//! checks of an upgrade (origin, user parameter). Pure parsing lives in `crate::api`.
+//! (answered later through `ShardMsg::Reply`), `POST /api/publish`,
+//! `POST /api/users/{U}/disconnect` (sent to every node through the control channel,
+//! carried out by `disconnect_user`), and the admission checks of an upgrade (origin,
+//! user parameter). Pure parsing lives in `crate::api`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -15,7 +17,7 @@ use crate::api;
 use crate::http::response;
 use crate::msg::BrokerCmd;
 use crate::presence::{Msg, PresenceHandle, PresenceMetrics, ReplyTo};
-use crate::protocol::{reply, ErrorCode};
+use crate::protocol::{control, reply, ErrorCode};
 use crate::ws::handshake::RequestHead;
 
 /// See `config::Tuning`.
@@ -74,7 +76,7 @@ impl Shard {
             return Err((403, "origin not allowed"));
         }
         // With auth on, the user is the token's `sub`: `?user=` is ignored.
-        if self.presence.is_some() && self.config.presence.user_param && self.auth.is_none() {
+        if self.presence.is_some() && self.config.presence.user_param && self.admit.auth.is_none() {
             if let Some(Err(refusal)) = api::query_param(head.query.as_deref(), "user") {
                 return Err(refusal);
             }
@@ -210,6 +212,17 @@ impl Shard {
             } else {
                 self.api_publish(body)
             }
+        } else if let Some(user) = api::disconnect_path(&head.path) {
+            if head.method != "POST" {
+                response::method_not_allowed("POST")
+            } else if !key_ok {
+                response::json_error(401, "missing or wrong API key")
+            } else {
+                match user {
+                    Ok(user) => self.api_disconnect(&user),
+                    Err((status, why)) => response::json_error(status, why),
+                }
+            }
         } else if let Some(user) = api::user_path(&head.path) {
             if head.method != "GET" {
                 response::method_not_allowed("GET")
@@ -249,6 +262,51 @@ impl Shard {
         };
         self.respond_http(key, response, head.keep_alive);
         true
+    }
+
+    /// `POST /api/users/{U}/disconnect`: a disconnect command on the control channel,
+    /// which every node (this one included) carries out as it receives it: through Redis
+    /// in cluster mode, through the embedded bus otherwise. 202 once the broker took it.
+    fn api_disconnect(&mut self, user: &str) -> Vec<u8> {
+        if self.config.redis.is_some() && !self.health.publisher_ok.load(Ordering::Relaxed) {
+            return response::json_error(503, "broker unavailable");
+        }
+        let cmd = BrokerCmd::Publish {
+            channel: control::CONTROL_CHANNEL.into(),
+            payload: control::disconnect(user),
+            ack: None,
+        };
+        if self.broker.send(cmd).is_err() {
+            return response::json_error(503, "broker unavailable");
+        }
+        response::json_response(202, b"{\"disconnected\":true}\n", "")
+    }
+
+    /// `ShardMsg::Disconnect`: closes every WebSocket of `user` on this shard with 4004.
+    /// A connection's user is its token's `sub` with auth on; without auth, its presence
+    /// user id (`?user=` with `--presence-user-param`, else its connection id).
+    pub(super) fn disconnect_user(&mut self, user: &str) {
+        // Connection ids of this shard are "<tag>:<shard>:<gen>": matched by `gen`.
+        let by_cid: Option<u32> = self.presence.as_ref().and_then(|link| {
+            let zero = link.handle.conn_id(self.id, 0);
+            let prefix = zero.strip_suffix('0')?;
+            user.strip_prefix(prefix)?.parse().ok()
+        });
+        let matches = |c: &Conn| match (c.session.grant(), c.presence.as_deref()) {
+            (Some(grant), _) => *grant.sub == *user,
+            (None, Some("")) => by_cid == Some(c.gen),
+            (None, Some(stored)) => stored == user,
+            (None, None) => false,
+        };
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.is_open() && matches(c))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.close_ws(key, control::DISCONNECT_CODE, control::DISCONNECT_REASON);
+        }
     }
 
     /// `POST /api/publish`: one message or a batch, in order, through the broker.

@@ -18,11 +18,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use super::chan_history::{Catch, RETRY};
 use super::conn::ConnId;
 use super::outq::Kind;
-use super::subs::{Catch, ChanHistory};
 use super::Shard;
 use crate::broker::history::MAX_REPLAY;
 use crate::msg::{BrokerCmd, HistoryRead, HistoryTo, Replay};
@@ -30,57 +28,42 @@ use crate::offset::Offset;
 use crate::protocol::{reply, ErrorCode};
 
 /// See `config::Tuning`.
-const MAX_HELD: usize = crate::config::TUNING.max_held;
-/// See `config::Tuning`.
 const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
 
-/// Decides what happens to a live delivery on a history channel: `true` to deliver it
-/// now (the channel's offset moves to it, and subscribers being caught up get it
-/// held); `false` when it was already delivered (dropped) or is held because a read is
-/// in flight.
-pub(super) fn take_live(h: &mut ChanHistory, offset: Option<Offset>, frame: &Bytes) -> bool {
-    if let (Some(o), Some(last)) = (offset, h.last) {
-        if o.covered_by(&last) {
-            return false;
-        }
-    }
-    if h.syncing != 0 || (h.again && h.last.is_some()) {
-        h.held_bytes += frame.len();
-        if h.held_bytes > MAX_HELD {
-            // Everything with an offset is read again from history afterwards.
-            h.held_lost |= offset.is_none() || h.held.iter().any(|(o, _)| o.is_none());
-            h.held.clear();
-            h.held_bytes = 0;
-            h.again = true;
-        } else {
-            h.held.push((offset, frame.clone()));
-        }
-        return false;
-    }
-    if let Some(o) = offset {
-        h.last = Some(o);
-    }
-    for c in h.catching.iter_mut().filter(|c| !c.overflowed) {
-        c.held_bytes += frame.len();
-        if c.held_bytes > MAX_HELD {
-            c.overflowed = true;
-            c.held = Vec::new();
-        } else {
-            c.held.push((offset, frame.clone()));
-        }
-    }
-    true
-}
+/// See `config::Tuning`.
+const HISTORY_RATE: u32 = crate::config::TUNING.history_rate;
 
 impl Shard {
+    /// Takes one history read from connection `key`'s allowance; false (answered
+    /// `rate_limited`, counted) when it has none left.
+    pub(super) fn history_allowed(&mut self, key: usize, channel: &str, id: Option<&str>) -> bool {
+        let now_ms = self.clock.ms();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let limits = conn.limits.get_or_insert_with(Default::default);
+        let ok = limits
+            .history
+            .get_or_insert_with(|| super::admission::Bucket::full(HISTORY_RATE, now_ms))
+            .take(HISTORY_RATE, now_ms);
+        if !ok {
+            self.metrics.shards[self.id.index()]
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.simple_error(
+                key,
+                ErrorCode::RateLimited,
+                "too many history reads: at most 20 per second",
+                id,
+                Some(channel),
+            );
+        }
+        ok
+    }
+
     /// Whether `channel` keeps history (its namespace's `history_size`).
     pub(super) fn has_history(&self, channel: &str) -> bool {
         self.config.namespaces.lookup(channel).history_size > 0
-    }
-
-    fn next_tag(&mut self) -> u32 {
-        self.history_tag = self.history_tag.wrapping_add(1).max(1);
-        self.history_tag
     }
 
     /// Asks for a read; false if the broker cannot take it now.
@@ -91,7 +74,7 @@ impl Shard {
     /// Reads local channel `id` up to date: its first offset, or what it missed since
     /// its last delivered one. Deliveries are held until the answer.
     pub(super) fn start_sync(&mut self, id: u32) {
-        let tag = self.next_tag();
+        let tag = self.reads.next_tag();
         let Some(ch) = self.subs.channel_mut(id) else {
             return;
         };
@@ -118,10 +101,10 @@ impl Shard {
                 .channel_mut(id)
                 .and_then(|c| c.hist.as_deref_mut())
             {
-                h.syncing = 0;
-                h.again = true;
+                // The broker cannot take it now: keep holding, ask again in a second.
+                h.syncing = RETRY;
             }
-            self.history_retry.push(name);
+            self.reads.retry.push(name);
         }
     }
 
@@ -148,6 +131,9 @@ impl Shard {
         } else {
             self.start_sync(id);
         }
+        self.metrics
+            .history_repairs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
@@ -166,13 +152,15 @@ impl Shard {
         if h.syncing != tag {
             return; // a stale answer
         }
-        h.syncing = 0;
         let Ok(replay) = replay else {
             // Redis could not answer: keep holding, ask again in a second.
-            h.syncing = u32::MAX;
-            self.history_retry.push(name);
+            h.syncing = RETRY;
+            self.reads.retry.push(name);
             return;
         };
+        h.syncing = 0;
+        // Taken now: what this answer brings must be delivered, not held for the next.
+        let again = std::mem::take(&mut h.again);
         let first = h.last.is_none();
         if first {
             h.last = Some(replay.top);
@@ -187,7 +175,7 @@ impl Shard {
         }
         if replay.gap || lost {
             self.metrics
-                .gaps
+                .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.deliver_to(id, reply::gap(channel), Kind::Keep, None);
         }
@@ -211,11 +199,6 @@ impl Shard {
         for (offset, frame) in held {
             self.deliver_to(id, frame, Kind::Delivery, offset);
         }
-        let again = self
-            .subs
-            .channel_mut(id)
-            .and_then(|c| c.hist.as_deref_mut())
-            .is_some_and(|h| std::mem::take(&mut h.again));
         if again {
             self.start_sync(id);
         }
@@ -276,7 +259,7 @@ impl Shard {
             return;
         };
         let pos = conn.subs[i].1;
-        let tag = self.next_tag();
+        let tag = self.reads.next_tag();
         let catch = Catch {
             key: key as u32,
             tag,
@@ -313,7 +296,7 @@ impl Shard {
             },
         };
         if !self.ask(read) {
-            self.catch_retry.push((channel, key, tag));
+            self.reads.catch_retry.push((channel, key, tag));
         }
     }
 
@@ -358,13 +341,13 @@ impl Shard {
         };
         let Ok(replay) = replay else {
             // Ask again in a second; what arrives meanwhile is held for it.
-            self.catch_retry.push((Arc::from(channel), key, tag));
+            self.reads.catch_retry.push((Arc::from(channel), key, tag));
             return;
         };
         if overflowed {
             // Its held frames were dropped: deliver this part, then read on from
             // `upto` to where the channel is now.
-            let new_tag = self.next_tag();
+            let new_tag = self.reads.next_tag();
             let now = last.unwrap_or(upto);
             if let Some(c) = self
                 .subs
@@ -404,7 +387,7 @@ impl Shard {
     fn replay_to(&mut self, key: usize, channel: &str, replay: &Replay, since: Offset) {
         if replay.gap {
             self.metrics
-                .gaps
+                .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.queue(key, reply::gap(channel));
         }
@@ -419,7 +402,7 @@ impl Shard {
     /// Once a second: reads that could not be asked, or that Redis could not answer,
     /// are asked again.
     pub(super) fn retry_history(&mut self) {
-        for name in std::mem::take(&mut self.history_retry) {
+        for name in std::mem::take(&mut self.reads.retry) {
             let Some(id) = self.subs.lookup(&name) else {
                 continue;
             };
@@ -427,16 +410,14 @@ impl Shard {
                 .subs
                 .channel(id)
                 .and_then(|c| c.hist.as_ref())
-                .is_some_and(|h| {
-                    h.syncing == u32::MAX || (h.syncing == 0 && (h.again || h.last.is_none()))
-                });
+                .is_some_and(|h| h.syncing == RETRY || (h.syncing == 0 && h.last.is_none()));
             if pending && self.subs.channel(id).is_some_and(|c| c.live) {
                 self.start_sync(id);
             } else if pending {
-                self.history_retry.push(name);
+                self.reads.retry.push(name);
             }
         }
-        for (name, key, tag) in std::mem::take(&mut self.catch_retry) {
+        for (name, key, tag) in std::mem::take(&mut self.reads.catch_retry) {
             let Some(id) = self.subs.lookup(&name) else {
                 continue;
             };
@@ -473,6 +454,9 @@ impl Shard {
                 id.as_deref(),
                 Some(channel),
             );
+        }
+        if !self.history_allowed(key, channel, id.as_deref()) {
+            return;
         }
         let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
             return;

@@ -188,6 +188,7 @@ impl Shard {
                 frame,
                 close_after,
             } => self.on_reply(conn, frame, close_after),
+            ShardMsg::Disconnect { user } => self.disconnect_user(&user),
             ShardMsg::Accept(stream) => self.register(stream),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }

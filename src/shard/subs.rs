@@ -12,44 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use slab::Slab;
 
+use super::chan_history::{Catch, ChanHistory};
 use crate::offset::Offset;
-
-/// A history channel's local state: how far this shard has delivered, the read in
-/// flight that brings it up to date, and the subscribers being caught up.
-#[derive(Debug, Default)]
-pub struct ChanHistory {
-    /// The offset of the newest message delivered to the members (or the channel's
-    /// offset when it was first read); `None` until the first read answered.
-    pub last: Option<Offset>,
-    /// The tag of the sync read in flight (0: none). While one is, deliveries are held.
-    pub syncing: u32,
-    /// Another sync is needed once the one in flight answers (a gap arrived meanwhile,
-    /// or held frames overflowed).
-    pub again: bool,
-    /// Deliveries held while syncing, with their offsets.
-    pub held: Vec<(Option<Offset>, Bytes)>,
-    pub held_bytes: usize,
-    /// A held frame without an offset was dropped (overflow): the members get `gap`.
-    pub held_lost: bool,
-    /// Subscribers being caught up (positions with `CATCHING`).
-    pub catching: Vec<Catch>,
-    /// The `since` of waiters that asked to resume.
-    pub resume: Vec<(u32, Offset)>,
-}
-
-/// One subscriber being caught up: its history read covers (`since`, `upto`]; live
-/// frames after `upto` are held for it meanwhile.
-#[derive(Debug)]
-pub struct Catch {
-    pub key: u32,
-    pub tag: u32,
-    pub since: Offset,
-    pub upto: Offset,
-    pub held: Vec<(Option<Offset>, Bytes)>,
-    pub held_bytes: usize,
-    /// Held frames were dropped (too many): read history again after this read.
-    pub overflowed: bool,
-}
 
 /// One channel's local state.
 #[derive(Debug)]
@@ -335,6 +299,51 @@ mod tests {
         assert_eq!(r.emptied.as_deref(), Some("c"));
         assert!(idx.lookup("c").is_none());
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn history_waiters_wait_for_the_offset_and_catch_ups_have_their_own_list() {
+        let o = |seq| Offset {
+            id: crate::offset::StreamId { ms: 1, seq },
+            epoch: 1,
+        };
+        let mut idx = SubIndex::default();
+        let (id, _, a) = idx.add("h", 1, true, Some(o(2)));
+        assert!(matches!(a, Added::NewChannel(_)));
+        idx.set_live(id);
+        // Live but without an offset yet: a new subscriber waits too.
+        assert_eq!(idx.add("h", 2, true, None).2, Added::Pending);
+        assert_eq!(
+            idx.channel(id).unwrap().hist.as_ref().unwrap().resume,
+            vec![(1, o(2))]
+        );
+        idx.channel_mut(id).unwrap().hist.as_mut().unwrap().last = Some(o(5));
+        assert_eq!(idx.confirm(id).0, vec![1, 2]);
+        assert_eq!(idx.add("h", 3, true, None), (id, 2, Added::Live));
+        let catch = |key| Catch {
+            key,
+            tag: key,
+            since: o(2),
+            upto: o(5),
+            held: Vec::new(),
+            held_bytes: 0,
+            overflowed: false,
+        };
+        // Member 1 (position 0) is caught up: 3 takes its place.
+        let (pos, moved) = idx.start_catch(id, 0, catch(1)).unwrap();
+        assert_eq!((pos, moved), (CATCHING, Some((3, 0))));
+        let (pos, _) = idx.start_catch(id, 1, catch(2)).unwrap();
+        assert_eq!(pos, 1 | CATCHING);
+        assert_eq!(idx.channel(id).unwrap().members, vec![3]);
+        // The first catch-up ends: a member again; the second moves into its slot.
+        let (c, pos, moved) = idx.end_catch(id, 1, 1).unwrap();
+        assert_eq!((c.key, pos, moved), (1, 1, Some((2, CATCHING))));
+        assert!(idx.end_catch(id, 2, 99).is_none(), "a stale tag");
+        // Removing everyone, catching included, empties the channel.
+        idx.remove(id, CATCHING);
+        idx.remove(id, 1);
+        let r = idx.remove(id, 0);
+        assert_eq!(r.emptied.as_deref(), Some("h"));
     }
 
     #[test]

@@ -50,7 +50,12 @@ pub fn start(
     links: ShardLinks,
     health: Arc<Health>,
 ) -> std::io::Result<Started> {
-    let url = RedisUrl::parse(url)?;
+    let url = RedisUrl::parse_with(url, &config.redis_tls)?;
+    if url.tls.as_ref().is_some_and(|t| !t.verified()) {
+        health
+            .tls_unverified
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let writer_poll = Poll::new()?;
@@ -104,21 +109,31 @@ pub fn start(
     })
 }
 
-/// Mirrors a refusal (or acceptance) of our Redis credentials, seen by `link`, into
-/// `/healthz` and the counter (the reader and the writer each call it for their link).
+/// Mirrors a refusal (or acceptance) of our Redis credentials, and a failed (or
+/// succeeding) TLS handshake, seen by `link`, into `/healthz` and the counters (the
+/// reader and the writer each call it for their link).
 fn note_auth(
     link: &mut crate::redis::link::Link,
     health: &Health,
     metrics: &crate::metrics::Metrics,
 ) {
-    if let Some(refused) = link.auth_change() {
-        health
-            .auth_refused
-            .store(refused, std::sync::atomic::Ordering::Relaxed);
-        if refused {
-            metrics
-                .redis_auth_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let mirror = |change: Option<bool>, flag: &AtomicBool, counter: &AtomicU64| {
+        if let Some(bad) = change {
+            flag.store(bad, Relaxed);
+            if bad {
+                counter.fetch_add(1, Relaxed);
+            }
         }
-    }
+    };
+    mirror(
+        link.auth_change(),
+        &health.auth_refused,
+        &metrics.redis_auth_refused,
+    );
+    mirror(
+        link.tls_change(),
+        &health.tls_failed,
+        &metrics.redis_tls_failed,
+    );
 }

@@ -2,7 +2,9 @@
 //! It subscribes on a channel's first local subscriber and unsubscribes after the last
 //! (batched per loop turn), decodes every message once, builds its frame once and hands
 //! it to the interested shards. After a reconnect it resubscribes everything and sends
-//! a gap notice; a private probe channel proves the path end to end. It never blocks on
+//! a gap notice; a private probe channel proves the path end to end; the nodes' control
+//! channel (`protocol::control`) is subscribed for the reader's lifetime and its
+//! commands go to every shard. It never blocks on
 //! a shard: what a full shard queue cannot take is dropped and counted by the router.
 
 use std::collections::HashSet;
@@ -19,6 +21,7 @@ use crate::broker::{BrokerCmd, Router, ShardLinks};
 use crate::health::Health;
 use crate::inbox::{Inbox, InboxSender};
 pub use crate::protocol::channel::PROBE_PREFIX;
+use crate::protocol::control::CONTROL_CHANNEL;
 use crate::redis::link::{Link, LinkEvent};
 use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;
@@ -149,6 +152,7 @@ impl Reader {
         tracing::info!(channels = channels.len(), reconnect, "subscribing");
         self.to_send.clear();
         self.to_send.push((true, self.probe_channel.clone()));
+        self.to_send.push((true, Arc::from(CONTROL_CHANNEL)));
         for ch in channels {
             self.router.resubscribing(&ch);
             // Only subscribers that were confirmed before the loss can have missed
@@ -255,6 +259,10 @@ impl Reader {
                                 self.link.rbuf.advance(len);
                                 self.probe_back(&payload);
                             }
+                            Ok(CONTROL_CHANNEL) => {
+                                self.links.control_message(payload);
+                                self.link.rbuf.advance(len);
+                            }
                             Ok(ch) => {
                                 let (offset, data) = super::history::split_marked(payload);
                                 self.router
@@ -303,6 +311,8 @@ impl Reader {
                 };
                 if *channel == *self.probe_channel {
                     self.probe_back(&payload);
+                } else if channel == CONTROL_CHANNEL {
+                    self.links.control_message(&payload);
                 } else {
                     let (offset, data) = super::history::split_marked(&payload);
                     self.router
@@ -312,6 +322,9 @@ impl Reader {
             b"subscribe" => {
                 if *channel == *self.probe_channel {
                     self.probe_subscribed = true;
+                    return;
+                }
+                if channel == CONTROL_CHANNEL {
                     return;
                 }
                 self.router.confirmed(&mut self.links, channel);

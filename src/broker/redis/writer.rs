@@ -267,7 +267,7 @@ impl Writer {
                 continue;
             }
             let ns = self.config.namespaces.lookup(&channel);
-            if ns.history_size > 0 && !is_probe(&channel) {
+            if ns.history_size > 0 && !crate::protocol::channel::is_internal(&channel) {
                 scripts::encode_publish(&mut self.link.wbuf, &self.scripts, &channel, &payload, ns);
             } else {
                 resp::encode(
