@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::conn::{Conn, ConnId, Phase};
+use super::conn::{Conn, ConnId, Key, Phase};
 use super::Shard;
 use crate::api;
 use crate::http::response;
@@ -96,7 +96,7 @@ impl Shard {
 
     /// Hook: the WebSocket of `key` just opened (or, with auth on, authenticated), for
     /// `user` (`None`: the connection id is the user).
-    pub(super) fn presence_open(&mut self, key: usize, user: Option<&str>) {
+    pub(super) fn presence_open(&mut self, key: Key, user: Option<&str>) {
         let Some(link) = self.presence.as_mut() else {
             return;
         };
@@ -138,14 +138,14 @@ impl Shard {
     }
 
     /// Asks the presence thread about `user`; the answer comes back as a `Reply`.
-    pub(super) fn presence_query(&mut self, key: usize, user: &str, http: bool) {
+    pub(super) fn presence_query(&mut self, key: Key, user: &str, http: bool) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
         let to = ReplyTo {
             shard: self.id,
             conn: ConnId {
-                key: key as u32,
+                key: key.raw(),
                 gen: conn.gen,
             },
             http,
@@ -184,7 +184,7 @@ impl Shard {
     /// Bytes for one connection from another thread (`ShardMsg::Reply`): a WebSocket
     /// reply, or the HTTP answer a request in `HttpWait` waits for (`close_after`).
     pub(super) fn on_reply(&mut self, to: ConnId, frame: Bytes, close_after: bool) {
-        let key = to.key as usize;
+        let key = Key::from_raw(to.key);
         let (phase, keep_alive) = match self.conns.get(key) {
             Some(c) if c.gen == to.gen => (c.phase(), c.session.keep_alive()),
             _ => return,
@@ -200,7 +200,7 @@ impl Shard {
     }
 
     /// Answers `/api/...` requests; false for any other path.
-    pub(super) fn answer_api(&mut self, key: usize, head: &RequestHead, body: &[u8]) -> bool {
+    pub(super) fn answer_api(&mut self, key: Key, head: &RequestHead, body: &[u8]) -> bool {
         let key_ok = api::key_ok(self.config.api_key.as_deref(), head.api_key.as_deref());
         let response = if head.path == "/api/publish" {
             if head.method != "POST" {
@@ -298,7 +298,7 @@ impl Shard {
             (None, Some(stored)) => stored == user,
             (None, None) => false,
         };
-        let keys: Vec<usize> = self
+        let keys: Vec<Key> = self
             .conns
             .iter()
             .filter(|(_, c)| c.session.is_open() && matches(c))

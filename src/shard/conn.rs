@@ -3,12 +3,93 @@
 //! subscribed connection owns no buffer at all.
 
 use mio::net::TcpStream;
+use slab::Slab;
 
 use super::outq::OutQueue;
 use super::session::Session;
 
 pub use super::session::Phase;
 pub use crate::ids::ConnId;
+
+/// A connection's slot in its shard: the shard-local name of a connection (with `gen`,
+/// `ConnId` names it to other threads). Kept as a `u32` in subscription lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(u32);
+
+impl Key {
+    /// The key of a raw `u32` kept in a subscription list or a `ConnId`.
+    pub fn from_raw(raw: u32) -> Key {
+        Key(raw)
+    }
+
+    /// The `u32` a subscription list or a `ConnId` keeps.
+    pub fn raw(self) -> u32 {
+        self.0
+    }
+
+    /// Its slab slot (also its `mio::Token`).
+    pub fn slot(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The key of slab slot (or `mio::Token`) `slot`; `None` past `u32` (never a
+    /// connection: a shard holds far fewer).
+    pub fn from_slot(slot: usize) -> Option<Key> {
+        u32::try_from(slot).ok().map(Key)
+    }
+
+    /// The key this connection has in `ConnId` `id`.
+    pub fn of(id: ConnId) -> Key {
+        Key(id.key)
+    }
+}
+
+/// A shard's connections, by `Key`.
+#[derive(Debug, Default)]
+pub struct Conns(Slab<Conn>);
+
+impl Conns {
+    pub fn get(&self, key: Key) -> Option<&Conn> {
+        self.0.get(key.slot())
+    }
+
+    pub fn get_mut(&mut self, key: Key) -> Option<&mut Conn> {
+        self.0.get_mut(key.slot())
+    }
+
+    /// The key the next `insert` will use (`None`: the shard is full).
+    pub fn next_key(&self) -> Option<Key> {
+        Key::from_slot(self.0.vacant_key())
+    }
+
+    pub fn insert(&mut self, conn: Conn) -> Key {
+        Key(self.0.insert(conn) as u32)
+    }
+
+    pub fn remove(&mut self, key: Key) -> Option<Conn> {
+        self.0.try_remove(key.slot())
+    }
+
+    pub fn keys(&self) -> Vec<Key> {
+        self.iter().map(|(k, _)| k).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Key, &Conn)> {
+        self.0.iter().map(|(k, c)| (Key(k as u32), c))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut Conn)> {
+        self.0.iter_mut().map(|(k, c)| (Key(k as u32), c))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 #[derive(Debug)]
 pub struct Conn {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::admission::Bucket;
 use super::conn::ConnId;
+use super::conn::Key;
 use super::session::{may_subscribe, Cmd, Refresh};
 use super::subs::{Added, WAITING};
 use super::Shard;
@@ -18,7 +19,7 @@ use crate::protocol::{reply, ErrorCode};
 impl Shard {
     pub(super) fn simple_error(
         &mut self,
-        key: usize,
+        key: Key,
         code: ErrorCode,
         message: &'static str,
         id: Option<&str>,
@@ -31,7 +32,7 @@ impl Shard {
     }
 
     /// Carries out one client command.
-    pub(super) fn on_command(&mut self, key: usize, cmd: Cmd) {
+    pub(super) fn on_command(&mut self, key: Key, cmd: Cmd) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -58,7 +59,7 @@ impl Shard {
     }
 
     /// A command the connection's token does not allow (or no token yet).
-    fn refuse(&mut self, key: usize, code: ErrorCode, cmd: &Cmd) {
+    fn refuse(&mut self, key: Key, code: ErrorCode, cmd: &Cmd) {
         let (id, channel) = match cmd {
             Cmd::Subscribe(c, _) | Cmd::Unsubscribe(c) => (None, Some(&**c)),
             Cmd::Publish { channel, id, .. } | Cmd::History { channel, id, .. } => {
@@ -78,7 +79,7 @@ impl Shard {
 
     /// `{"type":"auth","token":…}`: the first token of the connection, or a refresh
     /// (same `sub`). An invalid token, or one for another user, closes with 4001.
-    fn auth_message(&mut self, key: usize, token: &str) {
+    fn auth_message(&mut self, key: Key, token: &str) {
         let Some(verifier) = self.admit.auth.clone() else {
             return self.simple_error(
                 key,
@@ -122,7 +123,7 @@ impl Shard {
 
     /// After a refresh: subscriptions the new token no longer allows are dropped, each
     /// answered `unsubscribed`.
-    fn drop_disallowed(&mut self, key: usize) {
+    fn drop_disallowed(&mut self, key: Key) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -141,7 +142,7 @@ impl Shard {
         }
     }
 
-    fn subscribe(&mut self, key: usize, channel: &str, since: Option<crate::offset::Offset>) {
+    fn subscribe(&mut self, key: Key, channel: &str, since: Option<crate::offset::Offset>) {
         let history = self.has_history(channel);
         if since.is_some() && !history {
             return self.simple_error(
@@ -188,7 +189,7 @@ impl Shard {
         if since.is_some() && !self.history_allowed(key, channel, None) {
             return;
         }
-        let (chan, pos, added) = self.subs.add(channel, key as u32, history, since);
+        let (chan, pos, added) = self.subs.add(channel, key.raw(), history, since);
         if let Some(conn) = self.conns.get_mut(key) {
             conn.subs.push((chan, pos));
         }
@@ -228,7 +229,7 @@ impl Shard {
         }
     }
 
-    fn drop_subscription(&mut self, key: usize, chan: u32) {
+    fn drop_subscription(&mut self, key: Key, chan: u32) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -242,14 +243,14 @@ impl Shard {
         self.leave(chan, pos);
     }
 
-    fn unsubscribe(&mut self, key: usize, channel: &str) {
+    fn unsubscribe(&mut self, key: Key, channel: &str) {
         if let Some(chan) = self.subs.lookup(channel) {
             self.drop_subscription(key, chan);
         }
         self.queue(key, reply::unsubscribed(channel));
     }
 
-    fn publish(&mut self, key: usize, channel: Box<str>, payload: Bytes, id: Option<Box<str>>) {
+    fn publish(&mut self, key: Key, channel: Box<str>, payload: Bytes, id: Option<Box<str>>) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -283,7 +284,7 @@ impl Shard {
         let ack = id.map(|id| AckTo {
             shard: self.id,
             conn: ConnId {
-                key: key as u32,
+                key: key.raw(),
                 gen,
             },
             id,
@@ -307,7 +308,7 @@ impl Shard {
     }
 
     /// `--publish-rate`: takes one publish from the connection's token bucket.
-    fn publish_allowed(&mut self, key: usize) -> bool {
+    fn publish_allowed(&mut self, key: Key) -> bool {
         let rate = self.config.limits.publish_rate;
         if rate == 0 {
             return true;
@@ -323,7 +324,7 @@ impl Shard {
             .take(rate, now_ms)
     }
 
-    fn publish_refused(&mut self, key: usize, channel: &str, id: Option<&str>) {
+    fn publish_refused(&mut self, key: Key, channel: &str, id: Option<&str>) {
         self.metrics.shards[self.id.index()]
             .publish_rejected
             .fetch_add(1, Ordering::Relaxed);
@@ -336,7 +337,7 @@ impl Shard {
         );
     }
 
-    fn presence(&mut self, key: usize, user: &str) {
+    fn presence(&mut self, key: Key, user: &str) {
         self.presence_query(key, user, false);
     }
 
@@ -373,12 +374,12 @@ impl Shard {
         }
         let frame = reply::subscribed(channel);
         for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
                 if let Some(i) = c.sub_index(chan) {
                     c.subs[i].1 = first + n as u32;
                 }
             }
-            self.queue(key as usize, frame.clone());
+            self.queue(Key::from_raw(key), frame.clone());
         }
     }
 
@@ -427,7 +428,7 @@ impl Shard {
 
     /// The broker's answer to a publish with an id.
     pub(super) fn on_published(&mut self, conn: ConnId, id: &str, result: Result<(), ErrorCode>) {
-        let key = conn.key as usize;
+        let key = Key::from_raw(conn.key);
         if result.is_err() {
             // Counted whether or not the client is still there to be told.
             self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use super::chan_history::{Catch, RETRY};
 use super::conn::ConnId;
+use super::conn::Key;
 use super::outq::Kind;
 use super::Shard;
 use crate::broker::history::MAX_REPLAY;
@@ -34,10 +35,10 @@ impl Shard {
     }
 
     /// The id of connection `key` (with its generation) as other threads name it.
-    pub(super) fn conn_id(&self, key: usize) -> Option<ConnId> {
+    pub(super) fn conn_id(&self, key: Key) -> Option<ConnId> {
         let gen = self.conns.get(key)?.gen;
         Some(ConnId {
-            key: key as u32,
+            key: key.raw(),
             gen,
         })
     }
@@ -189,7 +190,7 @@ impl Shard {
         };
         let name = ch.name.clone();
         for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = self.conns.get_mut(key as usize) {
+            if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
                 if let Some(i) = c.sub_index(id) {
                     c.subs[i].1 = first + n as u32;
                 }
@@ -208,13 +209,13 @@ impl Shard {
                 .iter()
                 .position(|&(k, _)| k == key)
                 .map(|i| resume.swap_remove(i).1);
-            self.joined(key as usize, id, &name, since);
+            self.joined(Key::from_raw(key), id, &name, since);
         }
     }
 
     /// Connection `key` is a member of history channel `id`: it is told `subscribed`
     /// with the channel's offset, and caught up if it resumes from another one.
-    pub(super) fn joined(&mut self, key: usize, id: u32, name: &str, since: Option<Offset>) {
+    pub(super) fn joined(&mut self, key: Key, id: u32, name: &str, since: Option<Offset>) {
         let Some(last) = self
             .subs
             .channel(id)
@@ -237,7 +238,7 @@ impl Shard {
         let pos = conn.subs[i].1;
         let tag = self.reads.next_tag();
         let catch = Catch {
-            key: key as u32,
+            key: key.raw(),
             tag,
             since,
             upto: last,
@@ -248,11 +249,11 @@ impl Shard {
         let Some((new_pos, moved)) = self.subs.start_catch(id, pos, catch) else {
             return;
         };
-        self.set_pos(key as u32, id, new_pos);
+        self.set_pos(key.raw(), id, new_pos);
         if let Some((k, p)) = moved {
             self.set_pos(k, id, p);
         }
-        self.ask_catch(id, key as u32, gen, tag, since, last);
+        self.ask_catch(id, key.raw(), gen, tag, since, last);
     }
 
     fn ask_catch(&mut self, id: u32, key: u32, gen: u32, tag: u32, since: Offset, upto: Offset) {
@@ -277,7 +278,7 @@ impl Shard {
     }
 
     fn set_pos(&mut self, key: u32, id: u32, pos: u32) {
-        if let Some(c) = self.conns.get_mut(key as usize) {
+        if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
             if let Some(i) = c.sub_index(id) {
                 c.subs[i].1 = pos;
             }
@@ -296,7 +297,7 @@ impl Shard {
         let key = conn.key;
         if self
             .conns
-            .get(key as usize)
+            .get(Key::from_raw(key))
             .is_none_or(|c| c.gen != conn.gen)
         {
             return;
@@ -338,7 +339,7 @@ impl Shard {
                 c.held = Vec::new();
                 c.held_bytes = 0;
             }
-            self.replay_to(key as usize, channel, &replay, since);
+            self.replay_to(Key::from_raw(key), channel, &replay, since);
             self.ask_catch(id, key, conn.gen, new_tag, upto, now);
             return;
         }
@@ -349,18 +350,18 @@ impl Shard {
         if let Some((k, p)) = moved {
             self.set_pos(k, id, p);
         }
-        self.replay_to(key as usize, channel, &replay, since);
+        self.replay_to(Key::from_raw(key), channel, &replay, since);
         for (offset, frame) in catch.held {
             if offset.is_some_and(|o| o.covered_by(&since) || o.covered_by(&upto)) {
                 continue;
             }
-            self.queue_delivery(key as usize, frame);
+            self.queue_delivery(Key::from_raw(key), frame);
         }
     }
 
     /// Queues a replay to one subscriber: `gap` first if history lost something, then
     /// every message after `since`.
-    fn replay_to(&mut self, key: usize, channel: &str, replay: &Replay, since: Offset) {
+    fn replay_to(&mut self, key: Key, channel: &str, replay: &Replay, since: Offset) {
         if replay.gap {
             self.metrics
                 .history_gaps
@@ -406,7 +407,7 @@ impl Shard {
             let Some((since, upto)) = found else {
                 continue;
             };
-            let Some(gen) = self.conns.get(key as usize).map(|c| c.gen) else {
+            let Some(gen) = self.conns.get(Key::from_raw(key)).map(|c| c.gen) else {
                 continue;
             };
             self.ask_catch(id, key, gen, tag, since, upto);

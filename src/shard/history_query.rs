@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::conn::Key;
 use super::Shard;
 use crate::broker::history::MAX_REPLAY;
 use crate::msg::{BrokerCmd, HistoryRead, HistoryTo};
@@ -18,7 +19,7 @@ const HISTORY_RATE: u32 = crate::config::TUNING.history_rate;
 impl Shard {
     /// Takes one history read from connection `key`'s allowance; false (answered
     /// `rate_limited`, counted) when it has none left.
-    pub(super) fn history_allowed(&mut self, key: usize, channel: &str, id: Option<&str>) -> bool {
+    pub(super) fn history_allowed(&mut self, key: Key, channel: &str, id: Option<&str>) -> bool {
         let now_ms = self.clock.ms();
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
@@ -46,7 +47,7 @@ impl Shard {
     /// `{"type":"history",...}` from a client.
     pub(super) fn history_query(
         &mut self,
-        key: usize,
+        key: Key,
         channel: &str,
         limit: Option<u32>,
         since: Option<Offset>,
@@ -93,7 +94,7 @@ impl Shard {
     /// `Reply`; None when it was asked, else the response to send now.
     pub(super) fn history_http(
         &mut self,
-        key: usize,
+        key: Key,
         channel: &str,
         limit: Option<u32>,
         since: Option<Offset>,

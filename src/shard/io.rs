@@ -6,6 +6,7 @@
 use std::io::{ErrorKind, Read};
 use std::sync::atomic::Ordering;
 
+use super::conn::Key;
 use super::conn::Phase;
 use super::session::Effect;
 use super::{Shard, READS_PER_EVENT};
@@ -17,7 +18,7 @@ impl Shard {
     /// there without the extra `read` that would only say `WouldBlock` (what tokio does
     /// too): mio's edge-triggered registration reports the next bytes as a new event.
     /// `until_eof` (the event also said the peer closed, or an error) reads on to the end.
-    pub(super) fn on_readable(&mut self, key: usize, until_eof: bool) {
+    pub(super) fn on_readable(&mut self, key: Key, until_eof: bool) {
         let mut buf = std::mem::take(&mut self.read_buf);
         for round in 0.. {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -56,7 +57,7 @@ impl Shard {
     /// Hands bytes to the connection's session and applies what they cause. Also called
     /// with nothing new to resume buffered input (a pipelined request once the previous
     /// answer is written, frames sent behind an upgrade).
-    pub(super) fn ingest(&mut self, key: usize, data: &mut [u8]) {
+    pub(super) fn ingest(&mut self, key: Key, data: &mut [u8]) {
         let mut at = 0;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -74,7 +75,7 @@ impl Shard {
     }
 
     /// Carries out one effect of a session.
-    fn apply(&mut self, key: usize, effect: Effect) {
+    fn apply(&mut self, key: Key, effect: Effect) {
         match effect {
             Effect::Send(frame) => self.queue(key, frame),
             Effect::Error { frame, text } => {
@@ -102,7 +103,7 @@ impl Shard {
     /// The peer closed its side (a read returned 0). What it is owed (a response, a
     /// close frame, replies) is still written before the socket is dropped; a request
     /// waiting for another thread's answer gets that answer first.
-    fn peer_closed(&mut self, key: usize) {
+    fn peer_closed(&mut self, key: Key) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -120,7 +121,7 @@ impl Shard {
 
     /// A WebSocket upgrade: admitted (101, presence, then the frames sent behind it) or
     /// refused with an HTTP answer.
-    fn upgrade(&mut self, key: usize, head: &RequestHead) {
+    fn upgrade(&mut self, key: Key, head: &RequestHead) {
         let echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
         let admitted = self
             .check_upgrade(head)
@@ -204,7 +205,7 @@ impl Shard {
 
     /// `--max-conns-per-ip`: counts this connection under its client address, or
     /// refuses it (429, counted).
-    fn admit_ip(&mut self, key: usize) -> Result<(), (u16, &'static str)> {
+    fn admit_ip(&mut self, key: Key) -> Result<(), (u16, &'static str)> {
         let max = self.config.limits.max_conns_per_ip;
         if max == 0 {
             return Ok(());
@@ -228,7 +229,7 @@ impl Shard {
     /// `--max-conns-per-user`: counts this connection under its authenticated user, or
     /// refuses it (counted; the caller answers). A refused connection is closed, which
     /// releases whatever else it was counted under.
-    pub(super) fn admit_user(&mut self, key: usize, sub: &str) -> bool {
+    pub(super) fn admit_user(&mut self, key: Key, sub: &str) -> bool {
         let max = self.config.limits.max_conns_per_user;
         if max == 0 {
             return true;
@@ -246,7 +247,7 @@ impl Shard {
         true
     }
 
-    fn answer_http(&mut self, key: usize, head: &RequestHead, body: &[u8]) {
+    fn answer_http(&mut self, key: Key, head: &RequestHead, body: &[u8]) {
         if self.answer_api(key, head, body) {
             return;
         }

@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
 
 use crate::config::Config;
 use crate::health::Health;
@@ -35,7 +34,7 @@ use crate::inbox::{Inbox, InboxSender};
 use crate::metrics::Metrics;
 use crate::msg::{BrokerHandle, ShardMsg};
 pub use conn::ConnId;
-use conn::{Conn, Phase};
+use conn::{Conn, Conns, Key, Phase};
 use subs::SubIndex;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -82,12 +81,12 @@ pub struct Shard {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    conns: Slab<Conn>,
+    conns: Conns,
     subs: SubIndex,
     /// Connections with queued output, flushed at the end of the turn.
-    dirty: Vec<usize>,
+    dirty: Vec<Key>,
     /// Connections that still had input when their read budget ran out.
-    read_again: Vec<usize>,
+    read_again: Vec<Key>,
     read_buf: Vec<u8>,
     next_gen: u32,
     /// The coarse clock of timeouts and the once-a-second tick.
@@ -116,7 +115,7 @@ impl Shard {
             config: s.config,
             metrics: s.metrics,
             health: s.health,
-            conns: Slab::new(),
+            conns: Conns::default(),
             subs: SubIndex::default(),
             dirty: Vec::new(),
             read_again: Vec::new(),
@@ -192,7 +191,10 @@ impl Shard {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => {
+                    Token(slot) => {
+                        let Some(key) = Key::from_slot(slot) else {
+                            continue;
+                        };
                         if event.is_writable() {
                             if let Some(c) = self.conns.get_mut(key) {
                                 c.blocked = false;
@@ -249,27 +251,31 @@ impl Shard {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let Some(key) = self.conns.next_key() else {
+            return;
+        };
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self
             .poll
             .registry()
-            .register(&mut stream, Token(key), interest)
+            .register(&mut stream, Token(key.slot()), interest)
         {
             tracing::warn!(shard = self.id.index(), "cannot register connection: {e}");
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
-        entry.insert(Conn::new(stream, self.next_gen, self.clock.coarse()));
+        let inserted = self
+            .conns
+            .insert(Conn::new(stream, self.next_gen, self.clock.coarse()));
+        debug_assert_eq!(inserted, key, "the slab fills the slot it named");
         self.metrics.shards[self.id.index()]
             .connections
             .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes a connection: unsubscribes it everywhere and drops its socket.
-    fn close(&mut self, key: usize) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
+    fn close(&mut self, key: Key) {
+        let Some(mut conn) = self.conns.remove(key) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
@@ -299,7 +305,7 @@ impl Shard {
     fn leave(&mut self, chan: u32, pos: u32) {
         let removed = self.subs.remove(chan, pos);
         if let Some((moved_key, new_pos)) = removed.moved {
-            if let Some(c) = self.conns.get_mut(moved_key as usize) {
+            if let Some(c) = self.conns.get_mut(Key::from_raw(moved_key)) {
                 if let Some(i) = c.sub_index(chan) {
                     c.subs[i].1 = new_pos;
                 }
@@ -393,7 +399,7 @@ impl Shard {
         // Everything owed is still written (bounded by the deadline): open WebSockets
         // get close 1001, a request waiting for an answer gets 503, a response or close
         // frame being written is finished; idle connections are dropped now.
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let keys = self.conns.keys();
         for key in keys {
             let Some(c) = self.conns.get_mut(key) else {
                 continue;

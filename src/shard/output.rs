@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::chan_history::take_live;
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Key, Phase};
 use super::outq::{self, Kind};
 use super::Shard;
 use crate::config::{Config, SlowPolicy};
@@ -111,7 +111,7 @@ impl Shard {
                 continue;
             };
             for &member in &ch.members {
-                let key = member as usize;
+                let key = Key::from_raw(member);
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
@@ -175,7 +175,7 @@ impl Shard {
 
     /// Queues a reply or control frame for an open WebSocket (never dropped by the
     /// drop-oldest policy). Nothing is queued once a close frame is.
-    pub(super) fn queue(&mut self, key: usize, frame: Bytes) {
+    pub(super) fn queue(&mut self, key: Key, frame: Bytes) {
         let limit = self.config.limits.outbound_limit;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -201,7 +201,7 @@ impl Shard {
 
     /// Queues a delivery (droppable by the slow-consumer policy) to one open WebSocket:
     /// a subscriber's own history replay.
-    pub(super) fn queue_delivery(&mut self, key: usize, frame: Bytes) {
+    pub(super) fn queue_delivery(&mut self, key: Key, frame: Bytes) {
         let limit = self.config.limits.outbound_limit;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -226,7 +226,7 @@ impl Shard {
     /// (RFC 6455 §5.5.1). The socket is dropped once it is written (or when the peer
     /// does not read it in time, see `tick`). A connection already closing is left as
     /// it is.
-    pub(super) fn close_ws(&mut self, key: usize, code: u16, reason: &str) {
+    pub(super) fn close_ws(&mut self, key: Key, code: u16, reason: &str) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -237,7 +237,7 @@ impl Shard {
 
     /// Queues the close frame of a session that decided to close (its phase is
     /// already `Closing`: nothing else is queued after this frame).
-    pub(super) fn queue_close_frame(&mut self, key: usize, code: u16, reason: &str) {
+    pub(super) fn queue_close_frame(&mut self, key: Key, code: u16, reason: &str) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -249,7 +249,7 @@ impl Shard {
     /// Queues a complete HTTP response. With `keep_alive` (the request allows it, the
     /// peer has not closed its side and the node is not shutting down) the connection
     /// waits for its next request once this one is written; otherwise it closes then.
-    pub(super) fn respond_http(&mut self, key: usize, mut response: Vec<u8>, keep_alive: bool) {
+    pub(super) fn respond_http(&mut self, key: Key, mut response: Vec<u8>, keep_alive: bool) {
         let keep_alive = keep_alive && self.shutdown_deadline.is_none();
         let now = self.clock.coarse();
         let Some(conn) = self.conns.get_mut(key) else {
@@ -265,7 +265,7 @@ impl Shard {
         self.mark_dirty(key);
     }
 
-    pub(super) fn mark_dirty(&mut self, key: usize) {
+    pub(super) fn mark_dirty(&mut self, key: Key) {
         if let Some(conn) = self.conns.get_mut(key) {
             if !conn.dirty {
                 conn.dirty = true;
