@@ -1,0 +1,121 @@
+//! Redis Cluster mode with sharded pub/sub (`--redis-cluster`, `redis[s]+cluster://`): a
+//! reader thread with one `SSUBSCRIBE` connection per primary (the node's `Router`,
+//! a probe per primary, resubscription on the new owner after a failover or a slot
+//! migration) and a writer thread with one pipelined `SPUBLISH` connection per primary
+//! (history channels through the publish script with `SPUBLISH`, following `-MOVED` and
+//! `-ASK`). Each thread learns the slot map itself (`topology`). The single-Redis broker
+//! (`broker::redis`) is a separate path, untouched by this one; both share the Router,
+//! RESP, the link and the history scripts. Neither thread ever blocks on a shard or on
+//! Redis.
+
+pub mod reader;
+pub mod topology;
+pub mod writer;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mio::{Poll, Token, Waker};
+
+use super::redis::{Started, QUEUE};
+use super::{BrokerHandle, ShardLinks};
+use crate::config::Config;
+use crate::health::Health;
+use crate::inbox::inbox;
+use crate::redis::cluster::{key_slot, SlotMap};
+use crate::redis::RedisUrl;
+
+pub(crate) const WAKER: Token = Token(0);
+pub(crate) const TOPOLOGY: Token = Token(1);
+/// Node connections use tokens from here on (`FIRST + slab key`).
+pub(crate) const FIRST: usize = 2;
+
+/// A node as both threads name it: host and port.
+pub type Addr = (String, u16);
+
+/// The address of the primary serving `channel`'s slot in `map`.
+pub fn owner(map: &SlotMap, channel: &[u8], tls: bool) -> Option<Addr> {
+    let node = map.primary(key_slot(channel))?;
+    Some((node.host.clone(), node.port_for(tls)?))
+}
+
+/// Every primary of `map`.
+pub fn primaries(map: &SlotMap, tls: bool) -> Vec<Addr> {
+    map.primaries()
+        .into_iter()
+        .filter_map(|n| Some((n.host.clone(), n.port_for(tls)?)))
+        .collect()
+}
+
+/// A channel name starting with `prefix` whose slot `primary` serves in `map` (a hash tag
+/// picks it): the probe of one primary.
+pub fn channel_on(map: &SlotMap, primary: &Addr, prefix: &str, tls: bool) -> Option<String> {
+    (0..1_000_000u32).find_map(|n| {
+        let name = format!("{prefix}{{{n}}}");
+        (owner(map, name.as_bytes(), tls).as_ref() == Some(primary)).then_some(name)
+    })
+}
+
+/// Starts the reader and writer threads on the cluster that `url` names.
+pub fn start(
+    url: &str,
+    config: &Arc<Config>,
+    links: ShardLinks,
+    health: Arc<Health>,
+) -> std::io::Result<Started> {
+    let seeds = RedisUrl::parse_cluster(url, &config.redis_tls)?;
+    if seeds[0].tls.as_ref().is_some_and(|t| !t.verified()) {
+        health.tls_unverified.store(true, Ordering::Relaxed);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let writer_poll = Poll::new()?;
+    let writer_waker = Arc::new(Waker::new(writer_poll.registry(), WAKER)?);
+    let (writer_tx, writer_rx) = inbox(writer_waker.clone(), Some(QUEUE));
+
+    let reader_poll = Poll::new()?;
+    let reader_waker = Arc::new(Waker::new(reader_poll.registry(), WAKER)?);
+    let (reader_tx, reader_rx) = inbox(reader_waker.clone(), Some(QUEUE));
+
+    let writer = writer::Writer::new(
+        writer_poll,
+        writer_rx,
+        seeds.clone(),
+        links.clone(),
+        health.clone(),
+        stop.clone(),
+        config.clone(),
+    );
+    let reader = reader::Reader::new(
+        reader_poll,
+        reader_rx,
+        seeds,
+        links,
+        health,
+        writer_tx.clone(),
+        &config.server_id,
+        config.limits.max_message,
+        stop.clone(),
+    );
+    let threads = vec![
+        std::thread::Builder::new()
+            .name("fanout-cluster-reader".into())
+            .spawn(move || reader.run())?,
+        std::thread::Builder::new()
+            .name("fanout-cluster-writer".into())
+            .spawn(move || writer.run())?,
+    ];
+    let stop_fn = move || {
+        stop.store(true, Ordering::SeqCst);
+        let _ = reader_waker.wake();
+        let _ = writer_waker.wake();
+    };
+    Ok(Started {
+        handle: BrokerHandle::Redis {
+            reader: reader_tx,
+            writer: writer_tx,
+        },
+        threads,
+        stop: Box::new(stop_fn),
+    })
+}
