@@ -5,8 +5,12 @@
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
 use common::cluster::{command, text, RedisCluster};
-use common::{wait_for, DEADLINE};
+use common::{wait_for, TestNode, WsClient, DEADLINE};
+use serde_json::json;
 use fanout::redis::cluster::{key_slot, parse_redirect, RedirectKind, SlotMap, SLOTS};
 use fanout::redis::resp::Value;
 
@@ -77,4 +81,141 @@ fn the_slot_map_of_a_real_cluster() {
         (moved.kind, moved.slot, moved.port),
         (RedirectKind::Moved, 12182, owner)
     );
+}
+
+/// `--redis-cluster` with every node of `cluster` as a seed (plus `extra`).
+fn cluster_node(cluster: &RedisCluster, extra: &[&str]) -> TestNode {
+    let seeds: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let seeds = seeds.join(",");
+    let mut args = vec!["--redis-cluster", seeds.as_str(), "--shards", "2"];
+    args.extend_from_slice(extra);
+    TestNode::start(&args)
+}
+
+/// Subscribes `client` to every channel, pipelined, and waits for every `subscribed`.
+fn subscribe_all(client: &mut WsClient, channels: &[String]) {
+    for ch in channels {
+        client.send(&json!({"type":"subscribe","channel":ch}).to_string());
+    }
+    let mut left: HashSet<&str> = channels.iter().map(String::as_str).collect();
+    while !left.is_empty() {
+        let v = client
+            .recv_json(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{} subscriptions never confirmed", left.len()));
+        assert_eq!(v["type"], "subscribed", "{v}");
+        assert!(left.remove(v["channel"].as_str().unwrap()), "{v}");
+    }
+}
+
+/// Channel names whose slots spread over all 16384 slots (and so over every primary).
+fn spread_channels(n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut i = 0u32;
+    while out.len() < n {
+        let name = format!("room:{i}");
+        let bucket = key_slot(name.as_bytes()) as usize * n / usize::from(SLOTS);
+        if seen.insert(bucket) {
+            out.push(name);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Per (publisher, channel): the sequence numbers received, in order.
+type Seen = HashMap<(u64, String), Vec<u64>>;
+
+/// Reads deliveries until `want` arrived (or the deadline); records gaps per channel.
+fn collect(client: &mut WsClient, want: usize, seen: &mut Seen, gaps: &mut HashSet<String>) {
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut got = 0;
+    while got < want && Instant::now() < end {
+        let Some(v) = client.recv_json(Duration::from_millis(200)) else {
+            continue;
+        };
+        if v["type"] == "gap" {
+            gaps.insert(v["channel"].as_str().unwrap().to_string());
+            continue;
+        }
+        let ch = v["channel"].as_str().unwrap().to_string();
+        let (p, n) = (v["data"]["p"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap());
+        seen.entry((p, ch)).or_default().push(n);
+        got += 1;
+    }
+}
+
+#[test]
+fn three_nodes_deliver_every_message_once_in_order_over_300_channels() {
+    let cluster = RedisCluster::start();
+    let nodes: Vec<TestNode> = (0..3).map(|_| cluster_node(&cluster, &[])).collect();
+    let channels = spread_channels(300);
+    let mut subs: Vec<WsClient> = nodes.iter().map(TestNode::client).collect();
+    for s in &mut subs {
+        subscribe_all(s, &channels);
+    }
+    const PER_CHANNEL: u64 = 5;
+    let publishers: Vec<std::thread::JoinHandle<()>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(p, node)| {
+            let mut client = node.client();
+            let channels = channels.clone();
+            std::thread::spawn(move || {
+                for n in 0..PER_CHANNEL {
+                    for ch in &channels {
+                        client.publish(ch, &format!(r#"{{"p":{p},"n":{n}}}"#));
+                    }
+                }
+                // Keep the connection until its publishes are surely read.
+                std::thread::sleep(Duration::from_millis(500));
+            })
+        })
+        .collect();
+    let want = 3 * channels.len() * PER_CHANNEL as usize;
+    for (i, s) in subs.iter_mut().enumerate() {
+        let mut seen = Seen::new();
+        let mut gaps = HashSet::new();
+        collect(s, want, &mut seen, &mut gaps);
+        let got: usize = seen.values().map(Vec::len).sum();
+        assert_eq!(got, want, "node {i}: deliveries");
+        assert!(gaps.is_empty(), "node {i}: gaps {gaps:?}");
+        for p in 0..3u64 {
+            for ch in &channels {
+                let ns = seen.get(&(p, ch.clone())).cloned().unwrap_or_default();
+                assert_eq!(
+                    ns,
+                    (0..PER_CHANNEL).collect::<Vec<_>>(),
+                    "node {i}, publisher {p}, {ch}"
+                );
+            }
+        }
+        s.expect_silence(Duration::from_millis(300));
+    }
+    for p in publishers {
+        p.join().unwrap();
+    }
+    // Every primary carried some of it: the channels were really spread.
+    for port in primary_ports(&cluster) {
+        let Value::Array(chans) = command(port, &["PUBSUB", "SHARDCHANNELS", "room:*"]).unwrap()
+        else {
+            panic!("PUBSUB SHARDCHANNELS");
+        };
+        assert!(chans.len() > 50, "primary {port}: {} channels", chans.len());
+    }
+}
+
+/// The plain ports of the cluster's current primaries.
+fn primary_ports(cluster: &RedisCluster) -> Vec<u16> {
+    let reply = cluster
+        .ports
+        .iter()
+        .find_map(|&p| command(p, &["CLUSTER", "SHARDS"]).ok())
+        .unwrap();
+    let map = SlotMap::from_cluster_shards(&reply, "127.0.0.1").unwrap();
+    map.primaries().iter().map(|n| n.port.unwrap()).collect()
 }
