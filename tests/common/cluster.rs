@@ -1,7 +1,7 @@
 //! A real Redis Cluster for one test: six `redis-server --cluster-enabled yes` processes
 //! on free ports (node timeout 1 s, so failover tests are quick), joined with
 //! `redis-cli --cluster create … --cluster-replicas 1` (three primaries, three replicas),
-//! ready once every node says `cluster_state:ok`. Killed and cleaned up on drop.
+//! ready once every node says `cluster_state:ok` and every replica is in sync. Killed and cleaned up on drop.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -83,6 +83,16 @@ impl RedisCluster {
             wait_for("cluster_state:ok", DEADLINE, || {
                 let info = text(&command(port, &["CLUSTER", "INFO"]).ok()?)?;
                 info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        // A replica that never finished its first sync will not take over from its
+        // primary (its data is too old): failover tests need them all in sync.
+        for &port in &cluster.ports {
+            wait_for("every node a synced primary or replica", DEADLINE, || {
+                let info = text(&command(port, &["INFO", "replication"]).ok()?)?;
+                (info.contains("role:master\r\nconnected_slaves:1")
+                    || info.contains("master_link_status:up"))
+                .then_some(())
             });
         }
         cluster
