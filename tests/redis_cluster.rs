@@ -421,3 +421,11 @@ fn a_killed_primary_fails_over_and_delivery_comes_back() {
     eprintln!("FAILOVER (SIGKILL, cluster-node-timeout 1000 ms): primary killed → delivery back: worst {worst:?} over 3 nodes");
     assert!(*worst < Duration::from_secs(15));
 }
+
+#[test]
+fn a_graceful_failover_moves_subscriptions_to_the_new_primary() {
+    let back = survive_primary_change(true);
+    let worst = back.iter().max().unwrap();
+    eprintln!("CLUSTER FAILOVER (graceful): delivery back: worst {worst:?} over 3 nodes");
+    assert!(*worst < Duration::from_secs(10));
+}

@@ -68,6 +68,7 @@ pub fn start(
         health.tls_unverified.store(true, Ordering::Relaxed);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(topology::Shared::default());
 
     let writer_poll = Poll::new()?;
     let writer_waker = Arc::new(Waker::new(writer_poll.registry(), WAKER)?);
@@ -81,6 +82,7 @@ pub fn start(
         writer_poll,
         writer_rx,
         seeds.clone(),
+        shared.clone(),
         links.clone(),
         health.clone(),
         stop.clone(),
@@ -90,6 +92,7 @@ pub fn start(
         reader_poll,
         reader_rx,
         seeds,
+        shared,
         links,
         health,
         writer_tx.clone(),

@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes};
 use mio::{Events, Poll, Token};
 use slab::Slab;
 
-use super::topology::Topology;
+use super::topology::{self, Topology};
 use super::{channel_on, owner, primaries, Addr, FIRST, TOPOLOGY};
 use crate::broker::redis::history::split_marked;
 use crate::broker::router::Wire;
@@ -83,6 +83,7 @@ impl Reader {
         poll: Poll,
         inbox: Inbox<BrokerCmd>,
         seeds: Vec<RedisUrl>,
+        shared: Arc<topology::Shared>,
         links: ShardLinks,
         health: Arc<Health>,
         writer: InboxSender<BrokerCmd>,
@@ -99,7 +100,7 @@ impl Reader {
             writer,
             stop,
             tls: seeds[0].tls.is_some(),
-            topo: Topology::new(seeds, TOPOLOGY),
+            topo: Topology::new(seeds, TOPOLOGY, shared),
             nodes: Slab::new(),
             placed: HashMap::new(),
             unplaced: HashSet::new(),
@@ -342,6 +343,8 @@ impl Reader {
         tracing::debug!(primaries = ?prims, "cluster slot map");
         for (_, n) in self.nodes.iter_mut() {
             n.primary = prims.contains(&n.addr);
+            // A probe in flight may have gone to the previous owner: a fresh window.
+            n.probe_sent = None;
         }
         for addr in &prims {
             let key = self.node_at(addr.clone());

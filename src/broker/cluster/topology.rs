@@ -3,9 +3,13 @@
 //! a server that does not know it) of the seeds and then of every node it has heard
 //! of, moving on to the next candidate when one fails or does not answer within a
 //! second. Refreshes are asked for (a `-MOVED`, a failed primary, a migrated
-//! subscription), rate limited, and made every few seconds regardless. It owns no
-//! subscription and no publish; it never blocks.
+//! subscription), rate limited, and made every few seconds regardless. The reader's and
+//! the writer's topologies share what they learn (`Shared`): a map one of them read is
+//! adopted by the other on its next turn, so both route by the same map within a loop
+//! turn of each other. It owns no subscription and no publish; it never blocks.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
@@ -28,8 +32,18 @@ enum Ask {
     Slots,
 }
 
+/// The newest map either thread read, with its version (locked only on a change).
+#[derive(Default)]
+pub struct Shared {
+    version: AtomicU64,
+    map: Mutex<Option<SlotMap>>,
+}
+
 pub struct Topology {
     token: Token,
+    shared: Arc<Shared>,
+    /// The version of `shared` this topology has seen.
+    seen: u64,
     /// The seeds, then every node of the last map: where to ask, in turn.
     candidates: Vec<RedisUrl>,
     seeds: usize,
@@ -43,9 +57,11 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn new(seeds: Vec<RedisUrl>, token: Token) -> Topology {
+    pub fn new(seeds: Vec<RedisUrl>, token: Token, shared: Arc<Shared>) -> Topology {
         Topology {
             token,
+            shared,
+            seen: 0,
             seeds: seeds.len(),
             candidates: seeds,
             next: 0,
@@ -90,6 +106,18 @@ impl Topology {
     /// Moves discovery on (call every loop turn, `ready` when the poll reported its
     /// token). Returns a new map when one arrived.
     pub fn turn(&mut self, registry: &Registry, ready: bool, now: Instant) -> Option<SlotMap> {
+        if self.shared.version.load(Ordering::Acquire) > self.seen {
+            let (version, map) = {
+                let guard = self.shared.map.lock().unwrap_or_else(|e| e.into_inner());
+                (self.shared.version.load(Ordering::Acquire), guard.clone())
+            };
+            self.seen = version;
+            if let Some(map) = map.filter(|m| self.map.as_ref() != Some(m)) {
+                self.learn(&map);
+                self.map = Some(map.clone());
+                return Some(map);
+            }
+        }
         if self.last.is_some_and(|l| now >= l + EVERY) {
             self.want = true;
         }
@@ -111,7 +139,8 @@ impl Topology {
         if ev == LinkEvent::Nothing {
             ev = link.maintain(registry, now);
         }
-        if ev == LinkEvent::Lost {
+        if ev == LinkEvent::Lost || (self.asked.is_some() && link.is_down()) {
+            // Lost, or refused: ask the next node now rather than after a backoff.
             self.give_up(registry, now);
             return None;
         }
@@ -171,6 +200,11 @@ impl Topology {
             Ok(map) if map.covered() > 0 => {
                 self.learn(&map);
                 self.map = Some(map.clone());
+                {
+                    let mut guard = self.shared.map.lock().unwrap_or_else(|e| e.into_inner());
+                    *guard = Some(map.clone());
+                    self.seen = self.shared.version.fetch_add(1, Ordering::AcqRel) + 1;
+                }
                 Some(map)
             }
             Ok(_) => {
@@ -214,8 +248,10 @@ impl Topology {
             link.disconnect(registry, now);
         }
         if self.asked.take().is_some() {
+            // Ask the next one after `MIN_INTERVAL`: never a busy loop while every
+            // node is out of reach.
             self.want = true;
-            self.last = None;
+            self.last = Some(now);
         }
         self.next = (self.next + 1) % self.candidates.len();
     }

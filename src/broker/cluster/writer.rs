@@ -16,7 +16,7 @@ use bytes::Bytes;
 use mio::{Events, Poll, Token};
 use slab::Slab;
 
-use super::topology::Topology;
+use super::topology::{self, Topology};
 use super::{owner, primaries, Addr, FIRST, TOPOLOGY};
 use crate::broker::history::{answer, Found};
 use crate::broker::redis::history::{self as scripts, Scripts};
@@ -80,6 +80,7 @@ impl Writer {
         poll: Poll,
         inbox: Inbox<BrokerCmd>,
         seeds: Vec<RedisUrl>,
+        shared: Arc<topology::Shared>,
         links: ShardLinks,
         health: Arc<Health>,
         stop: Arc<AtomicBool>,
@@ -93,7 +94,7 @@ impl Writer {
             stop,
             config,
             tls: seeds[0].tls.is_some(),
-            topo: Topology::new(seeds, TOPOLOGY),
+            topo: Topology::new(seeds, TOPOLOGY, shared),
             nodes: Slab::new(),
             scripts: Scripts::cluster(),
             envelope: EnvelopeBuilder::default(),
