@@ -429,3 +429,131 @@ fn a_graceful_failover_moves_subscriptions_to_the_new_primary() {
     eprintln!("CLUSTER FAILOVER (graceful): delivery back: worst {worst:?} over 3 nodes");
     assert!(*worst < Duration::from_secs(10));
 }
+
+/// The node id of the node on `port`.
+fn node_id(port: u16) -> String {
+    text(&command(port, &["CLUSTER", "MYID"]).unwrap()).unwrap()
+}
+
+/// Moves `slot` from the primary on `from` to the one on `to` the way `redis-cli
+/// --cluster reshard` does: IMPORTING/MIGRATING, MIGRATE of its keys, SETSLOT NODE on
+/// every primary.
+fn migrate_slot(slot: u16, from: u16, to: u16, primaries: &[u16]) {
+    let s = slot.to_string();
+    let (from_id, to_id) = (node_id(from), node_id(to));
+    let ok = |v: Value| assert!(matches!(v, Value::Simple(_)), "{v:?}");
+    ok(command(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]).unwrap());
+    ok(command(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]).unwrap());
+    loop {
+        let Value::Array(keys) = command(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]).unwrap()
+        else {
+            panic!("GETKEYSINSLOT");
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let keys: Vec<String> = keys.iter().map(|k| text(k).unwrap()).collect();
+        let port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", port.as_str(), "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        ok(command(from, &args).unwrap());
+    }
+    for &p in std::iter::once(&to).chain([&from]).chain(primaries.iter().filter(|&&p| p != from && p != to)) {
+        ok(command(p, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]).unwrap());
+    }
+}
+
+#[test]
+fn a_slot_migration_moves_subscriptions_with_it() {
+    let cluster = RedisCluster::start();
+    let cfg = ConfigFile::new("cluster-migrate", HIST);
+    let nodes: Vec<TestNode> = (0..3)
+        .map(|_| cluster_node(&cluster, &["--config", cfg.path()]))
+        .collect();
+    let mut channels = spread_channels(30);
+    channels.extend((0..6).map(|i| format!("hist:{i}")));
+    let map = slot_map(&cluster, None);
+    let port_of = |c: &str| map.primary(key_slot(c.as_bytes())).unwrap().port.unwrap();
+    let from = port_of(&channels[0]);
+    let to = primary_ports(&cluster).into_iter().find(|&p| p != from).unwrap();
+    // Two plain channels and one history channel of `from` move to `to`.
+    let mut moving: Vec<String> = channels
+        .iter()
+        .filter(|c| !c.starts_with("hist:") && port_of(c) == from)
+        .take(2)
+        .cloned()
+        .collect();
+    moving.extend(channels.iter().filter(|c| c.starts_with("hist:") && port_of(c) == from).take(1).cloned());
+    assert_eq!(moving.len(), 3, "{moving:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut logs = Vec::new();
+    let mut readers = Vec::new();
+    for node in &nodes {
+        let mut client = node.client();
+        subscribe_all(&mut client, &channels);
+        let (log, thread) = record(client, stop.clone());
+        logs.push(log);
+        readers.push(thread);
+    }
+    let publish_stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish_loop(&nodes[0], channels.clone(), publish_stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let moved_at = Instant::now();
+    let prims = primary_ports(&cluster);
+    for c in &moving {
+        migrate_slot(key_slot(c.as_bytes()), from, to, &prims);
+    }
+    // Every node resubscribes the moved channels on their new primary.
+    for c in &moving {
+        wait_for("the moved channels subscribed on the new primary", DEADLINE, || {
+            let Value::Array(v) = command(to, &["PUBSUB", "SHARDNUMSUB", c]).ok()? else {
+                return None;
+            };
+            (v.get(1) == Some(&Value::Int(3))).then_some(())
+        });
+    }
+    for (i, log) in logs.iter().enumerate() {
+        let at = wait_for("delivery on the moved channels", Duration::from_secs(10), || {
+            let log = log.lock().unwrap();
+            moving
+                .iter()
+                .map(|c| {
+                    let m = log.msgs.get(c)?;
+                    m.iter().find(|(_, t)| *t > moved_at + Duration::from_millis(300)).map(|m| m.1)
+                })
+                .collect::<Option<Vec<Instant>>>()
+        });
+        let _ = at;
+        eprintln!("node {i}: moved channels delivering again");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    publish_stop.store(true, Ordering::SeqCst);
+    publisher.join().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let map = slot_map(&cluster, None);
+    for (i, log) in logs.iter().enumerate() {
+        let log = log.lock().unwrap();
+        for ch in &channels {
+            let ns: Vec<u64> = log.msgs.get(ch).map(|v| v.iter().map(|m| m.0).collect()).unwrap_or_default();
+            assert!(ns.windows(2).all(|w| w[0] < w[1]), "node {i} {ch}: out of order or twice");
+            let gaps = log.gaps.get(ch).map_or(0, Vec::len);
+            if ch.starts_with("hist:") {
+                assert_eq!(gaps, 0, "node {i} {ch}: history channels repair");
+                let kept = stream_ns(&map, ch);
+                let got: HashSet<u64> = ns.iter().copied().collect();
+                let missing: Vec<&u64> = kept.iter().filter(|n| !got.contains(n)).collect();
+                assert!(missing.is_empty(), "node {i} {ch}: missing {missing:?}");
+            } else if moving.contains(ch) {
+                assert!(gaps >= 1, "node {i} {ch}: no gap after its slot moved");
+            } else {
+                assert_eq!(gaps, 0, "node {i} {ch}: a gap on a channel that did not move");
+                let last = *ns.last().unwrap();
+                assert_eq!(ns, (0..=last).collect::<Vec<_>>(), "node {i} {ch}: lost messages");
+            }
+        }
+    }
+}

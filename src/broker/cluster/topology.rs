@@ -49,6 +49,8 @@ pub struct Topology {
     seeds: usize,
     next: usize,
     link: Option<Link>,
+    /// The link got as far as connecting (a `Down` link after that was refused).
+    tried: bool,
     /// The question in flight (or waiting for the link to come up), since when.
     asked: Option<(Ask, Instant, bool)>,
     want: bool,
@@ -66,6 +68,7 @@ impl Topology {
             candidates: seeds,
             next: 0,
             link: None,
+            tried: false,
             asked: None,
             want: true,
             last: None,
@@ -139,7 +142,9 @@ impl Topology {
         if ev == LinkEvent::Nothing {
             ev = link.maintain(registry, now);
         }
-        if ev == LinkEvent::Lost || (self.asked.is_some() && link.is_down()) {
+        let refused = link.is_down() && self.tried;
+        self.tried |= !link.is_down();
+        if ev == LinkEvent::Lost || (self.asked.is_some() && refused) {
             // Lost, or refused: ask the next node now rather than after a backoff.
             self.give_up(registry, now);
             return None;
@@ -247,6 +252,7 @@ impl Topology {
         if let Some(mut link) = self.link.take() {
             link.disconnect(registry, now);
         }
+        self.tried = false;
         if self.asked.take().is_some() {
             // Ask the next one after `MIN_INTERVAL`: never a busy loop while every
             // node is out of reach.
