@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{command, text, RedisCluster};
 use common::{wait_for, ConfigFile, TestNode, WsClient, DEADLINE};
-use serde_json::json;
 use fanout::redis::cluster::{key_slot, parse_redirect, RedirectKind, SlotMap, SLOTS};
 use fanout::redis::resp::Value;
+use serde_json::json;
 
 #[test]
 fn the_slot_map_of_a_real_cluster() {
@@ -145,7 +145,10 @@ fn collect(client: &mut WsClient, want: usize, seen: &mut Seen, gaps: &mut HashS
             continue;
         }
         let ch = v["channel"].as_str().unwrap().to_string();
-        let (p, n) = (v["data"]["p"].as_u64().unwrap(), v["data"]["n"].as_u64().unwrap());
+        let (p, n) = (
+            v["data"]["p"].as_u64().unwrap(),
+            v["data"]["n"].as_u64().unwrap(),
+        );
         seen.entry((p, ch)).or_default().push(n);
         got += 1;
     }
@@ -259,7 +262,11 @@ fn record(
 
 /// Publishes `{"n":k}` round robin on `channels` through `node` until `stop` is set,
 /// every channel's k counting up from 0.
-fn publish_loop(node: &TestNode, channels: Vec<String>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn publish_loop(
+    node: &TestNode,
+    channels: Vec<String>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     let mut client = node.client();
     std::thread::spawn(move || {
         let mut n = 0u64;
@@ -295,7 +302,9 @@ fn stream_ns(map: &SlotMap, channel: &str) -> Vec<u64> {
         .iter()
         .map(|e| {
             let Value::Array(e) = e else { panic!("entry") };
-            let Value::Array(fields) = &e[1] else { panic!("fields") };
+            let Value::Array(fields) = &e[1] else {
+                panic!("fields")
+            };
             let v: serde_json::Value = serde_json::from_str(&text(&fields[1]).unwrap()).unwrap();
             v["n"].as_u64().unwrap()
         })
@@ -314,13 +323,20 @@ fn survive_primary_change(graceful: bool) -> Vec<Duration> {
     let mut channels = spread_channels(30);
     channels.extend((0..6).map(|i| format!("hist:{i}")));
     let map = slot_map(&cluster, None);
-    let victim = map.primary(key_slot(channels[0].as_bytes())).unwrap().port.unwrap();
+    let victim = map
+        .primary(key_slot(channels[0].as_bytes()))
+        .unwrap()
+        .port
+        .unwrap();
     let affected: Vec<String> = channels
         .iter()
         .filter(|c| map.primary(key_slot(c.as_bytes())).unwrap().port == Some(victim))
         .cloned()
         .collect();
-    assert!(affected.iter().any(|c| c.starts_with("hist:")), "{affected:?}");
+    assert!(
+        affected.iter().any(|c| c.starts_with("hist:")),
+        "{affected:?}"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut logs = Vec::new();
@@ -354,20 +370,24 @@ fn survive_primary_change(graceful: bool) -> Vec<Duration> {
     // on every affected channel.
     let mut back = Vec::new();
     for (i, log) in logs.iter().enumerate() {
-        let at = wait_for("delivery back on the new primary", Duration::from_secs(20), || {
-            let log = log.lock().unwrap();
-            affected
-                .iter()
-                .map(|c| {
-                    log.msgs
-                        .get(c)?
-                        .iter()
-                        .find(|(_, t)| *t > changed + Duration::from_millis(50))
-                        .map(|(_, t)| *t)
-                })
-                .collect::<Option<Vec<Instant>>>()
-                .map(|ts| ts.into_iter().max().unwrap())
-        });
+        let at = wait_for(
+            "delivery back on the new primary",
+            Duration::from_secs(20),
+            || {
+                let log = log.lock().unwrap();
+                affected
+                    .iter()
+                    .map(|c| {
+                        log.msgs
+                            .get(c)?
+                            .iter()
+                            .find(|(_, t)| *t > changed + Duration::from_millis(50))
+                            .map(|(_, t)| *t)
+                    })
+                    .collect::<Option<Vec<Instant>>>()
+                    .map(|ts| ts.into_iter().max().unwrap())
+            },
+        );
         let took = at - changed;
         eprintln!(
             "node {i}: primary {} → delivery back after {took:?}",
@@ -391,8 +411,15 @@ fn survive_primary_change(graceful: bool) -> Vec<Duration> {
     for (i, log) in logs.iter().enumerate() {
         let log = log.lock().unwrap();
         for ch in &channels {
-            let ns: Vec<u64> = log.msgs.get(ch).map(|v| v.iter().map(|m| m.0).collect()).unwrap_or_default();
-            assert!(ns.windows(2).all(|w| w[0] < w[1]), "node {i} {ch}: out of order or twice");
+            let ns: Vec<u64> = log
+                .msgs
+                .get(ch)
+                .map(|v| v.iter().map(|m| m.0).collect())
+                .unwrap_or_default();
+            assert!(
+                ns.windows(2).all(|w| w[0] < w[1]),
+                "node {i} {ch}: out of order or twice"
+            );
             let gaps = log.gaps.get(ch).map_or(0, Vec::len);
             let hit = affected.contains(ch);
             if ch.starts_with("hist:") {
@@ -407,7 +434,11 @@ fn survive_primary_change(graceful: bool) -> Vec<Duration> {
             } else {
                 assert_eq!(gaps, 0, "node {i} {ch}: a gap on an untouched primary");
                 let last = *ns.last().unwrap();
-                assert_eq!(ns, (0..=last).collect::<Vec<_>>(), "node {i} {ch}: untouched primary lost messages");
+                assert_eq!(
+                    ns,
+                    (0..=last).collect::<Vec<_>>(),
+                    "node {i} {ch}: untouched primary lost messages"
+                );
             }
         }
     }
@@ -454,11 +485,22 @@ fn migrate_slot(slot: u16, from: u16, to: u16, primaries: &[u16]) {
         }
         let keys: Vec<String> = keys.iter().map(|k| text(k).unwrap()).collect();
         let port = to.to_string();
-        let mut args = vec!["MIGRATE", "127.0.0.1", port.as_str(), "", "0", "5000", "KEYS"];
+        let mut args = vec![
+            "MIGRATE",
+            "127.0.0.1",
+            port.as_str(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+        ];
         args.extend(keys.iter().map(String::as_str));
         ok(command(from, &args).unwrap());
     }
-    for &p in std::iter::once(&to).chain([&from]).chain(primaries.iter().filter(|&&p| p != from && p != to)) {
+    for &p in std::iter::once(&to)
+        .chain([&from])
+        .chain(primaries.iter().filter(|&&p| p != from && p != to))
+    {
         ok(command(p, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]).unwrap());
     }
 }
@@ -475,7 +517,10 @@ fn a_slot_migration_moves_subscriptions_with_it() {
     let map = slot_map(&cluster, None);
     let port_of = |c: &str| map.primary(key_slot(c.as_bytes())).unwrap().port.unwrap();
     let from = port_of(&channels[0]);
-    let to = primary_ports(&cluster).into_iter().find(|&p| p != from).unwrap();
+    let to = primary_ports(&cluster)
+        .into_iter()
+        .find(|&p| p != from)
+        .unwrap();
     // Two plain channels and one history channel of `from` move to `to`.
     let mut moving: Vec<String> = channels
         .iter()
@@ -483,7 +528,13 @@ fn a_slot_migration_moves_subscriptions_with_it() {
         .take(2)
         .cloned()
         .collect();
-    moving.extend(channels.iter().filter(|c| c.starts_with("hist:") && port_of(c) == from).take(1).cloned());
+    moving.extend(
+        channels
+            .iter()
+            .filter(|c| c.starts_with("hist:") && port_of(c) == from)
+            .take(1)
+            .cloned(),
+    );
     assert_eq!(moving.len(), 3, "{moving:?}");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -506,24 +557,34 @@ fn a_slot_migration_moves_subscriptions_with_it() {
     }
     // Every node resubscribes the moved channels on their new primary.
     for c in &moving {
-        wait_for("the moved channels subscribed on the new primary", DEADLINE, || {
-            let Value::Array(v) = command(to, &["PUBSUB", "SHARDNUMSUB", c]).ok()? else {
-                return None;
-            };
-            (v.get(1) == Some(&Value::Int(3))).then_some(())
-        });
+        wait_for(
+            "the moved channels subscribed on the new primary",
+            DEADLINE,
+            || {
+                let Value::Array(v) = command(to, &["PUBSUB", "SHARDNUMSUB", c]).ok()? else {
+                    return None;
+                };
+                (v.get(1) == Some(&Value::Int(3))).then_some(())
+            },
+        );
     }
     for (i, log) in logs.iter().enumerate() {
-        let at = wait_for("delivery on the moved channels", Duration::from_secs(10), || {
-            let log = log.lock().unwrap();
-            moving
-                .iter()
-                .map(|c| {
-                    let m = log.msgs.get(c)?;
-                    m.iter().find(|(_, t)| *t > moved_at + Duration::from_millis(300)).map(|m| m.1)
-                })
-                .collect::<Option<Vec<Instant>>>()
-        });
+        let at = wait_for(
+            "delivery on the moved channels",
+            Duration::from_secs(10),
+            || {
+                let log = log.lock().unwrap();
+                moving
+                    .iter()
+                    .map(|c| {
+                        let m = log.msgs.get(c)?;
+                        m.iter()
+                            .find(|(_, t)| *t > moved_at + Duration::from_millis(300))
+                            .map(|m| m.1)
+                    })
+                    .collect::<Option<Vec<Instant>>>()
+            },
+        );
         let _ = at;
         eprintln!("node {i}: moved channels delivering again");
     }
@@ -538,8 +599,15 @@ fn a_slot_migration_moves_subscriptions_with_it() {
     for (i, log) in logs.iter().enumerate() {
         let log = log.lock().unwrap();
         for ch in &channels {
-            let ns: Vec<u64> = log.msgs.get(ch).map(|v| v.iter().map(|m| m.0).collect()).unwrap_or_default();
-            assert!(ns.windows(2).all(|w| w[0] < w[1]), "node {i} {ch}: out of order or twice");
+            let ns: Vec<u64> = log
+                .msgs
+                .get(ch)
+                .map(|v| v.iter().map(|m| m.0).collect())
+                .unwrap_or_default();
+            assert!(
+                ns.windows(2).all(|w| w[0] < w[1]),
+                "node {i} {ch}: out of order or twice"
+            );
             let gaps = log.gaps.get(ch).map_or(0, Vec::len);
             if ch.starts_with("hist:") {
                 assert_eq!(gaps, 0, "node {i} {ch}: history channels repair");
@@ -550,9 +618,16 @@ fn a_slot_migration_moves_subscriptions_with_it() {
             } else if moving.contains(ch) {
                 assert!(gaps >= 1, "node {i} {ch}: no gap after its slot moved");
             } else {
-                assert_eq!(gaps, 0, "node {i} {ch}: a gap on a channel that did not move");
+                assert_eq!(
+                    gaps, 0,
+                    "node {i} {ch}: a gap on a channel that did not move"
+                );
                 let last = *ns.last().unwrap();
-                assert_eq!(ns, (0..=last).collect::<Vec<_>>(), "node {i} {ch}: lost messages");
+                assert_eq!(
+                    ns,
+                    (0..=last).collect::<Vec<_>>(),
+                    "node {i} {ch}: lost messages"
+                );
             }
         }
     }

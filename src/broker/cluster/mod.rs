@@ -122,3 +122,47 @@ pub fn start(
         stop: Box::new(stop_fn),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::cluster::{Node, SlotRange};
+
+    fn node(port: u16) -> Node {
+        Node {
+            host: "h".into(),
+            port: Some(port),
+            tls_port: Some(port + 1000),
+            id: Some(port.to_string()),
+        }
+    }
+
+    #[test]
+    fn probes_and_channels_land_on_the_primary_that_serves_them() {
+        let range = |start, end, port| SlotRange {
+            start,
+            end,
+            primary: node(port),
+            replicas: vec![],
+        };
+        // One primary with a single slot: its probe still finds a name.
+        let map = SlotMap::new(vec![
+            range(0, 100, 1),
+            range(101, 101, 2),
+            range(102, 16383, 3),
+        ])
+        .unwrap();
+        assert_eq!(primaries(&map, false).len(), 3);
+        for port in [1, 2, 3] {
+            let addr: Addr = ("h".into(), port);
+            let name = channel_on(&map, &addr, "__fanout:probe:x:", false).unwrap();
+            assert_eq!(owner(&map, name.as_bytes(), false), Some(addr));
+        }
+        // TLS dials the TLS port.
+        assert_eq!(
+            owner(&map, b"{0}", true).unwrap().1 % 1000,
+            owner(&map, b"{0}", false).unwrap().1
+        );
+        assert_eq!(owner(&SlotMap::default(), b"x", false), None);
+    }
+}

@@ -124,8 +124,7 @@ impl Topology {
         if self.last.is_some_and(|l| now >= l + EVERY) {
             self.want = true;
         }
-        if self.want && self.asked.is_none() && self.last.is_none_or(|l| now >= l + MIN_INTERVAL)
-        {
+        if self.want && self.asked.is_none() && self.last.is_none_or(|l| now >= l + MIN_INTERVAL) {
             self.want = false;
             self.last = Some(now);
             self.asked = Some((Ask::Shards, now, false));
@@ -178,7 +177,10 @@ impl Topology {
                 return None;
             }
         }
-        if answer.is_none() && self.asked.is_some_and(|(_, since, _)| now >= since + ANSWER_TIMEOUT)
+        if answer.is_none()
+            && self
+                .asked
+                .is_some_and(|(_, since, _)| now >= since + ANSWER_TIMEOUT)
         {
             self.give_up(registry, now);
         }
