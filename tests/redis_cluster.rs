@@ -4,6 +4,7 @@
 //! real `-MOVED` points at the primary the map names.
 
 mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -630,5 +631,67 @@ fn a_slot_migration_moves_subscriptions_with_it() {
                 );
             }
         }
+    }
+}
+
+/// The servers `GET /api/users/{user}/connections` on `node` lists.
+fn presence_servers(node: &TestNode, user: &str) -> HashSet<String> {
+    let r = support::get(node.addr, &format!("/api/users/{user}/connections"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["serverId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn presence_works_across_nodes_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let flags = |id| {
+        [
+            "--server-id",
+            id,
+            "--presence-user-param",
+            "--presence-heartbeat",
+            "1",
+        ]
+    };
+    let mut a = cluster_node(&cluster, &flags("node-a"));
+    let b = cluster_node(&cluster, &flags("node-b"));
+    let connect =
+        |n: &TestNode, user: &str| WsClient::connect(&format!("ws://{}/?user={user}", n.addr));
+    let _alice_a = connect(&a, "alice");
+    let _alice_b = connect(&b, "alice");
+    let _bob_b = connect(&b, "bob");
+    let both = HashSet::from(["node-a".to_string(), "node-b".to_string()]);
+    wait_for("alice on both nodes, asked on either", DEADLINE, || {
+        (presence_servers(&a, "alice") == both && presence_servers(&b, "alice") == both)
+            .then_some(())
+    });
+    assert_eq!(
+        presence_servers(&a, "bob"),
+        HashSet::from(["node-b".to_string()])
+    );
+    // SIGTERM removes exactly node-a's entries (its keys live in different slots).
+    assert!(a.terminate(Duration::from_secs(15)).success());
+    assert_eq!(
+        presence_servers(&b, "alice"),
+        HashSet::from(["node-b".to_string()])
+    );
+    let map = slot_map(&cluster, None);
+    for gone in ["fanout:node:node-a", "fanout:node:node-a:conns"] {
+        let port = map
+            .primary(key_slot(gone.as_bytes()))
+            .unwrap()
+            .port
+            .unwrap();
+        assert_eq!(
+            command(port, &["EXISTS", gone]).unwrap(),
+            Value::Int(0),
+            "{gone}"
+        );
     }
 }

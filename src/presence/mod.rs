@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 use crate::msg::ShardMsg;
 use crate::protocol::json::push_string;
 use crate::protocol::{reply, ErrorCode};
-use crate::redis::RedisUrl;
+use crate::redis::blocking::Client;
+use crate::redis::cluster_blocking::ClusterClient;
+use crate::redis::{BlockingRedis, RedisUrl};
 use local::{Entry, Local};
 use store::{Op, RedisStore};
 
@@ -153,13 +155,13 @@ pub fn start(
     let heartbeat = config.presence.heartbeat;
     let store = match &config.redis {
         None => None,
-        Some(_) if config.is_cluster() => {
-            // Not yet: the layout needs hash tags for a cluster (docs/operations.md).
-            tracing::warn!("presence on Redis Cluster is not supported yet: this node answers presence queries for its own connections only");
-            None
-        }
         Some(url) => {
-            let url = RedisUrl::parse_with(url, &config.redis_tls)?;
+            let client = if config.is_cluster() {
+                let seeds = RedisUrl::parse_cluster(url, &config.redis_tls)?;
+                BlockingRedis::Cluster(ClusterClient::new(seeds))
+            } else {
+                BlockingRedis::One(Client::new(RedisUrl::parse_with(url, &config.redis_tls)?))
+            };
             let mut live = b"{\"serverId\":".to_vec();
             push_string(&mut live, &config.server_id);
             let pid = std::process::id();
@@ -168,7 +170,7 @@ pub fn start(
                     .as_bytes(),
             );
             Some(RedisStore::new(
-                url,
+                client,
                 &config.server_id,
                 String::from_utf8_lossy(&live).into_owned(),
                 config.presence.ttl_secs,

@@ -23,12 +23,32 @@ const IO_TIMEOUT: Duration = crate::config::TUNING.presence_io_timeout;
 pub struct Pipe {
     buf: BytesMut,
     n: usize,
+    /// Where each command ends in `buf`, and its key (the second argument): what the
+    /// cluster client (`cluster_blocking`) splits a pipe by.
+    ends: Vec<usize>,
+    keys: Vec<Option<Box<[u8]>>>,
 }
 
 impl Pipe {
     pub fn cmd(&mut self, args: &[&[u8]]) {
         resp::encode(&mut self.buf, args);
         self.n += 1;
+        self.ends.push(self.buf.len());
+        self.keys.push(args.get(1).map(|k| Box::from(*k)));
+    }
+
+    /// Command `i`'s encoded bytes and key.
+    pub fn command(&self, i: usize) -> (&[u8], Option<&[u8]>) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        (&self.buf[start..self.ends[i]], self.keys[i].as_deref())
+    }
+
+    /// Appends an already encoded command (one of `command`'s).
+    pub fn raw(&mut self, encoded: &[u8], key: Option<&[u8]>) {
+        self.buf.extend_from_slice(encoded);
+        self.n += 1;
+        self.ends.push(self.buf.len());
+        self.keys.push(key.map(Box::from));
     }
 
     pub fn len(&self) -> usize {
