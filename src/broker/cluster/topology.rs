@@ -21,8 +21,10 @@ use crate::redis::RedisUrl;
 
 /// No two refreshes start closer together than this.
 const MIN_INTERVAL: Duration = Duration::from_millis(200);
-/// A refresh is made this often even when nothing asked for one.
-const EVERY: Duration = Duration::from_secs(5);
+/// A refresh is made this often even when nothing asked for one (a safety net: every
+/// change that matters is seen at once through a `-MOVED`, a `sunsubscribe` or a
+/// lost connection).
+const EVERY: Duration = Duration::from_secs(30);
 /// A node that has not answered within this long is given up for the next one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 
