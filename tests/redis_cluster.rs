@@ -164,6 +164,12 @@ fn three_nodes_deliver_every_message_once_in_order_over_300_channels() {
     for s in &mut subs {
         subscribe_all(s, &channels);
     }
+    // Healthy: every primary's subscriber is up and its probe comes back.
+    for node in &nodes {
+        wait_for("/healthz 200 (a probe back from every primary)", DEADLINE, || {
+            (common::healthz(node.addr) == 200).then_some(())
+        });
+    }
     const PER_CHANNEL: u64 = 5;
     let publishers: Vec<std::thread::JoinHandle<()>> = nodes
         .iter()
