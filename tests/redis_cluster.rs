@@ -166,9 +166,11 @@ fn three_nodes_deliver_every_message_once_in_order_over_300_channels() {
     }
     // Healthy: every primary's subscriber is up and its probe comes back.
     for node in &nodes {
-        wait_for("/healthz 200 (a probe back from every primary)", DEADLINE, || {
-            (common::healthz(node.addr) == 200).then_some(())
-        });
+        wait_for(
+            "/healthz 200 (a probe back from every primary)",
+            DEADLINE,
+            || (common::healthz(node.addr) == 200).then_some(()),
+        );
     }
     const PER_CHANNEL: u64 = 5;
     let publishers: Vec<std::thread::JoinHandle<()>> = nodes
