@@ -12,6 +12,8 @@
 #              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
 #   --repeat N      runs per server (default 3); each run gets a freshly started server
 #   --servers LIST  comma list out of fanout,fanout-b,node-ws,uws (default: fanout,node-ws,uws);
+#                   FANOUT_ARGS / FANOUT_B_ARGS add server flags (e.g. FANOUT_B=target/release/fanout
+#                   FANOUT_B_ARGS="--history-size 1000" compares history on and off in one run);
 #                   fanout-b is a second fanout build given by FANOUT_B=/path/to/fanout, to A/B an
 #                   engine change against its baseline in the same run
 #   --out FILE      where the raw JSON lines go (default /tmp/bench-results/<date>-<scenario>.jsonl);
@@ -130,9 +132,11 @@ start_server() { # name port log -> sets server_pid
   case "$name" in
     fanout|fanout-b)
       local bin="$FANOUT"
-      [[ "$name" == fanout-b ]] && bin="$FANOUT_B"
+      local -a more=()
+      read -r -a more <<<"${FANOUT_ARGS:-}"
+      if [[ "$name" == fanout-b ]]; then bin="$FANOUT_B"; read -r -a more <<<"${FANOUT_B_ARGS:-}"; fi
       taskset -c "$cpu_server" "$bin" --listen "127.0.0.1:$port" --redis "$REDIS_URL" --shards 1 \
-        >"$log" 2>&1 &
+        "${more[@]}" >"$log" 2>&1 &
       ;;
     node-ws|uws)
       PORT="$port" HOST=127.0.0.1 REDIS_URL="$REDIS_URL" NODE_ENV=production \

@@ -66,6 +66,11 @@ pub struct Metrics {
     pub publish_failed: AtomicU64,
     /// Gap notices sent to channels after a resubscribe.
     pub gaps: AtomicU64,
+    /// Gap notices on history channels that a shard repaired from history instead.
+    pub history_repairs: AtomicU64,
+    /// `gap` told to clients of history channels: history no longer had what was
+    /// missed (trimmed, expired, another epoch).
+    pub history_gaps: AtomicU64,
     /// Broker messages dropped at the router: payload above --max-message.
     pub broker_too_large: AtomicU64,
     /// Messages received from Redis.
@@ -86,6 +91,8 @@ impl Metrics {
             redis_tls_failed: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            history_repairs: AtomicU64::new(0),
+            history_gaps: AtomicU64::new(0),
             broker_too_large: AtomicU64::new(0),
             broker_messages: AtomicU64::new(0),
             presence: Default::default(),
@@ -199,7 +206,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 10] = [
+        let node: [(&str, &str, &AtomicU64, &str); 12] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -247,6 +254,18 @@ impl Metrics {
                 "counter",
                 &self.gaps,
                 "Gap notices sent to shards (after a reconnect, a dropped delivery or an oversized message), one per shard per channel",
+            ),
+            (
+                "fanout_history_repairs_total",
+                "counter",
+                &self.history_repairs,
+                "Gap notices on history channels repaired from history (clients saw no gap)",
+            ),
+            (
+                "fanout_history_gaps_total",
+                "counter",
+                &self.history_gaps,
+                "Gaps told to clients of history channels: history no longer had what was missed",
             ),
             (
                 "fanout_broker_message_too_large_total",

@@ -42,6 +42,14 @@ fn read_exactly(s: &mut TcpStream, buf: &mut [u8], n: usize) {
     }
 }
 
+/// Reads one whole server frame (header + payload under 126 bytes) into `buf`.
+fn read_frame(s: &mut TcpStream, buf: &mut [u8]) {
+    read_exactly(s, buf, 2);
+    let len = usize::from(buf[1] & 0x7f);
+    assert!(len < 126, "a small frame");
+    read_exactly(s, buf, len);
+}
+
 /// The counter is process-wide: tests in this binary measure one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -110,7 +118,6 @@ fn per_message(publisher: &mut TcpStream, subs: &mut [TcpStream], msgs: usize) -
             fanout::ws::inbound::client_frame(1, true, cmd.as_bytes(), MASK)
         })
         .collect();
-    let delivery_len = 2 + r#"{"channel":"a","data":1000}"#.len();
     let mut buf = vec![0u8; 256];
     // One message at a time, each read by every subscriber before the next is sent: no
     // batching in the server can spread a per-subscriber cost over many messages.
@@ -118,7 +125,7 @@ fn per_message(publisher: &mut TcpStream, subs: &mut [TcpStream], msgs: usize) -
         for f in &frames {
             publisher.write_all(f).unwrap();
             for s in subs.iter_mut() {
-                read_exactly(s, &mut buf, delivery_len);
+                read_frame(s, &mut buf);
             }
         }
     };
@@ -137,12 +144,11 @@ fn per_message(publisher: &mut TcpStream, subs: &mut [TcpStream], msgs: usize) -
 fn subscribe_more(addr: std::net::SocketAddr, subs: &mut Vec<TcpStream>, total: usize) {
     let sub_frame =
         fanout::ws::inbound::client_frame(1, true, br#"{"type":"subscribe","channel":"a"}"#, MASK);
-    let subscribed_len = 2 + r#"{"type":"subscribed","channel":"a"}"#.len();
     let mut buf = [0u8; 256];
     while subs.len() < total {
         let mut s = common::raw_upgrade(addr);
         s.write_all(&sub_frame).unwrap();
-        read_exactly(&mut s, &mut buf, subscribed_len);
+        read_frame(&mut s, &mut buf);
         subs.push(s);
     }
 }
@@ -150,12 +156,13 @@ fn subscribe_more(addr: std::net::SocketAddr, subs: &mut Vec<TcpStream>, total: 
 /// Measures S=10 then S=200 subscribers on one server, in one process, and requires
 /// the per-message allocation counts to differ by less than one: a single allocation
 /// per subscriber per message would add 190.
-fn allocations_do_not_grow_with_subscribers(redis: Option<String>) {
+fn allocations_do_not_grow_with_subscribers(redis: Option<String>, history: bool) {
     const MSGS: usize = 100;
     let args = fanout::config::Args {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         shards: Some(2),
         redis,
+        history_size: history.then_some(1000),
         ..Default::default()
     };
     let config = fanout::config::Config::resolve(args, None).unwrap();
@@ -178,7 +185,7 @@ fn allocations_do_not_grow_with_subscribers(redis: Option<String>) {
 #[test]
 fn embedded_bus_allocations_do_not_grow_with_subscribers() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    allocations_do_not_grow_with_subscribers(None);
+    allocations_do_not_grow_with_subscribers(None, false);
 }
 
 /// The Redis path: the node's writer PUBLISHes to a real redis-server and every
@@ -187,7 +194,7 @@ fn embedded_bus_allocations_do_not_grow_with_subscribers() {
 fn redis_reader_allocations_do_not_grow_with_subscribers() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let redis = common::RedisProcess::start();
-    allocations_do_not_grow_with_subscribers(Some(redis.url()));
+    allocations_do_not_grow_with_subscribers(Some(redis.url()), false);
     // The messages really went through Redis (2 × 5 rounds of 100 PUBLISHes).
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -201,5 +208,24 @@ fn redis_reader_allocations_do_not_grow_with_subscribers() {
     assert!(
         publishes >= 1000,
         "only {publishes} PUBLISHes reached Redis"
+    );
+}
+
+/// History channels: each publish is a script (XADD + PUBLISH) and each delivery
+/// carries its offset inside the one shared frame; the shard's per-channel offset check
+/// is per message, never per subscriber.
+#[test]
+fn history_channel_allocations_do_not_grow_with_subscribers() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    allocations_do_not_grow_with_subscribers(None, true);
+    let redis = common::RedisProcess::start();
+    allocations_do_not_grow_with_subscribers(Some(redis.url()), true);
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(
+        stats.contains("cmdstat_evalsha:calls="),
+        "published through the script"
     );
 }

@@ -22,6 +22,34 @@ use crate::protocol::{reply, ErrorCode};
 /// Most messages one read returns (a resume further behind gets `gap` and the newest).
 /// See `config::Tuning`.
 pub const MAX_REPLAY: usize = crate::config::TUNING.max_replay;
+/// Most bytes of data in one `history` answer (WebSocket or HTTP): a client controls
+/// `limit`, not how much memory its answer takes.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Keeps at most `MAX_ANSWER_BYTES` of data: the oldest entries of a page after `since`,
+/// the newest otherwise.
+fn cap_bytes(entries: &mut Vec<(StreamId, Bytes)>, oldest_first: bool) {
+    let total: usize = entries.iter().map(|(_, d)| d.len()).sum();
+    if total <= MAX_ANSWER_BYTES {
+        return;
+    }
+    let mut kept = 0;
+    let keep = |entry: &(StreamId, Bytes), kept: &mut usize| {
+        *kept += entry.1.len();
+        *kept <= MAX_ANSWER_BYTES
+    };
+    if oldest_first {
+        let n = entries.iter().take_while(|e| keep(e, &mut kept)).count();
+        entries.truncate(n);
+    } else {
+        let n = entries
+            .iter()
+            .rev()
+            .take_while(|e| keep(e, &mut kept))
+            .count();
+        entries.drain(..entries.len() - n);
+    }
+}
 
 /// What a history read found: raw payloads after the asked position (oldest first),
 /// the stream's epoch and newest id, and whether messages after the asked position are
@@ -64,7 +92,15 @@ pub fn answer(
     read: HistoryRead,
     found: Result<Found, ()>,
 ) {
-    let HistoryRead { channel, to, .. } = read;
+    let HistoryRead {
+        channel, to, since, ..
+    } = read;
+    let found = found.map(|mut f| {
+        if matches!(to, HistoryTo::Client { .. } | HistoryTo::Http { .. }) {
+            cap_bytes(&mut f.entries, since.is_some());
+        }
+        f
+    });
     match to {
         HistoryTo::Sync { shard, tag } => {
             let replay = found.map(|f| replay(envelope, &channel, f));
@@ -403,6 +439,17 @@ mod tests {
         };
         let f = h.read(&read(Some(other), 100, true), &ns, 5);
         assert_eq!((ids(&f), f.gap), (vec![2, 3, 4], true));
+    }
+
+    #[test]
+    fn answers_are_capped_in_bytes() {
+        let big = |i| (StreamId { ms: 1, seq: i }, Bytes::from(vec![b'x'; 3 << 20]));
+        let mut e: Vec<_> = (0..4).map(big).collect();
+        cap_bytes(&mut e, false);
+        assert_eq!(e.iter().map(|x| x.0.seq).collect::<Vec<_>>(), vec![2, 3]);
+        let mut e: Vec<_> = (0..4).map(big).collect();
+        cap_bytes(&mut e, true);
+        assert_eq!(e.iter().map(|x| x.0.seq).collect::<Vec<_>>(), vec![0, 1]);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct Tuning {
     pub max_replay: usize,
     /// A `history` request without `limit` gets at most this many (the newest).
     pub default_history_limit: usize,
+    /// History reads one connection may ask per second (`history`, and `subscribe`
+    /// with `since`), in bursts of as many: each may read 10,000 messages.
+    pub history_rate: u32,
     /// Bytes of live frames a shard holds per channel (or per resuming subscriber)
     /// while its history read is in flight; past it they are dropped and read again
     /// from history afterwards.
@@ -91,6 +94,7 @@ pub const TUNING: Tuning = Tuning {
     connect_timeout: Duration::from_secs(2),
     max_replay: 10_000,
     default_history_limit: 100,
+    history_rate: 20,
     max_held: 4 * 1024 * 1024,
     presence_queue: 65_536,
     presence_batch: 16_384,

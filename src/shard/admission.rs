@@ -61,6 +61,14 @@ impl<K: Hash + Eq + Clone> PerKey<K> {
     }
 }
 
+/// Who may connect and as whom: the node-wide per-address and per-user counts, and the
+/// token verifier (`None`: auth off). Shared by the node's shards.
+pub struct Admission {
+    pub per_ip: std::sync::Arc<PerIp>,
+    pub per_user: std::sync::Arc<PerUser>,
+    pub auth: Option<std::sync::Arc<crate::auth::Verifier>>,
+}
+
 /// A connection's publish allowance: `rate` per second, bursts of `rate`.
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket {
@@ -102,6 +110,8 @@ pub struct ConnLimits {
     /// Counted in `PerUser` under this user.
     pub user: Option<Box<str>>,
     pub bucket: Option<Bucket>,
+    /// History reads asked by the client (`history`, `subscribe` with `since`).
+    pub history: Option<Bucket>,
 }
 
 #[cfg(test)]

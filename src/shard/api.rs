@@ -76,7 +76,7 @@ impl Shard {
             return Err((403, "origin not allowed"));
         }
         // With auth on, the user is the token's `sub`: `?user=` is ignored.
-        if self.presence.is_some() && self.config.presence.user_param && self.auth.is_none() {
+        if self.presence.is_some() && self.config.presence.user_param && self.admit.auth.is_none() {
             if let Some(Err(refusal)) = api::query_param(head.query.as_deref(), "user") {
                 return Err(refusal);
             }

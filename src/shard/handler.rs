@@ -79,7 +79,7 @@ impl Shard {
     /// `{"type":"auth","token":…}`: the first token of the connection, or a refresh
     /// (same `sub`). An invalid token, or one for another user, closes with 4001.
     fn auth_message(&mut self, key: usize, token: &str) {
-        let Some(verifier) = self.auth.clone() else {
+        let Some(verifier) = self.admit.auth.clone() else {
             return self.simple_error(
                 key,
                 ErrorCode::BadRequest,
@@ -98,7 +98,7 @@ impl Shard {
                 return self.close_ws(key, 4001, "unauthorized");
             }
         };
-        let now = self.now;
+        let now = self.clock.coarse();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -183,6 +183,9 @@ impl Shard {
                 None,
                 Some(channel),
             );
+            return;
+        }
+        if since.is_some() && !self.history_allowed(key, channel, None) {
             return;
         }
         let (chan, pos, added) = self.subs.add(channel, key as u32, history, since);
@@ -309,7 +312,7 @@ impl Shard {
         if rate == 0 {
             return true;
         }
-        let now_ms = self.started.elapsed().as_millis() as u64;
+        let now_ms = self.clock.ms();
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };

@@ -18,11 +18,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use super::chan_history::{Catch, RETRY};
 use super::conn::ConnId;
 use super::outq::Kind;
-use super::subs::{Catch, ChanHistory};
 use super::Shard;
 use crate::broker::history::MAX_REPLAY;
 use crate::msg::{BrokerCmd, HistoryRead, HistoryTo, Replay};
@@ -30,66 +28,42 @@ use crate::offset::Offset;
 use crate::protocol::{reply, ErrorCode};
 
 /// See `config::Tuning`.
-const MAX_HELD: usize = crate::config::TUNING.max_held;
-/// See `config::Tuning`.
 const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
-/// `ChanHistory::syncing` while a read waits to be asked again (deliveries are held).
-const RETRY: u32 = u32::MAX;
 
-/// Decides what happens to a live delivery on a history channel: `true` to deliver it
-/// now (the channel's offset moves to it, and subscribers being caught up get it
-/// held); `false` when it was already delivered (dropped), is held because a read is
-/// in flight, or comes after a gap that arrived during that read (dropped: the next
-/// read brings it, after what the gap lost).
-pub(super) fn take_live(h: &mut ChanHistory, offset: Option<Offset>, frame: &Bytes) -> bool {
-    if let (Some(o), Some(last)) = (offset, h.last) {
-        if o.covered_by(&last) {
-            return false;
-        }
-    }
-    if h.syncing != 0 {
-        if h.again {
-            // A gap came after the read was asked: what follows it must wait for the
-            // next read (delivering it would step over the hole), which brings it too.
-            h.held_lost |= offset.is_none();
-            return false;
-        }
-        h.held_bytes += frame.len();
-        if h.held_bytes > MAX_HELD {
-            // Everything with an offset is read again from history afterwards.
-            h.held_lost |= offset.is_none() || h.held.iter().any(|(o, _)| o.is_none());
-            h.held.clear();
-            h.held_bytes = 0;
-            h.again = true;
-        } else {
-            h.held.push((offset, frame.clone()));
-        }
-        return false;
-    }
-    if let Some(o) = offset {
-        h.last = Some(o);
-    }
-    for c in h.catching.iter_mut().filter(|c| !c.overflowed) {
-        c.held_bytes += frame.len();
-        if c.held_bytes > MAX_HELD {
-            c.overflowed = true;
-            c.held = Vec::new();
-        } else {
-            c.held.push((offset, frame.clone()));
-        }
-    }
-    true
-}
+/// See `config::Tuning`.
+const HISTORY_RATE: u32 = crate::config::TUNING.history_rate;
 
 impl Shard {
+    /// Takes one history read from connection `key`'s allowance; false (answered
+    /// `rate_limited`, counted) when it has none left.
+    pub(super) fn history_allowed(&mut self, key: usize, channel: &str, id: Option<&str>) -> bool {
+        let now_ms = self.clock.ms();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let limits = conn.limits.get_or_insert_with(Default::default);
+        let ok = limits
+            .history
+            .get_or_insert_with(|| super::admission::Bucket::full(HISTORY_RATE, now_ms))
+            .take(HISTORY_RATE, now_ms);
+        if !ok {
+            self.metrics.shards[self.id.index()]
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.simple_error(
+                key,
+                ErrorCode::RateLimited,
+                "too many history reads: at most 20 per second",
+                id,
+                Some(channel),
+            );
+        }
+        ok
+    }
+
     /// Whether `channel` keeps history (its namespace's `history_size`).
     pub(super) fn has_history(&self, channel: &str) -> bool {
         self.config.namespaces.lookup(channel).history_size > 0
-    }
-
-    fn next_tag(&mut self) -> u32 {
-        self.history_tag = self.history_tag.wrapping_add(1).max(1);
-        self.history_tag
     }
 
     /// Asks for a read; false if the broker cannot take it now.
@@ -100,7 +74,7 @@ impl Shard {
     /// Reads local channel `id` up to date: its first offset, or what it missed since
     /// its last delivered one. Deliveries are held until the answer.
     pub(super) fn start_sync(&mut self, id: u32) {
-        let tag = self.next_tag();
+        let tag = self.reads.next_tag();
         let Some(ch) = self.subs.channel_mut(id) else {
             return;
         };
@@ -130,7 +104,7 @@ impl Shard {
                 // The broker cannot take it now: keep holding, ask again in a second.
                 h.syncing = RETRY;
             }
-            self.history_retry.push(name);
+            self.reads.retry.push(name);
         }
     }
 
@@ -157,6 +131,9 @@ impl Shard {
         } else {
             self.start_sync(id);
         }
+        self.metrics
+            .history_repairs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
@@ -178,7 +155,7 @@ impl Shard {
         let Ok(replay) = replay else {
             // Redis could not answer: keep holding, ask again in a second.
             h.syncing = RETRY;
-            self.history_retry.push(name);
+            self.reads.retry.push(name);
             return;
         };
         h.syncing = 0;
@@ -198,7 +175,7 @@ impl Shard {
         }
         if replay.gap || lost {
             self.metrics
-                .gaps
+                .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.deliver_to(id, reply::gap(channel), Kind::Keep, None);
         }
@@ -282,7 +259,7 @@ impl Shard {
             return;
         };
         let pos = conn.subs[i].1;
-        let tag = self.next_tag();
+        let tag = self.reads.next_tag();
         let catch = Catch {
             key: key as u32,
             tag,
@@ -319,7 +296,7 @@ impl Shard {
             },
         };
         if !self.ask(read) {
-            self.catch_retry.push((channel, key, tag));
+            self.reads.catch_retry.push((channel, key, tag));
         }
     }
 
@@ -364,13 +341,13 @@ impl Shard {
         };
         let Ok(replay) = replay else {
             // Ask again in a second; what arrives meanwhile is held for it.
-            self.catch_retry.push((Arc::from(channel), key, tag));
+            self.reads.catch_retry.push((Arc::from(channel), key, tag));
             return;
         };
         if overflowed {
             // Its held frames were dropped: deliver this part, then read on from
             // `upto` to where the channel is now.
-            let new_tag = self.next_tag();
+            let new_tag = self.reads.next_tag();
             let now = last.unwrap_or(upto);
             if let Some(c) = self
                 .subs
@@ -410,7 +387,7 @@ impl Shard {
     fn replay_to(&mut self, key: usize, channel: &str, replay: &Replay, since: Offset) {
         if replay.gap {
             self.metrics
-                .gaps
+                .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.queue(key, reply::gap(channel));
         }
@@ -425,7 +402,7 @@ impl Shard {
     /// Once a second: reads that could not be asked, or that Redis could not answer,
     /// are asked again.
     pub(super) fn retry_history(&mut self) {
-        for name in std::mem::take(&mut self.history_retry) {
+        for name in std::mem::take(&mut self.reads.retry) {
             let Some(id) = self.subs.lookup(&name) else {
                 continue;
             };
@@ -437,10 +414,10 @@ impl Shard {
             if pending && self.subs.channel(id).is_some_and(|c| c.live) {
                 self.start_sync(id);
             } else if pending {
-                self.history_retry.push(name);
+                self.reads.retry.push(name);
             }
         }
-        for (name, key, tag) in std::mem::take(&mut self.catch_retry) {
+        for (name, key, tag) in std::mem::take(&mut self.reads.catch_retry) {
             let Some(id) = self.subs.lookup(&name) else {
                 continue;
             };
@@ -477,6 +454,9 @@ impl Shard {
                 id.as_deref(),
                 Some(channel),
             );
+        }
+        if !self.history_allowed(key, channel, id.as_deref()) {
+            return;
         }
         let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
             return;
@@ -543,76 +523,5 @@ impl Shard {
         } else {
             Some(json_error(503, "history is unavailable, try again"))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::offset::StreamId;
-
-    fn at(seq: u64) -> Option<Offset> {
-        Some(Offset {
-            id: StreamId { ms: 1, seq },
-            epoch: 7,
-        })
-    }
-
-    fn frame() -> Bytes {
-        Bytes::from_static(b"x")
-    }
-
-    #[test]
-    fn live_deliveries_are_taken_once_held_while_syncing_and_kept_for_catch_ups() {
-        let mut h = ChanHistory {
-            last: at(5),
-            ..ChanHistory::default()
-        };
-        // Already delivered (a read brought it): dropped.
-        assert!(!take_live(&mut h, at(5), &frame()));
-        assert!(!take_live(&mut h, at(3), &frame()));
-        // Newer: taken, and the channel moves on.
-        assert!(take_live(&mut h, at(6), &frame()));
-        assert_eq!(h.last, at(6));
-        // Another epoch cannot be compared: taken.
-        let other = Some(Offset {
-            id: StreamId { ms: 0, seq: 1 },
-            epoch: 8,
-        });
-        assert!(take_live(&mut h, other, &frame()));
-        assert_eq!(h.last, other);
-        // While a read is in flight: held, with its offset, the channel stays put.
-        h.last = at(6);
-        h.syncing = 3;
-        assert!(!take_live(&mut h, at(7), &frame()));
-        assert!(!take_live(&mut h, None, &frame()));
-        assert_eq!(
-            h.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            vec![at(7), None]
-        );
-        assert_eq!(h.last, at(6));
-        // Past the bound: dropped and owed a new read; a lost plain frame owes a gap.
-        let big = Bytes::from(vec![0u8; MAX_HELD]);
-        assert!(!take_live(&mut h, at(8), &big));
-        assert!(h.held.is_empty() && h.again && h.held_lost);
-        // After a gap during the read, nothing more is held: the next read brings it.
-        assert!(!take_live(&mut h, at(9), &frame()));
-        assert!(h.held.is_empty());
-        // A subscriber being caught up gets what the members get, held for it.
-        h.syncing = 0;
-        h.again = false;
-        h.catching.push(Catch {
-            key: 1,
-            tag: 1,
-            since: at(1).unwrap(),
-            upto: at(6).unwrap(),
-            held: Vec::new(),
-            held_bytes: 0,
-            overflowed: false,
-        });
-        assert!(take_live(&mut h, at(9), &frame()));
-        assert_eq!(h.catching[0].held.len(), 1);
-        assert!(take_live(&mut h, at(10), &big));
-        assert!(h.catching[0].overflowed && h.catching[0].held.is_empty());
     }
 }

@@ -36,7 +36,7 @@ impl Shard {
                     if conn.phase() == Phase::Closing {
                         continue; // draining what a closing peer still sends
                     }
-                    conn.session.heard(self.now);
+                    conn.session.heard(self.clock.coarse());
                     self.ingest(key, &mut buf[..n]);
                     if n < buf.len() && !until_eof {
                         break;
@@ -142,9 +142,9 @@ impl Shard {
         };
         let reply =
             crate::ws::handshake::switching_protocols(head.ws_accept.as_deref().unwrap_or(""));
-        let (now, unix_now) = (self.now, crate::auth::unix_now());
+        let (now, unix_now) = (self.clock.coarse(), crate::auth::unix_now());
         let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
-        let auth_on = self.auth.is_some() && !echo;
+        let auth_on = self.admit.auth.is_some() && !echo;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -178,7 +178,7 @@ impl Shard {
         head: &RequestHead,
         echo: bool,
     ) -> Result<Option<crate::auth::Grant>, (u16, &'static str)> {
-        let Some(verifier) = self.auth.as_ref().filter(|_| !echo) else {
+        let Some(verifier) = self.admit.auth.as_ref().filter(|_| !echo) else {
             return Ok(None);
         };
         let token = match crate::api::query_value(head.query.as_deref(), "token") {
@@ -215,7 +215,7 @@ impl Shard {
         let Ok(ip) = conn.stream.peer_addr().map(|a| a.ip()) else {
             return Ok(()); // the peer is already gone; the close will follow
         };
-        if !self.per_ip.acquire(ip, max) {
+        if !self.admit.per_ip.acquire(ip, max) {
             self.metrics.shards[self.id.index()]
                 .upgrades_refused
                 .fetch_add(1, Ordering::Relaxed);
@@ -236,7 +236,7 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        if !self.per_user.acquire(sub.into(), max) {
+        if !self.admit.per_user.acquire(sub.into(), max) {
             self.metrics.shards[self.id.index()]
                 .upgrades_refused
                 .fetch_add(1, Ordering::Relaxed);

@@ -7,6 +7,8 @@
 mod accept;
 pub mod admission;
 mod api;
+mod chan_history;
+mod clock;
 pub mod conn;
 mod handler;
 mod history;
@@ -87,25 +89,18 @@ pub struct Shard {
     read_again: Vec<usize>,
     read_buf: Vec<u8>,
     next_gen: u32,
-    started: Instant,
-    /// Whole seconds since `started` (the coarse clock of timeouts).
-    now: u32,
-    last_tick: u32,
+    /// The coarse clock of timeouts and the once-a-second tick.
+    clock: clock::Clock,
     shutdown_deadline: Option<Instant>,
     /// Channels with frames waiting for this turn's `fan_out` (id, name to check it).
     batched: Vec<(u32, std::sync::Arc<str>)>,
-    /// History reads to ask again at the next tick: channel syncs, and catch-ups
-    /// (channel, connection key, tag).
-    history_retry: Vec<Arc<str>>,
-    catch_retry: Vec<(Arc<str>, u32, u32)>,
-    /// The last tag given to a history read (answers carry it back).
-    history_tag: u32,
+    /// History reads to ask again, and read tags (see `chan_history::Reads`).
+    reads: chan_history::Reads,
     /// Back-pressure and flush pacing (see `intake.rs`).
     intake: intake::Intake,
     presence: Option<api::PresenceLink>,
-    per_ip: Arc<admission::PerIp>,
-    per_user: Arc<admission::PerUser>,
-    auth: Option<Arc<crate::auth::Verifier>>,
+    /// Per-address and per-user counts, and the token verifier.
+    admit: admission::Admission,
 }
 
 impl Shard {
@@ -126,19 +121,17 @@ impl Shard {
             read_again: Vec::new(),
             read_buf: vec![0; READ_BUF],
             next_gen: 0,
-            started: Instant::now(),
-            now: 0,
-            last_tick: 0,
+            clock: clock::Clock::new(Instant::now()),
             shutdown_deadline: None,
             batched: Vec::new(),
-            history_retry: Vec::new(),
-            catch_retry: Vec::new(),
-            history_tag: 0,
+            reads: chan_history::Reads::default(),
             intake: intake::Intake::new(Instant::now()),
             presence: s.presence.map(api::PresenceLink::new),
-            per_ip: s.per_ip,
-            per_user: s.per_user,
-            auth: s.auth,
+            admit: admission::Admission {
+                per_ip: s.per_ip,
+                per_user: s.per_user,
+                auth: s.auth,
+            },
         }
     }
 
@@ -193,7 +186,7 @@ impl Shard {
                     return;
                 }
             }
-            self.now = self.started.elapsed().as_secs() as u32;
+            self.clock.update();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -223,8 +216,7 @@ impl Shard {
                     self.flush_dirty();
                 }
             }
-            if self.now != self.last_tick {
-                self.last_tick = self.now;
+            if self.clock.tick_due() {
                 self.tick();
             }
             if let Some(deadline) = self.shutdown_deadline {
@@ -244,7 +236,9 @@ impl Shard {
         }
         let mut kept = Vec::new();
         self.acceptor
-            .accept(self.id, self.now, &mut |stream| kept.push(stream));
+            .accept(self.id, self.clock.coarse(), &mut |stream| {
+                kept.push(stream)
+            });
         for stream in kept {
             self.register(stream);
         }
@@ -266,7 +260,7 @@ impl Shard {
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
-        entry.insert(Conn::new(stream, self.next_gen, self.now));
+        entry.insert(Conn::new(stream, self.next_gen, self.clock.coarse()));
         self.metrics.shards[self.id.index()]
             .connections
             .fetch_add(1, Ordering::Relaxed);
@@ -284,10 +278,10 @@ impl Shard {
         self.presence_closed(&conn);
         if let Some(limits) = conn.limits.as_deref() {
             if let Some(ip) = &limits.ip {
-                self.per_ip.release(ip);
+                self.admit.per_ip.release(ip);
             }
             if let Some(user) = &limits.user {
-                self.per_user.release(user);
+                self.admit.per_user.release(user);
             }
         }
         let m = &self.metrics.shards[self.id.index()];
@@ -318,7 +312,7 @@ impl Shard {
     /// Once a second: handshake timeouts, pings, and dropping silent clients.
     fn tick(&mut self) {
         self.retry_history();
-        let now = self.now;
+        let now = self.clock.coarse();
         let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
         let ping = u32::try_from(self.config.ping_interval.as_secs()).unwrap_or(u32::MAX);
         let timers = session::Timers {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::chan_history::take_live;
 use super::conn::{Conn, Phase};
-use super::history;
 use super::outq::{self, Kind};
 use super::Shard;
 use crate::config::{Config, SlowPolicy};
@@ -53,7 +53,7 @@ impl Shard {
             return;
         };
         if let Some(h) = ch.hist.as_deref_mut() {
-            if !history::take_live(h, offset, &frame) {
+            if !take_live(h, offset, &frame) {
                 return;
             }
         }
@@ -251,7 +251,7 @@ impl Shard {
     /// waits for its next request once this one is written; otherwise it closes then.
     pub(super) fn respond_http(&mut self, key: usize, mut response: Vec<u8>, keep_alive: bool) {
         let keep_alive = keep_alive && self.shutdown_deadline.is_none();
-        let now = self.now;
+        let now = self.clock.coarse();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };

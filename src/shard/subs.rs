@@ -12,44 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use slab::Slab;
 
+use super::chan_history::{Catch, ChanHistory};
 use crate::offset::Offset;
-
-/// A history channel's local state: how far this shard has delivered, the read in
-/// flight that brings it up to date, and the subscribers being caught up.
-#[derive(Debug, Default)]
-pub struct ChanHistory {
-    /// The offset of the newest message delivered to the members (or the channel's
-    /// offset when it was first read); `None` until the first read answered.
-    pub last: Option<Offset>,
-    /// The tag of the sync read in flight (0: none). While one is, deliveries are held.
-    pub syncing: u32,
-    /// Another sync is needed once the one in flight answers (a gap arrived meanwhile,
-    /// or held frames overflowed).
-    pub again: bool,
-    /// Deliveries held while syncing, with their offsets.
-    pub held: Vec<(Option<Offset>, Bytes)>,
-    pub held_bytes: usize,
-    /// A held frame without an offset was dropped (overflow): the members get `gap`.
-    pub held_lost: bool,
-    /// Subscribers being caught up (positions with `CATCHING`).
-    pub catching: Vec<Catch>,
-    /// The `since` of waiters that asked to resume.
-    pub resume: Vec<(u32, Offset)>,
-}
-
-/// One subscriber being caught up: its history read covers (`since`, `upto`]; live
-/// frames after `upto` are held for it meanwhile.
-#[derive(Debug)]
-pub struct Catch {
-    pub key: u32,
-    pub tag: u32,
-    pub since: Offset,
-    pub upto: Offset,
-    pub held: Vec<(Option<Offset>, Bytes)>,
-    pub held_bytes: usize,
-    /// Held frames were dropped (too many): read history again after this read.
-    pub overflowed: bool,
-}
 
 /// One channel's local state.
 #[derive(Debug)]

@@ -12,6 +12,8 @@ use serde_json::Value;
 
 use crate::common::{RedisProcess, WsClient, DEADLINE};
 
+pub mod history;
+
 /// A complete HTTP response.
 #[derive(Debug)]
 pub struct Response {
