@@ -157,9 +157,7 @@ impl Topology {
             }
         }
         let answer = loop {
-            let Some(link) = self.link.as_mut() else {
-                return None;
-            };
+            let link = self.link.as_mut()?;
             match link.next_value() {
                 Ok(None) => break None,
                 Ok(Some(v)) => {

@@ -76,6 +76,7 @@ pub struct Writer {
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         poll: Poll,
         inbox: Inbox<BrokerCmd>,
