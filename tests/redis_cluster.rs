@@ -1,21 +1,21 @@
-//! Redis Cluster groundwork against a real six-process cluster (`common::cluster`): the
-//! slot map read from `CLUSTER SHARDS` and `CLUSTER SLOTS` covers every slot with three
-//! primaries and agrees between the two, `key_slot` agrees with `CLUSTER KEYSLOT`, and a
-//! real `-MOVED` points at the primary the map names.
+//! Redis Cluster against a real six-process cluster (`common::cluster`): the slot map read
+//! from `CLUSTER SHARDS` and `CLUSTER SLOTS`, `key_slot` and a real `-MOVED`; then the
+//! cluster broker (`--redis-cluster`, `common::cluster_kit`): three nodes × 300 channels
+//! over every slot, each message once and in order; a SIGKILLed primary and a graceful
+//! `CLUSTER FAILOVER` while publishing (gap on its channels, history channels complete,
+//! the time until delivery is back printed); a slot migration; presence across nodes.
 
 mod common;
 mod support;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::cluster::{command, text, RedisCluster};
+use common::cluster_kit::*;
 use common::{wait_for, ConfigFile, TestNode, WsClient, DEADLINE};
 use fanout::redis::cluster::{key_slot, parse_redirect, RedirectKind, SlotMap, SLOTS};
 use fanout::redis::resp::Value;
-use serde_json::json;
 
 #[test]
 fn the_slot_map_of_a_real_cluster() {
@@ -86,75 +86,6 @@ fn the_slot_map_of_a_real_cluster() {
     );
 }
 
-/// `--redis-cluster` with every node of `cluster` as a seed (plus `extra`).
-fn cluster_node(cluster: &RedisCluster, extra: &[&str]) -> TestNode {
-    let seeds: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let seeds = seeds.join(",");
-    let mut args = vec!["--redis-cluster", seeds.as_str(), "--shards", "2"];
-    args.extend_from_slice(extra);
-    TestNode::start(&args)
-}
-
-/// Subscribes `client` to every channel, pipelined, and waits for every `subscribed`.
-fn subscribe_all(client: &mut WsClient, channels: &[String]) {
-    for ch in channels {
-        client.send(&json!({"type":"subscribe","channel":ch}).to_string());
-    }
-    let mut left: HashSet<&str> = channels.iter().map(String::as_str).collect();
-    while !left.is_empty() {
-        let v = client
-            .recv_json(Duration::from_secs(20))
-            .unwrap_or_else(|| panic!("{} subscriptions never confirmed", left.len()));
-        assert_eq!(v["type"], "subscribed", "{v}");
-        assert!(left.remove(v["channel"].as_str().unwrap()), "{v}");
-    }
-}
-
-/// Channel names whose slots spread over all 16384 slots (and so over every primary).
-fn spread_channels(n: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    let mut i = 0u32;
-    while out.len() < n {
-        let name = format!("room:{i}");
-        let bucket = key_slot(name.as_bytes()) as usize * n / usize::from(SLOTS);
-        if seen.insert(bucket) {
-            out.push(name);
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Per (publisher, channel): the sequence numbers received, in order.
-type Seen = HashMap<(u64, String), Vec<u64>>;
-
-/// Reads deliveries until `want` arrived (or the deadline); records gaps per channel.
-fn collect(client: &mut WsClient, want: usize, seen: &mut Seen, gaps: &mut HashSet<String>) {
-    let end = Instant::now() + Duration::from_secs(30);
-    let mut got = 0;
-    while got < want && Instant::now() < end {
-        let Some(v) = client.recv_json(Duration::from_millis(200)) else {
-            continue;
-        };
-        if v["type"] == "gap" {
-            gaps.insert(v["channel"].as_str().unwrap().to_string());
-            continue;
-        }
-        let ch = v["channel"].as_str().unwrap().to_string();
-        let (p, n) = (
-            v["data"]["p"].as_u64().unwrap(),
-            v["data"]["n"].as_u64().unwrap(),
-        );
-        seen.entry((p, ch)).or_default().push(n);
-        got += 1;
-    }
-}
-
 #[test]
 fn three_nodes_deliver_every_message_once_in_order_over_300_channels() {
     let cluster = RedisCluster::start();
@@ -223,103 +154,6 @@ fn three_nodes_deliver_every_message_once_in_order_over_300_channels() {
     }
 }
 
-/// The plain ports of the cluster's current primaries.
-fn primary_ports(cluster: &RedisCluster) -> Vec<u16> {
-    let reply = cluster
-        .ports
-        .iter()
-        .find_map(|&p| command(p, &["CLUSTER", "SHARDS"]).ok())
-        .unwrap();
-    let map = SlotMap::from_cluster_shards(&reply, "127.0.0.1").unwrap();
-    map.primaries().iter().map(|n| n.port.unwrap()).collect()
-}
-
-const HIST: &str = "[[namespace]]\nprefix = \"hist:\"\nhistory_size = 100000\n";
-
-/// What one subscriber saw: per channel, (sequence number, when) in arrival order, and
-/// when each `gap` came.
-#[derive(Default)]
-struct Log {
-    msgs: HashMap<String, Vec<(u64, Instant)>>,
-    gaps: HashMap<String, Vec<Instant>>,
-}
-
-/// Reads `client` into a shared log until `stop` is set and it has been quiet a while.
-fn record(
-    mut client: WsClient,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Mutex<Log>>, std::thread::JoinHandle<()>) {
-    let log = Arc::new(Mutex::new(Log::default()));
-    let out = log.clone();
-    let thread = std::thread::spawn(move || loop {
-        match client.recv_json(Duration::from_millis(300)) {
-            Some(v) => {
-                let ch = v["channel"].as_str().unwrap_or_default().to_string();
-                let mut log = log.lock().unwrap();
-                if v["type"] == "gap" {
-                    log.gaps.entry(ch).or_default().push(Instant::now());
-                } else if let Some(n) = v["data"]["n"].as_u64() {
-                    log.msgs.entry(ch).or_default().push((n, Instant::now()));
-                }
-            }
-            None if stop.load(Ordering::SeqCst) => return,
-            None => {}
-        }
-    });
-    (out, thread)
-}
-
-/// Publishes `{"n":k}` round robin on `channels` through `node` until `stop` is set,
-/// every channel's k counting up from 0.
-fn publish_loop(
-    node: &TestNode,
-    channels: Vec<String>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let mut client = node.client();
-    std::thread::spawn(move || {
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            for ch in &channels {
-                client.publish(ch, &format!(r#"{{"n":{n}}}"#));
-            }
-            n += 1;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })
-}
-
-/// The cluster's slot map, read from any node still up.
-fn slot_map(cluster: &RedisCluster, skip: Option<u16>) -> SlotMap {
-    let reply = cluster
-        .ports
-        .iter()
-        .filter(|&&p| Some(p) != skip)
-        .find_map(|&p| command(p, &["CLUSTER", "SHARDS"]).ok())
-        .unwrap();
-    SlotMap::from_cluster_shards(&reply, "127.0.0.1").unwrap()
-}
-
-/// The sequence numbers kept in a history channel's stream (read from its primary).
-fn stream_ns(map: &SlotMap, channel: &str) -> Vec<u64> {
-    let key = format!("__fanout:h:{{{channel}}}");
-    let port = map.primary(key_slot(key.as_bytes())).unwrap().port.unwrap();
-    let Value::Array(entries) = command(port, &["XRANGE", &key, "-", "+"]).unwrap() else {
-        panic!("XRANGE {key}");
-    };
-    entries
-        .iter()
-        .map(|e| {
-            let Value::Array(e) = e else { panic!("entry") };
-            let Value::Array(fields) = &e[1] else {
-                panic!("fields")
-            };
-            let v: serde_json::Value = serde_json::from_str(&text(&fields[1]).unwrap()).unwrap();
-            v["n"].as_u64().unwrap()
-        })
-        .collect()
-}
-
 /// Kills (or fails over) the primary serving `channels[0]` while three nodes publish and
 /// subscribe; returns per node how long until delivery on that primary's channels was
 /// back, after asserting order, `gap`s and complete history channels.
@@ -347,110 +181,38 @@ fn survive_primary_change(graceful: bool) -> Vec<Duration> {
         "{affected:?}"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut logs = Vec::new();
-    let mut readers = Vec::new();
-    for node in &nodes {
-        let mut client = node.client();
-        subscribe_all(&mut client, &channels);
-        let (log, thread) = record(client, stop.clone());
-        logs.push(log);
-        readers.push(thread);
-    }
-    let publish_stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_loop(&nodes[0], channels.clone(), publish_stop.clone());
+    let traffic = Traffic::start(&nodes, &channels);
     std::thread::sleep(Duration::from_millis(1000));
-
     let changed = Instant::now();
     if graceful {
-        let replica = map
-            .range(key_slot(channels[0].as_bytes()))
-            .unwrap()
-            .replicas[0]
-            .port
-            .unwrap();
+        let range = map.range(key_slot(channels[0].as_bytes())).unwrap();
+        let replica = range.replicas[0].port.unwrap();
         let reply = command(replica, &["CLUSTER", "FAILOVER"]).unwrap();
         assert!(matches!(reply, Value::Simple(_)), "{reply:?}");
     } else {
         let i = cluster.ports.iter().position(|&p| p == victim).unwrap();
         cluster.kill(i);
     }
-    // Delivery is back on a node once a message published after the change arrived
-    // on every affected channel.
-    let mut back = Vec::new();
-    for (i, log) in logs.iter().enumerate() {
-        let at = wait_for(
-            "delivery back on the new primary",
-            Duration::from_secs(20),
-            || {
-                let log = log.lock().unwrap();
-                affected
-                    .iter()
-                    .map(|c| {
-                        log.msgs
-                            .get(c)?
-                            .iter()
-                            .find(|(_, t)| *t > changed + Duration::from_millis(50))
-                            .map(|(_, t)| *t)
-                    })
-                    .collect::<Option<Vec<Instant>>>()
-                    .map(|ts| ts.into_iter().max().unwrap())
-            },
-        );
-        let took = at - changed;
-        eprintln!(
-            "node {i}: primary {} → delivery back after {took:?}",
-            if graceful { "failed over" } else { "killed" }
-        );
-        back.push(took);
-    }
+    // Delivery is back on a node once a message published after the change arrived on
+    // every affected channel.
+    let back: Vec<Duration> = (0..nodes.len())
+        .map(|i| {
+            let since = changed + Duration::from_millis(50);
+            let took = traffic.delivering(i, &affected, since, Duration::from_secs(20)) - changed;
+            let what = if graceful { "failed over" } else { "killed" };
+            eprintln!("node {i}: primary {what} → delivery back after {took:?}");
+            took
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
-    publish_stop.store(true, Ordering::SeqCst);
-    publisher.join().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    for r in readers {
-        r.join().unwrap();
-    }
+    let logs = traffic.stop();
     for node in &nodes {
         wait_for("/healthz 200 again", DEADLINE, || {
             (common::healthz(node.addr) == 200).then_some(())
         });
     }
     let map = slot_map(&cluster, (!graceful).then_some(victim));
-    for (i, log) in logs.iter().enumerate() {
-        let log = log.lock().unwrap();
-        for ch in &channels {
-            let ns: Vec<u64> = log
-                .msgs
-                .get(ch)
-                .map(|v| v.iter().map(|m| m.0).collect())
-                .unwrap_or_default();
-            assert!(
-                ns.windows(2).all(|w| w[0] < w[1]),
-                "node {i} {ch}: out of order or twice"
-            );
-            let gaps = log.gaps.get(ch).map_or(0, Vec::len);
-            let hit = affected.contains(ch);
-            if ch.starts_with("hist:") {
-                // Repaired from history: everything history kept was delivered, no gap.
-                assert_eq!(gaps, 0, "node {i} {ch}: history channels repair");
-                let kept = stream_ns(&map, ch);
-                let got: HashSet<u64> = ns.iter().copied().collect();
-                let missing: Vec<&u64> = kept.iter().filter(|n| !got.contains(n)).collect();
-                assert!(missing.is_empty(), "node {i} {ch}: missing {missing:?}");
-            } else if hit {
-                assert!(gaps >= 1, "node {i} {ch}: no gap after the primary changed");
-            } else {
-                assert_eq!(gaps, 0, "node {i} {ch}: a gap on an untouched primary");
-                let last = *ns.last().unwrap();
-                assert_eq!(
-                    ns,
-                    (0..=last).collect::<Vec<_>>(),
-                    "node {i} {ch}: untouched primary lost messages"
-                );
-            }
-        }
-    }
+    check_logs(&logs, &channels, &affected, &map);
     back
 }
 
@@ -470,50 +232,6 @@ fn a_graceful_failover_moves_subscriptions_to_the_new_primary() {
     assert!(*worst < Duration::from_secs(10));
 }
 
-/// The node id of the node on `port`.
-fn node_id(port: u16) -> String {
-    text(&command(port, &["CLUSTER", "MYID"]).unwrap()).unwrap()
-}
-
-/// Moves `slot` from the primary on `from` to the one on `to` the way `redis-cli
-/// --cluster reshard` does: IMPORTING/MIGRATING, MIGRATE of its keys, SETSLOT NODE on
-/// every primary.
-fn migrate_slot(slot: u16, from: u16, to: u16, primaries: &[u16]) {
-    let s = slot.to_string();
-    let (from_id, to_id) = (node_id(from), node_id(to));
-    let ok = |v: Value| assert!(matches!(v, Value::Simple(_)), "{v:?}");
-    ok(command(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]).unwrap());
-    ok(command(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]).unwrap());
-    loop {
-        let Value::Array(keys) = command(from, &["CLUSTER", "GETKEYSINSLOT", &s, "100"]).unwrap()
-        else {
-            panic!("GETKEYSINSLOT");
-        };
-        if keys.is_empty() {
-            break;
-        }
-        let keys: Vec<String> = keys.iter().map(|k| text(k).unwrap()).collect();
-        let port = to.to_string();
-        let mut args = vec![
-            "MIGRATE",
-            "127.0.0.1",
-            port.as_str(),
-            "",
-            "0",
-            "5000",
-            "KEYS",
-        ];
-        args.extend(keys.iter().map(String::as_str));
-        ok(command(from, &args).unwrap());
-    }
-    for &p in std::iter::once(&to)
-        .chain([&from])
-        .chain(primaries.iter().filter(|&&p| p != from && p != to))
-    {
-        ok(command(p, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]).unwrap());
-    }
-}
-
 #[test]
 fn a_slot_migration_moves_subscriptions_with_it() {
     let cluster = RedisCluster::start();
@@ -531,33 +249,18 @@ fn a_slot_migration_moves_subscriptions_with_it() {
         .find(|&p| p != from)
         .unwrap();
     // Two plain channels and one history channel of `from` move to `to`.
-    let mut moving: Vec<String> = channels
-        .iter()
-        .filter(|c| !c.starts_with("hist:") && port_of(c) == from)
-        .take(2)
-        .cloned()
-        .collect();
-    moving.extend(
+    let on_from = |hist: bool| -> Vec<String> {
         channels
             .iter()
-            .filter(|c| c.starts_with("hist:") && port_of(c) == from)
-            .take(1)
-            .cloned(),
-    );
+            .filter(|c| c.starts_with("hist:") == hist && port_of(c) == from)
+            .cloned()
+            .collect()
+    };
+    let mut moving: Vec<String> = on_from(false).into_iter().take(2).collect();
+    moving.extend(on_from(true).into_iter().take(1));
     assert_eq!(moving.len(), 3, "{moving:?}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut logs = Vec::new();
-    let mut readers = Vec::new();
-    for node in &nodes {
-        let mut client = node.client();
-        subscribe_all(&mut client, &channels);
-        let (log, thread) = record(client, stop.clone());
-        logs.push(log);
-        readers.push(thread);
-    }
-    let publish_stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_loop(&nodes[0], channels.clone(), publish_stop.clone());
+    let traffic = Traffic::start(&nodes, &channels);
     std::thread::sleep(Duration::from_millis(500));
     let moved_at = Instant::now();
     let prims = primary_ports(&cluster);
@@ -583,68 +286,13 @@ fn a_slot_migration_moves_subscriptions_with_it() {
         "moved channels resubscribed {:?} after the last SETSLOT",
         migrated.elapsed()
     );
-    for (i, log) in logs.iter().enumerate() {
-        wait_for(
-            "delivery on the moved channels",
-            Duration::from_secs(10),
-            || {
-                let log = log.lock().unwrap();
-                moving
-                    .iter()
-                    .map(|c| {
-                        let m = log.msgs.get(c)?;
-                        m.iter()
-                            .find(|(_, t)| *t > moved_at + Duration::from_millis(300))
-                            .map(|m| m.1)
-                    })
-                    .collect::<Option<Vec<Instant>>>()
-            },
-        );
-        eprintln!("node {i}: moved channels delivering again");
+    for i in 0..nodes.len() {
+        let since = moved_at + Duration::from_millis(300);
+        traffic.delivering(i, &moving, since, Duration::from_secs(10));
     }
     std::thread::sleep(Duration::from_millis(300));
-    publish_stop.store(true, Ordering::SeqCst);
-    publisher.join().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    for r in readers {
-        r.join().unwrap();
-    }
-    let map = slot_map(&cluster, None);
-    for (i, log) in logs.iter().enumerate() {
-        let log = log.lock().unwrap();
-        for ch in &channels {
-            let ns: Vec<u64> = log
-                .msgs
-                .get(ch)
-                .map(|v| v.iter().map(|m| m.0).collect())
-                .unwrap_or_default();
-            assert!(
-                ns.windows(2).all(|w| w[0] < w[1]),
-                "node {i} {ch}: out of order or twice"
-            );
-            let gaps = log.gaps.get(ch).map_or(0, Vec::len);
-            if ch.starts_with("hist:") {
-                assert_eq!(gaps, 0, "node {i} {ch}: history channels repair");
-                let kept = stream_ns(&map, ch);
-                let got: HashSet<u64> = ns.iter().copied().collect();
-                let missing: Vec<&u64> = kept.iter().filter(|n| !got.contains(n)).collect();
-                assert!(missing.is_empty(), "node {i} {ch}: missing {missing:?}");
-            } else if moving.contains(ch) {
-                assert!(gaps >= 1, "node {i} {ch}: no gap after its slot moved");
-            } else {
-                assert_eq!(
-                    gaps, 0,
-                    "node {i} {ch}: a gap on a channel that did not move"
-                );
-                let last = *ns.last().unwrap();
-                assert_eq!(
-                    ns,
-                    (0..=last).collect::<Vec<_>>(),
-                    "node {i} {ch}: lost messages"
-                );
-            }
-        }
-    }
+    let logs = traffic.stop();
+    check_logs(&logs, &channels, &moving, &slot_map(&cluster, None));
 }
 
 /// The servers `GET /api/users/{user}/connections` on `node` lists.

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
 pub mod cluster;
+pub mod cluster_kit;
 pub mod proxy;
 mod redis_process;
 pub mod tls;
