@@ -15,14 +15,17 @@ pub mod writer;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use mio::{Poll, Token, Waker};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token, Waker};
 
 use super::redis::{Started, QUEUE};
 use super::{BrokerHandle, ShardLinks};
 use crate::config::Config;
 use crate::health::Health;
-use crate::inbox::inbox;
+use crate::inbox::{inbox, Inbox};
 use crate::redis::cluster::{key_slot, SlotMap};
+use crate::redis::link::Link;
 use crate::redis::RedisUrl;
 
 pub(crate) const WAKER: Token = Token(0);
@@ -54,6 +57,38 @@ pub fn channel_on(map: &SlotMap, primary: &Addr, prefix: &str, tls: bool) -> Opt
         let name = format!("{prefix}{{{n}}}");
         (owner(map, name.as_bytes(), tls).as_ref() == Some(primary)).then_some(name)
     })
+}
+
+/// Waits for a cluster thread's next events: at most until the topology or a node's link
+/// needs attention, not at all when its inbox has work. Returns whether the topology
+/// connection is ready and the slab keys of the node connections that are.
+pub(crate) fn wait<'a, T>(
+    poll: &mut Poll,
+    events: &mut Events,
+    inbox: &Inbox<T>,
+    topo: &topology::Topology,
+    links: impl Iterator<Item = &'a Link>,
+) -> (bool, Vec<usize>) {
+    let now = Instant::now();
+    let mut timeout = topo.timeout(now);
+    for t in links.filter_map(|l| l.timeout(now)) {
+        timeout = timeout.min(t);
+    }
+    if !inbox.park() {
+        timeout = Duration::ZERO;
+    }
+    let _ = poll.poll(events, Some(timeout));
+    inbox.unpark();
+    let mut topo_ready = false;
+    let mut ready = Vec::new();
+    for event in events.iter() {
+        match event.token() {
+            TOPOLOGY => topo_ready = true,
+            Token(t) if t >= FIRST => ready.push(t - FIRST),
+            _ => {}
+        }
+    }
+    (topo_ready, ready)
 }
 
 /// Starts the reader and writer threads on the cluster that `url` names.

@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token};
+use mio::{Events, Poll};
 use slab::Slab;
 
 use super::topology::{self, Topology};
-use super::{Addr, FIRST, TOPOLOGY};
+use super::{Addr, TOPOLOGY};
 use crate::broker::router::Wire;
 use crate::broker::{BrokerCmd, Router, ShardLinks};
 use crate::health::Health;
@@ -114,31 +114,14 @@ impl Reader {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(64);
         while !self.stop.load(Ordering::SeqCst) {
+            let links = self.nodes.iter().map(|(_, n)| &n.link);
+            let (topo_ready, ready) =
+                super::wait(&mut self.poll, &mut events, &self.inbox, &self.topo, links);
             let now = Instant::now();
-            let mut timeout = self.topo.timeout(now);
-            for (_, n) in &self.nodes {
-                if let Some(t) = n.link.timeout(now) {
-                    timeout = timeout.min(t);
-                }
-            }
-            if !self.inbox.park() {
-                timeout = Duration::ZERO;
-            }
-            let _ = self.poll.poll(&mut events, Some(timeout));
-            self.inbox.unpark();
-            let now = Instant::now();
-            let mut topo_ready = false;
-            for event in events.iter() {
-                match event.token() {
-                    TOPOLOGY => topo_ready = true,
-                    Token(t) if t >= FIRST => {
-                        let key = t - FIRST;
-                        if let Some(n) = self.nodes.get_mut(key) {
-                            let ev = n.link.on_ready(self.poll.registry(), now);
-                            self.on_link_event(key, ev, now);
-                        }
-                    }
-                    _ => {}
+            for key in ready {
+                if let Some(n) = self.nodes.get_mut(key) {
+                    let ev = n.link.on_ready(self.poll.registry(), now);
+                    self.on_link_event(key, ev, now);
                 }
             }
             if let Some(map) = self.topo.turn(self.poll.registry(), topo_ready, now) {
