@@ -113,7 +113,7 @@ impl ClusterClient {
         }
         let mut parts: Vec<((String, u16), Pipe, Vec<usize>)> = Vec::new();
         for i in 0..pipe.len() {
-            let (bytes, key) = pipe.command(i);
+            let (_, key) = pipe.command(i);
             let Some(addr) = self.owner(key) else {
                 self.map = None;
                 return Err(io::Error::new(ErrorKind::NotConnected, "slot not served"));
@@ -125,7 +125,7 @@ impl ClusterClient {
                     parts.len() - 1
                 }
             };
-            parts[at].1.raw(bytes, key);
+            parts[at].1.copy(pipe, i);
             parts[at].2.push(i);
         }
         let mut out: Vec<Option<Value>> = (0..pipe.len()).map(|_| None).collect();
@@ -151,12 +151,11 @@ impl ClusterClient {
                 if r.kind == RedirectKind::Moved {
                     self.map = None;
                 }
-                let (bytes, key) = pipe.command(i);
                 let mut again = Pipe::default();
                 if r.kind == RedirectKind::Ask {
                     again.cmd(&[b"ASKING"]);
                 }
-                again.raw(bytes, key);
+                again.copy(pipe, i);
                 let host = if r.host.is_empty() {
                     self.seeds[0].host.clone()
                 } else {
