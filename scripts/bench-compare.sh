@@ -3,12 +3,17 @@
 # same loadgen scenario, on one machine: Redis and loadgen pinned to core 0, the server under
 # test pinned to core 1.
 #
-# usage: scripts/bench-compare.sh [--scenario s1|s2|s3] [--repeat N] [--servers LIST]
+# usage: scripts/bench-compare.sh [--scenario s1|s2|s3|churn-resume] [--repeat N] [--servers LIST]
 #                                 [--out FILE] [--cpu-server N] [--cpu-load N] [-- LOADGEN ARGS...]
 #
 #   --scenario s1   fanout --subs 1000  --channels 1    --pubs 1  --publish-via redis --payload 64  --rate 0
 #              s2   fanout --subs 10000 --channels 1000 --pubs 10 --publish-via ws    --payload 256 --rate 1000
 #              s3   conns  --conns 19900 --channels 1000 --hold 5
+#              churn-resume  churn-deliveries --subs 200 --channels 20 --pubs 1 --rate 100 --payload 64
+#                            --duration 20 --drop-every 15 --offline 2: delivery while every subscriber
+#                            drops about every 15 s and stays away 2 s; fanout runs with --history-size
+#                            10000 and loadgen adds --resume for it (resubscribe with since); the peers
+#                            cannot resume and run the same command without --resume (~25 s a run)
 #              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
 #   --repeat N      runs per server (default 3); each run gets a freshly started server
 #   --servers LIST  comma list out of fanout,fanout-b,node-ws,uws (default: fanout,node-ws,uws);
@@ -50,7 +55,7 @@ while [[ $# -gt 0 ]]; do
     --cpu-server) cpu_server="${2:?}"; shift 2 ;;
     --cpu-load) cpu_load="${2:?}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -59,9 +64,19 @@ case "$scenario" in
   s1) preset=(fanout --subs 1000 --channels 1 --pubs 1 --publish-via redis --payload 64 --rate 0) ;;
   s2) preset=(fanout --subs 10000 --channels 1000 --pubs 10 --publish-via ws --payload 256 --rate 1000) ;;
   s3) preset=(conns --conns 19900 --channels 1000 --hold 5) ;;
+  churn-resume)
+    preset=(churn-deliveries --subs 200 --channels 20 --pubs 1 --publish-via ws --payload 64 --rate 100
+            --duration 20 --drop-every 15 --offline 2) ;;
   custom) preset=(); [[ ${#extra[@]} -gt 0 ]] || die "--scenario custom needs a loadgen command after --" ;;
-  *) die "unknown scenario '$scenario' (s1, s2, s3, custom)" ;;
+  *) die "unknown scenario '$scenario' (s1, s2, s3, churn-resume, custom)" ;;
 esac
+# What only fanout gets in a scenario: server flags, and loadgen flags the peers cannot use.
+fanout_server_extra=()
+fanout_loadgen_extra=()
+if [[ "$scenario" == churn-resume ]]; then
+  fanout_server_extra=(--history-size 10000)
+  fanout_loadgen_extra=(--resume)
+fi
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer"
 IFS=',' read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
@@ -122,6 +137,7 @@ loadgen_cmd=("${preset[@]}" "${extra[@]}")
 {
   echo "bench-compare: scenario $scenario, $repeat run(s) per server, servers: ${server_list[*]}"
   echo "  loadgen ${loadgen_cmd[*]}"
+  [[ ${#fanout_server_extra[@]} -eq 0 ]] || echo "  fanout also gets: server ${fanout_server_extra[*]}; loadgen ${fanout_loadgen_extra[*]}"
   echo "  server on core $cpu_server; redis-server $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-) + loadgen on core $cpu_load; $ncpu cores, node $(node --version 2>/dev/null || echo '-')"
   echo "  commit $(git rev-parse --short HEAD 2>/dev/null || echo '-'); raw results: $out; logs: $workdir"
 } >&2
@@ -136,7 +152,7 @@ start_server() { # name port log -> sets server_pid
       read -r -a more <<<"${FANOUT_ARGS:-}"
       if [[ "$name" == fanout-b ]]; then bin="$FANOUT_B"; read -r -a more <<<"${FANOUT_B_ARGS:-}"; fi
       taskset -c "$cpu_server" "$bin" --listen "127.0.0.1:$port" --redis "$REDIS_URL" --shards 1 \
-        "${more[@]}" >"$log" 2>&1 &
+        "${fanout_server_extra[@]}" "${more[@]}" >"$log" 2>&1 &
       ;;
     node-ws|uws)
       PORT="$port" HOST=127.0.0.1 REDIS_URL="$REDIS_URL" NODE_ENV=production \
@@ -161,6 +177,7 @@ run_one() { # name run-number
     return
   fi
   local args=("${loadgen_cmd[@]}" --url "ws://127.0.0.1:$port/" --server-pid "$server_pid" --json)
+  [[ "$name" == fanout* ]] && args+=("${fanout_loadgen_extra[@]}")
   # loadgen needs Redis only to publish straight into it.
   if [[ " ${loadgen_cmd[*]} " == *" --publish-via redis "* && " ${loadgen_cmd[*]} " != *" --redis "* ]]; then
     args+=(--redis "$REDIS_URL")
@@ -211,7 +228,7 @@ for ((run = 1; run <= repeat; run++)); do
 done
 
 # --- summary -------------------------------------------------------------------------------
-INV="$invocation" python3 - "$out" <<'PY'
+INV="$invocation" SCEN="$scenario" python3 - "$out" <<'PY'
 import json, os, statistics, sys
 
 inv = os.environ["INV"]
@@ -261,6 +278,48 @@ def fmt_num(v, p=0):
 def ratio(a, b):
     if a is None or b is None or b == 0: return "-"
     return "%.2fx" % (a / b)
+
+if os.environ.get("SCEN") == "churn-resume":
+    # Delivery under churn: what each server delivered, per run and as a median; a ratio is
+    # never rounded up to 100 (loadgen floors it to 3 decimals).
+    heads = ["server", "ok/runs", "resume", "delivered % (median)", "per run", "lost", "dup",
+             "reord", "gaps", "reconnects", "since", "worst sub %", "srv cpu-s", "steal%"]
+    table = []
+    for name in order:
+        recs = rows[name]
+        res = [r.get("result") for r in recs if r.get("result") is not None and r.get("exit") == 0]
+        def col(k):
+            return [x.get(k) for x in res if num(x.get(k)) is not None]
+        def tot(k):
+            v = col(k)
+            return "/".join(str(x) for x in v) if v else "-"
+        ratios = col("delivery_ratio_pct")
+        steals = [x.get("cpu_steal_pct") or [] for x in res]
+        ncores = max((len(x) for x in steals), default=0)
+        steal = "/".join("%.1f" % statistics.median([x[c] for x in steals if len(x) > c])
+                         for c in range(ncores)) or "-"
+        cpu = col("server_cpu_s")
+        table.append([name, "%d/%d" % (len(res), len(recs)),
+                      "yes" if any(x.get("resume") for x in res) else "no",
+                      "%.3f" % statistics.median(ratios) if ratios else "-",
+                      " ".join("%.3f" % v for v in ratios) or "-",
+                      tot("lost"), tot("duplicates"), tot("reordered"), tot("gaps"),
+                      tot("reconnects"), tot("resubscribes_since"),
+                      " ".join("%.3f" % v for v in col("worst_sub_ratio_pct")) or "-",
+                      "%.2f" % statistics.median(cpu) if cpu else "-", steal])
+    widths = [max(len(h), *(len(r[i]) for r in table)) if table else len(h) for i, h in enumerate(heads)]
+    def line(cells):
+        return "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(cells))
+    print()
+    print(line(heads))
+    for r in table:
+        print(line(r))
+    print()
+    print("delivered % = distinct messages received / messages published on the subscriber's channels")
+    print("while it was subscribed (from before the first publish to the end), over all subscribers;")
+    print("lost/dup/reord/gaps/reconnects/since: per run (since = resubscribes that carried an offset);")
+    print("worst sub % = the worst subscriber of each run; srv cpu-s = server CPU while publishing (median).")
+    sys.exit(0)
 
 cols = [("deliveries_per_sec", fmt_rate), ("deliveries_per_server_cpu_sec", fmt_rate),
         ("p50_us", fmt_us), ("p99_us", fmt_us), ("p999_us", fmt_us), ("max_us", fmt_us),

@@ -1,4 +1,5 @@
-//! Command line: the `fanout`, `conns` and `churn` scenarios and their flags (clap).
+//! Command line: the `fanout`, `conns`, `churn` and `churn-deliveries` scenarios and their
+//! flags (clap).
 
 use std::path::PathBuf;
 
@@ -29,6 +30,11 @@ pub enum Cmd {
     /// Connect/subscribe/disconnect storms; measures connects/s, subscribe latency and
     /// errors.
     Churn(ChurnArgs),
+    /// Delivery under connection churn: subscribers that keep dropping and reconnecting
+    /// (resubscribing with `since` under --resume) while publishers run; measures what
+    /// each subscriber received: delivery ratio, duplicates, reorders, gaps.
+    #[command(name = "churn-deliveries")]
+    ChurnDeliveries(ChurnDeliveriesArgs),
 }
 
 /// Flags shared by every scenario.
@@ -187,4 +193,96 @@ pub struct ChurnArgs {
     /// Seconds one cycle may take before it counts as a timeout.
     #[arg(long, default_value_t = 10.0)]
     pub op_timeout: f64,
+    /// Not a `churn` flag: delivery under churn with resume is `churn-deliveries --resume`
+    /// (refused here with that hint).
+    #[arg(long, hide = true)]
+    pub resume: bool,
+}
+
+/// A duration in seconds, fixed (`2`) or drawn uniformly from a range (`0.5..2`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SecsRange {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Parse `S` or `MIN..MAX` (seconds, 0 ≤ MIN ≤ MAX ≤ 3600).
+pub fn parse_secs_range(s: &str) -> Result<SecsRange, String> {
+    let num = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("'{x}' is not a number of seconds"))
+    };
+    let (min, max) = match s.split_once("..") {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let v = num(s)?;
+            (v, v)
+        }
+    };
+    if !(0.0..=3600.0).contains(&min) || !(min..=3600.0).contains(&max) {
+        return Err(format!("'{s}': need 0 <= MIN <= MAX <= 3600"));
+    }
+    Ok(SecsRange { min, max })
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChurnDeliveriesArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscriber connections in total (each one keeps dropping and reconnecting).
+    #[arg(long, default_value_t = 200)]
+    pub subs: usize,
+    /// Channels; subscribers and publishers are spread round-robin over them.
+    #[arg(long, default_value_t = 20)]
+    pub channels: u32,
+    /// Channels each subscriber connection subscribes to.
+    #[arg(long, default_value_t = 1)]
+    pub subs_per_conn: u32,
+    /// Publisher connections (never dropped).
+    #[arg(long, default_value_t = 1)]
+    pub pubs: u32,
+    /// Publish through the server (ws) or straight into Redis (redis; a raw PUBLISH
+    /// bypasses the server's history, so not with --resume).
+    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+    pub publish_via: PublishVia,
+    /// Redis URL for --publish-via redis.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// Payload size in bytes (the `data` JSON).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Total publishes per second over all publishers (> 0).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Outstanding (unacknowledged) publishes per publisher (0 = unbounded).
+    #[arg(long, default_value_t = 64)]
+    pub window: u64,
+    /// Seconds of publishing (subscribers drop and reconnect only during this time).
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Mean seconds between two drops of one subscriber (drop to drop, offline time
+    /// included); each interval is drawn uniformly from 50%..150% of it.
+    #[arg(long, default_value_t = 15.0)]
+    pub drop_every: f64,
+    /// Seconds a dropped subscriber stays away before reconnecting: `S` or `MIN..MAX`
+    /// (drawn uniformly).
+    #[arg(long, default_value = "2", value_parser = parse_secs_range)]
+    pub offline: SecsRange,
+    /// Resubscribe with `since` = the last offset seen on each channel (servers with
+    /// history); without it a reconnect is a plain subscribe.
+    #[arg(long)]
+    pub resume: bool,
+    /// Seconds to wait after publishing stops for offline subscribers to come back and
+    /// catch up (0 = auto: the longest offline time + 3 s). Ends early once every
+    /// subscriber has every message.
+    #[arg(long, default_value_t = 0.0)]
+    pub drain: f64,
+    /// Seed of the drop schedule (same seed, same schedule).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Subscribers with loss, duplicates or reorders listed in detail (with their event
+    /// log) in the report, worst first.
+    #[arg(long, default_value_t = 10)]
+    pub report_subs: usize,
 }

@@ -35,6 +35,22 @@ impl Tracker {
         self.next
     }
 
+    /// Sequence numbers of `0..published` not received, as half-open ranges, oldest
+    /// first: the remembered gaps plus the tail after the newest one received. (Gaps
+    /// beyond the newest `MAX_GAPS` are forgotten and not listed.)
+    pub fn missing(&self, published: u64) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .gaps
+            .iter()
+            .filter(|g| g.0 < published)
+            .map(|&(lo, hi)| (lo, hi.min(published)))
+            .collect();
+        if self.next < published {
+            v.push((self.next, published));
+        }
+        v
+    }
+
     pub fn observe(&mut self, s: u64) -> Seen {
         if s == self.next {
             self.next += 1;
@@ -100,6 +116,19 @@ mod tests {
         assert_eq!(t.observe(4), Seen::Duplicate);
         assert_eq!(t.observe(0), Seen::Duplicate);
         assert_eq!(t.observe(5), Seen::InOrder);
+    }
+
+    #[test]
+    fn missing_lists_gaps_and_tail() {
+        let mut t = Tracker::new();
+        assert_eq!(t.missing(3), vec![(0, 3)]);
+        for s in [0, 1, 4, 5, 9] {
+            t.observe(s);
+        }
+        t.observe(2);
+        assert_eq!(t.missing(12), vec![(3, 4), (6, 9), (10, 12)]);
+        assert_eq!(t.missing(10), vec![(3, 4), (6, 9)]);
+        assert_eq!(t.missing(5), vec![(3, 4)]);
     }
 
     #[test]

@@ -82,6 +82,13 @@ fn run_local(
 }
 
 pub fn run(a: &ChurnArgs) -> Result<Value, String> {
+    if a.resume {
+        return Err(
+            "`churn` measures connection cycles; delivery under churn with resume is \
+             `loadgen churn-deliveries --resume` (see docs/loadgen.md)"
+                .into(),
+        );
+    }
     if a.channels == 0
         || a.concurrency == 0
         || a.duration.is_nan()

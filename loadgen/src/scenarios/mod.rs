@@ -1,7 +1,12 @@
-//! Scenario drivers (`fanout`, `conns`, `churn`) and what they share: process-count
+//! Scenario drivers (`fanout`, `conns`, `churn`, `churn-deliveries`) and what they share: process-count
 //! resolution, server CPU/RSS sampling and validation helpers.
 
 pub mod churn;
+pub mod churn_deliveries;
+mod churn_deliveries_frame;
+mod churn_deliveries_report;
+mod churn_deliveries_sub;
+mod churn_deliveries_worker;
 mod churn_worker;
 pub mod conns;
 pub mod fanout;
