@@ -356,3 +356,47 @@ fn presence_works_across_nodes_on_a_cluster() {
         );
     }
 }
+
+#[test]
+fn an_acl_user_applies_to_every_node_of_the_cluster() {
+    // Every node knows the user `app` with a password that needs percent-encoding; the
+    // default user stays open for the test's own admin commands.
+    let cluster = RedisCluster::start_with(|_| {
+        ["--user", "app", "on", ">p@ss:w/d", "~*", "&*", "+@all"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    });
+    // One seed is enough: the other nodes are found through CLUSTER SHARDS and reached
+    // with the same credentials.
+    let url = format!(
+        "redis+cluster://app:p%40ss%3Aw%2Fd@127.0.0.1:{}",
+        cluster.ports[0]
+    );
+    let nodes: Vec<TestNode> = (0..2)
+        .map(|_| TestNode::start(&["--redis-cluster", &url]))
+        .collect();
+    let channels = spread_channels(12);
+    let mut sub = nodes[0].client();
+    subscribe_all(&mut sub, &channels);
+    for node in &nodes {
+        wait_for("/healthz 200", DEADLINE, || {
+            (common::healthz(node.addr) == 200).then_some(())
+        });
+    }
+    let mut publisher = nodes[1].client();
+    for (n, ch) in channels.iter().enumerate() {
+        publisher.publish(ch, &format!(r#"{{"p":0,"n":{n}}}"#));
+    }
+    let mut seen = Seen::new();
+    let mut gaps = HashSet::new();
+    collect(&mut sub, channels.len(), &mut seen, &mut gaps);
+    assert_eq!(seen.len(), channels.len(), "{seen:?}");
+    // Every primary has the nodes' connections (2 nodes × subscriber, publisher, and
+    // the topology connections of some), all as user app.
+    for port in primary_ports(&cluster) {
+        let list = text(&command(port, &["CLIENT", "LIST"]).unwrap()).unwrap();
+        let ours = list.lines().filter(|l| l.contains(" user=app ")).count();
+        assert!(ours >= 4, "primary {port}: {ours} clients as app\n{list}");
+    }
+}

@@ -23,6 +23,11 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts six nodes and creates the cluster (about 2 s).
     pub fn start() -> RedisCluster {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// `start`, each node given the extra arguments `extra(i)`.
+    pub fn start_with(extra: impl Fn(usize) -> Vec<String>) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "fanout-cluster-{}-{}",
             std::process::id(),
@@ -33,9 +38,11 @@ impl RedisCluster {
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let children = ports
             .iter()
-            .map(|port| {
+            .enumerate()
+            .map(|(i, port)| {
                 Some(
                     Command::new("redis-server")
+                        .args(extra(i))
                         .current_dir(&dir)
                         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                         .args(["--cluster-enabled", "yes"])
