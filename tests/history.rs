@@ -11,8 +11,8 @@ mod support;
 use std::time::Duration;
 
 use common::{wait_for, ConfigFile, RedisProcess, TestNode, WsClient, DEADLINE};
-use serde_json::{json, Value};
-use support::history::{next, publish, subscribe};
+use serde_json::json;
+use support::history::{next, numbers, publish, publish_stream, subscribe};
 use support::{get, post};
 
 fn protocol(node: &TestNode, other: &TestNode) {
@@ -75,21 +75,11 @@ fn protocol(node: &TestNode, other: &TestNode) {
     let v = d.expect_json();
     assert_eq!(v["type"], "history", "{v}");
     assert_eq!(v["id"], "h1");
-    let ns: Vec<u64> = v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"]["n"].as_u64().unwrap())
-        .collect();
+    let ns = numbers(&v);
     assert_eq!(ns, vec![6, 7, 8]);
     d.send(&json!({"type":"history","channel":ch,"since":offsets[1],"limit":2}).to_string());
     let v = d.expect_json();
-    let ns: Vec<u64> = v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"]["n"].as_u64().unwrap())
-        .collect();
+    let ns = numbers(&v);
     assert_eq!(ns, vec![2, 3]);
     d.send(r#"{"type":"history","channel":"plain"}"#);
     assert_eq!(d.expect_json()["code"], "bad_request");
@@ -102,12 +92,7 @@ fn protocol(node: &TestNode, other: &TestNode) {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
-    let ns: Vec<u64> = v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["data"]["n"].as_u64().unwrap())
-        .collect();
+    let ns = numbers(&v);
     assert_eq!(ns, (3..=8).collect::<Vec<_>>());
     assert_eq!(get(node.addr, "/api/channels/plain/history").status, 400);
     assert_eq!(
@@ -198,18 +183,7 @@ fn resume_while_publishing_fast_hands_over_without_duplicate_or_hole() {
         .to_string();
     let addr = node.addr;
     let total = 3000u64;
-    let pub_thread = std::thread::spawn(move || {
-        let mut n = 0;
-        while n < total {
-            let batch: Vec<Value> = (n + 1..=(n + 20).min(total))
-                .map(|i| json!({"channel":ch,"data":{"n":i}}))
-                .collect();
-            n += batch.len() as u64;
-            let r = post(addr, "/api/publish", &Value::Array(batch).to_string(), "");
-            assert_eq!(r.status, 202);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    });
+    let pub_thread = publish_stream(addr, ch, total, Duration::from_millis(2));
     let mut seen = 0u64;
     let mut offset = Some(start);
     let mut resumes = 0;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{wait_for, RedisProcess, TestNode, DEADLINE};
 use serde_json::{json, Value};
-use support::history::{next, publish, subscribe};
+use support::history::{next, publish, publish_stream, subscribe};
 use support::{get, post, redis_cmd};
 
 #[test]
@@ -24,18 +24,7 @@ fn cut_subscriber_connection_is_repaired_without_gap() {
     // hand-over must drop those the read already brought).
     let total = 4000u64;
     let addr = publisher.addr;
-    let pub_thread = std::thread::spawn(move || {
-        let mut n = 0;
-        while n < total {
-            let batch: Vec<Value> = (n + 1..=(n + 20).min(total))
-                .map(|i| json!({"channel":ch,"data":{"n":i}}))
-                .collect();
-            n += batch.len() as u64;
-            let r = post(addr, "/api/publish", &Value::Array(batch).to_string(), "");
-            assert_eq!(r.status, 202);
-            std::thread::sleep(Duration::from_millis(4));
-        }
-    });
+    let pub_thread = publish_stream(addr, ch, total, Duration::from_millis(4));
     // Cut the node's pub/sub connection while the stream flows.
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(150));

@@ -124,6 +124,18 @@ impl Drop for Nginx {
     }
 }
 
+/// Waits for every node to be healthy and puts nginx in front of them.
+fn behind_nginx(nodes: &[Option<TestNode>]) -> (Vec<SocketAddr>, Nginx) {
+    let addrs: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.addr).collect();
+    for a in &addrs {
+        wait_for("node healthy", DEADLINE, || {
+            (get(*a, "/healthz").status == 200).then_some(())
+        });
+    }
+    let lb = Nginx::start(&addrs);
+    (addrs, lb)
+}
+
 /// Subscribes, skipping deliveries already flowing on a busy channel.
 fn subscribe(c: &mut WsClient, channel: &str) {
     c.send(&serde_json::json!({"type":"subscribe","channel":channel}).to_string());
@@ -167,13 +179,7 @@ fn cross_node_delivery_through_nginx_and_a_drained_node_loses_no_client() {
             ))
         })
         .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.addr).collect();
-    for a in &addrs {
-        wait_for("node healthy", DEADLINE, || {
-            (get(*a, "/healthz").status == 200).then_some(())
-        });
-    }
-    let lb = Nginx::start(&addrs);
+    let (addrs, lb) = behind_nginx(&nodes);
     assert_eq!(
         get(lb.addr, "/healthz").status,
         200,
@@ -297,13 +303,7 @@ fn a_drained_node_loses_no_message_on_history_channels() {
             ))
         })
         .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.addr).collect();
-    for a in &addrs {
-        wait_for("node healthy", DEADLINE, || {
-            (get(*a, "/healthz").status == 200).then_some(())
-        });
-    }
-    let lb = Nginx::start(&addrs);
+    let (addrs, lb) = behind_nginx(&nodes);
     // Eight clients through nginx (round robin: both nodes), each with its offset.
     let mut clients: Vec<(WsClient, String)> = (0..8)
         .map(|i| {

@@ -25,49 +25,25 @@ use super::Shard;
 use crate::broker::history::MAX_REPLAY;
 use crate::msg::{BrokerCmd, HistoryRead, HistoryTo, Replay};
 use crate::offset::Offset;
-use crate::protocol::{reply, ErrorCode};
-
-/// See `config::Tuning`.
-const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
-
-/// See `config::Tuning`.
-const HISTORY_RATE: u32 = crate::config::TUNING.history_rate;
+use crate::protocol::reply;
 
 impl Shard {
-    /// Takes one history read from connection `key`'s allowance; false (answered
-    /// `rate_limited`, counted) when it has none left.
-    pub(super) fn history_allowed(&mut self, key: usize, channel: &str, id: Option<&str>) -> bool {
-        let now_ms = self.clock.ms();
-        let Some(conn) = self.conns.get_mut(key) else {
-            return false;
-        };
-        let limits = conn.limits.get_or_insert_with(Default::default);
-        let ok = limits
-            .history
-            .get_or_insert_with(|| super::admission::Bucket::full(HISTORY_RATE, now_ms))
-            .take(HISTORY_RATE, now_ms);
-        if !ok {
-            self.metrics.shards[self.id.index()]
-                .rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.simple_error(
-                key,
-                ErrorCode::RateLimited,
-                "too many history reads: at most 20 per second",
-                id,
-                Some(channel),
-            );
-        }
-        ok
-    }
-
     /// Whether `channel` keeps history (its namespace's `history_size`).
     pub(super) fn has_history(&self, channel: &str) -> bool {
         self.config.namespaces.lookup(channel).history_size > 0
     }
 
+    /// The id of connection `key` (with its generation) as other threads name it.
+    pub(super) fn conn_id(&self, key: usize) -> Option<ConnId> {
+        let gen = self.conns.get(key)?.gen;
+        Some(ConnId {
+            key: key as u32,
+            gen,
+        })
+    }
+
     /// Asks for a read; false if the broker cannot take it now.
-    fn ask(&mut self, read: HistoryRead) -> bool {
+    pub(super) fn ask(&mut self, read: HistoryRead) -> bool {
         self.broker.send(BrokerCmd::History(Box::new(read))).is_ok()
     }
 
@@ -434,94 +410,6 @@ impl Shard {
                 continue;
             };
             self.ask_catch(id, key, gen, tag, since, upto);
-        }
-    }
-
-    /// `{"type":"history",...}` from a client.
-    pub(super) fn history_query(
-        &mut self,
-        key: usize,
-        channel: &str,
-        limit: Option<u32>,
-        since: Option<Offset>,
-        id: Option<Box<str>>,
-    ) {
-        if !self.has_history(channel) {
-            return self.simple_error(
-                key,
-                ErrorCode::BadRequest,
-                "this channel keeps no history",
-                id.as_deref(),
-                Some(channel),
-            );
-        }
-        if !self.history_allowed(key, channel, id.as_deref()) {
-            return;
-        }
-        let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
-            return;
-        };
-        let read = HistoryRead {
-            channel: Arc::from(channel),
-            since,
-            upto: None,
-            limit: limit.map_or(DEFAULT_LIMIT, |l| l as usize).min(MAX_REPLAY),
-            to: HistoryTo::Client {
-                shard: self.id,
-                conn: ConnId {
-                    key: key as u32,
-                    gen,
-                },
-                id,
-            },
-        };
-        if let Err(BrokerCmd::History(read)) = self.broker.send(BrokerCmd::History(Box::new(read)))
-        {
-            let id = match read.to {
-                HistoryTo::Client { id, .. } => id,
-                _ => None,
-            };
-            self.simple_error(
-                key,
-                ErrorCode::Unavailable,
-                "history is unavailable, try again",
-                id.as_deref(),
-                Some(channel),
-            );
-        }
-    }
-
-    /// `GET /api/channels/{C}/history?limit=N&since=O`: the answer comes back as a
-    /// `Reply`; None when it was asked, else the response to send now.
-    pub(super) fn history_http(
-        &mut self,
-        key: usize,
-        channel: &str,
-        limit: Option<u32>,
-        since: Option<Offset>,
-    ) -> Option<Vec<u8>> {
-        use crate::http::response::json_error;
-        if !self.has_history(channel) {
-            return Some(json_error(400, "this channel keeps no history"));
-        }
-        let gen = self.conns.get(key)?.gen;
-        let read = HistoryRead {
-            channel: Arc::from(channel),
-            since,
-            upto: None,
-            limit: limit.map_or(DEFAULT_LIMIT, |l| l as usize).min(MAX_REPLAY),
-            to: HistoryTo::Http {
-                shard: self.id,
-                conn: ConnId {
-                    key: key as u32,
-                    gen,
-                },
-            },
-        };
-        if self.ask(read) {
-            None
-        } else {
-            Some(json_error(503, "history is unavailable, try again"))
         }
     }
 }

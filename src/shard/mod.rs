@@ -12,6 +12,7 @@ mod clock;
 pub mod conn;
 mod handler;
 mod history;
+mod history_query;
 mod intake;
 mod io;
 mod output;

@@ -1,6 +1,9 @@
 //! History test helpers: subscribe (optionally resuming), publish numbered messages
 //! through the HTTP API, read the next numbered delivery with its offset.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use super::post;
@@ -36,4 +39,36 @@ pub fn next(c: &mut WsClient, channel: &str) -> (u64, String) {
         .as_str()
         .unwrap_or_else(|| panic!("no offset: {v}"));
     (n, offset.to_string())
+}
+
+/// Publishes `{"n":1}` … `{"n":total}` on `channel` through `addr`'s HTTP API from a
+/// thread, in batches of 20 with `pause` between batches.
+pub fn publish_stream(
+    addr: SocketAddr,
+    channel: &'static str,
+    total: u64,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while n < total {
+            let batch: Vec<Value> = (n + 1..=(n + 20).min(total))
+                .map(|i| json!({"channel":channel,"data":{"n":i}}))
+                .collect();
+            n += batch.len() as u64;
+            let r = post(addr, "/api/publish", &Value::Array(batch).to_string(), "");
+            assert_eq!(r.status, 202);
+            std::thread::sleep(pause);
+        }
+    })
+}
+
+/// The `n` of each message of a history answer.
+pub fn numbers(answer: &Value) -> Vec<u64> {
+    answer["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages: {answer}"))
+        .iter()
+        .map(|m| m["data"]["n"].as_u64().unwrap())
+        .collect()
 }
