@@ -134,6 +134,9 @@ pub enum ShardMsg {
     /// The broker connection was lost: no local channel is live until the broker
     /// confirms it again with `Subscribed` (same epoch). Control queue.
     Unconfirmed,
+    /// `Unconfirmed` for one channel (Redis Cluster: the connection to its primary was
+    /// lost, or its slot moved). Control queue.
+    UnconfirmedChannel { channel: Arc<str> },
     /// Outcome of a publish with an id.
     Published {
         conn: ConnId,

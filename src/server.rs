@@ -134,6 +134,10 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
             let thread = broker::memory::spawn(rx, links, config.clone())?;
             (BrokerHandle::Memory(tx), vec![thread], None)
         }
+        Some(url) if config.is_cluster() => {
+            let started = broker::cluster::start(url, &config, links, health.clone())?;
+            (started.handle, started.threads, Some(started.stop))
+        }
         Some(url) => {
             let started = broker::redis::start(url, &config, links, health.clone())?;
             (started.handle, started.threads, Some(started.stop))

@@ -4,6 +4,7 @@
 //! interested shard; the nodes' control channel (`protocol::control`) fanned out to
 //! every shard. The router never blocks: a full shard queue drops and counts.
 
+pub mod cluster;
 pub mod history;
 pub mod memory;
 pub mod redis;

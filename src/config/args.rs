@@ -26,6 +26,10 @@ pub struct Args {
     #[arg(long, env = "REDIS_URL", value_name = "URL")]
     pub redis: Option<String>,
 
+    /// Redis Cluster seed nodes, host:port,host:port,... (or a redis+cluster:// / rediss+cluster:// URL with the --redis grammar, credentials and TLS applying to every node); sharded pub/sub (SSUBSCRIBE/SPUBLISH). Excludes --redis [default: none]
+    #[arg(long, env = "REDIS_CLUSTER", value_name = "SEEDS")]
+    pub redis_cluster: Option<String>,
+
     /// PEM file of the CA certificate(s) that sign Redis's TLS certificate (rediss:// only); they replace the built-in Mozilla roots [default: built-in roots]
     #[arg(long, env = "REDIS_CA", value_name = "FILE")]
     pub redis_ca: Option<PathBuf>,

@@ -166,7 +166,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// `None`: the embedded in-process bus.
+    /// `None`: the embedded in-process bus. A `redis+cluster://` or
+    /// `rediss+cluster://` URL (`--redis-cluster`): Redis Cluster, see `is_cluster`.
     pub redis: Option<String>,
     /// How `rediss://` connections verify Redis (`--redis-ca`, `--redis-insecure`).
     pub redis_tls: RedisTls,
@@ -206,6 +207,7 @@ pub struct Config {
 struct FileConfig {
     listen: Option<SocketAddr>,
     redis: Option<String>,
+    redis_cluster: Option<String>,
     redis_ca: Option<PathBuf>,
     redis_insecure: Option<bool>,
     server_id: Option<String>,
@@ -242,6 +244,11 @@ struct FileConfig {
 }
 
 impl Config {
+    /// The node runs on Redis Cluster (sharded pub/sub), not one Redis.
+    pub fn is_cluster(&self) -> bool {
+        self.redis.as_deref().is_some_and(is_cluster_url)
+    }
+
     /// Resolves flags, environment and file. `port_env` is the value of `PORT`.
     pub fn resolve(args: Args, port_env: Option<String>) -> Result<Config, String> {
         let file = match &args.config {
@@ -334,6 +341,18 @@ impl Config {
         });
         bounded("shards", shards, SHARDS, "")?;
         let redis = args.redis.or(file.redis).filter(|r| !r.is_empty());
+        let cluster = args
+            .redis_cluster
+            .or(file.redis_cluster)
+            .filter(|r| !r.is_empty());
+        let redis = match (redis, cluster) {
+            (Some(_), Some(_)) => {
+                return Err("--redis and --redis-cluster exclude each other: give one".into())
+            }
+            (None, Some(seeds)) if seeds.contains("://") => Some(seeds),
+            (None, Some(seeds)) => Some(format!("redis+cluster://{seeds}")),
+            (redis, None) => redis,
+        };
         let redis_tls = redis_tls::resolve(
             redis.as_deref(),
             args.redis_ca.or(file.redis_ca),
@@ -443,3 +462,8 @@ pub fn backoff(attempt: u32) -> Duration {
 
 #[cfg(test)]
 mod tests;
+
+/// A `redis+cluster://` or `rediss+cluster://` URL.
+pub fn is_cluster_url(url: &str) -> bool {
+    url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://")
+}

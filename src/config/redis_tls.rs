@@ -54,7 +54,7 @@ pub(super) fn resolve(
         return Err("--redis-ca and --redis-insecure exclude each other: give one".into());
     }
     match redis {
-        Some(url) if url.starts_with("rediss://") => {}
+        Some(url) if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") => {}
         _ => {
             return Err(format!(
                 "{flag} applies to TLS connections only: it needs --redis rediss://…"

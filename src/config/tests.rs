@@ -470,3 +470,38 @@ fn a_users_own_channels() {
     assert!(!ns.is_users_own("users:42", "42"));
     assert!(!ns.is_users_own("x:user:42", "42"));
 }
+
+#[test]
+fn redis_cluster_seeds_become_a_cluster_url() {
+    let args = Args {
+        redis_cluster: Some("h1:7000,h2:7001".into()),
+        ..Args::default()
+    };
+    let c = Config::resolve(args, None).unwrap();
+    assert_eq!(c.redis.as_deref(), Some("redis+cluster://h1:7000,h2:7001"));
+    assert!(c.is_cluster());
+    let args = Args {
+        redis_cluster: Some("rediss+cluster://u:p@h1:7000".into()),
+        redis_insecure: true,
+        ..Args::default()
+    };
+    let c = Config::resolve(args, None).unwrap();
+    assert!(c.is_cluster() && c.redis_tls.insecure);
+    let args = Args {
+        redis: Some("redis+cluster://h1:7000".into()),
+        ..Args::default()
+    };
+    assert!(Config::resolve(args, None).unwrap().is_cluster());
+    let both = Args {
+        redis: Some("redis://h".into()),
+        redis_cluster: Some("h1:7000".into()),
+        ..Args::default()
+    };
+    let e = Config::resolve(both, None).unwrap_err();
+    assert!(e.contains("--redis-cluster"), "{e}");
+    let one = Args {
+        redis: Some("redis://h".into()),
+        ..Args::default()
+    };
+    assert!(!Config::resolve(one, None).unwrap().is_cluster());
+}

@@ -26,7 +26,8 @@ pub struct Cost {
 pub fn measure(url: &str, n: usize) -> std::io::Result<Cost> {
     let url = RedisUrl::parse(url)?;
     let metrics = Arc::new(Metrics::new(1));
-    let mut store = RedisStore::new(url, "bench", "{}".into(), 120, 90_000, metrics.clone());
+    let client = crate::redis::BlockingRedis::One(crate::redis::blocking::Client::new(url));
+    let mut store = RedisStore::new(client, "bench", "{}".into(), 120, 90_000, metrics.clone());
     let mut local = Local::default();
     store.start(&local);
     let started = Instant::now();

@@ -29,7 +29,9 @@ use crate::metrics::Metrics;
 use crate::msg::ShardMsg;
 use crate::protocol::json::push_string;
 use crate::protocol::{reply, ErrorCode};
-use crate::redis::RedisUrl;
+use crate::redis::blocking::Client;
+use crate::redis::cluster_blocking::ClusterClient;
+use crate::redis::{BlockingRedis, RedisUrl};
 use local::{Entry, Local};
 use store::{Op, RedisStore};
 
@@ -154,7 +156,12 @@ pub fn start(
     let store = match &config.redis {
         None => None,
         Some(url) => {
-            let url = RedisUrl::parse_with(url, &config.redis_tls)?;
+            let client = if config.is_cluster() {
+                let seeds = RedisUrl::parse_cluster(url, &config.redis_tls)?;
+                BlockingRedis::Cluster(ClusterClient::new(seeds))
+            } else {
+                BlockingRedis::One(Client::new(RedisUrl::parse_with(url, &config.redis_tls)?))
+            };
             let mut live = b"{\"serverId\":".to_vec();
             push_string(&mut live, &config.server_id);
             let pid = std::process::id();
@@ -163,7 +170,7 @@ pub fn start(
                     .as_bytes(),
             );
             Some(RedisStore::new(
-                url,
+                client,
                 &config.server_id,
                 String::from_utf8_lossy(&live).into_owned(),
                 config.presence.ttl_secs,

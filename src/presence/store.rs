@@ -20,9 +20,9 @@ use serde::Deserialize;
 
 use super::local::{Entry, Local};
 use crate::metrics::Metrics;
-use crate::redis::blocking::{as_bytes, Client, Pipe};
+use crate::redis::blocking::{as_bytes, Pipe};
 use crate::redis::resp::Value;
-use crate::redis::RedisUrl;
+use crate::redis::BlockingRedis;
 
 /// The set of registered node ids.
 pub const NODES_KEY: &str = "fanout:nodes";
@@ -61,7 +61,7 @@ struct Head<'a> {
 type Found = (usize, Box<str>, Box<str>, Option<String>);
 
 pub struct RedisStore {
-    client: Client,
+    client: BlockingRedis,
     server_id: String,
     live_key: String,
     conns_key: String,
@@ -78,7 +78,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(
-        url: RedisUrl,
+        client: BlockingRedis,
         server_id: &str,
         live_value: String,
         ttl_secs: u64,
@@ -86,7 +86,7 @@ impl RedisStore {
         metrics: Arc<Metrics>,
     ) -> RedisStore {
         RedisStore {
-            client: Client::new(url),
+            client,
             server_id: server_id.to_string(),
             live_key: live_key(server_id),
             conns_key: conns_key(server_id),
@@ -425,7 +425,9 @@ impl RedisStore {
         for (user, entry) in local.iter() {
             pipe.cmd(&[b"HDEL", user_key(user).as_bytes(), entry.cid.as_bytes()]);
         }
-        pipe.cmd(&[b"DEL", self.conns_key.as_bytes(), self.live_key.as_bytes()]);
+        // One key per command: in a Redis Cluster the two keys are in different slots.
+        pipe.cmd(&[b"DEL", self.conns_key.as_bytes()]);
+        pipe.cmd(&[b"DEL", self.live_key.as_bytes()]);
         pipe.cmd(&[b"SREM", NODES_KEY.as_bytes(), self.server_id.as_bytes()]);
         if self.round(&pipe).is_none() {
             // One more try, e.g. after a connection that had just dropped.

@@ -23,12 +23,43 @@ const IO_TIMEOUT: Duration = crate::config::TUNING.presence_io_timeout;
 pub struct Pipe {
     buf: BytesMut,
     n: usize,
+    /// Where each command ends in `buf`, and where its key (the second argument) is:
+    /// what the cluster client (`cluster_blocking`) splits a pipe by. No copy.
+    ends: Vec<usize>,
+    keys: Vec<Option<(usize, usize)>>,
 }
 
 impl Pipe {
     pub fn cmd(&mut self, args: &[&[u8]]) {
+        let start = self.buf.len();
         resp::encode(&mut self.buf, args);
         self.n += 1;
+        self.ends.push(self.buf.len());
+        // `*N\r\n$L0\r\narg0\r\n$L1\r\n` comes before the key.
+        let key = args.get(1).map(|k| {
+            let head = 3 + digits(args.len()) + 3 + digits(args[0].len()) + args[0].len() + 2;
+            let at = start + head + 1 + digits(k.len()) + 2;
+            (at, at + k.len())
+        });
+        self.keys.push(key);
+    }
+
+    /// Command `i`'s encoded bytes and key.
+    pub fn command(&self, i: usize) -> (&[u8], Option<&[u8]>) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let key = self.keys[i].map(|(a, b)| &self.buf[a..b]);
+        (&self.buf[start..self.ends[i]], key)
+    }
+
+    /// Appends command `i` of `other`.
+    pub fn copy(&mut self, other: &Pipe, i: usize) {
+        let start = if i == 0 { 0 } else { other.ends[i - 1] };
+        let shift = self.buf.len();
+        self.buf.extend_from_slice(&other.buf[start..other.ends[i]]);
+        self.n += 1;
+        self.ends.push(self.buf.len());
+        self.keys
+            .push(other.keys[i].map(|(a, b)| (a - start + shift, b - start + shift)));
     }
 
     pub fn len(&self) -> usize {
@@ -234,10 +265,48 @@ impl Conn {
     }
 }
 
+/// Decimal digits of `n`.
+fn digits(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// A bulk or simple string reply as bytes.
 pub fn as_bytes(v: &Value) -> Option<&[u8]> {
     match v {
         Value::Bulk(b) | Value::Simple(b) => Some(b),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_knows_each_command_and_its_key() {
+        let mut p = Pipe::default();
+        let long_key = "k".repeat(120);
+        let many: Vec<&[u8]> = std::iter::once(&b"HDEL"[..])
+            .chain(std::iter::once(long_key.as_bytes()))
+            .chain(std::iter::repeat_n(&b"f"[..], 10))
+            .collect();
+        p.cmd(&[b"PING"]);
+        p.cmd(&[b"EXPIRE", b"connections:alice", b"120"]);
+        p.cmd(&many);
+        p.cmd(&[b"SCRIPT", b"", b"x"]);
+        assert_eq!(p.command(0).1, None);
+        assert_eq!(p.command(1).1, Some(&b"connections:alice"[..]));
+        assert_eq!(p.command(2).1, Some(long_key.as_bytes()));
+        assert_eq!(p.command(3).1, Some(&b""[..]));
+        let mut whole = BytesMut::new();
+        for i in 0..p.len() {
+            whole.extend_from_slice(p.command(i).0);
+        }
+        assert_eq!(whole, p.buf);
+        let mut q = Pipe::default();
+        q.cmd(&[b"PING"]);
+        q.copy(&p, 2);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.command(1), p.command(2));
     }
 }

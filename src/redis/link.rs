@@ -113,6 +113,11 @@ impl Link {
         matches!(self.state, State::Up)
     }
 
+    /// Waiting to retry after a failed or lost connection (or before the first try).
+    pub fn is_down(&self) -> bool {
+        matches!(self.state, State::Down { .. })
+    }
+
     /// How long the owner may sleep before the link needs attention.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
         match self.state {

@@ -165,18 +165,27 @@ pub enum Push<'a> {
 /// The reader's fast path: recognises a `message` push at the start of `buf` without
 /// allocating or touching reference counts. Anything unusual is `Other`, for `decode`.
 pub fn peek_message(buf: &[u8]) -> Push<'_> {
-    const HEAD: &[u8] = b"*3\r\n$7\r\nmessage\r\n";
-    if buf.len() < HEAD.len() {
-        return if HEAD.starts_with(buf) {
+    peek_push(buf, b"*3\r\n$7\r\nmessage\r\n")
+}
+
+/// `peek_message` for the `smessage` pushes of sharded pub/sub (Redis Cluster).
+pub fn peek_smessage(buf: &[u8]) -> Push<'_> {
+    peek_push(buf, b"*3\r\n$8\r\nsmessage\r\n")
+}
+
+#[inline(always)]
+fn peek_push<'a>(buf: &'a [u8], head: &'static [u8]) -> Push<'a> {
+    if buf.len() < head.len() {
+        return if head.starts_with(buf) {
             Push::Incomplete
         } else {
             Push::Other
         };
     }
-    if &buf[..HEAD.len()] != HEAD {
+    if &buf[..head.len()] != head {
         return Push::Other;
     }
-    let mut at = HEAD.len();
+    let mut at = head.len();
     let bulk = |at: &mut usize| -> Option<Option<&[u8]>> {
         // Some(None): incomplete; None: not a plain bulk string.
         if buf.len() <= *at {
@@ -348,6 +357,16 @@ mod tests {
             Push::Other
         );
         assert_eq!(peek_message(b"-ERR x\r\n"), Push::Other);
+        let smsg = b"*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n";
+        assert_eq!(peek_message(smsg), Push::Other);
+        assert_eq!(
+            peek_smessage(smsg),
+            Push::Message {
+                channel: b"c",
+                payload: b"hi",
+                len: smsg.len()
+            }
+        );
         assert_eq!(peek_message(b"*3\r\n$7\r\nmessage\r\n$-1\r\n"), Push::Other);
         assert_eq!(
             peek_message(b"*3\r\n$7\r\nmessage\r\n$1\r\ncXX"),

@@ -132,6 +132,48 @@ impl RedisUrl {
         })
     }
 
+    /// Parses a Redis Cluster URL, `redis[s]+cluster://[[user]:password@]host:port,host:port,…`
+    /// (the grammar of `parse` with a comma list of seed nodes; no db: a cluster has only
+    /// db 0) into one URL per seed, each carrying the credentials and TLS.
+    pub fn parse_cluster(url: &str, tls: &RedisTls) -> Result<Vec<RedisUrl>, UrlError> {
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            ("redis://", rest)
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            ("rediss://", rest)
+        } else {
+            return Err(UrlError(format!(
+                "Redis Cluster URL must start with redis+cluster:// or rediss+cluster:// (got {url:?})"
+            )));
+        };
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((a, h)) => (format!("{a}@"), h),
+            None => (String::new(), rest),
+        };
+        let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
+        let mut seeds = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let seed = Self::parse_with(&format!("{scheme}{auth}{host}"), tls)?;
+            if seed.db.is_some_and(|db| db != 0) {
+                return Err(UrlError("Redis Cluster has only db 0".into()));
+            }
+            seeds.push(RedisUrl { db: None, ..seed });
+        }
+        if seeds.is_empty() {
+            return Err(UrlError("Redis Cluster URL names no seed node".into()));
+        }
+        Ok(seeds)
+    }
+
+    /// The same credentials and TLS, to another node.
+    pub fn with_node(&self, host: &str, port: u16) -> RedisUrl {
+        RedisUrl {
+            host: host.to_string(),
+            port,
+            db: None,
+            ..self.clone()
+        }
+    }
+
     /// The first address the host resolves to.
     pub fn addr(&self) -> io::Result<SocketAddr> {
         (self.host.as_str(), self.port)
@@ -203,6 +245,27 @@ mod tests {
         assert_eq!(u.username.as_deref(), Some("app+x"));
         assert_eq!(u.password.as_deref(), Some("p@ss:w/d"));
         assert!(RedisUrl::parse("redis://:%ff@h").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn cluster_urls_share_the_grammar() {
+        let tls = RedisTls::default();
+        let seeds = RedisUrl::parse_cluster("redis+cluster://a:1,b:2, [::1]:3/", &tls).unwrap();
+        let hp: Vec<(&str, u16)> = seeds.iter().map(|u| (u.host.as_str(), u.port)).collect();
+        assert_eq!(hp, vec![("a", 1), ("b", 2), ("::1", 3)]);
+        let seeds = RedisUrl::parse_cluster("rediss+cluster://app:p%40ss@a:1,b", &tls).unwrap();
+        assert_eq!(seeds.len(), 2);
+        assert!(seeds.iter().all(|u| u.tls.is_some()
+            && u.password.as_deref() == Some("p@ss")
+            && u.username.as_deref() == Some("app")));
+        assert_eq!(seeds[1].port, 6379);
+        let other = seeds[0].with_node("c", 9);
+        assert_eq!((other.host.as_str(), other.port), ("c", 9));
+        assert!(other.tls.is_some() && other.password.as_deref() == Some("p@ss"));
+        assert!(RedisUrl::parse_cluster("redis://a:1", &tls).is_err());
+        assert!(RedisUrl::parse_cluster("redis+cluster://", &tls).is_err());
+        assert!(RedisUrl::parse_cluster("redis+cluster://a:1/2", &tls).is_err());
+        assert!(RedisUrl::parse_cluster("redis+cluster://a:x", &tls).is_err());
     }
 
     #[test]

@@ -164,6 +164,7 @@ impl Shard {
             }
             ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
             ShardMsg::Unconfirmed => self.on_unconfirmed(),
+            ShardMsg::UnconfirmedChannel { channel } => self.subs.unconfirm(&channel),
             ShardMsg::Gap { channel } => {
                 // History channels repair the gap from history instead.
                 if !self.repair(&channel) {

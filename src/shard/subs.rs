@@ -178,6 +178,16 @@ impl SubIndex {
         }
     }
 
+    /// The broker subscription of `name` alone was lost (Redis Cluster: its primary
+    /// failed or its slot moved): it is not live until confirmed again.
+    pub fn unconfirm(&mut self, name: &str) {
+        if let Some(id) = self.lookup(name) {
+            if let Some(ch) = self.channels.get_mut(id as usize) {
+                ch.live = false;
+            }
+        }
+    }
+
     /// Marks channel `id` live without moving its waiters (a history channel waits for
     /// its first read before anyone joins).
     pub fn set_live(&mut self, id: u32) {

@@ -1,7 +1,7 @@
 //! A real Redis Cluster for one test: six `redis-server --cluster-enabled yes` processes
 //! on free ports (node timeout 1 s, so failover tests are quick), joined with
 //! `redis-cli --cluster create … --cluster-replicas 1` (three primaries, three replicas),
-//! ready once every node says `cluster_state:ok`. Killed and cleaned up on drop.
+//! ready once every node says `cluster_state:ok` and every replica is in sync. Killed and cleaned up on drop.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -23,6 +23,11 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts six nodes and creates the cluster (about 2 s).
     pub fn start() -> RedisCluster {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// `start`, each node given the extra arguments `extra(i)`.
+    pub fn start_with(extra: impl Fn(usize) -> Vec<String>) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "fanout-cluster-{}-{}",
             std::process::id(),
@@ -33,9 +38,11 @@ impl RedisCluster {
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let children = ports
             .iter()
-            .map(|port| {
+            .enumerate()
+            .map(|(i, port)| {
                 Some(
                     Command::new("redis-server")
+                        .args(extra(i))
                         .current_dir(&dir)
                         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                         .args(["--cluster-enabled", "yes"])
@@ -83,6 +90,16 @@ impl RedisCluster {
             wait_for("cluster_state:ok", DEADLINE, || {
                 let info = text(&command(port, &["CLUSTER", "INFO"]).ok()?)?;
                 info.contains("cluster_state:ok").then_some(())
+            });
+        }
+        // A replica that never finished its first sync will not take over from its
+        // primary (its data is too old): failover tests need them all in sync.
+        for &port in &cluster.ports {
+            wait_for("every node a synced primary or replica", DEADLINE, || {
+                let info = text(&command(port, &["INFO", "replication"]).ok()?)?;
+                (info.contains("role:master\r\nconnected_slaves:1")
+                    || info.contains("master_link_status:up"))
+                .then_some(())
             });
         }
         cluster

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tungstenite::{Message, WebSocket};
 
 pub mod cluster;
+pub mod cluster_kit;
 pub mod proxy;
 mod redis_process;
 pub mod tls;
@@ -92,9 +93,10 @@ impl TestNode {
     }
 
     pub fn spawn(mut cmd: Command) -> TestNode {
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env(
+            "RUST_LOG",
+            std::env::var("FANOUT_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         let mut child = cmd.spawn().expect("start fanout");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();

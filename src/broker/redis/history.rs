@@ -137,6 +137,29 @@ fn epoch_key(channel: &str) -> Vec<u8> {
     format!("__fanout:e:{{{channel}}}").into_bytes()
 }
 
+impl Scripts {
+    /// The SHA1s of Redis Cluster mode: the publish script with `SPUBLISH`.
+    pub fn cluster() -> Scripts {
+        Scripts {
+            publish: sha(&cluster_publish_script()),
+            read: sha(READ_SCRIPT),
+        }
+    }
+}
+
+/// `PUBLISH_SCRIPT` for Redis Cluster: `SPUBLISH`, so the message goes to the shard
+/// channel in the keys' slot (`{C}` is the channel's slot).
+pub fn cluster_publish_script() -> String {
+    PUBLISH_SCRIPT.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+}
+
+/// `encode_load` with the cluster publish script.
+pub fn encode_load_cluster(out: &mut BytesMut) {
+    let publish = cluster_publish_script();
+    resp::encode(out, &[b"SCRIPT", b"LOAD", publish.as_bytes()]);
+    resp::encode(out, &[b"SCRIPT", b"LOAD", READ_SCRIPT.as_bytes()]);
+}
+
 /// `SCRIPT LOAD` of both scripts (sent first on every new connection).
 pub fn encode_load(out: &mut BytesMut) {
     resp::encode(out, &[b"SCRIPT", b"LOAD", PUBLISH_SCRIPT.as_bytes()]);
@@ -314,5 +337,7 @@ mod tests {
         ]);
         assert_eq!(decode_read(odd), None);
         assert_eq!(sha("").len(), 40);
+        assert!(cluster_publish_script().contains("redis.call('SPUBLISH'"));
+        assert_ne!(Scripts::cluster().publish, Scripts::default().publish);
     }
 }

@@ -112,7 +112,7 @@ pub fn start(
 /// Mirrors a refusal (or acceptance) of our Redis credentials, and a failed (or
 /// succeeding) TLS handshake, seen by `link`, into `/healthz` and the counters (the
 /// reader and the writer each call it for their link).
-fn note_auth(
+pub(crate) fn note_auth(
     link: &mut crate::redis::link::Link,
     health: &Health,
     metrics: &crate::metrics::Metrics,

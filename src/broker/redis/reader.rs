@@ -390,7 +390,7 @@ impl Reader {
 
 /// A value nobody outside this process can predict from the previous one (SipHash with
 /// the process's random keys; a fresh key pair for every call).
-fn unpredictable(previous: u64) -> u64 {
+pub(crate) fn unpredictable(previous: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(previous);

@@ -232,6 +232,30 @@ impl Router {
         }
     }
 
+    /// `lost` for one channel (Redis Cluster: the connection to its primary was lost, or
+    /// its slot moved to another primary): not live until confirmed again; its shards
+    /// are told and wait for a new `Subscribed`. A channel nobody wants any more is
+    /// forgotten (returns false: do not subscribe it again).
+    pub fn lost_one(&mut self, out: &mut impl Outbox, channel: &str) -> bool {
+        let Some(r) = self.routes.get_mut(channel) else {
+            return false;
+        };
+        if r.shards == 0 {
+            self.routes.remove(channel);
+            return false;
+        }
+        r.was_live |= r.live;
+        r.live = false;
+        r.inflight = 0;
+        r.on_wire = false;
+        r.waiting = r.shards;
+        for shard in shards_of(r.shards) {
+            let channel = r.name.clone();
+            out.control(shard, ShardMsg::UnconfirmedChannel { channel });
+        }
+        true
+    }
+
     /// A SUBSCRIBE for `channel` is about to be (re)sent after a reconnect.
     pub fn resubscribing(&mut self, channel: &str) {
         if let Some(route) = self.routes.get_mut(channel) {

@@ -66,6 +66,7 @@ fn kinds(q: &mut VecDeque<ShardMsg>) -> Vec<&'static str> {
             ShardMsg::Gap { .. } => "gap",
             ShardMsg::Subscribed { .. } => "subscribed",
             ShardMsg::Unconfirmed => "unconfirmed",
+            ShardMsg::UnconfirmedChannel { .. } => "unconfirmed-one",
             _ => "other",
         })
         .collect()
@@ -227,4 +228,39 @@ fn reset_keeps_channels_with_subscribers() {
     let again = r.reset();
     assert_eq!(again.len(), 1);
     assert!(!r.route("a").unwrap().live);
+}
+
+#[test]
+fn losing_one_channel_unconfirms_only_it_and_its_shards() {
+    let (mut r, mut o) = setup(3);
+    r.subscribe(&mut o, "a".into(), sid(0), 1);
+    r.subscribe(&mut o, "a".into(), sid(1), 2);
+    r.subscribe(&mut o, "b".into(), sid(2), 5);
+    r.confirmed(&mut o, "a");
+    r.confirmed(&mut o, "b");
+    for q in &mut o.control {
+        q.clear();
+    }
+    assert!(r.lost_one(&mut o, "a"));
+    assert_eq!(kinds(&mut o.control[0]), ["unconfirmed-one"]);
+    assert_eq!(kinds(&mut o.control[1]), ["unconfirmed-one"]);
+    assert!(
+        kinds(&mut o.control[2]).is_empty(),
+        "b's shard is untouched"
+    );
+    let a = r.route("a").unwrap();
+    assert!(!a.live && a.was_live);
+    assert!(r.route("b").unwrap().live);
+    // A new subscriber waits; on the resubscribe every shard of a is confirmed again.
+    assert_eq!(r.subscribe(&mut o, "a".into(), sid(2), 9), Wire::Subscribe);
+    assert!(kinds(&mut o.control[2]).is_empty());
+    r.resubscribing("a");
+    r.confirmed(&mut o, "a");
+    assert_eq!(subscribed(&mut o.control[0]), vec![1]);
+    assert_eq!(subscribed(&mut o.control[1]), vec![2]);
+    assert_eq!(subscribed(&mut o.control[2]), vec![9]);
+    // A channel nobody wants any more is forgotten, not resubscribed.
+    r.unsubscribe("b", sid(2));
+    assert!(!r.lost_one(&mut o, "b"));
+    assert!(r.route("b").is_none());
 }
