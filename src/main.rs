@@ -20,7 +20,12 @@ fn main() -> ExitCode {
             "--redis-insecure: Redis's TLS certificate and host name are NOT verified; anyone on the network path can read and change the traffic. For tests only."
         );
     }
-    let mode = config.redis.clone().unwrap_or_else(|| "embedded".into());
+    // The URL may carry a password: logged redacted.
+    let mode = config
+        .redis
+        .as_deref()
+        .map(fanout::redis::url::redact)
+        .unwrap_or_else(|| "embedded".into());
     let (shards, server_id) = (config.shards, config.server_id.clone());
     let shutdown_timeout = config.shutdown_timeout;
     let signals = match signal_hook::iterator::Signals::new([

@@ -85,3 +85,70 @@ fn a_refused_login_is_retried_with_backoff() {
         (support::get(node.addr, "/healthz").status == 200).then_some(())
     });
 }
+
+/// Secrets never reach a log line: not the Redis password of the URL (logged at
+/// startup, redacted) even while Redis refuses it, and not a client's token, whether it
+/// came in the upgrade URL or in an auth message that was refused. Logs at `debug`, the
+/// most a production node would run with.
+#[test]
+fn passwords_and_tokens_never_reach_the_logs() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (redis, _admin) = protected();
+    let secret = "Sup3rS3cretPw";
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.TOKENSIGNATUREvalue";
+    let log = std::env::temp_dir().join(format!("fanout-secrets-{}.log", common::free_port()));
+    let url = format!("redis://default:{secret}@127.0.0.1:{}", redis.port);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--redis",
+            &url,
+            "--jwt-secret",
+            "k",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // A refused login is logged (and retried) a few times.
+    std::thread::sleep(Duration::from_millis(600));
+    // A token in the URL, and one in a refused auth message.
+    let _ = tungstenite::connect(format!("ws://{addr}/?token={token}"));
+    if let Ok((mut ws, _)) = tungstenite::connect(format!("ws://{addr}/")) {
+        let _ = ws.send(tungstenite::Message::text(format!(
+            r#"{{"type":"auth","token":"{token}"}}"#
+        )));
+        let _ = ws.read();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.contains("fanout started"),
+        "the startup line is logged: {text}"
+    );
+    assert!(text.contains(":***@"), "the URL is logged redacted: {text}");
+    assert!(
+        !text.contains(secret),
+        "the Redis password leaked into the log:\n{text}"
+    );
+    assert!(
+        !text.contains("TOKENSIGNATURE"),
+        "a token leaked into the log:\n{text}"
+    );
+}

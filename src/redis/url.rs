@@ -183,9 +183,46 @@ impl RedisUrl {
     }
 }
 
+/// `url` with its password (if any) replaced by `***`, for logs: credentials never
+/// reach a log line. Works on any `scheme://[user[:password]@]host...` string, including
+/// a comma-separated seed list.
+pub fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => &userinfo[..colon],
+        None => return url.to_string(), // a user without a password is not a secret
+    };
+    format!("{}{}:***{}", &url[..start], user, &rest[at..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_reach_a_log_line() {
+        assert_eq!(
+            redact("redis://app:p%40ss@h:6379/1"),
+            "redis://app:***@h:6379/1"
+        );
+        assert_eq!(redact("rediss://:secret@h"), "rediss://:***@h");
+        assert_eq!(
+            redact("redis+cluster://u:pw@a:1,b:2"),
+            "redis+cluster://u:***@a:1,b:2"
+        );
+        assert_eq!(redact("redis://app@h"), "redis://app@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact("redis://a:b@c@h"), "redis://a:***@h");
+        assert_eq!(redact("embedded"), "embedded");
+    }
 
     #[test]
     fn parses_urls() {
