@@ -17,6 +17,9 @@
 #              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
 #   --repeat N      runs per server (default 3); each run gets a freshly started server
 #   --servers LIST  comma list out of fanout,fanout-b,node-ws,uws (default: fanout,node-ws,uws);
+#                   fanout-cluster: fanout on a 3-primary Redis Cluster (started on the load
+#                   core next to the single Redis) instead of the single Redis; every table
+#                   ends with the Redis CPU (all Redis processes) per delivery;
 #                   FANOUT_ARGS / FANOUT_B_ARGS add server flags (e.g. FANOUT_B=target/release/fanout
 #                   FANOUT_B_ARGS="--history-size 1000" compares history on and off in one run);
 #                   fanout-b is a second fanout build given by FANOUT_B=/path/to/fanout, to A/B an
@@ -80,7 +83,7 @@ fi
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer"
 IFS=',' read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
-  case "$s" in fanout|fanout-b|node-ws|uws) ;; *) die "unknown server '$s' (fanout, fanout-b, node-ws, uws)" ;; esac
+  case "$s" in fanout|fanout-b|fanout-cluster|node-ws|uws) ;; *) die "unknown server '$s' (fanout, fanout-b, fanout-cluster, node-ws, uws)" ;; esac
   if [[ "$s" == fanout-b && ! -x "${FANOUT_B:-}" ]]; then die "fanout-b needs FANOUT_B=/path/to/a/fanout/binary"; fi
 done
 
@@ -119,10 +122,12 @@ workdir="$(mktemp -d /tmp/bench-compare.XXXXXX)"
 # --- process handling ----------------------------------------------------------------------
 redis_pid=""
 server_pid=""
+cluster_pids=()
 
 cleanup() {
   stop_pid "$server_pid" 3
   stop_pid "$redis_pid" 3
+  for p in "${cluster_pids[@]}"; do stop_pid "$p" 3; done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -131,6 +136,54 @@ trap 'exit 130' INT TERM
 rport="$(free_port)"
 REDIS_URL="redis://127.0.0.1:$rport"
 start_redis "$rport" "$workdir/redis.log" taskset -c "$cpu_load"
+
+# fanout-cluster: the same fanout on a 3-primary Redis Cluster (no replicas), on the load
+# core like the single Redis, so the two compare in one run.
+CLUSTER_SEEDS=""
+if [[ ",$servers," == *",fanout-cluster,"* ]]; then
+  cports=()
+  for i in 1 2 3; do
+    # A cluster node's bus port is its port + 10000: stay at or below 55535.
+    cp="$(python3 -c 'import random, socket
+while True:
+    p = random.randint(20000, 45000)
+    try:
+        a, b = socket.socket(), socket.socket()
+        a.bind(("127.0.0.1", p)); b.bind(("127.0.0.1", p + 10000))
+        a.close(); b.close(); print(p); break
+    except OSError:
+        pass')"; cports+=("$cp")
+    (cd "$workdir" && exec taskset -c "$cpu_load" redis-server --port "$cp" --bind 127.0.0.1 --save '' \
+      --appendonly no --cluster-enabled yes --cluster-config-file "nodes-$cp.conf" \
+      --cluster-node-timeout 5000 --daemonize no --loglevel warning >"$workdir/cluster-$cp.log" 2>&1) &
+    cluster_pids+=("$!")
+  done
+  for cp in "${cports[@]}"; do
+    for ((i = 0; i < 200; i++)); do
+      [[ "$(redis-cli -p "$cp" ping 2>/dev/null || true)" == PONG ]] && break; sleep 0.05
+    done
+    [[ "$(redis-cli -p "$cp" ping 2>/dev/null || true)" == PONG ]] || die "cluster node $cp did not start: $(tail -2 "$workdir/cluster-$cp.log")"
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cports[@]}") --cluster-replicas 0 \
+    --cluster-yes >"$workdir/cluster-create.log" 2>&1 || die "cluster create failed: $(tail -3 "$workdir/cluster-create.log")"
+  for cp in "${cports[@]}"; do
+    for ((i = 0; i < 200; i++)); do
+      redis-cli -p "$cp" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break; sleep 0.05
+    done
+  done
+  CLUSTER_SEEDS="$(printf '127.0.0.1:%s,' "${cports[@]}")"; CLUSTER_SEEDS="${CLUSTER_SEEDS%,}"
+fi
+
+# CPU seconds (user + system) of the Redis processes: the single one, and the cluster's.
+redis_cpu() {
+  local total=0 p t
+  for p in "$redis_pid" "${cluster_pids[@]}"; do
+    [[ -r "/proc/$p/stat" ]] || continue
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat")
+    total=$((total + t))
+  done
+  echo "$total"
+}
 
 # --- header --------------------------------------------------------------------------------
 loadgen_cmd=("${preset[@]}" "${extra[@]}")
@@ -146,12 +199,13 @@ loadgen_cmd=("${preset[@]}" "${extra[@]}")
 start_server() { # name port log -> sets server_pid
   local name="$1" port="$2" log="$3"
   case "$name" in
-    fanout|fanout-b)
+    fanout|fanout-b|fanout-cluster)
       local bin="$FANOUT"
-      local -a more=()
+      local -a more=() bus=(--redis "$REDIS_URL")
       read -r -a more <<<"${FANOUT_ARGS:-}"
       if [[ "$name" == fanout-b ]]; then bin="$FANOUT_B"; read -r -a more <<<"${FANOUT_B_ARGS:-}"; fi
-      taskset -c "$cpu_server" "$bin" --listen "127.0.0.1:$port" --redis "$REDIS_URL" --shards 1 \
+      [[ "$name" == fanout-cluster ]] && bus=(--redis-cluster "$CLUSTER_SEEDS")
+      taskset -c "$cpu_server" "$bin" --listen "127.0.0.1:$port" "${bus[@]}" --shards 1 \
         "${fanout_server_extra[@]}" "${more[@]}" >"$log" 2>&1 &
       ;;
     node-ws|uws)
@@ -183,7 +237,9 @@ run_one() { # name run-number
     args+=(--redis "$REDIS_URL")
   fi
   echo "bench-compare: [$name run $run/$repeat] loadgen ${args[*]}" >&2
+  local rcpu0; rcpu0="$(redis_cpu)"
   taskset -c "$cpu_load" "$LOADGEN" "${args[@]}" >"$lg_out" 2>"$lg_err" || rc=$?
+  REDIS_CPU_TICKS=$(( $(redis_cpu) - rcpu0 ))
   if ! kill -0 "$server_pid" 2>/dev/null; then
     echo "bench-compare: $name died during the run; log tail:" >&2
     tail -5 "$log" >&2 || true
@@ -203,6 +259,7 @@ record() { # name run exit json-file args...   (the JSON goes by file: it can pa
   # kernel's 128 KiB limit on one environment string, e.g. 1,000 streams)
   local name="$1" run="$2" rc="$3" json_file="$4"; shift 4
   NAME="$name" RUN="$run" RC="$rc" JSON_FILE="$json_file" SCEN="$scenario" INV="$invocation" \
+    REDIS_CPU_S="$(awk -v t="${REDIS_CPU_TICKS:-0}" -v hz="$(getconf CLK_TCK)" 'BEGIN {print t / hz}')" \
     python3 - "$@" >>"$out" <<'PY'
 import json, os, sys
 raw = open(os.environ["JSON_FILE"]).read().strip() if os.path.exists(os.environ["JSON_FILE"]) else ""
@@ -215,6 +272,8 @@ rec = {"server": os.environ["NAME"], "scenario": os.environ["SCEN"], "run": int(
        "invocation": os.environ["INV"], "args": sys.argv[1:], "exit": int(os.environ["RC"]), "result": result}
 if err:
     rec["error"] = err
+# Redis CPU seconds during the run (every Redis process: the single one and the cluster's).
+rec["redis_cpu_s"] = float(os.environ.get("REDIS_CPU_S") or 0)
 print(json.dumps(rec, separators=(",", ":")))
 PY
 }
@@ -359,4 +418,17 @@ print("medians over runs; x = ratio to fanout (deliv: higher is better, p99/KiB:
 print("lg-sat = runs where loadgen reported itself saturated (the result is capped by loadgen, not the server);")
 print("steal% = host steal per core (core 0/core 1/...) in the measured window: time this VM's core had")
 print("work but the host ran something else; a few % of steal on the load core sets everyone's tail.")
+# Redis CPU per delivery (every Redis process, during the measured run).
+print()
+print("server          redis cpu-s   redis us/delivery")
+for name in order:
+    vals = []
+    for r in rows[name]:
+        res = r.get("result") or {}
+        d = num(res.get("deliveries_per_sec")); dur = num(res.get("duration_s"))
+        if d and dur and r.get("redis_cpu_s") is not None:
+            vals.append((r["redis_cpu_s"], r["redis_cpu_s"] * 1e6 / (d * dur)))
+    if vals:
+        print("%-15s %11.2f %19.3f" % (name, statistics.median(v[0] for v in vals),
+                                       statistics.median(v[1] for v in vals)))
 PY
