@@ -2,6 +2,7 @@
 //! outbound queue, its subscriptions and the flush bookkeeping. Kept small: an idle
 //! subscribed connection owns no buffer at all.
 
+use super::subs::ChanId;
 use mio::net::TcpStream;
 use slab::Slab;
 
@@ -100,7 +101,7 @@ pub struct Conn {
     pub outq: OutQueue,
     /// (local channel id, position in that channel's member list); the first two are
     /// stored inline, so a typical connection allocates nothing for them.
-    pub subs: smallvec::SmallVec<[(u32, u32); 2]>,
+    pub subs: smallvec::SmallVec<[(ChanId, u32); 2]>,
     /// Queued in the shard's dirty list for the end-of-turn flush.
     pub dirty: bool,
     /// The socket said WouldBlock: wait for a writable event before writing again.
@@ -142,7 +143,7 @@ impl Conn {
     }
 
     /// Position of this connection in local channel `chan`'s member list.
-    pub fn sub_index(&self, chan: u32) -> Option<usize> {
+    pub fn sub_index(&self, chan: ChanId) -> Option<usize> {
         self.subs.iter().position(|&(c, _)| c == chan)
     }
 }

@@ -3,6 +3,7 @@
 //! subscribe / unsubscribe against the local index (asking the broker only on a channel's
 //! first and last local subscriber), publish handed to the broker, replies queued.
 
+use super::subs::ChanId;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -229,7 +230,7 @@ impl Shard {
         }
     }
 
-    fn drop_subscription(&mut self, key: Key, chan: u32) {
+    fn drop_subscription(&mut self, key: Key, chan: ChanId) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };

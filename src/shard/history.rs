@@ -16,6 +16,7 @@
 //! delivery; a failed read is retried once a second, and held frames are bounded
 //! (past `max_held` they are dropped and read again from history).
 
+use super::subs::ChanId;
 use std::sync::Arc;
 
 use super::chan_history::{Catch, RETRY};
@@ -50,7 +51,7 @@ impl Shard {
 
     /// Reads local channel `id` up to date: its first offset, or what it missed since
     /// its last delivered one. Deliveries are held until the answer.
-    pub(super) fn start_sync(&mut self, id: u32) {
+    pub(super) fn start_sync(&mut self, id: ChanId) {
         let tag = self.reads.next_tag();
         let Some(ch) = self.subs.channel_mut(id) else {
             return;
@@ -183,7 +184,7 @@ impl Shard {
 
     /// Waiters of live, synced channel `id` become members (told `subscribed` with the
     /// channel's offset); those that asked to resume from elsewhere are caught up.
-    pub(super) fn admit_waiters(&mut self, id: u32) {
+    pub(super) fn admit_waiters(&mut self, id: ChanId) {
         let (waiters, first) = self.subs.confirm(id);
         let Some(ch) = self.subs.channel(id) else {
             return;
@@ -215,7 +216,7 @@ impl Shard {
 
     /// Connection `key` is a member of history channel `id`: it is told `subscribed`
     /// with the channel's offset, and caught up if it resumes from another one.
-    pub(super) fn joined(&mut self, key: Key, id: u32, name: &str, since: Option<Offset>) {
+    pub(super) fn joined(&mut self, key: Key, id: ChanId, name: &str, since: Option<Offset>) {
         let Some(last) = self
             .subs
             .channel(id)
@@ -256,7 +257,7 @@ impl Shard {
         self.ask_catch(id, key.raw(), gen, tag, since, last);
     }
 
-    fn ask_catch(&mut self, id: u32, key: u32, gen: u32, tag: u32, since: Offset, upto: Offset) {
+    fn ask_catch(&mut self, id: ChanId, key: u32, gen: u32, tag: u32, since: Offset, upto: Offset) {
         let Some(ch) = self.subs.channel(id) else {
             return;
         };
@@ -277,7 +278,7 @@ impl Shard {
         }
     }
 
-    fn set_pos(&mut self, key: u32, id: u32, pos: u32) {
+    fn set_pos(&mut self, key: u32, id: ChanId, pos: u32) {
         if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
             if let Some(i) = c.sub_index(id) {
                 c.subs[i].1 = pos;

@@ -23,6 +23,7 @@ pub mod subs;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subs::ChanId;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -93,7 +94,7 @@ pub struct Shard {
     clock: clock::Clock,
     shutdown_deadline: Option<Instant>,
     /// Channels with frames waiting for this turn's `fan_out` (id, name to check it).
-    batched: Vec<(u32, std::sync::Arc<str>)>,
+    batched: Vec<(ChanId, std::sync::Arc<str>)>,
     /// History reads to ask again, and read tags (see `chan_history::Reads`).
     reads: chan_history::Reads,
     /// Back-pressure and flush pacing (see `intake.rs`).
@@ -302,7 +303,7 @@ impl Shard {
 
     /// Takes member `pos` out of local channel `chan`, fixing the position of the member
     /// moved into its place, and tells the broker when the channel empties.
-    fn leave(&mut self, chan: u32, pos: u32) {
+    fn leave(&mut self, chan: ChanId, pos: u32) {
         let removed = self.subs.remove(chan, pos);
         if let Some((moved_key, new_pos)) = removed.moved {
             if let Some(c) = self.conns.get_mut(Key::from_raw(moved_key)) {

@@ -10,6 +10,7 @@
 //! builds them, and a keep-alive connection gets its next request parsed only once the
 //! previous response is written).
 
+use super::subs::ChanId;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,13 @@ impl Shard {
     }
 
     /// `deliver` to local channel `id`.
-    pub(super) fn deliver_to(&mut self, id: u32, frame: Bytes, kind: Kind, offset: Option<Offset>) {
+    pub(super) fn deliver_to(
+        &mut self,
+        id: ChanId,
+        frame: Bytes,
+        kind: Kind,
+        offset: Option<Offset>,
+    ) {
         let budget = self.intake_budget();
         let Some(ch) = self.subs.channel_mut(id) else {
             return;

@@ -66,6 +66,17 @@ pub struct Removed {
     pub emptied: Option<Arc<str>>,
 }
 
+/// A local channel: its slot in the shard's `SubIndex` (typed, so it is never confused
+/// with a connection's `Key` or a position).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChanId(u32);
+
+impl ChanId {
+    fn slot(self) -> usize {
+        self.0 as usize
+    }
+}
+
 /// (key, new position) of the entry that took a removed one's place.
 pub type Moved = Option<(u32, u32)>;
 
@@ -76,7 +87,7 @@ pub const CATCHING: u32 = 1 << 30;
 
 #[derive(Debug, Default)]
 pub struct SubIndex {
-    by_name: HashMap<Arc<str>, u32>,
+    by_name: HashMap<Arc<str>, ChanId>,
     channels: Slab<LocalChannel>,
     next_epoch: u32,
     /// Channels emptied whose broker unsubscribe could not be handed over (queue full):
@@ -85,16 +96,16 @@ pub struct SubIndex {
 }
 
 impl SubIndex {
-    pub fn lookup(&self, name: &str) -> Option<u32> {
+    pub fn lookup(&self, name: &str) -> Option<ChanId> {
         self.by_name.get(name).copied()
     }
 
-    pub fn channel(&self, id: u32) -> Option<&LocalChannel> {
-        self.channels.get(id as usize)
+    pub fn channel(&self, id: ChanId) -> Option<&LocalChannel> {
+        self.channels.get(id.slot())
     }
 
-    pub fn channel_mut(&mut self, id: u32) -> Option<&mut LocalChannel> {
-        self.channels.get_mut(id as usize)
+    pub fn channel_mut(&mut self, id: ChanId) -> Option<&mut LocalChannel> {
+        self.channels.get_mut(id.slot())
     }
 
     /// Number of channels with local subscribers.
@@ -115,9 +126,9 @@ impl SubIndex {
         conn: u32,
         history: bool,
         since: Option<Offset>,
-    ) -> (u32, u32, Added) {
+    ) -> (ChanId, u32, Added) {
         if let Some(&id) = self.by_name.get(name) {
-            let ch = &mut self.channels[id as usize];
+            let ch = &mut self.channels[id.slot()];
             if ch.live && !ch.unsynced() {
                 ch.members.push(conn);
                 return (id, (ch.members.len() - 1) as u32, Added::Live);
@@ -136,7 +147,7 @@ impl SubIndex {
         self.next_epoch = self.next_epoch.wrapping_add(1);
         let epoch = self.next_epoch;
         let name: Arc<str> = Arc::from(name);
-        let id = self.channels.insert(LocalChannel {
+        let id = ChanId(self.channels.insert(LocalChannel {
             name: name.clone(),
             members: Vec::new(),
             epoch,
@@ -151,7 +162,7 @@ impl SubIndex {
                     ..ChanHistory::default()
                 })
             }),
-        }) as u32;
+        }) as u32);
         self.by_name.insert(name, id);
         (id, WAITING, Added::NewChannel(epoch))
     }
@@ -159,8 +170,8 @@ impl SubIndex {
     /// The broker confirmed channel `id`: it is live and its waiters become members.
     /// Returns the waiters (to be told `subscribed`); their new positions are
     /// `first..first + len`.
-    pub fn confirm(&mut self, id: u32) -> (Vec<u32>, u32) {
-        let Some(ch) = self.channels.get_mut(id as usize) else {
+    pub fn confirm(&mut self, id: ChanId) -> (Vec<u32>, u32) {
+        let Some(ch) = self.channels.get_mut(id.slot()) else {
             return (Vec::new(), 0);
         };
         ch.live = true;
@@ -182,7 +193,7 @@ impl SubIndex {
     /// failed or its slot moved): it is not live until confirmed again.
     pub fn unconfirm(&mut self, name: &str) {
         if let Some(id) = self.lookup(name) {
-            if let Some(ch) = self.channels.get_mut(id as usize) {
+            if let Some(ch) = self.channels.get_mut(id.slot()) {
                 ch.live = false;
             }
         }
@@ -190,16 +201,16 @@ impl SubIndex {
 
     /// Marks channel `id` live without moving its waiters (a history channel waits for
     /// its first read before anyone joins).
-    pub fn set_live(&mut self, id: u32) {
-        if let Some(ch) = self.channels.get_mut(id as usize) {
+    pub fn set_live(&mut self, id: ChanId) {
+        if let Some(ch) = self.channels.get_mut(id.slot()) {
             ch.live = true;
         }
     }
 
     /// Moves the member at `pos` of channel `id` to the catching list with `catch`.
     /// Returns its new position and the member that took its old place, if any.
-    pub fn start_catch(&mut self, id: u32, pos: u32, catch: Catch) -> Option<(u32, Moved)> {
-        let ch = self.channels.get_mut(id as usize)?;
+    pub fn start_catch(&mut self, id: ChanId, pos: u32, catch: Catch) -> Option<(u32, Moved)> {
+        let ch = self.channels.get_mut(id.slot())?;
         let h = ch.hist.as_mut()?;
         let at = pos as usize;
         if pos & (WAITING | CATCHING) != 0 || at >= ch.members.len() {
@@ -214,8 +225,8 @@ impl SubIndex {
     /// Takes the catch-up of `key` with `tag` off channel `id`'s catching list and makes
     /// it a member. Returns the catch, the member's position, and the catching entry
     /// that took its old place, if any.
-    pub fn end_catch(&mut self, id: u32, key: u32, tag: u32) -> Option<(Catch, u32, Moved)> {
-        let ch = self.channels.get_mut(id as usize)?;
+    pub fn end_catch(&mut self, id: ChanId, key: u32, tag: u32) -> Option<(Catch, u32, Moved)> {
+        let ch = self.channels.get_mut(id.slot())?;
         let h = ch.hist.as_mut()?;
         let at = h
             .catching
@@ -228,8 +239,8 @@ impl SubIndex {
     }
 
     /// Removes the member at `pos` of channel `id`.
-    pub fn remove(&mut self, id: u32, pos: u32) -> Removed {
-        let Some(ch) = self.channels.get_mut(id as usize) else {
+    pub fn remove(&mut self, id: ChanId, pos: u32) -> Removed {
+        let Some(ch) = self.channels.get_mut(id.slot()) else {
             return Removed::default();
         };
         let flag = pos & (WAITING | CATCHING);
@@ -267,7 +278,7 @@ impl SubIndex {
                 emptied: None,
             };
         }
-        let ch = self.channels.remove(id as usize);
+        let ch = self.channels.remove(id.slot());
         self.by_name.remove(&ch.name);
         Removed {
             moved: None,
@@ -362,6 +373,6 @@ mod tests {
         let (id, _, _) = idx.add("c", 1, false, None);
         assert_eq!(idx.remove(id, 5), Removed::default());
         assert_eq!(idx.remove(id, 5 | WAITING), Removed::default());
-        assert_eq!(idx.remove(99, 0), Removed::default());
+        assert_eq!(idx.remove(ChanId(99), 0), Removed::default());
     }
 }
