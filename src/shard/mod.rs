@@ -209,8 +209,12 @@ impl Shard {
                     }
                 }
             }
-            for key in std::mem::take(&mut self.read_again) {
+            let mut again = std::mem::take(&mut self.read_again);
+            for key in again.drain(..) {
                 self.on_readable(key, true);
+            }
+            if self.read_again.is_empty() {
+                self.read_again = again; // its capacity, for the next turn
             }
             self.drain_inbox();
             if !self.dirty.is_empty() {
