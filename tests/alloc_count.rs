@@ -235,3 +235,51 @@ fn history_channel_allocations_do_not_grow_with_subscribers() {
         "published through the script"
     );
 }
+
+/// At about one message a second per channel, a subscriber's queue is not freed and
+/// allocated again for every message (it is released only after a whole quiet second):
+/// allocations per message do not grow with subscribers at that rate either.
+#[test]
+fn slow_channels_do_not_allocate_per_subscriber() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let args = fanout::config::Args {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        shards: Some(1),
+        ..Default::default()
+    };
+    let config = fanout::config::Config::resolve(args, None).unwrap();
+    let server = fanout::server::start(config).unwrap();
+    let mut publisher = common::raw_upgrade(server.local_addr);
+    let mut subs = Vec::new();
+    let mut buf = vec![0u8; 256];
+    let mut slow_round = |publisher: &mut TcpStream, subs: &mut [TcpStream]| {
+        let frame = fanout::ws::inbound::client_frame(
+            1,
+            true,
+            br#"{"type":"publish","channel":"a","data":1}"#,
+            MASK,
+        );
+        let before = ALLOCS.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            publisher.write_all(&frame).unwrap();
+            for s in subs.iter_mut() {
+                read_frame(s, &mut buf);
+            }
+        }
+        (ALLOCS.load(Ordering::SeqCst) - before) as f64 / 3.0
+    };
+    subscribe_more(server.local_addr, &mut subs, 10);
+    slow_round(&mut publisher, &mut subs);
+    let at_10 = slow_round(&mut publisher, &mut subs);
+    subscribe_more(server.local_addr, &mut subs, 100);
+    slow_round(&mut publisher, &mut subs);
+    let at_100 = slow_round(&mut publisher, &mut subs);
+    eprintln!("allocations per slow message: S=10 {at_10:.2}, S=100 {at_100:.2}");
+    assert!(
+        at_100 - at_10 < 45.0,
+        "a subscriber's queue is freed and allocated per message: S=10 {at_10:.2}, S=100 {at_100:.2}"
+    );
+    server.shutdown();
+    server.join();
+}

@@ -36,10 +36,13 @@ pub enum Kind {
 #[derive(Debug, Default)]
 pub struct OutQueue {
     frames: VecDeque<(Bytes, Kind)>,
-    /// Bytes of the front frame already written.
-    offset: usize,
     /// Bytes queued and not yet written.
     bytes: usize,
+    /// Bytes of the front frame already written (a frame is at most a few MiB).
+    offset: u32,
+    /// Something was queued since the last `release_if_empty`: the connection is in use,
+    /// so its queue's memory is kept (freed after a whole quiet second instead).
+    used: bool,
 }
 
 impl OutQueue {
@@ -50,6 +53,7 @@ impl OutQueue {
 
     pub fn push_kind(&mut self, frame: Bytes, kind: Kind) {
         self.bytes += frame.len();
+        self.used = true;
         self.frames.push_back((frame, kind));
     }
 
@@ -66,12 +70,15 @@ impl OutQueue {
         self.frames.len()
     }
 
-    /// Gives the queue's memory back when it is empty (idle connections own nothing;
-    /// called once a second, so a busy connection re-allocates at most that often).
+    /// Gives the queue's memory back when it is empty and nothing was queued since the
+    /// last call (called once a second: idle connections own nothing, and a connection
+    /// that gets a message every second or so keeps its queue instead of allocating
+    /// and freeing it per message).
     pub fn release_if_empty(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 {
+        if self.frames.is_empty() && self.frames.capacity() > 0 && !self.used {
             self.frames = VecDeque::new();
         }
+        self.used = false;
     }
 
     /// Drops everything queued except a partly written front frame, whose remaining
@@ -120,7 +127,7 @@ impl OutQueue {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
             for (i, (frame, _)) in self.frames.iter().take(MAX_IOV).enumerate() {
-                let start = if i == 0 { self.offset } else { 0 };
+                let start = if i == 0 { self.offset as usize } else { 0 };
                 iov[i] = IoSlice::new(&frame[start..]);
                 n = i + 1;
             }
@@ -149,13 +156,13 @@ impl OutQueue {
             let Some((front, _)) = self.frames.front() else {
                 break;
             };
-            let left = front.len() - self.offset;
+            let left = front.len() - self.offset as usize;
             if sent >= left {
                 sent -= left;
                 self.offset = 0;
                 self.frames.pop_front();
             } else {
-                self.offset += sent;
+                self.offset += sent as u32;
                 sent = 0;
             }
         }
@@ -165,6 +172,19 @@ impl OutQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_in_use_keeps_its_memory_and_an_idle_one_gives_it_back() {
+        let mut q = OutQueue::default();
+        let mut sink = Vec::new();
+        q.push_kind(Bytes::from_static(b"abc"), Kind::Delivery);
+        assert!(matches!(q.write_to(&mut sink), Ok((Flushed::Empty, 3))));
+        q.release_if_empty();
+        assert!(q.frames.capacity() > 0, "used this second: kept");
+        q.release_if_empty();
+        assert_eq!(q.frames.capacity(), 0, "a quiet second: given back");
+        assert_eq!(std::mem::size_of::<OutQueue>(), 48, "no bigger than before");
+    }
 
     /// A writer that takes at most `cap` bytes per call, then blocks after `calls`.
     struct Trickle {
