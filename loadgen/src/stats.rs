@@ -91,7 +91,10 @@ pub struct StreamRecv {
 /// Result of one subscriber worker thread (or, merged, of a whole process).
 #[derive(Clone, Default)]
 pub struct SubResult {
+    /// Receive time minus intended send time (t0 + k/rate at a fixed rate).
     pub latency: Hist,
+    /// Receive time minus actual send time.
+    pub latency_actual: Hist,
     pub connect_latency: Hist,
     pub subscribe_latency: Hist,
     pub streams: Vec<StreamRecv>,
@@ -136,6 +139,7 @@ fn add_vec(a: &mut Vec<u64>, b: &[u64]) {
 impl SubResult {
     pub fn merge(&mut self, o: &SubResult) {
         self.latency.merge(&o.latency);
+        self.latency_actual.merge(&o.latency_actual);
         self.connect_latency.merge(&o.connect_latency);
         self.subscribe_latency.merge(&o.subscribe_latency);
         if self.streams.len() < o.streams.len() {
@@ -182,6 +186,7 @@ impl SubResult {
             .collect();
         json!({
             "latency": self.latency.to_json(),
+            "latency_actual": self.latency_actual.to_json(),
             "connect_latency": self.connect_latency.to_json(),
             "subscribe_latency": self.subscribe_latency.to_json(),
             "streams": st,
@@ -239,6 +244,7 @@ impl SubResult {
         let h = |k: &str| v.get(k).map(Hist::from_json).unwrap_or_default();
         SubResult {
             latency: h("latency"),
+            latency_actual: h("latency_actual"),
             connect_latency: h("connect_latency"),
             subscribe_latency: h("subscribe_latency"),
             streams,

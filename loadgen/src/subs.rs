@@ -303,7 +303,13 @@ fn on_event(
         }
     };
     match scan(text) {
-        Msg::Delivery { channel, p, s, t } => {
+        Msg::Delivery {
+            channel,
+            p,
+            s,
+            t,
+            a,
+        } => {
             res.delivered_total += 1;
             let Some(ch) = channel_index(channel, prefix) else {
                 res.foreign += 1;
@@ -330,6 +336,7 @@ fn on_event(
                 res.delivered_window += 1;
                 res.bytes_window += text.len() as u64;
                 res.latency.record(now.saturating_sub(t));
+                res.latency_actual.record(now.saturating_sub(a));
                 let sr = &mut res.streams[k as usize];
                 match seen {
                     Seen::InOrder | Seen::Gap(_) => sr.received += 1,

@@ -36,10 +36,15 @@ pub const ROWS: &[(&str, &str)] = &[
     ("delivered", "delivered"),
     ("deliveries_per_sec", "deliveries/s"),
     ("mib_per_sec", "delivered MiB/s"),
+    ("refused_unavailable", "refused (unavailable)"),
     ("lost", "lost"),
     ("duplicates", "duplicates"),
     ("reordered", "reordered"),
-    ("latency_us", "latency µs"),
+    ("latency_us", "latency µs (from intended send)"),
+    (
+        "latency_from_actual_send_us",
+        "latency µs (from actual send)",
+    ),
     ("publish_errors", "publish errors"),
     ("redis_zero_receivers", "PUBLISH with 0 receivers"),
     ("connect_errors", "connect errors"),
@@ -239,7 +244,8 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     for k in 0..nst {
         let ch = k % a.channels as usize;
         let subs_ch = sres.subscribed_per_channel.get(ch).copied().unwrap_or(0);
-        let exp = pres.per_stream_window[k] * subs_ch;
+        let refused = pres.refused_per_stream_window.get(k).copied().unwrap_or(0);
+        let exp = pres.per_stream_window[k].saturating_sub(refused) * subs_ch;
         let r = sres.streams.get(k).copied().unwrap_or_default();
         let l = exp.saturating_sub(r.received);
         expected += exp;
@@ -252,6 +258,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
             "publisher": k % a.pubs as usize,
             "channel": format!("{}.{}", c.channel_prefix, ch),
             "published": pres.per_stream_window[k],
+            "refused_unavailable": refused,
             "subscribers": subs_ch,
             "expected": exp,
             "received": r.received,
@@ -293,6 +300,8 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "publishes_per_sec": round1(pres.published_window as f64 / dur),
         "publish_acks": pres.acked,
         "publish_errors": pres.errors,
+        "refused_unavailable": pres.refused_per_stream_window.iter().sum::<u64>(),
+        "refused_unavailable_total": pres.refused_total,
         "publish_error_codes": pres.error_codes,
         "publisher_failures": pres.conn_failures,
         "redis_zero_receivers": (a.publish_via == PublishVia::Redis).then_some(pres.redis_zero_receivers),
@@ -305,6 +314,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "duplicates": dups,
         "reordered": reord,
         "latency_us": sres.latency.summary_us(),
+        "latency_from_actual_send_us": sres.latency_actual.summary_us(),
         "connect_latency_us": sres.connect_latency.summary_us(),
         "subscribe_latency_us": sres.subscribe_latency.summary_us(),
         "connect_errors": sres.connect_errors,
