@@ -47,7 +47,8 @@ pub struct PubShared {
     pub ws: AtomicU64,
     pub we: AtomicU64,
     pub stopped: AtomicBool,
-    pub per_channel: Mutex<Vec<u64>>,
+    /// Per stream, once publishing stopped: what was published (window and in all).
+    pub per_stream: Mutex<Vec<crate::drain::Published>>,
     pub published: AtomicU64,
 }
 
@@ -60,7 +61,7 @@ impl Default for PubShared {
             ws: AtomicU64::new(u64::MAX),
             we: AtomicU64::new(u64::MAX),
             stopped: AtomicBool::new(false),
-            per_channel: Mutex::new(Vec::new()),
+            per_stream: Mutex::new(Vec::new()),
             published: AtomicU64::new(0),
         }
     }
@@ -70,6 +71,8 @@ impl Default for PubShared {
 pub struct PubResult {
     pub per_stream_window: Vec<u64>,
     pub per_stream_total: Vec<u64>,
+    /// Publishes before the window, per stream (the window's sequence numbers start here).
+    pub per_stream_pre_window: Vec<u64>,
     /// Publishes of the window the server refused with an `unavailable` error frame
     /// (never delivered, so not expected and not lost), per stream.
     pub refused_per_stream_window: Vec<u64>,
@@ -141,6 +144,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
         per_stream_window: vec![0; nstreams],
         per_stream_total: vec![0; nstreams],
         refused_per_stream_window: vec![0; nstreams],
+        per_stream_pre_window: vec![0; nstreams],
         ..Default::default()
     };
     let mut poll = match Poll::new() {
@@ -245,11 +249,17 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
         }
         if !stopped && now >= we {
             stopped = true;
-            let mut per = vec![0u64; plan.channels as usize];
-            for (k, n) in res.per_stream_total.iter().enumerate() {
-                per[k % plan.channels as usize] += n;
-            }
-            if let Ok(mut v) = sh.per_channel.lock() {
+            let per = (0..nstreams)
+                .map(|k| {
+                    let lo = res.per_stream_pre_window[k];
+                    crate::drain::Published {
+                        lo,
+                        hi: lo + res.per_stream_window[k],
+                        total: res.per_stream_total[k],
+                    }
+                })
+                .collect();
+            if let Ok(mut v) = sh.per_stream.lock() {
                 *v = per;
             }
             sh.stopped.store(true, Ordering::Release);
@@ -328,6 +338,9 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                     p.sent += 1;
                     res.published_total += 1;
                     res.per_stream_total[k] += 1;
+                    if t < ws {
+                        res.per_stream_pre_window[k] += 1;
+                    }
                     if t >= ws && t < we {
                         res.published_window += 1;
                         res.per_stream_window[k] += 1;

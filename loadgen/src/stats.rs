@@ -86,6 +86,9 @@ pub struct StreamRecv {
     pub received: u64,
     pub duplicates: u64,
     pub reordered: u64,
+    /// Not received when draining stopped at its deadline, and nothing later on the
+    /// stream received either (`drain::in_flight`): not counted as lost.
+    pub in_flight: u64,
 }
 
 /// Result of one subscriber worker thread (or, merged, of a whole process).
@@ -149,6 +152,7 @@ impl SubResult {
             a.received += b.received;
             a.duplicates += b.duplicates;
             a.reordered += b.reordered;
+            a.in_flight += b.in_flight;
         }
         add_vec(&mut self.subscribed_per_channel, &o.subscribed_per_channel);
         add_vec(&mut self.per_url_subscribed, &o.per_url_subscribed);
@@ -182,7 +186,7 @@ impl SubResult {
         let st: Vec<Value> = self
             .streams
             .iter()
-            .map(|s| json!([s.received, s.duplicates, s.reordered]))
+            .map(|s| json!([s.received, s.duplicates, s.reordered, s.in_flight]))
             .collect();
         json!({
             "latency": self.latency.to_json(),
@@ -229,6 +233,7 @@ impl SubResult {
                             received: g(0),
                             duplicates: g(1),
                             reordered: g(2),
+                            in_flight: g(3),
                         }
                     })
                     .collect()
@@ -295,6 +300,7 @@ mod tests {
                 received: 3,
                 duplicates: 1,
                 reordered: 2,
+                in_flight: 5,
             }],
             subscribed_per_channel: vec![1, 2],
             per_url_subscribed: vec![3, 0, 1],
@@ -307,6 +313,7 @@ mod tests {
         assert_eq!(r.latency.count(), 8);
         assert_eq!(r.streams[0].received, 6);
         assert_eq!(r.streams[0].reordered, 4);
+        assert_eq!(r.streams[0].in_flight, 10);
         assert_eq!(r.subscribed_per_channel, vec![2, 4]);
         assert_eq!(r.per_url_subscribed, vec![6, 0, 2]);
         assert_eq!(r.window_max_thread_frac, 0.5);

@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tungstenite::Message;
@@ -27,7 +27,18 @@ struct Faults {
     mangle: bool,
     /// Delay every publish ack by this long (the delivery itself is immediate).
     ack_delay_ms: u64,
+    /// Deliver s % 100 == 10 twice and s % 100 == 30 300 ms late.
+    late_dup: bool,
+    /// Deliver every message this late (in order).
+    delay_all_ms: u64,
 }
+
+const CLEAN: Faults = Faults {
+    mangle: false,
+    ack_delay_ms: 0,
+    late_dup: false,
+    delay_all_ms: 0,
+};
 
 fn deliver(hub: &Hub, ch: &str, frame: &str) {
     if let Some(subs) = hub.lock().expect("hub").get_mut(ch) {
@@ -35,7 +46,7 @@ fn deliver(hub: &Hub, ch: &str, frame: &str) {
     }
 }
 
-fn serve_conn(stream: TcpStream, hub: Hub, f: Faults) {
+fn serve_conn(stream: TcpStream, hub: Hub, f: Faults, delayed: Sender<(Instant, String, String)>) {
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
@@ -71,7 +82,19 @@ fn serve_conn(stream: TcpStream, hub: Hub, f: Faults) {
                             )));
                             continue;
                         }
-                        if !f.mangle {
+                        if f.delay_all_ms > 0 {
+                            let due = Instant::now() + Duration::from_millis(f.delay_all_ms);
+                            let _ = delayed.send((due, ch.clone(), frame));
+                        } else if f.late_dup && m == 30 {
+                            let hub = hub.clone();
+                            std::thread::spawn(move || {
+                                std::thread::sleep(Duration::from_millis(300));
+                                deliver(&hub, &ch, &frame);
+                            });
+                        } else if f.late_dup && m == 10 {
+                            deliver(&hub, &ch, &frame);
+                            deliver(&hub, &ch, &frame);
+                        } else if !f.mangle {
                             deliver(&hub, &ch, &frame);
                         } else if m == 99 {
                         } else if m == 20 {
@@ -124,10 +147,18 @@ fn start_server(f: Faults) -> String {
     let hub: Hub = Arc::default();
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
+    let (dtx, drx) = mpsc::channel::<(Instant, String, String)>();
+    let dhub = hub.clone();
+    std::thread::spawn(move || {
+        for (due, ch, frame) in drx {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            deliver(&dhub, &ch, &frame);
+        }
+    });
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            let hub = hub.clone();
-            std::thread::spawn(move || serve_conn(s, hub, f));
+            let (hub, dtx) = (hub.clone(), dtx.clone());
+            std::thread::spawn(move || serve_conn(s, hub, f, dtx));
         }
     });
     format!("ws://{addr}/")
@@ -154,8 +185,10 @@ fn u(v: &Value, k: &str) -> u64 {
 }
 
 /// What one subscriber should see for publishes 0..n under `Faults::mangle`, counted
-/// independently of loadgen's tracker: (refused, lost, duplicates, reordered).
-fn model(n: u64) -> (u64, u64, u64, u64) {
+/// independently of loadgen's tracker: (refused, lost, duplicates, reordered, in flight).
+/// In flight: the tail after the newest message received, which loadgen reports as in
+/// flight at the drain deadline rather than lost.
+fn model(n: u64) -> (u64, u64, u64, u64, u64) {
     let mut arrivals = Vec::new();
     let mut held = None;
     let mut refused = 0;
@@ -181,15 +214,16 @@ fn model(n: u64) -> (u64, u64, u64, u64) {
         }
         max = max.max(Some(s));
     }
-    let lost = n - refused - seen.len() as u64;
-    (refused, lost, dups, reord)
+    let tail = n - max.map_or(0, |m| m + 1);
+    let lost = (n - refused - seen.len() as u64).saturating_sub(tail);
+    (refused, lost, dups, reord, tail)
 }
 
 #[test]
 fn exact_lost_duplicate_reorder_and_refused_counts() {
     let url = start_server(Faults {
         mangle: true,
-        ack_delay_ms: 0,
+        ..CLEAN
     });
     let subs = 3u64;
     let r = loadgen(&[
@@ -218,14 +252,19 @@ fn exact_lost_duplicate_reorder_and_refused_counts() {
         "every publish is in the window"
     );
     assert!(n >= 300, "the publisher kept up: {n} publishes in {r}");
-    let (refused, lost, dups, reord) = model(n);
+    let (refused, lost, dups, reord, tail) = model(n);
     assert!(refused >= 3 && lost >= 3 && dups >= 3 && reord >= 2);
     assert_eq!(u(&r, "refused_unavailable"), refused, "{r}");
     assert_eq!(u(&r, "expected"), (n - refused) * subs, "{r}");
     assert_eq!(u(&r, "lost"), lost * subs, "{r}");
+    assert_eq!(u(&r, "in_flight_at_deadline"), tail * subs, "{r}");
     assert_eq!(u(&r, "duplicates"), dups * subs, "{r}");
     assert_eq!(u(&r, "reordered"), reord * subs, "{r}");
-    assert_eq!(u(&r, "delivered"), (n - refused - lost) * subs, "{r}");
+    assert_eq!(
+        u(&r, "delivered"),
+        (n - refused - lost - tail) * subs,
+        "{r}"
+    );
 }
 
 #[test]
@@ -234,8 +273,8 @@ fn stalled_publisher_shows_in_latency_from_intended_send() {
     // 1,000/s asked for: each message waits behind the schedule, which only the
     // latency from the intended send time shows.
     let url = start_server(Faults {
-        mangle: false,
         ack_delay_ms: 10,
+        ..CLEAN
     });
     let r = loadgen(&[
         "fanout",
@@ -269,4 +308,68 @@ fn stalled_publisher_shows_in_latency_from_intended_send() {
     );
     assert!(actual < 10_000.0, "actual-send latency {actual} µs: {r}");
     assert_eq!(r["p50_us"], r["latency_us"]["p50"], "tables use intended");
+}
+
+fn run_1ch(url: &str, rate: &str, duration: &str, drain: &str) -> Value {
+    loadgen(&[
+        "fanout",
+        "--url",
+        url,
+        "--subs",
+        "3",
+        "--channels",
+        "1",
+        "--pubs",
+        "1",
+        "--rate",
+        rate,
+        "--warmup",
+        "0",
+        "--duration",
+        duration,
+        "--drain",
+        drain,
+    ])
+}
+
+#[test]
+fn drain_waits_for_every_stream_not_a_delivery_count() {
+    // Duplicates make the delivery count reach "expected" while the late messages are
+    // still on their way; draining must wait for them, and stop as soon as they came
+    // (long before the 5 s deadline).
+    let url = start_server(Faults {
+        late_dup: true,
+        ..CLEAN
+    });
+    let t = Instant::now();
+    let r = run_1ch(&url, "1000", "0.5", "5");
+    let n = u(&r, "published");
+    assert!(n > 100, "{r}");
+    let late = (n + 69) / 100; // s % 100 == 30 below n
+    let dup = (n + 89) / 100; // s % 100 == 10 below n
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert_eq!(u(&r, "in_flight_at_deadline"), 0, "{r}");
+    assert_eq!(u(&r, "delivered"), n * 3, "{r}");
+    assert_eq!(u(&r, "duplicates"), dup * 3, "{r}");
+    assert_eq!(u(&r, "reordered"), late * 3, "{r}");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "drained to the deadline"
+    );
+}
+
+#[test]
+fn messages_in_flight_at_the_deadline_are_not_lost() {
+    // Every delivery is 400 ms late and draining stops 100 ms after publishing: the
+    // last ~300 ms of messages are still on their way.
+    let url = start_server(Faults {
+        delay_all_ms: 400,
+        ..CLEAN
+    });
+    let r = run_1ch(&url, "1000", "0.6", "0.1");
+    let n = u(&r, "published");
+    let fl = u(&r, "in_flight_at_deadline");
+    assert_eq!(u(&r, "lost"), 0, "{r}");
+    assert!(fl >= 3 * 100, "{r}");
+    assert_eq!(u(&r, "delivered") + fl, n * 3, "{r}");
 }

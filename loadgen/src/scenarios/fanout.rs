@@ -38,6 +38,7 @@ pub const ROWS: &[(&str, &str)] = &[
     ("mib_per_sec", "delivered MiB/s"),
     ("refused_unavailable", "refused (unavailable)"),
     ("lost", "lost"),
+    ("in_flight_at_deadline", "in flight at drain deadline"),
     ("duplicates", "duplicates"),
     ("reordered", "reordered"),
     ("latency_us", "latency µs (from intended send)"),
@@ -229,15 +230,16 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     while !sh.stopped.load(Ordering::Acquire) && now_ns() < stop_deadline {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let per_channel = sh.per_channel.lock().map(|v| v.clone()).unwrap_or_default();
+    let published = sh.per_stream.lock().map(|v| v.clone()).unwrap_or_default();
     let drain_deadline = now_ns() + secs(a.drain);
-    set.finish(&per_channel, drain_deadline)?;
+    set.finish(&crate::drain::flatten(&published), drain_deadline)?;
     let pres = pub_thread.join().map_err(|_| "publisher thread panicked")?;
     let sres = set.join(drain_deadline + 30_000_000_000)?;
     drop(ticker);
 
     // Accounting per stream: expected = published in window × subscribers of its channel.
     let nst = pres.per_stream_window.len();
+    let mut in_flight = 0u64;
     let mut streams = Vec::with_capacity(nst);
     let (mut expected, mut received, mut dups, mut reord, mut lost) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -247,7 +249,8 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         let refused = pres.refused_per_stream_window.get(k).copied().unwrap_or(0);
         let exp = pres.per_stream_window[k].saturating_sub(refused) * subs_ch;
         let r = sres.streams.get(k).copied().unwrap_or_default();
-        let l = exp.saturating_sub(r.received);
+        let l = exp.saturating_sub(r.received + r.in_flight);
+        in_flight += r.in_flight;
         expected += exp;
         received += r.received;
         dups += r.duplicates;
@@ -263,6 +266,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
             "expected": exp,
             "received": r.received,
             "lost": l,
+            "in_flight_at_deadline": r.in_flight,
             "duplicates": r.duplicates,
             "reordered": r.reordered,
         }));
@@ -311,6 +315,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "deliveries_per_sec": round1(received as f64 / dur),
         "mib_per_sec": round3(sres.bytes_window as f64 / dur / 1048576.0),
         "lost": lost,
+        "in_flight_at_deadline": in_flight,
         "duplicates": dups,
         "reordered": reord,
         "latency_us": sres.latency.summary_us(),
