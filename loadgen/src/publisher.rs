@@ -87,6 +87,9 @@ pub struct PubResult {
     /// Redis PUBLISH replies saying 0 clients received the message.
     pub redis_zero_receivers: u64,
     pub outstanding_at_end: u64,
+    /// Fixed rate only: publishes scheduled before the window's end (t0 + k/rate < we)
+    /// that were never sent because the publisher fell behind.
+    pub unsent_behind_schedule: u64,
     pub window_cpu_s: f64,
     pub window_thread_frac: f64,
 }
@@ -249,6 +252,10 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
         }
         if !stopped && now >= we {
             stopped = true;
+            if rate_per_pub > 0.0 {
+                let due = (we.saturating_sub(t0) as f64 * rate_per_pub / 1e9).ceil() as u64;
+                res.unsent_behind_schedule = pubs.iter().map(|p| due.saturating_sub(p.sent)).sum();
+            }
             let per = (0..nstreams)
                 .map(|k| {
                     let lo = res.per_stream_pre_window[k];

@@ -252,6 +252,7 @@ fn exact_lost_duplicate_reorder_and_refused_counts() {
         "every publish is in the window"
     );
     assert!(n >= 300, "the publisher kept up: {n} publishes in {r}");
+    assert_eq!(u(&r, "unsent_behind_schedule"), 1200 - n, "{r}");
     let (refused, lost, dups, reord, tail) = model(n);
     assert!(refused >= 3 && lost >= 3 && dups >= 3 && reord >= 2);
     assert_eq!(u(&r, "refused_unavailable"), refused, "{r}");
@@ -307,6 +308,9 @@ fn stalled_publisher_shows_in_latency_from_intended_send() {
         "intended-send latency {intended} µs hides the stall: {r}"
     );
     assert!(actual < 10_000.0, "actual-send latency {actual} µs: {r}");
+    // 500 were due in the window; ~50 went out.
+    let unsent = u(&r, "unsent_behind_schedule");
+    assert_eq!(unsent + u(&r, "published"), 500, "{r}");
     assert_eq!(r["p50_us"], r["latency_us"]["p50"], "tables use intended");
 }
 

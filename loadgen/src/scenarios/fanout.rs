@@ -47,6 +47,10 @@ pub const ROWS: &[(&str, &str)] = &[
         "latency µs (from actual send)",
     ),
     ("publish_errors", "publish errors"),
+    (
+        "unsent_behind_schedule",
+        "unsent (publisher behind schedule)",
+    ),
     ("redis_zero_receivers", "PUBLISH with 0 receivers"),
     ("connect_errors", "connect errors"),
     ("handshake_errors", "handshake errors"),
@@ -310,6 +314,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "publisher_failures": pres.conn_failures,
         "redis_zero_receivers": (a.publish_via == PublishVia::Redis).then_some(pres.redis_zero_receivers),
         "unacked_at_end": pres.outstanding_at_end,
+        "unsent_behind_schedule": pres.unsent_behind_schedule,
         "expected": expected,
         "delivered": received,
         "deliveries_per_sec": round1(received as f64 / dur),
