@@ -375,7 +375,14 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
             res["publish_via"].as_str().unwrap_or("?"),
             received as f64 / dur
         );
-        match crate::plot::write(p, &title, &[("end-to-end", &sres.latency)]) {
+        match crate::plot::write(
+            p,
+            &title,
+            &[
+                ("from intended send", &sres.latency),
+                ("from actual send", &sres.latency_actual),
+            ],
+        ) {
             Ok(()) => res["plot"] = json!(p.display().to_string()),
             Err(e) => eprintln!("loadgen: plot: {e}"),
         }
