@@ -11,10 +11,11 @@ pub struct Control {
     /// Measured window [ws, we) on the monotonic clock; u64::MAX until set.
     pub ws: AtomicU64,
     pub we: AtomicU64,
-    /// Set once publishing stopped and `published_per_channel` is final.
+    /// Set once publishing stopped and `published` is final.
     pub finish: AtomicBool,
     pub drain_deadline: AtomicU64,
-    pub published_per_channel: Mutex<Vec<u64>>,
+    /// What was published, per stream, flattened (`drain::flatten`: lo, hi, total).
+    pub published: Mutex<Vec<u64>>,
     pub abort: AtomicBool,
     pub delivered: AtomicU64,
     pub errors: AtomicU64,
@@ -30,7 +31,7 @@ impl Default for Control {
             we: AtomicU64::new(u64::MAX),
             finish: AtomicBool::new(false),
             drain_deadline: AtomicU64::new(u64::MAX),
-            published_per_channel: Mutex::new(Vec::new()),
+            published: Mutex::new(Vec::new()),
             abort: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -52,9 +53,9 @@ impl Control {
         self.ws.store(ws, Ordering::Release);
     }
 
-    pub fn set_finish(&self, per_channel: &[u64], drain_deadline: u64) {
-        if let Ok(mut v) = self.published_per_channel.lock() {
-            *v = per_channel.to_vec();
+    pub fn set_finish(&self, published: &[u64], drain_deadline: u64) {
+        if let Ok(mut v) = self.published.lock() {
+            *v = published.to_vec();
         }
         self.drain_deadline.store(drain_deadline, Ordering::Release);
         self.finish.store(true, Ordering::Release);

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod control;
+pub mod drain;
 pub mod net;
 pub mod plan;
 pub mod plot;

@@ -3,7 +3,7 @@
 //! bounded by `--window` outstanding publishes each. Payloads carry publisher id,
 //! per-stream sequence number and send time, padded to `--payload` bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,7 +47,8 @@ pub struct PubShared {
     pub ws: AtomicU64,
     pub we: AtomicU64,
     pub stopped: AtomicBool,
-    pub per_channel: Mutex<Vec<u64>>,
+    /// Per stream, once publishing stopped: what was published (window and in all).
+    pub per_stream: Mutex<Vec<crate::drain::Published>>,
     pub published: AtomicU64,
 }
 
@@ -60,7 +61,7 @@ impl Default for PubShared {
             ws: AtomicU64::new(u64::MAX),
             we: AtomicU64::new(u64::MAX),
             stopped: AtomicBool::new(false),
-            per_channel: Mutex::new(Vec::new()),
+            per_stream: Mutex::new(Vec::new()),
             published: AtomicU64::new(0),
         }
     }
@@ -70,6 +71,13 @@ impl Default for PubShared {
 pub struct PubResult {
     pub per_stream_window: Vec<u64>,
     pub per_stream_total: Vec<u64>,
+    /// Publishes before the window, per stream (the window's sequence numbers start here).
+    pub per_stream_pre_window: Vec<u64>,
+    /// Publishes of the window the server refused with an `unavailable` error frame
+    /// (never delivered, so not expected and not lost), per stream.
+    pub refused_per_stream_window: Vec<u64>,
+    /// All publishes refused with `unavailable`, window or not.
+    pub refused_total: u64,
     pub published_total: u64,
     pub published_window: u64,
     pub acked: u64,
@@ -79,6 +87,9 @@ pub struct PubResult {
     /// Redis PUBLISH replies saying 0 clients received the message.
     pub redis_zero_receivers: u64,
     pub outstanding_at_end: u64,
+    /// Fixed rate only: publishes scheduled before the window's end (t0 + k/rate < we)
+    /// that were never sent because the publisher fell behind.
+    pub unsent_behind_schedule: u64,
     pub window_cpu_s: f64,
     pub window_thread_frac: f64,
 }
@@ -96,11 +107,14 @@ struct Pub {
     sent: u64,
     alive: bool,
     next_id: u64,
+    /// WebSocket publishes awaiting their ack: id → (stream, inside the window).
+    unacked: HashMap<u64, (u32, bool)>,
 }
 
-/// Append loadgen's payload: `{"p":P,"s":S,"t":T,"x":"aaa…"}` padded to `size` bytes
-/// (or the minimum length if `size` is smaller).
-pub fn build_payload(out: &mut Vec<u8>, p: u32, s: u64, t: u64, size: usize) {
+/// Append loadgen's payload: `{"p":P,"s":S,"t":T,"a":A,"x":"aaa…"}` padded to `size`
+/// bytes (or the minimum length if `size` is smaller). `t` is the intended send time
+/// (t0 + k/rate at a fixed rate), `a` the actual one (the clock when it was queued).
+pub fn build_payload(out: &mut Vec<u8>, p: u32, s: u64, t: u64, a: u64, size: usize) {
     let start = out.len();
     out.extend_from_slice(b"{\"p\":");
     push_num(out, p as u64);
@@ -108,10 +122,17 @@ pub fn build_payload(out: &mut Vec<u8>, p: u32, s: u64, t: u64, size: usize) {
     push_num(out, s);
     out.extend_from_slice(b",\"t\":");
     push_num(out, t);
+    out.extend_from_slice(b",\"a\":");
+    push_num(out, a);
     out.extend_from_slice(b",\"x\":\"");
     let used = out.len() - start + 2;
     out.resize(out.len() + size.saturating_sub(used), b'a');
     out.extend_from_slice(b"\"}");
+}
+
+/// Intended send time of a publisher's `k`-th publish (0-based) at `rate` per second.
+pub fn intended_ns(t0: u64, k: u64, rate: f64) -> u64 {
+    t0 + ((k as f64) * 1e9 / rate) as u64
 }
 
 /// Run the publisher thread to completion.
@@ -125,6 +146,8 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
     let mut res = PubResult {
         per_stream_window: vec![0; nstreams],
         per_stream_total: vec![0; nstreams],
+        refused_per_stream_window: vec![0; nstreams],
+        per_stream_pre_window: vec![0; nstreams],
         ..Default::default()
     };
     let mut poll = match Poll::new() {
@@ -186,6 +209,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
             sent: 0,
             alive: true,
             next_id: 0,
+            unacked: HashMap::new(),
         });
     }
 
@@ -228,11 +252,21 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
         }
         if !stopped && now >= we {
             stopped = true;
-            let mut per = vec![0u64; plan.channels as usize];
-            for (k, n) in res.per_stream_total.iter().enumerate() {
-                per[k % plan.channels as usize] += n;
+            if rate_per_pub > 0.0 {
+                let due = (we.saturating_sub(t0) as f64 * rate_per_pub / 1e9).ceil() as u64;
+                res.unsent_behind_schedule = pubs.iter().map(|p| due.saturating_sub(p.sent)).sum();
             }
-            if let Ok(mut v) = sh.per_channel.lock() {
+            let per = (0..nstreams)
+                .map(|k| {
+                    let lo = res.per_stream_pre_window[k];
+                    crate::drain::Published {
+                        lo,
+                        hi: lo + res.per_stream_window[k],
+                        total: res.per_stream_total[k],
+                    }
+                })
+                .collect();
+            if let Ok(mut v) = sh.per_stream.lock() {
                 *v = per;
             }
             sh.stopped.store(true, Ordering::Release);
@@ -278,9 +312,17 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                     let ch = k % plan.channels as usize;
                     let s = seq[k];
                     seq[k] += 1;
-                    let t = now_ns();
+                    let a = now_ns();
+                    // Coordinated omission: at a fixed rate this publisher's k-th send is
+                    // due at t0 + k/rate; stamping that (not the clock) charges a stalled
+                    // publisher's delay to latency. Open loop has no schedule: t = a.
+                    let t = if rate_per_pub > 0.0 {
+                        intended_ns(t0, p.sent, rate_per_pub)
+                    } else {
+                        a
+                    };
                     scratch.clear();
-                    build_payload(&mut scratch, pi as u32, s, t, plan.payload);
+                    build_payload(&mut scratch, pi as u32, s, t, a, plan.payload);
                     match &mut p.conn {
                         PConn::Ws(w) => {
                             msg.clear();
@@ -291,6 +333,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                             msg.extend_from_slice(b",\"id\":");
                             push_num(&mut msg, p.next_id);
                             msg.push(b'}');
+                            p.unacked.insert(p.next_id, (k as u32, t >= ws && t < we));
                             p.next_id += 1;
                             w.queue_text(&msg);
                         }
@@ -302,6 +345,9 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                     p.sent += 1;
                     res.published_total += 1;
                     res.per_stream_total[k] += 1;
+                    if t < ws {
+                        res.per_stream_pre_window[k] += 1;
+                    }
                     if t >= ws && t < we {
                         res.published_window += 1;
                         res.per_stream_window[k] += 1;
@@ -334,7 +380,10 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                 continue;
             }
             let Pub {
-                conn, outstanding, ..
+                conn,
+                outstanding,
+                unacked,
+                ..
             } = p;
             let ok = match conn {
                 PConn::Ws(w) => {
@@ -343,7 +392,10 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                         let r = w.read(&mut rbuf, &mut |e, _| {
                             if let Event::Text(t) = e {
                                 match scan(t) {
-                                    Msg::Published { .. } => {
+                                    Msg::Published { id } => {
+                                        if let Some(id) = id {
+                                            unacked.remove(&id);
+                                        }
                                         res.acked += 1;
                                         *outstanding = outstanding.saturating_sub(1);
                                     }
@@ -352,8 +404,15 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                                         *res.error_codes
                                             .entry(String::from_utf8_lossy(code).into_owned())
                                             .or_default() += 1;
-                                        if id.is_some() {
+                                        if let Some(id) = id {
                                             *outstanding = outstanding.saturating_sub(1);
+                                            let sent = unacked.remove(&id);
+                                            if let (b"unavailable", Some((k, win))) = (code, sent) {
+                                                res.refused_total += 1;
+                                                if win {
+                                                    res.refused_per_stream_window[k as usize] += 1;
+                                                }
+                                            }
                                         }
                                     }
                                     _ => {}
@@ -409,15 +468,15 @@ mod tests {
     #[test]
     fn payload_is_padded_and_scannable() {
         let mut v = Vec::new();
-        build_payload(&mut v, 3, 12345, 987654321, 64);
-        assert_eq!(v.len(), 64);
+        build_payload(&mut v, 3, 12345, 987654321, 987654400, 80);
+        assert_eq!(v.len(), 80);
         let s = std::str::from_utf8(&v).unwrap();
-        assert!(s.starts_with(r#"{"p":3,"s":12345,"t":987654321,"x":"aaa"#));
+        assert!(s.starts_with(r#"{"p":3,"s":12345,"t":987654321,"a":987654400,"x":"aaa"#));
         let parsed: serde_json::Value = serde_json::from_str(s).unwrap();
         assert_eq!(parsed["s"], 12345);
         let mut small = Vec::new();
-        build_payload(&mut small, 1, 2, 3, 4);
-        assert_eq!(small, br#"{"p":1,"s":2,"t":3,"x":""}"#.to_vec());
+        build_payload(&mut small, 1, 2, 3, 4, 4);
+        assert_eq!(small, br#"{"p":1,"s":2,"t":3,"a":4,"x":""}"#.to_vec());
         let env = [br#"{"channel":"lg.0","data":"#.as_slice(), &v, b"}"].concat();
         assert_eq!(
             crate::scan::scan(&env),
@@ -425,7 +484,8 @@ mod tests {
                 channel: b"lg.0",
                 p: 3,
                 s: 12345,
-                t: 987654321
+                t: 987654321,
+                a: 987654400
             }
         );
     }

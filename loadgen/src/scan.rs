@@ -5,12 +5,14 @@
 /// A classified server message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Msg<'a> {
-    /// A delivery carrying a loadgen payload.
+    /// A delivery carrying a loadgen payload: `t` is the intended send time, `a` the
+    /// actual one (`a == t` when the payload has no `"a"`).
     Delivery {
         channel: &'a [u8],
         p: u64,
         s: u64,
         t: u64,
+        a: u64,
     },
     /// A delivery whose data is not a loadgen payload.
     Foreign {
@@ -140,7 +142,14 @@ fn fast_delivery(b: &[u8]) -> Option<Msg<'_>> {
     let p = field(br#"","data":{"p":"#)?;
     let s = field(br#","s":"#)?;
     let t = field(br#","t":"#)?;
-    Some(Msg::Delivery { channel, p, s, t })
+    let a = field(br#","a":"#).unwrap_or(t);
+    Some(Msg::Delivery {
+        channel,
+        p,
+        s,
+        t,
+        a,
+    })
 }
 
 /// Classify one server text message.
@@ -201,10 +210,17 @@ pub fn scan(b: &[u8]) -> Msg<'_> {
         let p = num_at(b, value_pos(b, b"\"p\"", d)?)?;
         let s = num_at(b, value_pos(b, b"\"s\"", d)?)?;
         let t = num_at(b, value_pos(b, b"\"t\"", d)?)?;
-        Some((p, s, t))
+        let a = value_pos(b, b"\"a\"", d).and_then(|i| num_at(b, i));
+        Some((p, s, t, a.unwrap_or(t)))
     })();
     match fields {
-        Some((p, s, t)) => Msg::Delivery { channel, p, s, t },
+        Some((p, s, t, a)) => Msg::Delivery {
+            channel,
+            p,
+            s,
+            t,
+            a,
+        },
         None => Msg::Foreign { channel },
     }
 }
@@ -231,9 +247,14 @@ mod tests {
                 channel: b"lg.7",
                 p: 3,
                 s: 12345,
-                t: 987654321
+                t: 987654321,
+                a: 987654321
             }
         );
+        let m = br#"{"channel":"lg.7","data":{"p":3,"s":1,"t":100,"a":250,"x":"a"}}"#;
+        assert!(matches!(scan(m), Msg::Delivery { t: 100, a: 250, .. }));
+        let m = br#"{ "data" : { "a": 9, "t": 5, "s" : 2, "p":1 }, "channel" : "lg.0" }"#;
+        assert!(matches!(scan(m), Msg::Delivery { t: 5, a: 9, .. }));
         let m = br#"{ "data" : { "t": 5, "s" : 2, "p":1 }, "channel" : "lg.0" }"#;
         assert_eq!(
             scan(m),
@@ -241,7 +262,8 @@ mod tests {
                 channel: b"lg.0",
                 p: 1,
                 s: 2,
-                t: 5
+                t: 5,
+                a: 5
             }
         );
     }

@@ -1,7 +1,7 @@
 //! Per-stream sequence tracking: classifies each received sequence number as in order,
 //! after a gap, a late (reordered) arrival filling an earlier gap, or a duplicate.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
 /// Classification of one received sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,15 +14,15 @@ pub enum Seen {
     Duplicate,
 }
 
-/// Most gap ranges remembered; older ones are treated as permanently lost.
-const MAX_GAPS: usize = 256;
-
 /// Tracks one (subscriber, publisher, channel) stream; sequence numbers start at 0.
 #[derive(Debug, Default, Clone)]
 pub struct Tracker {
     next: u64,
-    /// Missing half-open ranges [lo, hi), oldest first.
-    gaps: VecDeque<(u64, u64)>,
+    /// Missing half-open ranges, `lo -> hi` for [lo, hi). Every range holds at least one
+    /// message not (yet) received, so this grows with loss, never with traffic; it is not
+    /// capped, so a late arrival is never mistaken for a duplicate however many gaps
+    /// came before it (a cap of 256 used to do that).
+    gaps: BTreeMap<u64, u64>,
 }
 
 impl Tracker {
@@ -36,14 +36,14 @@ impl Tracker {
     }
 
     /// Sequence numbers of `0..published` not received, as half-open ranges, oldest
-    /// first: the remembered gaps plus the tail after the newest one received. (Gaps
-    /// beyond the newest `MAX_GAPS` are forgotten and not listed.)
+    /// first: the gaps plus the tail after the newest one received.
     pub fn missing(&self, published: u64) -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = self
             .gaps
             .iter()
+            .map(|(&lo, &hi)| (lo, hi))
             .filter(|g| g.0 < published)
-            .map(|&(lo, hi)| (lo, hi.min(published)))
+            .map(|(lo, hi)| (lo, hi.min(published)))
             .collect();
         if self.next < published {
             v.push((self.next, published));
@@ -58,35 +58,25 @@ impl Tracker {
         }
         if s > self.next {
             let missed = s - self.next;
-            if self.gaps.len() == MAX_GAPS {
-                self.gaps.pop_front();
-            }
-            self.gaps.push_back((self.next, s));
+            self.gaps.insert(self.next, s);
             self.next = s + 1;
             return Seen::Gap(missed);
         }
-        // s < next: late or duplicate. Gaps are sorted; search from the newest.
-        for i in (0..self.gaps.len()).rev() {
-            let (lo, hi) = self.gaps[i];
-            if s >= hi {
-                break;
-            }
-            if s >= lo {
-                match (s == lo, s + 1 == hi) {
-                    (true, true) => {
-                        self.gaps.remove(i);
-                    }
-                    (true, false) => self.gaps[i].0 = s + 1,
-                    (false, true) => self.gaps[i].1 = s,
-                    (false, false) => {
-                        self.gaps[i].1 = s;
-                        self.gaps.insert(i + 1, (s + 1, hi));
-                    }
-                }
-                return Seen::Reordered;
-            }
+        // s < next: late (inside a gap) or duplicate.
+        let Some((&lo, &hi)) = self.gaps.range(..=s).next_back() else {
+            return Seen::Duplicate;
+        };
+        if s >= hi {
+            return Seen::Duplicate;
         }
-        Seen::Duplicate
+        self.gaps.remove(&lo);
+        if lo < s {
+            self.gaps.insert(lo, s);
+        }
+        if s + 1 < hi {
+            self.gaps.insert(s + 1, hi);
+        }
+        Seen::Reordered
     }
 }
 
@@ -140,15 +130,17 @@ mod tests {
     }
 
     #[test]
-    fn many_gaps_are_bounded() {
+    fn late_arrivals_past_many_gaps_are_not_duplicates() {
         let mut t = Tracker::new();
+        // 1000 gaps: every even number is missing.
         for i in 0..1000u64 {
             t.observe(i * 2 + 1);
         }
-        assert!(t.gaps.len() <= MAX_GAPS);
-        // The newest gap is still known.
         assert_eq!(t.observe(1996), Seen::Reordered);
-        // A forgotten one counts as duplicate, never panics.
+        // The oldest gap (0) is 999 gaps back: still late, not a duplicate.
+        assert_eq!(t.observe(0), Seen::Reordered);
         assert_eq!(t.observe(0), Seen::Duplicate);
+        assert_eq!(t.observe(1), Seen::Duplicate);
+        assert_eq!(t.missing(2000).len(), 998);
     }
 }

@@ -86,12 +86,18 @@ pub struct StreamRecv {
     pub received: u64,
     pub duplicates: u64,
     pub reordered: u64,
+    /// Not received when draining stopped at its deadline, and nothing later on the
+    /// stream received either (`drain::in_flight`): not counted as lost.
+    pub in_flight: u64,
 }
 
 /// Result of one subscriber worker thread (or, merged, of a whole process).
 #[derive(Clone, Default)]
 pub struct SubResult {
+    /// Receive time minus intended send time (t0 + k/rate at a fixed rate).
     pub latency: Hist,
+    /// Receive time minus actual send time.
+    pub latency_actual: Hist,
     pub connect_latency: Hist,
     pub subscribe_latency: Hist,
     pub streams: Vec<StreamRecv>,
@@ -136,6 +142,7 @@ fn add_vec(a: &mut Vec<u64>, b: &[u64]) {
 impl SubResult {
     pub fn merge(&mut self, o: &SubResult) {
         self.latency.merge(&o.latency);
+        self.latency_actual.merge(&o.latency_actual);
         self.connect_latency.merge(&o.connect_latency);
         self.subscribe_latency.merge(&o.subscribe_latency);
         if self.streams.len() < o.streams.len() {
@@ -145,6 +152,7 @@ impl SubResult {
             a.received += b.received;
             a.duplicates += b.duplicates;
             a.reordered += b.reordered;
+            a.in_flight += b.in_flight;
         }
         add_vec(&mut self.subscribed_per_channel, &o.subscribed_per_channel);
         add_vec(&mut self.per_url_subscribed, &o.per_url_subscribed);
@@ -178,10 +186,11 @@ impl SubResult {
         let st: Vec<Value> = self
             .streams
             .iter()
-            .map(|s| json!([s.received, s.duplicates, s.reordered]))
+            .map(|s| json!([s.received, s.duplicates, s.reordered, s.in_flight]))
             .collect();
         json!({
             "latency": self.latency.to_json(),
+            "latency_actual": self.latency_actual.to_json(),
             "connect_latency": self.connect_latency.to_json(),
             "subscribe_latency": self.subscribe_latency.to_json(),
             "streams": st,
@@ -224,6 +233,7 @@ impl SubResult {
                             received: g(0),
                             duplicates: g(1),
                             reordered: g(2),
+                            in_flight: g(3),
                         }
                     })
                     .collect()
@@ -239,6 +249,7 @@ impl SubResult {
         let h = |k: &str| v.get(k).map(Hist::from_json).unwrap_or_default();
         SubResult {
             latency: h("latency"),
+            latency_actual: h("latency_actual"),
             connect_latency: h("connect_latency"),
             subscribe_latency: h("subscribe_latency"),
             streams,
@@ -289,6 +300,7 @@ mod tests {
                 received: 3,
                 duplicates: 1,
                 reordered: 2,
+                in_flight: 5,
             }],
             subscribed_per_channel: vec![1, 2],
             per_url_subscribed: vec![3, 0, 1],
@@ -301,6 +313,7 @@ mod tests {
         assert_eq!(r.latency.count(), 8);
         assert_eq!(r.streams[0].received, 6);
         assert_eq!(r.streams[0].reordered, 4);
+        assert_eq!(r.streams[0].in_flight, 10);
         assert_eq!(r.subscribed_per_channel, vec![2, 4]);
         assert_eq!(r.per_url_subscribed, vec![6, 0, 2]);
         assert_eq!(r.window_max_thread_frac, 0.5);

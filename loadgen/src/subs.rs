@@ -12,6 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::client::{Event, Failure, State, WsConn};
 use crate::clock::{now_ns, thread_cpu_ns};
 use crate::control::Control;
+use crate::drain::{conn_complete, in_flight, streams_of_channel, unflatten, Published};
 use crate::net;
 use crate::plan::{conn_channels, n_streams, stream_of, SubPlan};
 use crate::scan::{channel_index, scan, Msg};
@@ -28,6 +29,8 @@ struct St {
     ready: bool,
     failed: Option<Failure>,
     sub_failed: bool,
+    /// Every stream complete (set while draining).
+    complete: bool,
     /// Per channel slot, per publisher-on-that-channel.
     trk: Vec<Vec<Tracker>>,
 }
@@ -69,7 +72,8 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
     let setup_cpu0 = thread_cpu_ns();
     let mut ws_mark: Option<(u64, u64)> = None;
     let mut we_mark: Option<(u64, u64)> = None;
-    let mut expected_total: Option<u64> = None;
+    let mut published: Option<Vec<Published>> = None;
+    let mut next_check = 0u64;
     let mut reported = 0u64;
     let mut errors_reported = 0u64;
 
@@ -113,6 +117,7 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
                             ready: false,
                             failed: None,
                             sub_failed: false,
+                            complete: false,
                             trk,
                         },
                     });
@@ -248,25 +253,41 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
             break;
         }
         if !setup && ctl.finish.load(Ordering::Acquire) {
-            let exp = *expected_total.get_or_insert_with(|| {
-                let per = ctl
-                    .published_per_channel
-                    .lock()
-                    .map(|v| v.clone())
-                    .unwrap_or_default();
-                conns
-                    .iter()
-                    .flatten()
-                    .map(|c| {
-                        c.st.chans
-                            .iter()
-                            .map(|&ch| per.get(ch as usize).copied().unwrap_or(0))
-                            .sum::<u64>()
-                    })
-                    .sum()
+            // Stop when every live connection has every message of its streams (not on
+            // a delivery count, which duplicates and foreign deliveries inflate), or at
+            // the deadline. Checked every 10 ms, skipping connections already complete.
+            let pubd = published.get_or_insert_with(|| {
+                unflatten(&ctl.published.lock().map(|v| v.clone()).unwrap_or_default())
             });
-            if res.delivered_total >= exp || now >= ctl.drain_deadline.load(Ordering::Acquire) {
+            if now >= ctl.drain_deadline.load(Ordering::Acquire) {
                 break;
+            }
+            if now >= next_check {
+                next_check = now + 10_000_000;
+                let mut all = true;
+                for c in conns.iter_mut().flatten() {
+                    if !c.st.complete {
+                        c.st.complete = conn_complete(&c.st.chans, &c.st.trk, pubd, pubs, channels);
+                        all &= c.st.complete;
+                    }
+                }
+                if all {
+                    break;
+                }
+            }
+        }
+    }
+    // What is still missing at the tail of a stream was in flight when draining stopped.
+    if let Some(pubd) = &published {
+        for c in conns.iter().flatten() {
+            for (&ch, v) in c.st.chans.iter().zip(&c.st.trk) {
+                for (j, k) in streams_of_channel(ch, pubs, channels) {
+                    if let (Some(&p), Some(sr)) =
+                        (pubd.get(k as usize), res.streams.get_mut(k as usize))
+                    {
+                        sr.in_flight += in_flight(v.get(j), p);
+                    }
+                }
             }
         }
     }
@@ -303,7 +324,13 @@ fn on_event(
         }
     };
     match scan(text) {
-        Msg::Delivery { channel, p, s, t } => {
+        Msg::Delivery {
+            channel,
+            p,
+            s,
+            t,
+            a,
+        } => {
             res.delivered_total += 1;
             let Some(ch) = channel_index(channel, prefix) else {
                 res.foreign += 1;
@@ -330,6 +357,7 @@ fn on_event(
                 res.delivered_window += 1;
                 res.bytes_window += text.len() as u64;
                 res.latency.record(now.saturating_sub(t));
+                res.latency_actual.record(now.saturating_sub(a));
                 let sr = &mut res.streams[k as usize];
                 match seen {
                     Seen::InOrder | Seen::Gap(_) => sr.received += 1,

@@ -103,14 +103,16 @@ impl SubSet {
         }
     }
 
-    pub fn finish(&mut self, per_channel: &[u64], drain_deadline: u64) -> Result<(), String> {
+    /// Publishing is over: `published` is `drain::flatten` of what each stream got;
+    /// workers drain until their streams are complete or `drain_deadline`.
+    pub fn finish(&mut self, published: &[u64], drain_deadline: u64) -> Result<(), String> {
         match self {
             SubSet::Local { ctl, .. } => {
-                ctl.set_finish(per_channel, drain_deadline);
+                ctl.set_finish(published, drain_deadline);
                 Ok(())
             }
             SubSet::Remote { kids, .. } => {
-                let list: Vec<String> = per_channel.iter().map(|v| v.to_string()).collect();
+                let list: Vec<String> = published.iter().map(|v| v.to_string()).collect();
                 let list = if list.is_empty() {
                     "-".to_string()
                 } else {

@@ -36,11 +36,21 @@ pub const ROWS: &[(&str, &str)] = &[
     ("delivered", "delivered"),
     ("deliveries_per_sec", "deliveries/s"),
     ("mib_per_sec", "delivered MiB/s"),
+    ("refused_unavailable", "refused (unavailable)"),
     ("lost", "lost"),
+    ("in_flight_at_deadline", "in flight at drain deadline"),
     ("duplicates", "duplicates"),
     ("reordered", "reordered"),
-    ("latency_us", "latency µs"),
+    ("latency_us", "latency µs (from intended send)"),
+    (
+        "latency_from_actual_send_us",
+        "latency µs (from actual send)",
+    ),
     ("publish_errors", "publish errors"),
+    (
+        "unsent_behind_schedule",
+        "unsent (publisher behind schedule)",
+    ),
     ("redis_zero_receivers", "PUBLISH with 0 receivers"),
     ("connect_errors", "connect errors"),
     ("handshake_errors", "handshake errors"),
@@ -224,24 +234,27 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     while !sh.stopped.load(Ordering::Acquire) && now_ns() < stop_deadline {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let per_channel = sh.per_channel.lock().map(|v| v.clone()).unwrap_or_default();
+    let published = sh.per_stream.lock().map(|v| v.clone()).unwrap_or_default();
     let drain_deadline = now_ns() + secs(a.drain);
-    set.finish(&per_channel, drain_deadline)?;
+    set.finish(&crate::drain::flatten(&published), drain_deadline)?;
     let pres = pub_thread.join().map_err(|_| "publisher thread panicked")?;
     let sres = set.join(drain_deadline + 30_000_000_000)?;
     drop(ticker);
 
     // Accounting per stream: expected = published in window × subscribers of its channel.
     let nst = pres.per_stream_window.len();
+    let mut in_flight = 0u64;
     let mut streams = Vec::with_capacity(nst);
     let (mut expected, mut received, mut dups, mut reord, mut lost) =
         (0u64, 0u64, 0u64, 0u64, 0u64);
     for k in 0..nst {
         let ch = k % a.channels as usize;
         let subs_ch = sres.subscribed_per_channel.get(ch).copied().unwrap_or(0);
-        let exp = pres.per_stream_window[k] * subs_ch;
+        let refused = pres.refused_per_stream_window.get(k).copied().unwrap_or(0);
+        let exp = pres.per_stream_window[k].saturating_sub(refused) * subs_ch;
         let r = sres.streams.get(k).copied().unwrap_or_default();
-        let l = exp.saturating_sub(r.received);
+        let l = exp.saturating_sub(r.received + r.in_flight);
+        in_flight += r.in_flight;
         expected += exp;
         received += r.received;
         dups += r.duplicates;
@@ -252,10 +265,12 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
             "publisher": k % a.pubs as usize,
             "channel": format!("{}.{}", c.channel_prefix, ch),
             "published": pres.per_stream_window[k],
+            "refused_unavailable": refused,
             "subscribers": subs_ch,
             "expected": exp,
             "received": r.received,
             "lost": l,
+            "in_flight_at_deadline": r.in_flight,
             "duplicates": r.duplicates,
             "reordered": r.reordered,
         }));
@@ -293,18 +308,23 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "publishes_per_sec": round1(pres.published_window as f64 / dur),
         "publish_acks": pres.acked,
         "publish_errors": pres.errors,
+        "refused_unavailable": pres.refused_per_stream_window.iter().sum::<u64>(),
+        "refused_unavailable_total": pres.refused_total,
         "publish_error_codes": pres.error_codes,
         "publisher_failures": pres.conn_failures,
         "redis_zero_receivers": (a.publish_via == PublishVia::Redis).then_some(pres.redis_zero_receivers),
         "unacked_at_end": pres.outstanding_at_end,
+        "unsent_behind_schedule": pres.unsent_behind_schedule,
         "expected": expected,
         "delivered": received,
         "deliveries_per_sec": round1(received as f64 / dur),
         "mib_per_sec": round3(sres.bytes_window as f64 / dur / 1048576.0),
         "lost": lost,
+        "in_flight_at_deadline": in_flight,
         "duplicates": dups,
         "reordered": reord,
         "latency_us": sres.latency.summary_us(),
+        "latency_from_actual_send_us": sres.latency_actual.summary_us(),
         "connect_latency_us": sres.connect_latency.summary_us(),
         "subscribe_latency_us": sres.subscribe_latency.summary_us(),
         "connect_errors": sres.connect_errors,
@@ -355,7 +375,14 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
             res["publish_via"].as_str().unwrap_or("?"),
             received as f64 / dur
         );
-        match crate::plot::write(p, &title, &[("end-to-end", &sres.latency)]) {
+        match crate::plot::write(
+            p,
+            &title,
+            &[
+                ("from intended send", &sres.latency),
+                ("from actual send", &sres.latency_actual),
+            ],
+        ) {
             Ok(()) => res["plot"] = json!(p.display().to_string()),
             Err(e) => eprintln!("loadgen: plot: {e}"),
         }
