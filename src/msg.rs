@@ -141,7 +141,8 @@ pub enum ShardMsg {
     Published {
         conn: ConnId,
         id: Box<str>,
-        result: Result<(), ErrorCode>,
+        /// `Ok(Some(offset))` for a history channel.
+        result: Result<Option<Offset>, ErrorCode>,
     },
     /// Bytes for one connection (a presence answer, a deferred HTTP response): queued if
     /// the connection still has generation `conn.gen`; closed once written if

@@ -60,6 +60,20 @@ fn protocol(node: &TestNode, other: &TestNode) {
     assert_eq!(sub["offset"], off8.as_str(), "the channel is at 8");
     d.expect_silence(Duration::from_millis(300));
 
+    // A publish with an id on a history channel is acked with its offset: the one its
+    // delivery carries.
+    d.send(&json!({"type":"publish","channel":ch,"data":{"n":9},"id":"p9"}).to_string());
+    let (a, b) = (d.expect_json(), d.expect_json());
+    let (ack, delivery) = if a["type"] == "published" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(ack["id"], "p9", "{ack}");
+    assert_eq!(delivery["data"]["n"], 9, "{delivery}");
+    assert!(ack["offset"].is_string(), "{ack}");
+    assert_eq!(ack["offset"], delivery["offset"]);
+
     // `since` on a channel without history is refused; the connection stays usable.
     d.send(r#"{"type":"subscribe","channel":"plain","since":"1-0:1"}"#);
     let v = d.expect_json();
@@ -76,13 +90,18 @@ fn protocol(node: &TestNode, other: &TestNode) {
     assert_eq!(v["type"], "history", "{v}");
     assert_eq!(v["id"], "h1");
     let ns = numbers(&v);
-    assert_eq!(ns, vec![6, 7, 8]);
+    assert_eq!(ns, vec![7, 8, 9]);
     d.send(&json!({"type":"history","channel":ch,"since":offsets[1],"limit":2}).to_string());
     let v = d.expect_json();
     let ns = numbers(&v);
     assert_eq!(ns, vec![2, 3]);
     d.send(r#"{"type":"history","channel":"plain"}"#);
     assert_eq!(d.expect_json()["code"], "bad_request");
+    // Without history the ack is as before, byte for byte.
+    d.send(r#"{"type":"publish","channel":"plain","data":1,"id":7}"#);
+    let (a, b) = (d.expect_json(), d.expect_json());
+    let ack = if a["type"] == "published" { a } else { b };
+    assert_eq!(ack, json!({"type":"published","id":7}));
 
     // And over HTTP.
     let since = offsets[2].replace(':', "%3A");
@@ -93,7 +112,7 @@ fn protocol(node: &TestNode, other: &TestNode) {
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     let ns = numbers(&v);
-    assert_eq!(ns, (3..=8).collect::<Vec<_>>());
+    assert_eq!(ns, (3..=9).collect::<Vec<_>>());
     assert_eq!(get(node.addr, "/api/channels/plain/history").status, 400);
     assert_eq!(
         get(node.addr, "/api/channels/hist:a/history?since=x").status,

@@ -135,9 +135,13 @@ fn handle(
                 let offset = (ns.history_size > 0)
                     .then(|| history.append(&channel, ns, payload.clone(), unix_ms()));
                 router.dispatch(links, &channel, &payload, Some(true), offset);
+                if let Some(ack) = ack {
+                    links.ack(ack, Ok(offset));
+                }
+                return;
             }
             if let Some(ack) = ack {
-                links.ack(ack, Ok(()));
+                links.ack(ack, Ok(None));
             }
         }
         BrokerCmd::History(read) => {

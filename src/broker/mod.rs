@@ -54,7 +54,8 @@ impl ShardLinks {
     }
 
     /// Reports the outcome of a publish to the connection that asked for it.
-    pub fn ack(&self, ack: AckTo, result: Result<(), ErrorCode>) {
+    /// `Ok(Some(offset))`: the message went into a history channel at `offset`.
+    pub fn ack(&self, ack: AckTo, result: Result<Option<crate::offset::Offset>, ErrorCode>) {
         let AckTo { shard, conn, id } = ack;
         self.control(shard, ShardMsg::Published { conn, id, result });
     }

@@ -135,10 +135,15 @@ pub fn authenticated(sub: &str, exp: u64) -> Bytes {
 }
 
 /// `{"type":"published","id":X}` with X the raw JSON the client sent.
-pub fn published(id: &str) -> Bytes {
-    let mut body = Vec::with_capacity(28 + id.len());
+pub fn published(id: &str, offset: Option<&Offset>) -> Bytes {
+    let mut body = Vec::with_capacity(80 + id.len());
     body.extend_from_slice(b"{\"type\":\"published\",\"id\":");
     body.extend_from_slice(id.as_bytes());
+    if let Some(offset) = offset {
+        body.extend_from_slice(b",\"offset\":\"");
+        offset.write_to(&mut body);
+        body.push(b'"');
+    }
     body.push(b'}');
     text_frame(&body)
 }
@@ -206,7 +211,7 @@ mod tests {
             serde_json::json!({"type":"gap","channel":"x"})
         );
         assert_eq!(
-            body(&published("\"q\"")),
+            body(&published("\"q\"", None)),
             serde_json::json!({"type":"published","id":"q"})
         );
         assert_eq!(

@@ -428,7 +428,12 @@ impl Shard {
     }
 
     /// The broker's answer to a publish with an id.
-    pub(super) fn on_published(&mut self, conn: ConnId, id: &str, result: Result<(), ErrorCode>) {
+    pub(super) fn on_published(
+        &mut self,
+        conn: ConnId,
+        id: &str,
+        result: Result<Option<crate::offset::Offset>, ErrorCode>,
+    ) {
         let key = Key::from_raw(conn.key);
         if result.is_err() {
             // Counted whether or not the client is still there to be told.
@@ -443,7 +448,7 @@ impl Shard {
             return;
         }
         match result {
-            Ok(()) => self.queue(key, reply::published(id)),
+            Ok(offset) => self.queue(key, reply::published(id, offset.as_ref())),
             Err(code) => self.simple_error(
                 key,
                 code,

@@ -306,7 +306,8 @@ impl Writer {
                         tracing::warn!("SPUBLISH refused: {}", String::from_utf8_lossy(&e));
                         Err(ErrorCode::Unavailable)
                     }
-                    _ => Ok(()),
+                    // The history script answers the message's offset.
+                    other => Ok(crate::broker::redis::history::decode_published(&other)),
                 };
                 match ack {
                     Some(ack) => self.links.ack(ack, result),

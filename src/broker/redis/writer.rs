@@ -208,7 +208,8 @@ impl Writer {
                         tracing::warn!("PUBLISH refused: {}", String::from_utf8_lossy(&e));
                         Err(ErrorCode::Unavailable)
                     }
-                    _ => Ok(()),
+                    // The history script answers the message's offset.
+                    other => Ok(scripts::decode_published(&other)),
                 };
                 match ack {
                     Some(ack) => self.links.ack(ack, result),
