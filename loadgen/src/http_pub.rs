@@ -208,6 +208,9 @@ mod tests {
             b"POST /pub/lg.0 HTTP/1.1\r\nHost: h:1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec()
         );
         let t = parse_http_url("http://127.0.0.1:8080/pub/{channel}").unwrap();
-        assert_eq!((t.host.as_str(), t.path.as_str()), ("127.0.0.1:8080", "/pub/{channel}"));
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str()),
+            ("127.0.0.1:8080", "/pub/{channel}")
+        );
     }
 }

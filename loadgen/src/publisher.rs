@@ -12,9 +12,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::client::{Event, WsConn, WBUF_HIGH};
 use crate::clock::{now_ns, thread_cpu_ns};
+use crate::http_pub::{encode_post, HttpConn, HttpTarget};
 use crate::net::{self, RedisTarget, Target};
 use crate::plan::n_streams;
-use crate::http_pub::{encode_post, HttpConn, HttpTarget};
 use crate::redis_pub::{encode_command, flush_raw, push_num, RedisConn};
 use crate::scan::{scan, Msg};
 
@@ -338,7 +338,9 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                             encode_command(&mut r.wbuf, &[b"PUBLISH", &chan_names[ch], &scratch]);
                         }
                         PConn::Http(h) => {
-                            let Via::Http(t) = &plan.via else { unreachable!() };
+                            let Via::Http(t) = &plan.via else {
+                                unreachable!()
+                            };
                             let host = &t[net::url_index(pi, t.len())].host;
                             encode_post(&mut h.wbuf, host, &http_paths[pi][ch], &scratch);
                         }

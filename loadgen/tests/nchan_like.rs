@@ -176,9 +176,24 @@ fn sub_path_and_http_publishing_deliver_everything() {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["fanout", "--url", &format!("ws://127.0.0.1:{port}/")])
         .args(["--sub-path", "/sub/{channel}", "--publish-via", "http"])
-        .args(["--pub-url", &format!("http://127.0.0.1:{port}/pub/{{channel}}")])
-        .args(["--subs", &subs.to_string(), "--channels", &channels.to_string()])
-        .args(["--pubs", &pubs.to_string(), "--rate", "400", "--payload", "128"])
+        .args([
+            "--pub-url",
+            &format!("http://127.0.0.1:{port}/pub/{{channel}}"),
+        ])
+        .args([
+            "--subs",
+            &subs.to_string(),
+            "--channels",
+            &channels.to_string(),
+        ])
+        .args([
+            "--pubs",
+            &pubs.to_string(),
+            "--rate",
+            "400",
+            "--payload",
+            "128",
+        ])
         .args(["--warmup", "0.3", "--duration", "1", "--drain", "2"])
         .args(["--json", "--quiet"])
         .output()
@@ -189,8 +204,8 @@ fn sub_path_and_http_publishing_deliver_everything() {
         "loadgen failed: {}\n{stdout}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: Value = serde_json::from_str(stdout.lines().last().expect("one JSON line"))
-        .expect("JSON output");
+    let r: Value =
+        serde_json::from_str(stdout.lines().last().expect("one JSON line")).expect("JSON output");
     let n = u(&r, "published");
     assert!(n >= 300, "publishers kept up: {n} in {r}");
     assert_eq!(u(&r, "subscribed"), subs, "{r}");
@@ -199,7 +214,13 @@ fn sub_path_and_http_publishing_deliver_everything() {
     let expected = n * subs / channels;
     assert_eq!(u(&r, "expected"), expected, "{r}");
     assert_eq!(u(&r, "delivered"), expected, "{r}");
-    for k in ["lost", "duplicates", "reordered", "in_flight_at_deadline", "foreign_deliveries"] {
+    for k in [
+        "lost",
+        "duplicates",
+        "reordered",
+        "in_flight_at_deadline",
+        "foreign_deliveries",
+    ] {
         assert_eq!(u(&r, k), 0, "{k} in {r}");
     }
     assert_eq!(u(&r, "publish_errors"), 0, "{r}");

@@ -88,8 +88,10 @@ fn validate(a: &FanoutArgs) -> Result<(), String> {
     if a.rate < 0.0 {
         return Err("--rate must be >= 0".into());
     }
-    if (a.publish_via == PublishVia::Http) != !a.pub_url.is_empty() {
-        return Err("--pub-url goes with --publish-via http (and it needs one)".into());
+    match (a.publish_via == PublishVia::Http, a.pub_url.is_empty()) {
+        (true, true) => return Err("--publish-via http needs --pub-url".into()),
+        (false, false) => return Err("--pub-url is for --publish-via http only".into()),
+        _ => {}
     }
     if a.sub_path.is_some() && a.subs_per_conn != 1 {
         return Err("--sub-path needs --subs-per-conn 1".into());
