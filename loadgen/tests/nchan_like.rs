@@ -28,6 +28,8 @@ struct Server {
     client_frames: AtomicU64,
 }
 
+// tungstenite's handshake callback returns its (large) ErrorResponse type.
+#[allow(clippy::result_large_err)]
 fn subscriber(stream: TcpStream, srv: Arc<Server>) {
     let mut path = String::new();
     let Ok(mut ws) = tungstenite::accept_hdr(stream, |req: &Request, resp: Response| {
