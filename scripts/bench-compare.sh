@@ -62,7 +62,7 @@ while [[ $# -gt 0 ]]; do
     --cpu-server) cpu_server="${2:?}"; shift 2 ;;
     --cpu-load) cpu_load="${2:?}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
