@@ -16,7 +16,11 @@
 #                            cannot resume and run the same command without --resume (~25 s a run)
 #              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
 #   --repeat N      runs per server (default 3); each run gets a freshly started server
-#   --servers LIST  comma list out of fanout,fanout-b,node-ws,uws (default: fanout,node-ws,uws);
+#   --servers LIST  comma list out of fanout,fanout-b,node-ws,uws,nchan (default: fanout,node-ws,uws);
+#                   nchan: nginx + Nchan in Redis mode (loadgen/peers/nchan/run.sh) on the same
+#                   Redis; its loadgen run subscribes with --sub-path /sub/{channel} and publishes
+#                   with --publish-via http (POST /pub/<channel>) instead of WebSocket publishes,
+#                   so only scenarios that publish via ws (s2, custom) run for it;
 #                   fanout-cluster: fanout on a 3-primary Redis Cluster (started on the load
 #                   core next to the single Redis) instead of the single Redis; every table
 #                   ends with the Redis CPU (all Redis processes) per delivery;
@@ -58,7 +62,7 @@ while [[ $# -gt 0 ]]; do
     --cpu-server) cpu_server="${2:?}"; shift 2 ;;
     --cpu-load) cpu_load="${2:?}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -83,7 +87,10 @@ fi
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer"
 IFS=',' read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
-  case "$s" in fanout|fanout-b|fanout-cluster|node-ws|uws) ;; *) die "unknown server '$s' (fanout, fanout-b, fanout-cluster, node-ws, uws)" ;; esac
+  case "$s" in fanout|fanout-b|fanout-cluster|node-ws|uws|nchan) ;; *) die "unknown server '$s' (fanout, fanout-b, fanout-cluster, node-ws, uws, nchan)" ;; esac
+  if [[ "$s" == nchan && "$scenario" != s2 && "$scenario" != custom ]]; then
+    die "nchan runs s2 (or custom) only: its subscribers read Nchan's own channels, which neither a raw Redis PUBLISH (s1) nor fanout's subscribe protocol (s3, churn-resume) reaches"
+  fi
   if [[ "$s" == fanout-b && ! -x "${FANOUT_B:-}" ]]; then die "fanout-b needs FANOUT_B=/path/to/a/fanout/binary"; fi
 done
 
@@ -102,7 +109,9 @@ if [[ ! -x "$FANOUT" || ! -x "$LOADGEN" ]]; then
   cargo build --release --workspace --bin fanout --bin loadgen >&2
 fi
 for s in "${server_list[@]}"; do
-  if [[ "$s" != fanout* && ! -d "$ROOT/loadgen/peers/$s/node_modules" ]]; then
+  if [[ "$s" == nchan && ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]]; then
+    "$ROOT/loadgen/peers/install.sh" nchan >&2
+  elif [[ "$s" != fanout* && "$s" != nchan && ! -d "$ROOT/loadgen/peers/$s/node_modules" ]]; then
     echo "bench-compare: installing peer dependencies" >&2
     "$ROOT/loadgen/peers/install.sh" >&2
     break
@@ -212,6 +221,11 @@ start_server() { # name port log -> sets server_pid
       PORT="$port" HOST=127.0.0.1 REDIS_URL="$REDIS_URL" NODE_ENV=production \
         taskset -c "$cpu_server" node "$ROOT/loadgen/peers/$name/server.js" >"$log" 2>&1 &
       ;;
+    nchan)
+      # nginx (one worker, master_process off) execs in place: $! is the nginx process.
+      PORT="$port" REDIS_URL="$REDIS_URL" WORKDIR="$workdir/nchan-$port" \
+        taskset -c "$cpu_server" "$ROOT/loadgen/peers/nchan/run.sh" >"$log" 2>&1 &
+      ;;
   esac
   server_pid=$!
 }
@@ -232,6 +246,18 @@ run_one() { # name run-number
   fi
   local args=("${loadgen_cmd[@]}" --url "ws://127.0.0.1:$port/" --server-pid "$server_pid" --json)
   [[ "$name" == fanout* ]] && args+=("${fanout_loadgen_extra[@]}")
+  # Nchan: the channel is in the subscriber's URL, and publishing is an HTTP POST (Nchan has
+  # no WebSocket publish with acks); the rest of the scenario is the same.
+  if [[ "$name" == nchan ]]; then
+    local a filtered=() skip=0
+    for a in "${args[@]}"; do
+      if ((skip)); then skip=0; filtered+=(http); continue; fi
+      [[ "$a" == --publish-via ]] && skip=1
+      filtered+=("$a")
+    done
+    args=("${filtered[@]}" --sub-path '/sub/{channel}' --pub-url "http://127.0.0.1:$port/pub/{channel}")
+    [[ " ${args[*]} " == *" --publish-via "* ]] || args+=(--publish-via http)
+  fi
   # loadgen needs Redis only to publish straight into it.
   if [[ " ${loadgen_cmd[*]} " == *" --publish-via redis "* && " ${loadgen_cmd[*]} " != *" --redis "* ]]; then
     args+=(--redis "$REDIS_URL")

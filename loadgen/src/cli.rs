@@ -87,6 +87,19 @@ pub enum PublishVia {
     Ws,
     /// `PUBLISH` straight into Redis.
     Redis,
+    /// HTTP/1.1 `POST` of the payload to `--pub-url` (one keep-alive connection per
+    /// publisher; Nchan's publisher location). `fanout` only.
+    Http,
+}
+
+impl PublishVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            PublishVia::Ws => "ws",
+            PublishVia::Redis => "redis",
+            PublishVia::Http => "http",
+        }
+    }
 }
 
 impl Common {
@@ -112,12 +125,24 @@ pub struct FanoutArgs {
     /// Publisher connections.
     #[arg(long, default_value_t = 1)]
     pub pubs: u32,
-    /// Publish through the server (ws) or straight into Redis (redis).
+    /// Publish through the server (ws), straight into Redis (redis) or by HTTP POST to
+    /// --pub-url (http).
     #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
     pub publish_via: PublishVia,
     /// Redis URL for --publish-via redis.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
+    /// URL template(s) for --publish-via http, `{channel}` replaced by the channel name,
+    /// e.g. `http://127.0.0.1:8080/pub/{channel}` (repeatable or comma list; publisher k
+    /// uses URL k % n).
+    #[arg(long, value_delimiter = ',')]
+    pub pub_url: Vec<String>,
+    /// Subscribers connect to `<url host><TEMPLATE>` with `{channel}` replaced by their
+    /// channel (e.g. `/sub/{channel}`, Nchan) and send no subscribe message; every text
+    /// frame is then the raw published payload (no `{"channel","data"}` envelope).
+    /// Needs --subs-per-conn 1.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub sub_path: Option<String>,
     /// Payload size in bytes (the `data` JSON).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,

@@ -18,7 +18,7 @@ pub struct Target {
     pub path: String,
 }
 
-fn split_host_port(hostport: &str, default_port: u16) -> Result<SocketAddr, String> {
+pub fn split_host_port(hostport: &str, default_port: u16) -> Result<SocketAddr, String> {
     let hp = if hostport.starts_with('[') || hostport.rsplit_once(':').is_some() {
         hostport.to_string()
     } else {

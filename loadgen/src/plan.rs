@@ -18,6 +18,9 @@ pub struct SubPlan {
     /// Connections in connect/handshake/subscribe at once, per worker.
     pub max_pending: usize,
     pub setup_deadline: u64,
+    /// `--sub-path`: connect to this path (`{channel}` replaced), send no subscribe,
+    /// and read raw payloads (the channel is the connection's).
+    pub sub_path: Option<String>,
 }
 
 /// Channels subscribed by global connection `gid`.

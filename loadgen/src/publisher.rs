@@ -12,16 +12,21 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::client::{Event, WsConn, WBUF_HIGH};
 use crate::clock::{now_ns, thread_cpu_ns};
+use crate::http_pub::{encode_post, HttpConn, HttpTarget};
 use crate::net::{self, RedisTarget, Target};
 use crate::plan::n_streams;
 use crate::redis_pub::{encode_command, flush_raw, push_num, RedisConn};
 use crate::scan::{scan, Msg};
+
+pub use crate::payload::{build_payload, intended_ns};
 
 #[derive(Debug, Clone)]
 pub enum Via {
     /// Server URLs; publisher k connects to `targets[k % len]`.
     Ws(Vec<Target>),
     Redis(RedisTarget),
+    /// `POST` to `path` with `{channel}` replaced; publisher k uses `targets[k % len]`.
+    Http(Vec<HttpTarget>),
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +102,7 @@ pub struct PubResult {
 enum PConn {
     Ws(WsConn),
     Redis(RedisConn),
+    Http(HttpConn),
 }
 
 struct Pub {
@@ -109,30 +115,6 @@ struct Pub {
     next_id: u64,
     /// WebSocket publishes awaiting their ack: id → (stream, inside the window).
     unacked: HashMap<u64, (u32, bool)>,
-}
-
-/// Append loadgen's payload: `{"p":P,"s":S,"t":T,"a":A,"x":"aaa…"}` padded to `size`
-/// bytes (or the minimum length if `size` is smaller). `t` is the intended send time
-/// (t0 + k/rate at a fixed rate), `a` the actual one (the clock when it was queued).
-pub fn build_payload(out: &mut Vec<u8>, p: u32, s: u64, t: u64, a: u64, size: usize) {
-    let start = out.len();
-    out.extend_from_slice(b"{\"p\":");
-    push_num(out, p as u64);
-    out.extend_from_slice(b",\"s\":");
-    push_num(out, s);
-    out.extend_from_slice(b",\"t\":");
-    push_num(out, t);
-    out.extend_from_slice(b",\"a\":");
-    push_num(out, a);
-    out.extend_from_slice(b",\"x\":\"");
-    let used = out.len() - start + 2;
-    out.resize(out.len() + size.saturating_sub(used), b'a');
-    out.extend_from_slice(b"\"}");
-}
-
-/// Intended send time of a publisher's `k`-th publish (0-based) at `rate` per second.
-pub fn intended_ns(t0: u64, k: u64, rate: f64) -> u64 {
-    t0 + ((k as f64) * 1e9 / rate) as u64
 }
 
 /// Run the publisher thread to completion.
@@ -162,6 +144,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
         let addr = match &plan.via {
             Via::Ws(t) => t[net::url_index(p as usize, t.len())].addr,
             Via::Redis(r) => r.addr,
+            Via::Http(t) => t[net::url_index(p as usize, t.len())].addr,
         };
         let mut sock = match net::connect_nb(addr, None) {
             Ok(s) => s,
@@ -197,6 +180,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                 }
                 PConn::Redis(RedisConn::new(sock, wbuf, skip))
             }
+            Via::Http(_) => PConn::Http(HttpConn::new(sock)),
         };
         pubs.push(Pub {
             streams: (p as usize..nstreams)
@@ -221,6 +205,17 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
     let chan_names: Vec<Vec<u8>> = (0..plan.channels)
         .map(|c| format!("{}.{}", plan.prefix, c).into_bytes())
         .collect();
+    // Per publisher (its target's path template), per channel: the POST path.
+    let http_paths: Vec<Vec<Vec<u8>>> = match &plan.via {
+        Via::Http(t) => (0..plan.pubs as usize)
+            .map(|p| {
+                let path = &t[net::url_index(p, t.len())].path;
+                let ch = |n: &Vec<u8>| path.replace("{channel}", &String::from_utf8_lossy(n));
+                chan_names.iter().map(|n| ch(n).into_bytes()).collect()
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let rate_per_pub = plan.rate / plan.pubs.max(1) as f64;
     let mut ws_mark: Option<(u64, u64)> = None;
     let mut we_mark: Option<(u64, u64)> = None;
@@ -236,6 +231,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
             let all = pubs.iter().all(|p| match &p.conn {
                 PConn::Ws(w) => w.state == crate::client::State::Open,
                 PConn::Redis(r) => r.connected && r.skip == 0,
+                PConn::Http(h) => h.connected,
             });
             if all {
                 sh.ready.store(true, Ordering::Release);
@@ -303,6 +299,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                     let pending = match &p.conn {
                         PConn::Ws(w) => w.pending_out(),
                         PConn::Redis(r) => r.wbuf.len() - r.wpos,
+                        PConn::Http(h) => h.wbuf.len() - h.wpos,
                     };
                     if pending > WBUF_HIGH {
                         break;
@@ -340,6 +337,13 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                         PConn::Redis(r) => {
                             encode_command(&mut r.wbuf, &[b"PUBLISH", &chan_names[ch], &scratch]);
                         }
+                        PConn::Http(h) => {
+                            let Via::Http(t) = &plan.via else {
+                                unreachable!()
+                            };
+                            let host = &t[net::url_index(pi, t.len())].host;
+                            encode_post(&mut h.wbuf, host, &http_paths[pi][ch], &scratch);
+                        }
                     }
                     p.outstanding += 1;
                     p.sent += 1;
@@ -356,6 +360,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                 let r = match &mut p.conn {
                     PConn::Ws(w) => w.flush(),
                     PConn::Redis(r) => flush_raw(&mut r.sock, &mut r.wbuf, &mut r.wpos),
+                    PConn::Http(h) => h.flush(),
                 };
                 if r.is_err() {
                     p.alive = false;
@@ -442,6 +447,25 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                     }
                     ok
                 }
+                PConn::Http(h) => {
+                    let mut ok = !ev.is_writable() || h.on_writable().is_ok();
+                    if ok && (ev.is_readable() || ev.is_read_closed()) {
+                        match h.on_readable() {
+                            Ok(r) => {
+                                let n = r.ok + r.failed.len() as u64;
+                                res.acked += r.ok;
+                                res.errors += r.failed.len() as u64;
+                                for st in r.failed {
+                                    *res.error_codes.entry(format!("http_{st}")).or_default() += 1;
+                                }
+                                *outstanding = outstanding.saturating_sub(n);
+                                ok = r.open;
+                            }
+                            Err(_) => ok = false,
+                        }
+                    }
+                    ok
+                }
             };
             if !ok {
                 p.alive = false;
@@ -459,34 +483,4 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
         res.window_thread_frac = cpu / (t1.saturating_sub(t0).max(1) as f64);
     }
     res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_is_padded_and_scannable() {
-        let mut v = Vec::new();
-        build_payload(&mut v, 3, 12345, 987654321, 987654400, 80);
-        assert_eq!(v.len(), 80);
-        let s = std::str::from_utf8(&v).unwrap();
-        assert!(s.starts_with(r#"{"p":3,"s":12345,"t":987654321,"a":987654400,"x":"aaa"#));
-        let parsed: serde_json::Value = serde_json::from_str(s).unwrap();
-        assert_eq!(parsed["s"], 12345);
-        let mut small = Vec::new();
-        build_payload(&mut small, 1, 2, 3, 4, 4);
-        assert_eq!(small, br#"{"p":1,"s":2,"t":3,"a":4,"x":""}"#.to_vec());
-        let env = [br#"{"channel":"lg.0","data":"#.as_slice(), &v, b"}"].concat();
-        assert_eq!(
-            crate::scan::scan(&env),
-            crate::scan::Msg::Delivery {
-                channel: b"lg.0",
-                p: 3,
-                s: 12345,
-                t: 987654321,
-                a: 987654400
-            }
-        );
-    }
 }

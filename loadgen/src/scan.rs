@@ -152,6 +152,28 @@ fn fast_delivery(b: &[u8]) -> Option<Msg<'_>> {
     })
 }
 
+/// loadgen's own payload sent bare (no envelope, as Nchan delivers it):
+/// `{"p":P,"s":S,"t":T[,"a":A]...` → (p, s, t, a).
+pub fn scan_payload(b: &[u8]) -> Option<(u64, u64, u64, u64)> {
+    let mut i = 0;
+    let mut field = |tag: &[u8]| -> Option<u64> {
+        if b.get(i..i + tag.len())? != tag {
+            return None;
+        }
+        i += tag.len();
+        let v = num_at(b, i)?;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        Some(v)
+    };
+    let p = field(br#"{"p":"#)?;
+    let s = field(br#","s":"#)?;
+    let t = field(br#","t":"#)?;
+    let a = field(br#","a":"#).unwrap_or(t);
+    Some((p, s, t, a))
+}
+
 /// Classify one server text message.
 pub fn scan(b: &[u8]) -> Msg<'_> {
     if let Some(m) = fast_delivery(b) {

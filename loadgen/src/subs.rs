@@ -15,7 +15,7 @@ use crate::control::Control;
 use crate::drain::{conn_complete, in_flight, streams_of_channel, unflatten, Published};
 use crate::net;
 use crate::plan::{conn_channels, n_streams, stream_of, SubPlan};
-use crate::scan::{channel_index, scan, Msg};
+use crate::scan::{channel_index, scan, scan_payload, Msg};
 use crate::seq::{Seen, Tracker};
 use crate::stats::{StreamRecv, SubResult};
 
@@ -63,6 +63,7 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
     let mut rbuf = vec![0u8; 1 << 20];
     let prefix = plan.prefix.as_bytes().to_vec();
     let (pubs, channels) = (plan.pubs, plan.channels);
+    let raw = plan.sub_path.is_some();
 
     let mut next_start = 0usize;
     let mut pending = 0usize;
@@ -100,13 +101,17 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
                     }
                     let chans = conn_channels(gid, plan.subs_per_conn, channels);
                     let trk = chans.iter().map(|_| Vec::new()).collect();
-                    conns[i] = Some(Conn {
-                        ws: WsConn::new(
-                            sock,
-                            &target.host,
-                            &target.path,
-                            gid as u32 ^ started as u32,
+                    let path = match &plan.sub_path {
+                        // The channel is in the URL: `<url path><template>`.
+                        Some(tpl) => format!(
+                            "{}{}",
+                            target.path.trim_end_matches('/'),
+                            tpl.replace("{channel}", &format!("{}.{}", plan.prefix, chans[0]))
                         ),
+                        None => target.path.clone(),
+                    };
+                    conns[i] = Some(Conn {
+                        ws: WsConn::new(sock, &target.host, &path, gid as u32 ^ started as u32),
                         st: St {
                             gid,
                             chans,
@@ -149,7 +154,7 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
             }
             if alive && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) {
                 let r = wsc.read(&mut rbuf, &mut |e, now| {
-                    on_event(st, e, now, ws, we, &prefix, pubs, channels, &mut res)
+                    on_event(st, e, now, ws, we, &prefix, pubs, channels, raw, &mut res)
                 });
                 match r {
                     Ok(true) => {}
@@ -164,8 +169,9 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
                 let now = now_ns();
                 res.connect_latency.record(now - st.t_start);
                 st.t_sub = now;
-                st.pending_subs = st.chans.len() as u32;
-                for &c in &st.chans {
+                // With --sub-path the URL is the subscription: nothing to send or await.
+                st.pending_subs = if raw { 0 } else { st.chans.len() as u32 };
+                for &c in st.chans.iter().filter(|_| !raw) {
                     let msg = format!(
                         "{{\"type\":\"subscribe\",\"channel\":\"{}.{}\"}}",
                         plan.prefix, c
@@ -310,6 +316,7 @@ fn on_event(
     prefix: &[u8],
     pubs: u32,
     channels: u32,
+    raw: bool,
     res: &mut SubResult,
 ) {
     let text = match e {
@@ -323,7 +330,22 @@ fn on_event(
             return;
         }
     };
-    match scan(text) {
+    let msg = if raw {
+        // A bare payload on this connection's one channel (or anything else: foreign).
+        match scan_payload(text) {
+            Some((p, s, t, a)) => Msg::Delivery {
+                channel: b"",
+                p,
+                s,
+                t,
+                a,
+            },
+            None => Msg::Foreign { channel: b"" },
+        }
+    } else {
+        scan(text)
+    };
+    match msg {
         Msg::Delivery {
             channel,
             p,
@@ -332,7 +354,12 @@ fn on_event(
             a,
         } => {
             res.delivered_total += 1;
-            let Some(ch) = channel_index(channel, prefix) else {
+            let ch = if raw {
+                st.chans.first().copied()
+            } else {
+                channel_index(channel, prefix)
+            };
+            let Some(ch) = ch else {
                 res.foreign += 1;
                 return;
             };

@@ -104,6 +104,7 @@ pub fn run(a: &ChurnDeliveriesArgs) -> Result<Value, String> {
         via: match a.publish_via {
             PublishVia::Ws => Via::Ws(targets.clone()),
             PublishVia::Redis => Via::Redis(net::parse_redis_url(&a.redis)?),
+            PublishVia::Http => return Err("--publish-via http is for `fanout` only".into()),
         },
         pubs: a.pubs,
         channels: a.channels,

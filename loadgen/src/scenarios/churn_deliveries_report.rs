@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::churn_deliveries_sub::{Counters, Ctx, Sub};
 use super::churn_deliveries_worker::{SetupErrors, WorkerResult};
 use super::{round1, round3};
-use crate::cli::{ChurnDeliveriesArgs, PublishVia};
+use crate::cli::ChurnDeliveriesArgs;
 use crate::publisher;
 use crate::report::{self, SATURATION};
 
@@ -166,7 +166,7 @@ pub(super) fn report(
         "channels": a.channels,
         "subs_per_conn": a.subs_per_conn,
         "pubs": a.pubs,
-        "publish_via": match a.publish_via { PublishVia::Ws => "ws", PublishVia::Redis => "redis" },
+        "publish_via": a.publish_via.name(),
         "payload": a.payload,
         "rate": a.rate,
         "duration_s": dur,

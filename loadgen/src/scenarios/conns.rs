@@ -71,6 +71,7 @@ pub fn run(a: &ConnsArgs) -> Result<Value, String> {
         source_addrs,
         max_pending: (c.max_pending / nprocs).max(1),
         setup_deadline,
+        sub_path: None,
     };
     if child.is_some() {
         child_main(plan, my_ids(a.conns, child), c.threads)?;

@@ -88,6 +88,14 @@ fn validate(a: &FanoutArgs) -> Result<(), String> {
     if a.rate < 0.0 {
         return Err("--rate must be >= 0".into());
     }
+    match (a.publish_via == PublishVia::Http, a.pub_url.is_empty()) {
+        (true, true) => return Err("--publish-via http needs --pub-url".into()),
+        (false, false) => return Err("--pub-url is for --publish-via http only".into()),
+        _ => {}
+    }
+    if a.sub_path.is_some() && a.subs_per_conn != 1 {
+        return Err("--sub-path needs --subs-per-conn 1".into());
+    }
     Ok(())
 }
 
@@ -117,6 +125,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         source_addrs,
         max_pending: (c.max_pending / nprocs).max(1),
         setup_deadline,
+        sub_path: a.sub_path.clone(),
     };
     if child.is_some() {
         child_main(plan, my_ids(a.subs, child), c.threads)?;
@@ -129,6 +138,12 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     let via = match a.publish_via {
         PublishVia::Ws => Via::Ws(targets.clone()),
         PublishVia::Redis => Via::Redis(net::parse_redis_url(&a.redis)?),
+        PublishVia::Http => Via::Http(
+            a.pub_url
+                .iter()
+                .map(|u| crate::http_pub::parse_http_url(u.trim()))
+                .collect::<Result<_, _>>()?,
+        ),
     };
     let mut set = if nprocs > 1 {
         SubSet::remote(procs::spawn(nprocs)?)
@@ -288,7 +303,8 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "urls": c.url,
         "per_url_conns": per_url_conns(&sres.per_url_subscribed, targets.len()),
         "per_url_pubs": (a.publish_via == PublishVia::Ws).then(|| net::per_url_counts(a.pubs as usize, targets.len())),
-        "publish_via": match a.publish_via { PublishVia::Ws => "ws", PublishVia::Redis => "redis" },
+        "publish_via": a.publish_via.name(),
+        "sub_path": a.sub_path,
         "subs": a.subs,
         "subscribed": subscribed,
         "channels": a.channels,
