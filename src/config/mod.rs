@@ -461,6 +461,8 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 #[cfg(test)]
+mod namespace_tests;
+#[cfg(test)]
 mod tests;
 
 /// A `redis+cluster://` or `rediss+cluster://` URL.
