@@ -6,6 +6,8 @@
 //! reordered / refused counts loadgen reports in its JSON output, and that a stalled
 //! fixed-rate publisher shows up in the latency from the intended send time.
 
+mod fake_ws;
+
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -55,92 +57,69 @@ fn serve_conn(stream: TcpStream, hub: Hub, f: Faults, delayed: Sender<(Instant, 
         .set_read_timeout(Some(Duration::from_millis(2)));
     let (tx, rx) = mpsc::channel::<String>();
     let mut held: Option<String> = None;
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let v: Value = serde_json::from_str(t.as_str()).expect("json from loadgen");
-                let ch = v["channel"].as_str().unwrap_or("").to_string();
-                match v["type"].as_str() {
-                    Some("subscribe") => {
-                        hub.lock()
-                            .expect("hub")
-                            .entry(ch.clone())
-                            .or_default()
-                            .push(tx.clone());
-                        let _ = ws.write(Message::text(format!(
-                            r#"{{"type":"subscribed","channel":"{ch}"}}"#
-                        )));
-                    }
-                    Some("publish") => {
-                        let s = v["data"]["s"].as_u64().expect("s");
-                        let id = &v["id"];
-                        let frame = format!(r#"{{"channel":"{ch}","data":{}}}"#, v["data"]);
-                        let m = s % 100;
-                        if f.mangle && m == 70 {
-                            let _ = ws.write(Message::text(format!(
-                                r#"{{"type":"error","code":"unavailable","message":"down","id":{id}}}"#
-                            )));
-                            continue;
-                        }
-                        if f.delay_all_ms > 0 {
-                            let due = Instant::now() + Duration::from_millis(f.delay_all_ms);
-                            let _ = delayed.send((due, ch.clone(), frame));
-                        } else if f.late_dup && m == 30 {
-                            let hub = hub.clone();
-                            std::thread::spawn(move || {
-                                std::thread::sleep(Duration::from_millis(300));
-                                deliver(&hub, &ch, &frame);
-                            });
-                        } else if f.late_dup && m == 10 {
-                            deliver(&hub, &ch, &frame);
-                            deliver(&hub, &ch, &frame);
-                        } else if !f.mangle {
-                            deliver(&hub, &ch, &frame);
-                        } else if m == 99 {
-                        } else if m == 20 {
-                            held = Some(frame);
-                        } else {
-                            deliver(&hub, &ch, &frame);
-                            if m == 50 {
-                                deliver(&hub, &ch, &frame);
-                            }
-                            if m == 21 {
-                                if let Some(h) = held.take() {
-                                    deliver(&hub, &ch, &h);
-                                }
-                            }
-                        }
-                        if f.ack_delay_ms > 0 {
-                            std::thread::sleep(Duration::from_millis(f.ack_delay_ms));
-                        }
-                        let _ = ws.write(Message::text(format!(
-                            r#"{{"type":"published","id":{id}}}"#
-                        )));
-                    }
-                    _ => {}
+    while fake_ws::turn(&mut ws, &rx, |ws, t| {
+        let v: Value = serde_json::from_str(t).expect("json from loadgen");
+        let ch = v["channel"].as_str().unwrap_or("").to_string();
+        match v["type"].as_str() {
+            Some("subscribe") => {
+                hub.lock()
+                    .expect("hub")
+                    .entry(ch.clone())
+                    .or_default()
+                    .push(tx.clone());
+                let _ = ws.write(Message::text(format!(
+                    r#"{{"type":"subscribed","channel":"{ch}"}}"#
+                )));
+            }
+            Some("publish") => {
+                let s = v["data"]["s"].as_u64().expect("s");
+                let id = &v["id"];
+                let frame = format!(r#"{{"channel":"{ch}","data":{}}}"#, v["data"]);
+                let m = s % 100;
+                if f.mangle && m == 70 {
+                    let _ = ws.write(Message::text(format!(
+                        r#"{{"type":"error","code":"unavailable","message":"down","id":{id}}}"#
+                    )));
+                    return;
                 }
+                if f.delay_all_ms > 0 {
+                    let due = Instant::now() + Duration::from_millis(f.delay_all_ms);
+                    let _ = delayed.send((due, ch.clone(), frame));
+                } else if f.late_dup && m == 30 {
+                    let hub = hub.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(300));
+                        deliver(&hub, &ch, &frame);
+                    });
+                } else if f.late_dup && m == 10 {
+                    deliver(&hub, &ch, &frame);
+                    deliver(&hub, &ch, &frame);
+                } else if !f.mangle {
+                    deliver(&hub, &ch, &frame);
+                } else if m == 99 {
+                } else if m == 20 {
+                    held = Some(frame);
+                } else {
+                    deliver(&hub, &ch, &frame);
+                    if m == 50 {
+                        deliver(&hub, &ch, &frame);
+                    }
+                    if m == 21 {
+                        if let Some(h) = held.take() {
+                            deliver(&hub, &ch, &h);
+                        }
+                    }
+                }
+                if f.ack_delay_ms > 0 {
+                    std::thread::sleep(Duration::from_millis(f.ack_delay_ms));
+                }
+                let _ = ws.write(Message::text(format!(
+                    r#"{{"type":"published","id":{id}}}"#
+                )));
             }
-            Ok(Message::Close(_)) => {
-                let _ = ws.flush();
-                break;
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
+            _ => {}
         }
-        while let Ok(m) = rx.try_recv() {
-            if ws.write(Message::text(m)).is_err() {
-                return;
-            }
-        }
-        if ws.flush().is_err() {
-            return;
-        }
-    }
+    }) {}
 }
 
 fn start_server(f: Faults) -> String {

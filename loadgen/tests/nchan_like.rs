@@ -6,6 +6,8 @@
 //! text body like Nchan's. The test asserts loadgen's delivered counts from its JSON,
 //! and that it used one HTTP connection per publisher and sent no subscribe frames.
 
+mod fake_ws;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,7 +19,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tungstenite::handshake::server::{Request, Response};
-use tungstenite::Message;
 
 #[derive(Default)]
 struct Server {
@@ -51,32 +52,9 @@ fn subscriber(stream: TcpStream, srv: Arc<Server>) {
     let _ = ws
         .get_ref()
         .set_read_timeout(Some(Duration::from_millis(2)));
-    loop {
-        match ws.read() {
-            Ok(Message::Text(_)) => {
-                srv.client_frames.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Message::Close(_)) => {
-                let _ = ws.flush();
-                return;
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return,
-        }
-        while let Ok(m) = rx.try_recv() {
-            if ws.write(Message::text(m)).is_err() {
-                return;
-            }
-        }
-        if ws.flush().is_err() {
-            return;
-        }
-    }
+    while fake_ws::turn(&mut ws, &rx, |_, _| {
+        srv.client_frames.fetch_add(1, Ordering::Relaxed);
+    }) {}
 }
 
 fn publisher(stream: TcpStream, srv: Arc<Server>) {

@@ -3,6 +3,8 @@
 //! server also pings every subscriber and sends a `gap` frame, which loadgen must
 //! answer / count without losing anything.
 
+mod fake_ws;
+
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
@@ -24,71 +26,48 @@ fn serve_conn(stream: TcpStream, hub: Hub) {
         .get_ref()
         .set_read_timeout(Some(Duration::from_millis(2)));
     let (tx, rx) = mpsc::channel::<String>();
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-                    let _ = ws.write(Message::text(
-                        r#"{"type":"error","code":"bad_json","message":"bad json"}"#,
-                    ));
-                    continue;
-                };
-                let ch = v["channel"].as_str().unwrap_or("").to_string();
-                match v["type"].as_str() {
-                    Some("subscribe") => {
-                        hub.lock()
-                            .expect("hub")
-                            .entry(ch.clone())
-                            .or_default()
-                            .push(tx.clone());
-                        let _ = ws.write(Message::Ping(Bytes::from_static(b"hi")));
-                        let _ = ws.write(Message::text(format!(
-                            r#"{{"type":"subscribed","channel":"{ch}"}}"#
-                        )));
-                        let _ = ws.write(Message::text(format!(
-                            r#"{{"type":"gap","channel":"{ch}"}}"#
-                        )));
-                    }
-                    Some("publish") => {
-                        let frame = format!(r#"{{"channel":"{ch}","data":{}}}"#, v["data"]);
-                        if let Some(subs) = hub.lock().expect("hub").get_mut(&ch) {
-                            subs.retain(|s| s.send(frame.clone()).is_ok());
-                        }
-                        if !v["id"].is_null() {
-                            let _ = ws.write(Message::text(format!(
-                                r#"{{"type":"published","id":{}}}"#,
-                                v["id"]
-                            )));
-                        }
-                    }
-                    _ => {
-                        let _ = ws.write(Message::text(
-                            r#"{"type":"error","code":"unknown_type","message":"?"}"#,
-                        ));
-                    }
+    while fake_ws::turn(&mut ws, &rx, |ws, t| {
+        let Ok(v) = serde_json::from_str::<Value>(t) else {
+            let _ = ws.write(Message::text(
+                r#"{"type":"error","code":"bad_json","message":"bad json"}"#,
+            ));
+            return;
+        };
+        let ch = v["channel"].as_str().unwrap_or("").to_string();
+        match v["type"].as_str() {
+            Some("subscribe") => {
+                hub.lock()
+                    .expect("hub")
+                    .entry(ch.clone())
+                    .or_default()
+                    .push(tx.clone());
+                let _ = ws.write(Message::Ping(Bytes::from_static(b"hi")));
+                let _ = ws.write(Message::text(format!(
+                    r#"{{"type":"subscribed","channel":"{ch}"}}"#
+                )));
+                let _ = ws.write(Message::text(format!(
+                    r#"{{"type":"gap","channel":"{ch}"}}"#
+                )));
+            }
+            Some("publish") => {
+                let frame = format!(r#"{{"channel":"{ch}","data":{}}}"#, v["data"]);
+                if let Some(subs) = hub.lock().expect("hub").get_mut(&ch) {
+                    subs.retain(|s| s.send(frame.clone()).is_ok());
+                }
+                if !v["id"].is_null() {
+                    let _ = ws.write(Message::text(format!(
+                        r#"{{"type":"published","id":{}}}"#,
+                        v["id"]
+                    )));
                 }
             }
-            Ok(Message::Close(_)) => {
-                let _ = ws.flush();
-                break;
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-        while let Ok(m) = rx.try_recv() {
-            if ws.write(Message::text(m)).is_err() {
-                return;
+            _ => {
+                let _ = ws.write(Message::text(
+                    r#"{"type":"error","code":"unknown_type","message":"?"}"#,
+                ));
             }
         }
-        if ws.flush().is_err() {
-            return;
-        }
-    }
+    }) {}
     // Drain until the peer closes (bounded by the read timeout loop above ending).
 }
 
