@@ -72,11 +72,14 @@ impl PresenceLink {
 impl Shard {
     /// Admission checks of a WebSocket upgrade: the origin policy and the user parameter.
     pub(super) fn admit_upgrade(&self, head: &RequestHead) -> Result<(), (u16, &'static str)> {
-        if !api::origin_allowed(&self.config.allowed_origins, head.origin.as_deref()) {
+        if !api::origin_allowed(&self.ctx.config.allowed_origins, head.origin.as_deref()) {
             return Err((403, "origin not allowed"));
         }
         // With auth on, the user is the token's `sub`: `?user=` is ignored.
-        if self.presence.is_some() && self.config.presence.user_param && self.admit.auth.is_none() {
+        if self.presence.is_some()
+            && self.ctx.config.presence.user_param
+            && self.admit.auth.is_none()
+        {
             if let Some(Err(refusal)) = api::query_param(head.query.as_deref(), "user") {
                 return Err(refusal);
             }
@@ -88,7 +91,7 @@ impl Shard {
     /// when `--presence-user-param` is on (`None`: the connection id). Not used with
     /// auth on (the token's `sub` is the user).
     pub(super) fn user_param(&self, head: &RequestHead) -> Option<String> {
-        if !self.config.presence.user_param {
+        if !self.ctx.config.presence.user_param {
             return None;
         }
         api::query_param(head.query.as_deref(), "user").and_then(Result::ok)
@@ -100,18 +103,18 @@ impl Shard {
         let Some(link) = self.presence.as_mut() else {
             return;
         };
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return;
         };
         if conn.session.is_echo() {
             return;
         }
-        let cid = link.handle.conn_id(self.id, conn.gen);
+        let cid = link.handle.conn_id(self.ctx.id, conn.gen);
         let (user, stored): (Box<str>, Box<str>) = match user {
             Some(u) => (u.into(), u.into()),
             None => (cid.clone(), "".into()),
         };
-        if link.update(Msg::Open { user, cid }, &self.metrics.presence) {
+        if link.update(Msg::Open { user, cid }, &self.ctx.metrics.presence) {
             conn.presence = Some(stored);
         }
     }
@@ -121,13 +124,13 @@ impl Shard {
         let (Some(stored), Some(link)) = (conn.presence.as_deref(), self.presence.as_mut()) else {
             return;
         };
-        let cid = link.handle.conn_id(self.id, conn.gen);
+        let cid = link.handle.conn_id(self.ctx.id, conn.gen);
         let user = if stored.is_empty() {
             cid.clone()
         } else {
             stored.into()
         };
-        link.update(Msg::Close { user, cid }, &self.metrics.presence);
+        link.update(Msg::Close { user, cid }, &self.ctx.metrics.presence);
     }
 
     /// Hook: once a second.
@@ -139,11 +142,11 @@ impl Shard {
 
     /// Asks the presence thread about `user`; the answer comes back as a `Reply`.
     pub(super) fn presence_query(&mut self, key: Key, user: &str, http: bool) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.wire.conns.get(key) else {
             return;
         };
         let to = ReplyTo {
-            shard: self.id,
+            shard: self.ctx.id,
             conn: ConnId {
                 key: key.raw(),
                 gen: conn.gen,
@@ -158,7 +161,8 @@ impl Shard {
                     to,
                 };
                 link.handle.try_send(msg).err().map(|_| {
-                    self.metrics
+                    self.ctx
+                        .metrics
                         .presence
                         .dropped
                         .fetch_add(1, Ordering::Relaxed);
@@ -167,12 +171,19 @@ impl Shard {
             }
         };
         match (refused, http) {
-            (Some(why), false) => {
-                self.queue(key, reply::error(ErrorCode::Unavailable, why, None, None))
-            }
+            (Some(why), false) => self.wire.queue(
+                &self.ctx,
+                key,
+                reply::error(ErrorCode::Unavailable, why, None, None),
+            ),
             (Some(why), true) => {
-                let keep_alive = self.conns.get(key).is_some_and(|c| c.session.keep_alive());
-                self.respond_http(key, response::json_error(503, why), keep_alive)
+                let keep_alive = self
+                    .wire
+                    .conns
+                    .get(key)
+                    .is_some_and(|c| c.session.keep_alive());
+                self.wire
+                    .respond_http(&self.ctx, key, response::json_error(503, why), keep_alive)
             }
             // The session waits (`HttpWait`) for the answer; at the handshake timeout the
             // tick answers 504.
@@ -185,23 +196,24 @@ impl Shard {
     /// reply, or the HTTP answer a request in `HttpWait` waits for (`close_after`).
     pub(super) fn on_reply(&mut self, to: ConnId, frame: Bytes, close_after: bool) {
         let key = Key::from_raw(to.key);
-        let (phase, keep_alive) = match self.conns.get(key) {
+        let (phase, keep_alive) = match self.wire.conns.get(key) {
             Some(c) if c.gen == to.gen => (c.phase(), c.session.keep_alive()),
             _ => return,
         };
         match phase {
             Phase::HttpWait if close_after => {
-                self.respond_http(key, frame.to_vec(), keep_alive);
+                self.wire
+                    .respond_http(&self.ctx, key, frame.to_vec(), keep_alive);
                 // What the client pipelined meanwhile is parsed once this is written.
             }
-            Phase::Open if !close_after => self.queue(key, frame),
+            Phase::Open if !close_after => self.wire.queue(&self.ctx, key, frame),
             _ => {}
         }
     }
 
     /// Answers `/api/...` requests; false for any other path.
     pub(super) fn answer_api(&mut self, key: Key, head: &RequestHead, body: &[u8]) -> bool {
-        let key_ok = api::key_ok(self.config.api_key.as_deref(), head.api_key.as_deref());
+        let key_ok = api::key_ok(self.ctx.config.api_key.as_deref(), head.api_key.as_deref());
         let response = if head.path == "/api/publish" {
             if head.method != "POST" {
                 response::method_not_allowed("POST")
@@ -240,7 +252,7 @@ impl Shard {
         } else if let Some(query) = api::history_path(
             &head.path,
             head.query.as_deref(),
-            self.config.limits.max_channel_len,
+            self.ctx.config.limits.max_channel_len,
         ) {
             if head.method != "GET" {
                 response::method_not_allowed("GET")
@@ -260,7 +272,8 @@ impl Shard {
         } else {
             return false;
         };
-        self.respond_http(key, response, head.keep_alive);
+        self.wire
+            .respond_http(&self.ctx, key, response, head.keep_alive);
         true
     }
 
@@ -268,7 +281,8 @@ impl Shard {
     /// which every node (this one included) carries out as it receives it: through Redis
     /// in cluster mode, through the embedded bus otherwise. 202 once the broker took it.
     fn api_disconnect(&mut self, user: &str) -> Vec<u8> {
-        if self.config.redis.is_some() && !self.health.publisher_ok.load(Ordering::Relaxed) {
+        if self.ctx.config.redis.is_some() && !self.ctx.health.publisher_ok.load(Ordering::Relaxed)
+        {
             return response::json_error(503, "broker unavailable");
         }
         let cmd = BrokerCmd::Publish {
@@ -276,7 +290,7 @@ impl Shard {
             payload: control::disconnect(user),
             ack: None,
         };
-        if self.broker.send(cmd).is_err() {
+        if self.ctx.broker.send(cmd).is_err() {
             return response::json_error(503, "broker unavailable");
         }
         response::json_response(202, b"{\"disconnected\":true}\n", "")
@@ -288,7 +302,7 @@ impl Shard {
     pub(super) fn disconnect_user(&mut self, user: &str) {
         // Connection ids of this shard are "<tag>:<shard>:<gen>": matched by `gen`.
         let by_cid: Option<u32> = self.presence.as_ref().and_then(|link| {
-            let zero = link.handle.conn_id(self.id, 0);
+            let zero = link.handle.conn_id(self.ctx.id, 0);
             let prefix = zero.strip_suffix('0')?;
             user.strip_prefix(prefix)?.parse().ok()
         });
@@ -299,25 +313,27 @@ impl Shard {
             (None, None) => false,
         };
         let keys: Vec<Key> = self
+            .wire
             .conns
             .iter()
             .filter(|(_, c)| c.session.is_open() && matches(c))
             .map(|(key, _)| key)
             .collect();
         for key in keys {
-            self.close_ws(key, control::DISCONNECT_CODE, control::DISCONNECT_REASON);
+            self.wire
+                .close_ws(key, control::DISCONNECT_CODE, control::DISCONNECT_REASON);
         }
     }
 
     /// `POST /api/publish`: one message or a batch, in order, through the broker.
     fn api_publish(&mut self, body: &[u8]) -> Vec<u8> {
-        let messages = match api::parse_publish(body, &self.config.limits) {
+        let messages = match api::parse_publish(body, &self.ctx.config.limits) {
             Ok(m) => m,
             Err((status, why)) => return response::json_error(status, why),
         };
-        let cluster = self.config.redis.is_some();
-        let m = &self.metrics.shards[self.id.index()];
-        if cluster && !self.health.publisher_ok.load(Ordering::Relaxed) {
+        let cluster = self.ctx.config.redis.is_some();
+        let m = &self.ctx.m();
+        if cluster && !self.ctx.health.publisher_ok.load(Ordering::Relaxed) {
             m.publish_rejected
                 .fetch_add(messages.len() as u64, Ordering::Relaxed);
             return response::json_error(503, "broker unavailable");
@@ -330,7 +346,7 @@ impl Shard {
                 payload: msg.payload,
                 ack: None,
             };
-            if self.broker.send(cmd).is_err() {
+            if self.ctx.broker.send(cmd).is_err() {
                 break;
             }
             published += 1;

@@ -16,7 +16,7 @@
 //! delivery; a failed read is retried once a second, and held frames are bounded
 //! (past `max_held` they are dropped and read again from history).
 
-use super::subs::ChanId;
+use super::subs::{ChanId, Pos};
 use std::sync::Arc;
 
 use super::chan_history::{Catch, RETRY};
@@ -32,12 +32,12 @@ use crate::protocol::reply;
 impl Shard {
     /// Whether `channel` keeps history (its namespace's `history_size`).
     pub(super) fn has_history(&self, channel: &str) -> bool {
-        self.config.namespaces.lookup(channel).history_size > 0
+        self.ctx.config.namespaces.lookup(channel).history_size > 0
     }
 
     /// The id of connection `key` (with its generation) as other threads name it.
     pub(super) fn conn_id(&self, key: Key) -> Option<ConnId> {
-        let gen = self.conns.get(key)?.gen;
+        let gen = self.wire.conns.get(key)?.gen;
         Some(ConnId {
             key: key.raw(),
             gen,
@@ -46,14 +46,17 @@ impl Shard {
 
     /// Asks for a read; false if the broker cannot take it now.
     pub(super) fn ask(&mut self, read: HistoryRead) -> bool {
-        self.broker.send(BrokerCmd::History(Box::new(read))).is_ok()
+        self.ctx
+            .broker
+            .send(BrokerCmd::History(Box::new(read)))
+            .is_ok()
     }
 
     /// Reads local channel `id` up to date: its first offset, or what it missed since
     /// its last delivered one. Deliveries are held until the answer.
     pub(super) fn start_sync(&mut self, id: ChanId) {
-        let tag = self.reads.next_tag();
-        let Some(ch) = self.subs.channel_mut(id) else {
+        let tag = self.fan.reads.next_tag();
+        let Some(ch) = self.fan.subs.channel_mut(id) else {
             return;
         };
         let Some(h) = ch.hist.as_deref_mut() else {
@@ -68,13 +71,14 @@ impl Shard {
             upto: None,
             limit: if since.is_some() { MAX_REPLAY } else { 0 },
             to: HistoryTo::Sync {
-                shard: self.id,
+                shard: self.ctx.id,
                 tag,
             },
         };
         let name = ch.name.clone();
         if !self.ask(read) {
             if let Some(h) = self
+                .fan
                 .subs
                 .channel_mut(id)
                 .and_then(|c| c.hist.as_deref_mut())
@@ -82,17 +86,18 @@ impl Shard {
                 // The broker cannot take it now: keep holding, ask again in a second.
                 h.syncing = RETRY;
             }
-            self.reads.retry.push(name);
+            self.fan.reads.retry.push(name);
         }
     }
 
     /// A `gap` from the broker on `channel`: repaired from history when the channel has
     /// an offset to repair from. False: not a history channel (send the gap).
     pub(super) fn repair(&mut self, channel: &str) -> bool {
-        let Some(id) = self.subs.lookup(channel) else {
+        let Some(id) = self.fan.subs.lookup(channel) else {
             return true; // nobody here to tell
         };
         let Some(h) = self
+            .fan
             .subs
             .channel_mut(id)
             .and_then(|c| c.hist.as_deref_mut())
@@ -109,7 +114,8 @@ impl Shard {
         } else {
             self.start_sync(id);
         }
-        self.metrics
+        self.ctx
+            .metrics
             .history_repairs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
@@ -117,10 +123,10 @@ impl Shard {
 
     /// The answer to a sync read.
     pub(super) fn on_synced(&mut self, channel: &str, tag: u32, replay: Result<Replay, ()>) {
-        let Some(id) = self.subs.lookup(channel) else {
+        let Some(id) = self.fan.subs.lookup(channel) else {
             return;
         };
-        let Some(ch) = self.subs.channel_mut(id) else {
+        let Some(ch) = self.fan.subs.channel_mut(id) else {
             return;
         };
         let name = ch.name.clone();
@@ -133,7 +139,7 @@ impl Shard {
         let Ok(replay) = replay else {
             // Redis could not answer: keep holding, ask again in a second.
             h.syncing = RETRY;
-            self.reads.retry.push(name);
+            self.fan.reads.retry.push(name);
             return;
         };
         h.syncing = 0;
@@ -148,19 +154,35 @@ impl Shard {
         let lost = std::mem::take(&mut h.held_lost);
         // Waiters join at the offset the shard had before this answer, so what the
         // answer brings reaches them exactly once.
-        if self.subs.channel(id).is_some_and(|c| c.live) {
+        if self.fan.subs.channel(id).is_some_and(|c| c.live) {
             self.admit_waiters(id);
         }
         if replay.gap || lost {
-            self.metrics
+            self.ctx
+                .metrics
                 .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.deliver_to(id, reply::gap(channel), Kind::Keep, None);
+            self.fan.deliver_to(
+                &self.ctx,
+                &mut self.intake,
+                id,
+                reply::gap(channel),
+                Kind::Keep,
+                None,
+            );
         }
         for (offset, frame) in replay.frames {
-            self.deliver_to(id, frame, Kind::Delivery, Some(offset));
+            self.fan.deliver_to(
+                &self.ctx,
+                &mut self.intake,
+                id,
+                frame,
+                Kind::Delivery,
+                Some(offset),
+            );
         }
         if let Some(h) = self
+            .fan
             .subs
             .channel_mut(id)
             .and_then(|c| c.hist.as_deref_mut())
@@ -175,7 +197,14 @@ impl Shard {
             }
         }
         for (offset, frame) in held {
-            self.deliver_to(id, frame, Kind::Delivery, offset);
+            self.fan.deliver_to(
+                &self.ctx,
+                &mut self.intake,
+                id,
+                frame,
+                Kind::Delivery,
+                offset,
+            );
         }
         if again {
             self.start_sync(id);
@@ -185,19 +214,20 @@ impl Shard {
     /// Waiters of live, synced channel `id` become members (told `subscribed` with the
     /// channel's offset); those that asked to resume from elsewhere are caught up.
     pub(super) fn admit_waiters(&mut self, id: ChanId) {
-        let (waiters, first) = self.subs.confirm(id);
-        let Some(ch) = self.subs.channel(id) else {
+        let (waiters, first) = self.fan.subs.confirm(id);
+        let Some(ch) = self.fan.subs.channel(id) else {
             return;
         };
         let name = ch.name.clone();
         for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
+            if let Some(c) = self.wire.conns.get_mut(Key::from_raw(key)) {
                 if let Some(i) = c.sub_index(id) {
-                    c.subs[i].1 = first + n as u32;
+                    c.subs[i].1 = Pos::member(first + n);
                 }
             }
         }
         let mut resume = match self
+            .fan
             .subs
             .channel_mut(id)
             .and_then(|c| c.hist.as_deref_mut())
@@ -218,6 +248,7 @@ impl Shard {
     /// with the channel's offset, and caught up if it resumes from another one.
     pub(super) fn joined(&mut self, key: Key, id: ChanId, name: &str, since: Option<Offset>) {
         let Some(last) = self
+            .fan
             .subs
             .channel(id)
             .and_then(|c| c.hist.as_ref())
@@ -225,11 +256,12 @@ impl Shard {
         else {
             return;
         };
-        self.queue(key, reply::subscribed_at(name, &last));
+        self.wire
+            .queue(&self.ctx, key, reply::subscribed_at(name, &last));
         let Some(since) = since.filter(|s| *s != last) else {
             return;
         };
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.wire.conns.get(key) else {
             return;
         };
         let gen = conn.gen;
@@ -237,7 +269,7 @@ impl Shard {
             return;
         };
         let pos = conn.subs[i].1;
-        let tag = self.reads.next_tag();
+        let tag = self.fan.reads.next_tag();
         let catch = Catch {
             key: key.raw(),
             tag,
@@ -247,7 +279,7 @@ impl Shard {
             held_bytes: 0,
             overflowed: false,
         };
-        let Some((new_pos, moved)) = self.subs.start_catch(id, pos, catch) else {
+        let Some((new_pos, moved)) = self.fan.subs.start_catch(id, pos, catch) else {
             return;
         };
         self.set_pos(key.raw(), id, new_pos);
@@ -258,7 +290,7 @@ impl Shard {
     }
 
     fn ask_catch(&mut self, id: ChanId, key: u32, gen: u32, tag: u32, since: Offset, upto: Offset) {
-        let Some(ch) = self.subs.channel(id) else {
+        let Some(ch) = self.fan.subs.channel(id) else {
             return;
         };
         let channel: Arc<str> = ch.name.clone();
@@ -268,18 +300,18 @@ impl Shard {
             upto: Some(upto.id),
             limit: MAX_REPLAY,
             to: HistoryTo::Catch {
-                shard: self.id,
+                shard: self.ctx.id,
                 conn: ConnId { key, gen },
                 tag,
             },
         };
         if !self.ask(read) {
-            self.reads.catch_retry.push((channel, key, tag));
+            self.fan.reads.catch_retry.push((channel, key, tag));
         }
     }
 
-    fn set_pos(&mut self, key: u32, id: ChanId, pos: u32) {
-        if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
+    fn set_pos(&mut self, key: u32, id: ChanId, pos: Pos) {
+        if let Some(c) = self.wire.conns.get_mut(Key::from_raw(key)) {
             if let Some(i) = c.sub_index(id) {
                 c.subs[i].1 = pos;
             }
@@ -297,16 +329,18 @@ impl Shard {
     ) {
         let key = conn.key;
         if self
+            .wire
             .conns
             .get(Key::from_raw(key))
             .is_none_or(|c| c.gen != conn.gen)
         {
             return;
         }
-        let Some(id) = self.subs.lookup(channel) else {
+        let Some(id) = self.fan.subs.lookup(channel) else {
             return;
         };
         let state = self
+            .fan
             .subs
             .channel(id)
             .and_then(|c| c.hist.as_ref())
@@ -319,15 +353,19 @@ impl Shard {
         };
         let Ok(replay) = replay else {
             // Ask again in a second; what arrives meanwhile is held for it.
-            self.reads.catch_retry.push((Arc::from(channel), key, tag));
+            self.fan
+                .reads
+                .catch_retry
+                .push((Arc::from(channel), key, tag));
             return;
         };
         if overflowed {
             // Its held frames were dropped: deliver this part, then read on from
             // `upto` to where the channel is now.
-            let new_tag = self.reads.next_tag();
+            let new_tag = self.fan.reads.next_tag();
             let now = last.unwrap_or(upto);
             if let Some(c) = self
+                .fan
                 .subs
                 .channel_mut(id)
                 .and_then(|c| c.hist.as_deref_mut())
@@ -344,7 +382,7 @@ impl Shard {
             self.ask_catch(id, key, conn.gen, new_tag, upto, now);
             return;
         }
-        let Some((catch, pos, moved)) = self.subs.end_catch(id, key, tag) else {
+        let Some((catch, pos, moved)) = self.fan.subs.end_catch(id, key, tag) else {
             return;
         };
         self.set_pos(key, id, pos);
@@ -356,7 +394,8 @@ impl Shard {
             if offset.is_some_and(|o| o.covered_by(&since) || o.covered_by(&upto)) {
                 continue;
             }
-            self.queue_delivery(Key::from_raw(key), frame);
+            self.wire
+                .queue_delivery(&self.ctx, Key::from_raw(key), frame);
         }
     }
 
@@ -364,42 +403,45 @@ impl Shard {
     /// every message after `since`.
     fn replay_to(&mut self, key: Key, channel: &str, replay: &Replay, since: Offset) {
         if replay.gap {
-            self.metrics
+            self.ctx
+                .metrics
                 .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.queue(key, reply::gap(channel));
+            self.wire.queue(&self.ctx, key, reply::gap(channel));
         }
         for (offset, frame) in &replay.frames {
             if offset.covered_by(&since) {
                 continue;
             }
-            self.queue_delivery(key, frame.clone());
+            self.wire.queue_delivery(&self.ctx, key, frame.clone());
         }
     }
 
     /// Once a second: reads that could not be asked, or that Redis could not answer,
     /// are asked again.
     pub(super) fn retry_history(&mut self) {
-        for name in std::mem::take(&mut self.reads.retry) {
-            let Some(id) = self.subs.lookup(&name) else {
+        for name in std::mem::take(&mut self.fan.reads.retry) {
+            let Some(id) = self.fan.subs.lookup(&name) else {
                 continue;
             };
             let pending = self
+                .fan
                 .subs
                 .channel(id)
                 .and_then(|c| c.hist.as_ref())
                 .is_some_and(|h| h.syncing == RETRY || (h.syncing == 0 && h.last.is_none()));
-            if pending && self.subs.channel(id).is_some_and(|c| c.live) {
+            if pending && self.fan.subs.channel(id).is_some_and(|c| c.live) {
                 self.start_sync(id);
             } else if pending {
-                self.reads.retry.push(name);
+                self.fan.reads.retry.push(name);
             }
         }
-        for (name, key, tag) in std::mem::take(&mut self.reads.catch_retry) {
-            let Some(id) = self.subs.lookup(&name) else {
+        for (name, key, tag) in std::mem::take(&mut self.fan.reads.catch_retry) {
+            let Some(id) = self.fan.subs.lookup(&name) else {
                 continue;
             };
             let found = self
+                .fan
                 .subs
                 .channel(id)
                 .and_then(|c| c.hist.as_ref())
@@ -408,7 +450,7 @@ impl Shard {
             let Some((since, upto)) = found else {
                 continue;
             };
-            let Some(gen) = self.conns.get(Key::from_raw(key)).map(|c| c.gen) else {
+            let Some(gen) = self.wire.conns.get(Key::from_raw(key)).map(|c| c.gen) else {
                 continue;
             };
             self.ask_catch(id, key, gen, tag, since, upto);

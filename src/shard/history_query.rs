@@ -20,8 +20,8 @@ impl Shard {
     /// Takes one history read from connection `key`'s allowance; false (answered
     /// `rate_limited`, counted) when it has none left.
     pub(super) fn history_allowed(&mut self, key: Key, channel: &str, id: Option<&str>) -> bool {
-        let now_ms = self.clock.ms();
-        let Some(conn) = self.conns.get_mut(key) else {
+        let now_ms = self.ctx.clock.ms();
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return false;
         };
         let limits = conn.limits.get_or_insert_with(Default::default);
@@ -30,10 +30,12 @@ impl Shard {
             .get_or_insert_with(|| super::admission::Bucket::full(HISTORY_RATE, now_ms))
             .take(HISTORY_RATE, now_ms);
         if !ok {
-            self.metrics.shards[self.id.index()]
+            self.ctx
+                .m()
                 .rate_limited
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.simple_error(
+            self.wire.simple_error(
+                &self.ctx,
                 key,
                 ErrorCode::RateLimited,
                 "too many history reads: at most 20 per second",
@@ -54,7 +56,8 @@ impl Shard {
         id: Option<Box<str>>,
     ) {
         if !self.has_history(channel) {
-            return self.simple_error(
+            return self.wire.simple_error(
+                &self.ctx,
                 key,
                 ErrorCode::BadRequest,
                 "this channel keeps no history",
@@ -69,18 +72,20 @@ impl Shard {
             return;
         };
         let to = HistoryTo::Client {
-            shard: self.id,
+            shard: self.ctx.id,
             conn,
             id,
         };
         let read = client_read(channel, limit, since, to);
-        if let Err(BrokerCmd::History(read)) = self.broker.send(BrokerCmd::History(Box::new(read)))
+        if let Err(BrokerCmd::History(read)) =
+            self.ctx.broker.send(BrokerCmd::History(Box::new(read)))
         {
             let id = match read.to {
                 HistoryTo::Client { id, .. } => id,
                 _ => None,
             };
-            self.simple_error(
+            self.wire.simple_error(
+                &self.ctx,
                 key,
                 ErrorCode::Unavailable,
                 "history is unavailable, try again",
@@ -104,7 +109,7 @@ impl Shard {
             return Some(json_error(400, "this channel keeps no history"));
         }
         let to = HistoryTo::Http {
-            shard: self.id,
+            shard: self.ctx.id,
             conn: self.conn_id(key)?,
         };
         let read = client_read(channel, limit, since, to);

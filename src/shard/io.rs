@@ -19,13 +19,13 @@ impl Shard {
     /// too): mio's edge-triggered registration reports the next bytes as a new event.
     /// `until_eof` (the event also said the peer closed, or an error) reads on to the end.
     pub(super) fn on_readable(&mut self, key: Key, until_eof: bool) {
-        let mut buf = std::mem::take(&mut self.read_buf);
+        let mut buf = std::mem::take(&mut self.wire.read_buf);
         for round in 0.. {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(conn) = self.wire.conns.get_mut(key) else {
                 break;
             };
             if round == READS_PER_EVENT {
-                self.read_again.push(key);
+                self.wire.read_again.push(key);
                 break;
             }
             match conn.stream.read(&mut buf) {
@@ -37,7 +37,7 @@ impl Shard {
                     if conn.phase() == Phase::Closing {
                         continue; // draining what a closing peer still sends
                     }
-                    conn.session.heard(self.clock.coarse());
+                    conn.session.heard(self.ctx.clock.coarse());
                     self.ingest(key, &mut buf[..n]);
                     if n < buf.len() && !until_eof {
                         break;
@@ -51,7 +51,7 @@ impl Shard {
                 }
             }
         }
-        self.read_buf = buf;
+        self.wire.read_buf = buf;
     }
 
     /// Hands bytes to the connection's session and applies what they cause. Also called
@@ -60,13 +60,13 @@ impl Shard {
     pub(super) fn ingest(&mut self, key: Key, data: &mut [u8]) {
         let mut at = 0;
         loop {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(conn) = self.wire.conns.get_mut(key) else {
                 return;
             };
             let may_parse = conn.outq.is_empty();
             let Some(effect) = conn
                 .session
-                .poll(data, &mut at, &self.config.limits, may_parse)
+                .poll(data, &mut at, &self.ctx.config.limits, may_parse)
             else {
                 return;
             };
@@ -77,25 +77,23 @@ impl Shard {
     /// Carries out one effect of a session.
     fn apply(&mut self, key: Key, effect: Effect) {
         match effect {
-            Effect::Send(frame) => self.queue(key, frame),
+            Effect::Send(frame) => self.wire.queue(&self.ctx, key, frame),
             Effect::Error { frame, text } => {
-                let m = &self.metrics.shards[self.id.index()];
+                let m = &self.ctx.m();
                 if text {
                     m.messages_in.fetch_add(1, Ordering::Relaxed);
                 }
                 m.client_errors.fetch_add(1, Ordering::Relaxed);
-                self.queue(key, frame);
+                self.wire.queue(&self.ctx, key, frame);
             }
             Effect::Command(cmd) => {
-                self.metrics.shards[self.id.index()]
-                    .messages_in
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.m().messages_in.fetch_add(1, Ordering::Relaxed);
                 self.on_command(key, cmd);
             }
-            Effect::Close { code, reason } => self.queue_close_frame(key, code, reason),
+            Effect::Close { code, reason } => self.wire.queue_close_frame(key, code, reason),
             Effect::Upgrade(head) => self.upgrade(key, &head),
             Effect::Request(head, body) => self.answer_http(key, &head, &body),
-            Effect::Reject(response) => self.respond_http(key, response, false),
+            Effect::Reject(response) => self.wire.respond_http(&self.ctx, key, response, false),
             Effect::Drop => self.close(key),
         }
     }
@@ -104,7 +102,7 @@ impl Shard {
     /// close frame, replies) is still written before the socket is dropped; a request
     /// waiting for another thread's answer gets that answer first.
     fn peer_closed(&mut self, key: Key) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return;
         };
         conn.session.peer_closed();
@@ -114,7 +112,7 @@ impl Shard {
             Phase::Closing => {}
             _ => {
                 conn.session.close();
-                self.mark_dirty(key);
+                self.wire.mark_dirty(key);
             }
         }
     }
@@ -122,7 +120,7 @@ impl Shard {
     /// A WebSocket upgrade: admitted (101, presence, then the frames sent behind it) or
     /// refused with an HTTP answer.
     fn upgrade(&mut self, key: Key, head: &RequestHead) {
-        let echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
+        let echo = self.ctx.config.echo_path.as_deref() == Some(head.path.as_str());
         let admitted = self
             .check_upgrade(head)
             .and_then(|()| self.upgrade_token(head, echo))
@@ -137,16 +135,17 @@ impl Shard {
             Ok(grant) => grant,
             Err((status, why)) => {
                 let response = crate::http::response::text_response(status, why);
-                self.respond_http(key, response, false);
+                self.wire.respond_http(&self.ctx, key, response, false);
                 return;
             }
         };
         let reply =
             crate::ws::handshake::switching_protocols(head.ws_accept.as_deref().unwrap_or(""));
-        let (now, unix_now) = (self.clock.coarse(), crate::auth::unix_now());
-        let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
+        let (now, unix_now) = (self.ctx.clock.coarse(), crate::auth::unix_now());
+        let handshake =
+            u32::try_from(self.ctx.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
         let auth_on = self.admit.auth.is_some() && !echo;
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return;
         };
         conn.session.open(echo);
@@ -162,12 +161,12 @@ impl Shard {
             None if auth_on => {
                 // Presence records it once it authenticates.
                 conn.session.require_auth(now.saturating_add(handshake));
-                self.mark_dirty(key);
+                self.wire.mark_dirty(key);
                 return;
             }
             None => self.user_param(head),
         };
-        self.mark_dirty(key);
+        self.wire.mark_dirty(key);
         self.presence_open(key, user.as_deref());
     }
 
@@ -197,7 +196,8 @@ impl Shard {
     }
 
     fn refused_upgrade(&self, status: u16, why: &'static str) -> (u16, &'static str) {
-        self.metrics.shards[self.id.index()]
+        self.ctx
+            .m()
             .upgrades_refused
             .fetch_add(1, Ordering::Relaxed);
         (status, why)
@@ -206,18 +206,19 @@ impl Shard {
     /// `--max-conns-per-ip`: counts this connection under its client address, or
     /// refuses it (429, counted).
     fn admit_ip(&mut self, key: Key) -> Result<(), (u16, &'static str)> {
-        let max = self.config.limits.max_conns_per_ip;
+        let max = self.ctx.config.limits.max_conns_per_ip;
         if max == 0 {
             return Ok(());
         }
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return Ok(());
         };
         let Ok(ip) = conn.stream.peer_addr().map(|a| a.ip()) else {
             return Ok(()); // the peer is already gone; the close will follow
         };
         if !self.admit.per_ip.acquire(ip, max) {
-            self.metrics.shards[self.id.index()]
+            self.ctx
+                .m()
                 .upgrades_refused
                 .fetch_add(1, Ordering::Relaxed);
             return Err((429, "too many connections from this address"));
@@ -230,15 +231,16 @@ impl Shard {
     /// refuses it (counted; the caller answers). A refused connection is closed, which
     /// releases whatever else it was counted under.
     pub(super) fn admit_user(&mut self, key: Key, sub: &str) -> bool {
-        let max = self.config.limits.max_conns_per_user;
+        let max = self.ctx.config.limits.max_conns_per_user;
         if max == 0 {
             return true;
         }
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return false;
         };
         if !self.admit.per_user.acquire(sub.into(), max) {
-            self.metrics.shards[self.id.index()]
+            self.ctx
+                .m()
                 .upgrades_refused
                 .fetch_add(1, Ordering::Relaxed);
             return false;
@@ -251,7 +253,8 @@ impl Shard {
         if self.answer_api(key, head, body) {
             return;
         }
-        let response = crate::http::respond(head, body, &self.http_context());
-        self.respond_http(key, response, head.keep_alive);
+        let response = crate::http::respond(head, body, &self.ctx.http_context());
+        self.wire
+            .respond_http(&self.ctx, key, response, head.keep_alive);
     }
 }
