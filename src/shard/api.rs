@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::conn::{Conn, ConnId, Key, Phase};
-use super::Shard;
+use super::{history_query, Shard};
 use crate::api;
 use crate::http::response;
 use crate::msg::BrokerCmd;
@@ -260,7 +260,9 @@ impl Shard {
                 response::json_error(401, "missing or wrong API key")
             } else {
                 match query {
-                    Ok(q) => match self.history_http(key, &q.channel, q.limit, q.since) {
+                    Ok(q) => match history_query::http(
+                        &self.ctx, &self.wire, key, &q.channel, q.limit, q.since,
+                    ) {
                         None => return true, // answered later, as a `Reply`
                         Some(response) => response,
                     },

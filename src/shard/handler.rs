@@ -13,7 +13,7 @@ use super::conn::ConnId;
 use super::conn::Key;
 use super::session::{may_subscribe, Cmd, Refresh};
 use super::subs::{Added, Pos};
-use super::Shard;
+use super::{history_query, Shard};
 use crate::msg::{AckTo, BrokerCmd};
 use crate::protocol::{reply, ErrorCode};
 
@@ -41,7 +41,7 @@ impl Shard {
                 limit,
                 since,
                 id,
-            } => self.history_query(key, &channel, limit, since, id),
+            } => history_query::query(&self.ctx, &mut self.wire, key, &channel, limit, since, id),
         }
     }
 
@@ -132,7 +132,7 @@ impl Shard {
     }
 
     fn subscribe(&mut self, key: Key, channel: &str, since: Option<crate::offset::Offset>) {
-        let history = self.has_history(channel);
+        let history = self.ctx.has_history(channel);
         if since.is_some() && !history {
             return self.wire.simple_error(
                 &self.ctx,
@@ -178,7 +178,8 @@ impl Shard {
             );
             return;
         }
-        if since.is_some() && !self.history_allowed(key, channel, None) {
+        if since.is_some() && !history_query::allowed(&self.ctx, &mut self.wire, key, channel, None)
+        {
             return;
         }
         let (chan, pos, added) = self.fan.subs.add(channel, key.raw(), history, since);
@@ -190,7 +191,8 @@ impl Shard {
             Added::Live if history => {
                 let name = self.fan.subs.channel(chan).map(|c| c.name.clone());
                 if let Some(name) = name {
-                    self.joined(key, chan, &name, since);
+                    self.fan
+                        .joined(&self.ctx, &mut self.wire, key, chan, &name, since);
                 }
             }
             Added::Live => self.wire.queue(&self.ctx, key, reply::subscribed(channel)),
@@ -349,10 +351,10 @@ impl Shard {
                 let syncing = ch.hist.as_ref().is_some_and(|h| h.syncing != 0);
                 self.fan.subs.set_live(chan);
                 if !syncing {
-                    self.start_sync(chan);
+                    self.fan.start_sync(&self.ctx, chan);
                 }
             } else {
-                self.admit_waiters(chan);
+                self.fan.admit_waiters(&self.ctx, &mut self.wire, chan);
             }
             return;
         }

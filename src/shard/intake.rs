@@ -174,7 +174,7 @@ impl Shard {
             ShardMsg::UnconfirmedChannel { channel } => self.fan.subs.unconfirm(&channel),
             ShardMsg::Gap { channel } => {
                 // History channels repair the gap from history instead.
-                if !self.repair(&channel) {
+                if !self.fan.repair(&self.ctx, &channel) {
                     let frame = crate::protocol::reply::gap(&channel);
                     let kind = super::outq::Kind::Keep;
                     let (ctx, intake) = (&self.ctx, &mut self.intake);
@@ -185,13 +185,19 @@ impl Shard {
                 channel,
                 tag,
                 replay,
-            } => self.on_synced(&channel, tag, replay),
+            } => {
+                let (ctx, wire, intake) = (&self.ctx, &mut self.wire, &mut self.intake);
+                self.fan
+                    .on_synced(ctx, wire, intake, &channel, (tag, replay));
+            }
             ShardMsg::Caught {
                 channel,
                 conn,
                 tag,
                 replay,
-            } => self.on_caught(&channel, conn, tag, replay),
+            } => self
+                .fan
+                .on_caught(&self.ctx, &mut self.wire, &channel, conn, (tag, replay)),
             ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
             ShardMsg::Reply {
                 conn,

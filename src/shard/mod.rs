@@ -92,6 +92,17 @@ impl Ctx {
         &self.metrics.shards[self.id.index()]
     }
 
+    /// Whether `channel` keeps history (its namespace's `history_size`).
+    fn has_history(&self, channel: &str) -> bool {
+        self.config.namespaces.lookup(channel).history_size > 0
+    }
+
+    /// Asks the broker for a history read; false if it cannot take it now.
+    fn ask(&self, read: crate::msg::HistoryRead) -> bool {
+        let cmd = crate::msg::BrokerCmd::History(Box::new(read));
+        self.broker.send(cmd).is_ok()
+    }
+
     fn http_context(&self) -> crate::http::HttpContext<'_> {
         crate::http::HttpContext {
             config: &self.config,
@@ -343,7 +354,7 @@ impl Shard {
 
     /// Once a second: handshake timeouts, pings, and dropping silent clients.
     fn tick(&mut self) {
-        self.retry_history();
+        self.fan.retry_history(&self.ctx, &self.wire);
         let now = self.ctx.clock.coarse();
         let config = &self.ctx.config;
         let handshake = u32::try_from(config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);

@@ -18,9 +18,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::conn::{Conn, Conns, Key, Phase};
+use super::conn::{Conn, ConnId, Conns, Key, Phase};
 use super::intake::Intake;
 use super::outq::{self, Kind};
+use super::subs::{ChanId, Pos};
 use super::{Ctx, READ_BUF};
 use crate::config::{Config, SlowPolicy};
 use crate::protocol::{reply, ErrorCode};
@@ -260,5 +261,23 @@ impl Wire {
     ) {
         ctx.m().client_errors.fetch_add(1, Ordering::Relaxed);
         self.queue(ctx, key, reply::error(code, message, id, channel));
+    }
+
+    /// The id of connection `key` (with its generation) as other threads name it.
+    pub fn conn_id(&self, key: Key) -> Option<ConnId> {
+        let gen = self.conns.get(key)?.gen;
+        Some(ConnId {
+            key: key.raw(),
+            gen,
+        })
+    }
+
+    /// Records connection `key`'s new position in local channel `id`.
+    pub fn set_pos(&mut self, key: u32, id: ChanId, pos: Pos) {
+        if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
+            if let Some(i) = c.sub_index(id) {
+                c.subs[i].1 = pos;
+            }
+        }
     }
 }
