@@ -104,7 +104,7 @@ impl Shard {
                         .wire
                         .close_ws(key, 1008, "too many connections for this user");
                 }
-                self.presence_open(key, Some(&sub))
+                self.api.opened(&self.ctx, &mut self.wire, key, Some(&sub))
             }
         }
         self.wire.queue(&self.ctx, key, answer);
@@ -330,7 +330,8 @@ impl Shard {
     }
 
     fn presence(&mut self, key: Key, user: &str) {
-        self.presence_query(key, user, false);
+        self.api
+            .presence_query(&self.ctx, &mut self.wire, key, user, false);
     }
 
     /// The broker confirmed channel `channel` for the subscribe sent with `epoch`.

@@ -203,8 +203,10 @@ impl Shard {
                 conn,
                 frame,
                 close_after,
-            } => self.on_reply(conn, frame, close_after),
-            ShardMsg::Disconnect { user } => self.disconnect_user(&user),
+            } => super::api::Api::on_reply(&self.ctx, &mut self.wire, conn, frame, close_after),
+            ShardMsg::Disconnect { user } => {
+                self.api.disconnect_user(&self.ctx, &mut self.wire, &user)
+            }
             ShardMsg::Accept(stream) => self.register(stream),
             ShardMsg::Shutdown => self.begin_shutdown(),
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::conn::Key;
 use super::conn::Phase;
 use super::session::Effect;
-use super::{Shard, READS_PER_EVENT};
+use super::{api, Shard, READS_PER_EVENT};
 use crate::ws::handshake::RequestHead;
 
 impl Shard {
@@ -164,10 +164,11 @@ impl Shard {
                 self.wire.mark_dirty(key);
                 return;
             }
-            None => self.user_param(head),
+            None => api::Api::user_param(&self.ctx, head),
         };
         self.wire.mark_dirty(key);
-        self.presence_open(key, user.as_deref());
+        self.api
+            .opened(&self.ctx, &mut self.wire, key, user.as_deref());
     }
 
     /// With auth on, a token on the upgrade (`?token=` or `Authorization: Bearer`) is
@@ -250,7 +251,10 @@ impl Shard {
     }
 
     fn answer_http(&mut self, key: Key, head: &RequestHead, body: &[u8]) {
-        if self.answer_api(key, head, body) {
+        if self
+            .api
+            .answer_api(&self.ctx, &mut self.wire, key, head, body)
+        {
             return;
         }
         let response = crate::http::respond(head, body, &self.ctx.http_context());

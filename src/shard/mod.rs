@@ -126,7 +126,8 @@ pub struct Shard {
     fan: Fanout,
     /// Back-pressure and flush pacing (see `intake.rs`).
     intake: intake::Intake,
-    presence: Option<api::PresenceLink>,
+    /// Presence and the HTTP API (see `api.rs`).
+    api: api::Api,
     /// Per-address and per-user counts, and the token verifier.
     admit: admission::Admission,
 }
@@ -150,7 +151,7 @@ impl Shard {
             wire: Wire::new(),
             fan: Fanout::default(),
             intake: intake::Intake::new(Instant::now()),
-            presence: s.presence.map(api::PresenceLink::new),
+            api: api::Api::new(s.presence),
             admit: admission::Admission {
                 per_ip: s.per_ip,
                 per_user: s.per_user,
@@ -334,7 +335,7 @@ impl Shard {
         if conn.lagging {
             self.intake.lag_ended(None);
         }
-        self.presence_closed(&conn);
+        self.api.closed(&self.ctx, &conn);
         if let Some(limits) = conn.limits.as_deref() {
             if let Some(ip) = &limits.ip {
                 self.admit.per_ip.release(ip);
@@ -400,7 +401,7 @@ impl Shard {
             let response = crate::http::response::json_error(504, "no answer in time, try again");
             self.wire.respond_http(&self.ctx, key, response, false);
         }
-        self.presence_tick();
+        self.api.tick();
     }
 
     /// Admission checks on a WebSocket upgrade (origin policy, user parameter); every
@@ -409,7 +410,9 @@ impl Shard {
         &self,
         head: &crate::ws::handshake::RequestHead,
     ) -> Result<(), (u16, &'static str)> {
-        let verdict = self.admit_upgrade(head);
+        let verdict = self
+            .api
+            .admit_upgrade(&self.ctx, self.admit.auth.is_some(), head);
         if verdict.is_err() {
             self.ctx
                 .m()
