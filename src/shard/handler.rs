@@ -99,7 +99,8 @@ impl Shard {
                 return self.drop_disallowed(key);
             }
             Refresh::First => {
-                if !self.admit_user(key, &sub) {
+                let (limits, m) = (&self.ctx.config.limits, self.ctx.m());
+                if !self.admit.admit_user(limits, m, &sub, &mut conn.limits) {
                     return self
                         .wire
                         .close_ws(key, 1008, "too many connections for this user");

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use super::conn::Key;
 use super::conn::Phase;
 use super::session::Effect;
-use super::{api, Shard, READS_PER_EVENT};
+use super::{admission, api, Shard, READS_PER_EVENT};
 use crate::ws::handshake::RequestHead;
 
 impl Shard {
@@ -121,12 +121,23 @@ impl Shard {
     /// refused with an HTTP answer.
     fn upgrade(&mut self, key: Key, head: &RequestHead) {
         let echo = self.ctx.config.echo_path.as_deref() == Some(head.path.as_str());
+        let Some(conn) = self.wire.conns.get_mut(key) else {
+            return;
+        };
+        let (ctx, admit) = (&self.ctx, &self.admit);
+        let (limits, m) = (&ctx.config.limits, ctx.m());
         let admitted = self
-            .check_upgrade(head)
-            .and_then(|()| self.upgrade_token(head, echo))
-            .and_then(|grant| self.admit_ip(key).map(|()| grant))
+            .api
+            .admit_upgrade(ctx, admit.auth.is_some(), head)
+            .map_err(|(status, why)| admission::refused(m, status, why))
+            .and_then(|()| admit.upgrade_token(m, head, echo))
+            .and_then(|grant| {
+                admit
+                    .admit_ip(limits, m, &conn.stream, &mut conn.limits)
+                    .map(|()| grant)
+            })
             .and_then(|grant| match &grant {
-                Some(g) if !self.admit_user(key, &g.sub) => {
+                Some(g) if !admit.admit_user(limits, m, &g.sub, &mut conn.limits) => {
                     Err((429, "too many connections for this user"))
                 }
                 _ => Ok(grant),
@@ -169,85 +180,6 @@ impl Shard {
         self.wire.mark_dirty(key);
         self.api
             .opened(&self.ctx, &mut self.wire, key, user.as_deref());
-    }
-
-    /// With auth on, a token on the upgrade (`?token=` or `Authorization: Bearer`) is
-    /// verified now: valid, the connection opens authenticated; invalid, 401 (counted).
-    /// Without one the connection opens and must send an auth message.
-    fn upgrade_token(
-        &self,
-        head: &RequestHead,
-        echo: bool,
-    ) -> Result<Option<crate::auth::Grant>, (u16, &'static str)> {
-        let Some(verifier) = self.admit.auth.as_ref().filter(|_| !echo) else {
-            return Ok(None);
-        };
-        let token = match crate::api::query_value(head.query.as_deref(), "token") {
-            Some(Ok(t)) => Some(t),
-            Some(Err(_)) => return Err(self.refused_upgrade(401, "invalid token")),
-            None => head.bearer.clone(),
-        };
-        let Some(token) = token else {
-            return Ok(None);
-        };
-        match verifier.verify(&token, crate::auth::unix_now()) {
-            Ok(grant) => Ok(Some(grant)),
-            Err(_) => Err(self.refused_upgrade(401, "invalid token")),
-        }
-    }
-
-    fn refused_upgrade(&self, status: u16, why: &'static str) -> (u16, &'static str) {
-        self.ctx
-            .m()
-            .upgrades_refused
-            .fetch_add(1, Ordering::Relaxed);
-        (status, why)
-    }
-
-    /// `--max-conns-per-ip`: counts this connection under its client address, or
-    /// refuses it (429, counted).
-    fn admit_ip(&mut self, key: Key) -> Result<(), (u16, &'static str)> {
-        let max = self.ctx.config.limits.max_conns_per_ip;
-        if max == 0 {
-            return Ok(());
-        }
-        let Some(conn) = self.wire.conns.get_mut(key) else {
-            return Ok(());
-        };
-        let Ok(ip) = conn.stream.peer_addr().map(|a| a.ip()) else {
-            return Ok(()); // the peer is already gone; the close will follow
-        };
-        if !self.admit.per_ip.acquire(ip, max) {
-            self.ctx
-                .m()
-                .upgrades_refused
-                .fetch_add(1, Ordering::Relaxed);
-            return Err((429, "too many connections from this address"));
-        }
-        conn.limits.get_or_insert_with(Default::default).ip = Some(ip);
-        Ok(())
-    }
-
-    /// `--max-conns-per-user`: counts this connection under its authenticated user, or
-    /// refuses it (counted; the caller answers). A refused connection is closed, which
-    /// releases whatever else it was counted under.
-    pub(super) fn admit_user(&mut self, key: Key, sub: &str) -> bool {
-        let max = self.ctx.config.limits.max_conns_per_user;
-        if max == 0 {
-            return true;
-        }
-        let Some(conn) = self.wire.conns.get_mut(key) else {
-            return false;
-        };
-        if !self.admit.per_user.acquire(sub.into(), max) {
-            self.ctx
-                .m()
-                .upgrades_refused
-                .fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        conn.limits.get_or_insert_with(Default::default).user = Some(sub.into());
-        true
     }
 
     fn answer_http(&mut self, key: Key, head: &RequestHead, body: &[u8]) {

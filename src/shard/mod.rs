@@ -336,14 +336,7 @@ impl Shard {
             self.intake.lag_ended(None);
         }
         self.api.closed(&self.ctx, &conn);
-        if let Some(limits) = conn.limits.as_deref() {
-            if let Some(ip) = &limits.ip {
-                self.admit.per_ip.release(ip);
-            }
-            if let Some(user) = &limits.user {
-                self.admit.per_user.release(user);
-            }
-        }
+        self.admit.release(conn.limits.as_deref());
         let m = self.ctx.m();
         m.connections.fetch_sub(1, Ordering::Relaxed);
         m.subscriptions
@@ -402,24 +395,6 @@ impl Shard {
             self.wire.respond_http(&self.ctx, key, response, false);
         }
         self.api.tick();
-    }
-
-    /// Admission checks on a WebSocket upgrade (origin policy, user parameter); every
-    /// refusal is counted.
-    fn check_upgrade(
-        &self,
-        head: &crate::ws::handshake::RequestHead,
-    ) -> Result<(), (u16, &'static str)> {
-        let verdict = self
-            .api
-            .admit_upgrade(&self.ctx, self.admit.auth.is_some(), head);
-        if verdict.is_err() {
-            self.ctx
-                .m()
-                .upgrades_refused
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        verdict
     }
 
     fn begin_shutdown(&mut self) {
