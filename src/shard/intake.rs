@@ -1,16 +1,14 @@
-//! A shard's intake: draining its inbox (control messages first, then deliveries) and
-//! the back-pressure that decides how much to take — nothing while most connections lag
+//! A shard's intake: the back-pressure that decides how much of its inbox to take per
+//! turn (the shard drains it, see `io.rs`) — nothing while most connections lag
 //! (`Intake::stalled`), and no more than a quarter of the outbound limit per connection
 //! between two flushes (`Intake::budget`) — plus the pacing of flushes. The state of
 //! those decisions is `Intake`, a plain struct with no socket in it (unit-tested below);
 //! the shard feeds it what its flushes saw.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Shard, INBOX_BATCH, MAX_STALL};
+use super::MAX_STALL;
 use crate::config::Config;
-use crate::msg::ShardMsg;
 
 /// See `config::Tuning`.
 const MIN_LAGGING: usize = crate::config::TUNING.min_lagging;
@@ -119,96 +117,6 @@ impl Intake {
         self.hold = false;
         if writes > 0 {
             self.paced = std::mem::take(&mut self.messages_since_flush) >= 2 * writes;
-        }
-    }
-}
-
-impl Shard {
-    /// Takes what other threads sent: every control message, then deliveries up to the
-    /// turn's budget (none while intake is paused or held), fanned out together.
-    pub(super) fn drain_inbox(&mut self) {
-        while let Some(msg) = self.control.try_recv() {
-            self.on_msg(msg);
-        }
-        self.fan.retry_unsubscribes(&self.ctx);
-        let budget = if self.intake.stalled(Instant::now(), self.wire.conns.len()) {
-            0
-        } else {
-            INBOX_BATCH
-        };
-        if self.wire.dirty.is_empty() {
-            self.intake.hold = false; // everything taken so far has been written
-        }
-        for _ in 0..budget {
-            if self.intake.hold {
-                break;
-            }
-            match self.data.try_recv() {
-                Some(msg) => self.on_msg(msg),
-                None => break,
-            }
-        }
-        self.fan
-            .fan_out(&self.ctx, &mut self.wire, &mut self.intake);
-        self.ctx
-            .m()
-            .queue_depth
-            .store(self.data.len() as u64, Ordering::Relaxed);
-    }
-
-    fn on_msg(&mut self, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Deliver {
-                channel,
-                frame,
-                at,
-                offset,
-            } => {
-                let kind = super::outq::Kind::Delivery;
-                let (ctx, intake) = (&self.ctx, &mut self.intake);
-                self.fan.deliver(ctx, intake, &channel, frame, kind, offset);
-                self.ctx.m().deliver_latency.observe(at.elapsed());
-            }
-            ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
-            ShardMsg::Unconfirmed => self.on_unconfirmed(),
-            ShardMsg::UnconfirmedChannel { channel } => self.fan.subs.unconfirm(&channel),
-            ShardMsg::Gap { channel } => {
-                // History channels repair the gap from history instead.
-                if !self.fan.repair(&self.ctx, &channel) {
-                    let frame = crate::protocol::reply::gap(&channel);
-                    let kind = super::outq::Kind::Keep;
-                    let (ctx, intake) = (&self.ctx, &mut self.intake);
-                    self.fan.deliver(ctx, intake, &channel, frame, kind, None);
-                }
-            }
-            ShardMsg::Synced {
-                channel,
-                tag,
-                replay,
-            } => {
-                let (ctx, wire, intake) = (&self.ctx, &mut self.wire, &mut self.intake);
-                self.fan
-                    .on_synced(ctx, wire, intake, &channel, (tag, replay));
-            }
-            ShardMsg::Caught {
-                channel,
-                conn,
-                tag,
-                replay,
-            } => self
-                .fan
-                .on_caught(&self.ctx, &mut self.wire, &channel, conn, (tag, replay)),
-            ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
-            ShardMsg::Reply {
-                conn,
-                frame,
-                close_after,
-            } => super::api::Api::on_reply(&self.ctx, &mut self.wire, conn, frame, close_after),
-            ShardMsg::Disconnect { user } => {
-                self.api.disconnect_user(&self.ctx, &mut self.wire, &user)
-            }
-            ShardMsg::Accept(stream) => self.register(stream),
-            ShardMsg::Shutdown => self.begin_shutdown(),
         }
     }
 }

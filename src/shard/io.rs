@@ -1,15 +1,19 @@
-//! The read side of a shard: drains a readable socket into the shard's one shared read
-//! buffer, hands the bytes to the connection's `Session` and applies the effects it
-//! returns, in order. A peer that closes its side still gets what it is owed: the socket
-//! is dropped once that is written.
+//! The shard's inputs, routed to the part that owns the state. Sockets: a readable one
+//! is drained into the shard's one shared read buffer, the bytes go to the connection's
+//! `Session` and the effects it returns are applied, in order (a peer that closes its
+//! side still gets what it is owed: the socket is dropped once that is written). The
+//! inbox: control messages first, then deliveries as far as `Intake` allows, each
+//! handed to `Fanout`, `Wire`, `Api` or the command handler. Owns no state of its own.
 
 use std::io::{ErrorKind, Read};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::conn::Key;
 use super::conn::Phase;
 use super::session::Effect;
-use super::{admission, api, Shard, READS_PER_EVENT};
+use super::{admission, api, Shard, INBOX_BATCH, READS_PER_EVENT};
+use crate::msg::ShardMsg;
 use crate::ws::handshake::RequestHead;
 
 impl Shard {
@@ -192,5 +196,93 @@ impl Shard {
         let response = crate::http::respond(head, body, &self.ctx.http_context());
         self.wire
             .respond_http(&self.ctx, key, response, head.keep_alive);
+    }
+
+    /// Takes what other threads sent: every control message, then deliveries up to the
+    /// turn's budget (none while intake is paused or held), fanned out together.
+    pub(super) fn drain_inbox(&mut self) {
+        while let Some(msg) = self.control.try_recv() {
+            self.on_msg(msg);
+        }
+        self.fan.retry_unsubscribes(&self.ctx);
+        let budget = if self.intake.stalled(Instant::now(), self.wire.conns.len()) {
+            0
+        } else {
+            INBOX_BATCH
+        };
+        if self.wire.dirty.is_empty() {
+            self.intake.hold = false; // everything taken so far has been written
+        }
+        for _ in 0..budget {
+            if self.intake.hold {
+                break;
+            }
+            match self.data.try_recv() {
+                Some(msg) => self.on_msg(msg),
+                None => break,
+            }
+        }
+        self.fan
+            .fan_out(&self.ctx, &mut self.wire, &mut self.intake);
+        self.ctx
+            .m()
+            .queue_depth
+            .store(self.data.len() as u64, Ordering::Relaxed);
+    }
+
+    fn on_msg(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver {
+                channel,
+                frame,
+                at,
+                offset,
+            } => {
+                let kind = super::outq::Kind::Delivery;
+                let (ctx, intake) = (&self.ctx, &mut self.intake);
+                self.fan.deliver(ctx, intake, &channel, frame, kind, offset);
+                self.ctx.m().deliver_latency.observe(at.elapsed());
+            }
+            ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
+            ShardMsg::Unconfirmed => self.on_unconfirmed(),
+            ShardMsg::UnconfirmedChannel { channel } => self.fan.subs.unconfirm(&channel),
+            ShardMsg::Gap { channel } => {
+                // History channels repair the gap from history instead.
+                if !self.fan.repair(&self.ctx, &channel) {
+                    let frame = crate::protocol::reply::gap(&channel);
+                    let kind = super::outq::Kind::Keep;
+                    let (ctx, intake) = (&self.ctx, &mut self.intake);
+                    self.fan.deliver(ctx, intake, &channel, frame, kind, None);
+                }
+            }
+            ShardMsg::Synced {
+                channel,
+                tag,
+                replay,
+            } => {
+                let (ctx, wire, intake) = (&self.ctx, &mut self.wire, &mut self.intake);
+                self.fan
+                    .on_synced(ctx, wire, intake, &channel, (tag, replay));
+            }
+            ShardMsg::Caught {
+                channel,
+                conn,
+                tag,
+                replay,
+            } => self
+                .fan
+                .on_caught(&self.ctx, &mut self.wire, &channel, conn, (tag, replay)),
+            ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
+            ShardMsg::Reply {
+                conn,
+                frame,
+                close_after,
+            } => super::api::Api::on_reply(&self.ctx, &mut self.wire, conn, frame, close_after),
+            ShardMsg::Disconnect { user } => {
+                self.api.disconnect_user(&self.ctx, &mut self.wire, &user)
+            }
+            ShardMsg::Accept(stream) => self.register(stream),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
     }
 }
