@@ -1,9 +1,11 @@
 //! `Fanout`, the shard's channel side: the subscription index (`SubIndex`), the channels
-//! with frames waiting for this turn's fan-out, and the history reads in flight. It takes
-//! deliveries during the turn and, once per turn, queues each channel's frames to its
-//! members through `Wire` (one shared `Bytes` per channel, never a copy per subscriber),
-//! and tells the broker when a channel's last local subscriber leaves. It never reads
-//! or writes a socket and never removes a connection.
+//! with frames waiting for this turn's fan-out, and the history reads in flight (history
+//! channels: `history.rs`). It carries out subscribe and unsubscribe (asking the broker
+//! only on a channel's first and last local subscriber, answering `subscribed` when the
+//! broker confirms), takes deliveries during the turn and, once per turn, queues each
+//! channel's frames to its members through `Wire` (one shared `Bytes` per channel, never
+//! a copy per subscriber). It never reads or writes a socket and never removes a
+//! connection.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,13 +14,15 @@ use bytes::{Bytes, BytesMut};
 
 use super::chan_history::{take_live, Reads};
 use super::conn::Key;
+use super::history_query;
 use super::intake::Intake;
 use super::output::Wire;
 use super::outq::Kind;
-use super::subs::{ChanId, Pos, SubIndex};
+use super::subs::{Added, ChanId, Pos, SubIndex};
 use super::Ctx;
 use crate::msg::BrokerCmd;
 use crate::offset::Offset;
+use crate::protocol::{reply, ErrorCode};
 
 /// The shard's channels, their pending frames and history reads.
 #[derive(Default)]
@@ -215,5 +219,164 @@ impl Fanout {
             }
         }
         self.subs.unsubscribe_owed.extend(owed);
+    }
+
+    /// `subscribe`: joins (or waits for) local channel `channel`, asking the broker on
+    /// its first local subscriber; history channels answer with their offset.
+    pub fn subscribe(
+        &mut self,
+        ctx: &Ctx,
+        wire: &mut Wire,
+        key: Key,
+        channel: &str,
+        since: Option<Offset>,
+    ) {
+        let history = ctx.has_history(channel);
+        if since.is_some() && !history {
+            return wire.simple_error(
+                ctx,
+                key,
+                ErrorCode::BadRequest,
+                "this channel keeps no history: since is not allowed",
+                None,
+                Some(channel),
+            );
+        }
+        let Some(conn) = wire.conns.get(key) else {
+            return;
+        };
+        if let Some(chan) = self.subs.lookup(channel) {
+            if let Some(i) = conn.sub_index(chan) {
+                // Already subscribed: answer again if it was confirmed; a connection
+                // still waiting gets its one `subscribed` when the broker confirms
+                // (never one per repeat: the waiter list stays bounded).
+                if !conn.subs[i].1.is_waiting() {
+                    let last = self
+                        .subs
+                        .channel(chan)
+                        .and_then(|c| c.hist.as_ref())
+                        .and_then(|h| h.last);
+                    let frame = match last {
+                        Some(last) => reply::subscribed_at(channel, &last),
+                        None => reply::subscribed(channel),
+                    };
+                    wire.queue(ctx, key, frame);
+                }
+                return;
+            }
+        }
+        if conn.subs.len() >= ctx.config.limits.max_subscriptions {
+            wire.simple_error(
+                ctx,
+                key,
+                ErrorCode::BadRequest,
+                "subscription limit reached",
+                None,
+                Some(channel),
+            );
+            return;
+        }
+        if since.is_some() && !history_query::allowed(ctx, wire, key, channel, None) {
+            return;
+        }
+        let (chan, pos, added) = self.subs.add(channel, key.raw(), history, since);
+        if let Some(conn) = wire.conns.get_mut(key) {
+            conn.subs.push((chan, pos));
+        }
+        ctx.m().subscriptions.fetch_add(1, Ordering::Relaxed);
+        match added {
+            Added::Live if history => {
+                let name = self.subs.channel(chan).map(|c| c.name.clone());
+                if let Some(name) = name {
+                    self.joined(ctx, wire, key, chan, &name, since);
+                }
+            }
+            Added::Live => wire.queue(ctx, key, reply::subscribed(channel)),
+            Added::Pending => {}
+            Added::NewChannel(epoch) => {
+                let Some(ch) = self.subs.channel(chan) else {
+                    return;
+                };
+                let cmd = BrokerCmd::Subscribe {
+                    channel: ch.name.clone(),
+                    shard: ctx.id,
+                    epoch,
+                };
+                if ctx.broker.send(cmd).is_err() {
+                    // The broker cannot take it: undo, so a later subscribe tries again.
+                    self.drop_subscription(ctx, wire, key, chan);
+                    wire.simple_error(
+                        ctx,
+                        key,
+                        ErrorCode::Unavailable,
+                        "broker is busy, try again",
+                        None,
+                        Some(channel),
+                    );
+                }
+            }
+        }
+    }
+
+    fn drop_subscription(&mut self, ctx: &Ctx, wire: &mut Wire, key: Key, chan: ChanId) {
+        let Some(conn) = wire.conns.get_mut(key) else {
+            return;
+        };
+        let Some(i) = conn.sub_index(chan) else {
+            return;
+        };
+        let (_, pos) = conn.subs.swap_remove(i);
+        ctx.m().subscriptions.fetch_sub(1, Ordering::Relaxed);
+        self.leave(ctx, wire, chan, pos);
+    }
+
+    /// `unsubscribe`: leaves `channel` (if subscribed); always answered.
+    pub fn unsubscribe(&mut self, ctx: &Ctx, wire: &mut Wire, key: Key, channel: &str) {
+        if let Some(chan) = self.subs.lookup(channel) {
+            self.drop_subscription(ctx, wire, key, chan);
+        }
+        wire.queue(ctx, key, reply::unsubscribed(channel));
+    }
+
+    /// The broker confirmed channel `channel` for the subscribe sent with `epoch`.
+    pub fn on_subscribed(&mut self, ctx: &Ctx, wire: &mut Wire, channel: &str, epoch: u32) {
+        let Some(chan) = self.subs.lookup(channel) else {
+            return;
+        };
+        let Some(ch) = self.subs.channel_mut(chan) else {
+            return;
+        };
+        if ch.epoch != epoch {
+            return; // a confirmation of an earlier, since abandoned subscribe
+        }
+        if ch.hist.is_some() {
+            // A history channel answers its subscribers with its offset: the first
+            // time, only once it has read it.
+            if ch.unsynced() {
+                let syncing = ch.hist.as_ref().is_some_and(|h| h.syncing != 0);
+                self.subs.set_live(chan);
+                if !syncing {
+                    self.start_sync(ctx, chan);
+                }
+            } else {
+                self.admit_waiters(ctx, wire, chan);
+            }
+            return;
+        }
+        // Waiters become members (deliveries start now) and are told `subscribed`, in
+        // that order on their queue: nothing of this channel reaches them before it.
+        let (waiters, first) = self.subs.confirm(chan);
+        if waiters.is_empty() {
+            return;
+        }
+        let frame = reply::subscribed(channel);
+        for (n, &key) in waiters.iter().enumerate() {
+            if let Some(c) = wire.conns.get_mut(Key::from_raw(key)) {
+                if let Some(i) = c.sub_index(chan) {
+                    c.subs[i].1 = Pos::member(first + n);
+                }
+            }
+            wire.queue(ctx, Key::from_raw(key), frame.clone());
+        }
     }
 }

@@ -1,9 +1,9 @@
-//! What a shard does with each client command (decoded by the connection's session) and
-//! each broker answer:
-//! subscribe / unsubscribe against the local index (asking the broker only on a channel's
-//! first and last local subscriber), publish handed to the broker, replies queued.
+//! The command dispatch: what a shard does with each client command (decoded by the
+//! connection's session) — subscribe / unsubscribe handed to `Fanout`, history reads to
+//! `history_query`, presence to `Api`; authentication (token, refresh, per-user count)
+//! and publish (rate, broker) carried out here, replies queued through `Wire`, and the
+//! broker's answer to a publish. Owns no state: the parts it routes to own it.
 
-use super::subs::ChanId;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -12,7 +12,6 @@ use super::admission::Bucket;
 use super::conn::ConnId;
 use super::conn::Key;
 use super::session::{may_subscribe, Cmd, Refresh};
-use super::subs::{Added, Pos};
 use super::{history_query, Shard};
 use crate::msg::{AckTo, BrokerCmd};
 use crate::protocol::{reply, ErrorCode};
@@ -27,8 +26,14 @@ impl Shard {
             return self.refuse(key, code, &cmd);
         }
         match cmd {
-            Cmd::Subscribe(channel, since) => self.subscribe(key, &channel, since),
-            Cmd::Unsubscribe(channel) => self.unsubscribe(key, &channel),
+            Cmd::Subscribe(channel, since) => {
+                self.fan
+                    .subscribe(&self.ctx, &mut self.wire, key, &channel, since)
+            }
+            Cmd::Unsubscribe(channel) => {
+                self.fan
+                    .unsubscribe(&self.ctx, &mut self.wire, key, &channel)
+            }
             Cmd::Publish {
                 channel,
                 payload,
@@ -128,119 +133,8 @@ impl Shard {
             .map(|ch| ch.name.clone())
             .collect();
         for name in gone {
-            self.unsubscribe(key, &name);
+            self.fan.unsubscribe(&self.ctx, &mut self.wire, key, &name);
         }
-    }
-
-    fn subscribe(&mut self, key: Key, channel: &str, since: Option<crate::offset::Offset>) {
-        let history = self.ctx.has_history(channel);
-        if since.is_some() && !history {
-            return self.wire.simple_error(
-                &self.ctx,
-                key,
-                ErrorCode::BadRequest,
-                "this channel keeps no history: since is not allowed",
-                None,
-                Some(channel),
-            );
-        }
-        let Some(conn) = self.wire.conns.get(key) else {
-            return;
-        };
-        if let Some(chan) = self.fan.subs.lookup(channel) {
-            if let Some(i) = conn.sub_index(chan) {
-                // Already subscribed: answer again if it was confirmed; a connection
-                // still waiting gets its one `subscribed` when the broker confirms
-                // (never one per repeat: the waiter list stays bounded).
-                if !conn.subs[i].1.is_waiting() {
-                    let last = self
-                        .fan
-                        .subs
-                        .channel(chan)
-                        .and_then(|c| c.hist.as_ref())
-                        .and_then(|h| h.last);
-                    let frame = match last {
-                        Some(last) => reply::subscribed_at(channel, &last),
-                        None => reply::subscribed(channel),
-                    };
-                    self.wire.queue(&self.ctx, key, frame);
-                }
-                return;
-            }
-        }
-        if conn.subs.len() >= self.ctx.config.limits.max_subscriptions {
-            self.wire.simple_error(
-                &self.ctx,
-                key,
-                ErrorCode::BadRequest,
-                "subscription limit reached",
-                None,
-                Some(channel),
-            );
-            return;
-        }
-        if since.is_some() && !history_query::allowed(&self.ctx, &mut self.wire, key, channel, None)
-        {
-            return;
-        }
-        let (chan, pos, added) = self.fan.subs.add(channel, key.raw(), history, since);
-        if let Some(conn) = self.wire.conns.get_mut(key) {
-            conn.subs.push((chan, pos));
-        }
-        self.ctx.m().subscriptions.fetch_add(1, Ordering::Relaxed);
-        match added {
-            Added::Live if history => {
-                let name = self.fan.subs.channel(chan).map(|c| c.name.clone());
-                if let Some(name) = name {
-                    self.fan
-                        .joined(&self.ctx, &mut self.wire, key, chan, &name, since);
-                }
-            }
-            Added::Live => self.wire.queue(&self.ctx, key, reply::subscribed(channel)),
-            Added::Pending => {}
-            Added::NewChannel(epoch) => {
-                let Some(ch) = self.fan.subs.channel(chan) else {
-                    return;
-                };
-                let cmd = BrokerCmd::Subscribe {
-                    channel: ch.name.clone(),
-                    shard: self.ctx.id,
-                    epoch,
-                };
-                if self.ctx.broker.send(cmd).is_err() {
-                    // The broker cannot take it: undo, so a later subscribe tries again.
-                    self.drop_subscription(key, chan);
-                    self.wire.simple_error(
-                        &self.ctx,
-                        key,
-                        ErrorCode::Unavailable,
-                        "broker is busy, try again",
-                        None,
-                        Some(channel),
-                    );
-                }
-            }
-        }
-    }
-
-    fn drop_subscription(&mut self, key: Key, chan: ChanId) {
-        let Some(conn) = self.wire.conns.get_mut(key) else {
-            return;
-        };
-        let Some(i) = conn.sub_index(chan) else {
-            return;
-        };
-        let (_, pos) = conn.subs.swap_remove(i);
-        self.ctx.m().subscriptions.fetch_sub(1, Ordering::Relaxed);
-        self.fan.leave(&self.ctx, &mut self.wire, chan, pos);
-    }
-
-    fn unsubscribe(&mut self, key: Key, channel: &str) {
-        if let Some(chan) = self.fan.subs.lookup(channel) {
-            self.drop_subscription(key, chan);
-        }
-        self.wire
-            .queue(&self.ctx, key, reply::unsubscribed(channel));
     }
 
     fn publish(&mut self, key: Key, channel: Box<str>, payload: Bytes, id: Option<Box<str>>) {
@@ -333,54 +227,6 @@ impl Shard {
     fn presence(&mut self, key: Key, user: &str) {
         self.api
             .presence_query(&self.ctx, &mut self.wire, key, user, false);
-    }
-
-    /// The broker confirmed channel `channel` for the subscribe sent with `epoch`.
-    pub(super) fn on_subscribed(&mut self, channel: &str, epoch: u32) {
-        let Some(chan) = self.fan.subs.lookup(channel) else {
-            return;
-        };
-        let Some(ch) = self.fan.subs.channel_mut(chan) else {
-            return;
-        };
-        if ch.epoch != epoch {
-            return; // a confirmation of an earlier, since abandoned subscribe
-        }
-        if ch.hist.is_some() {
-            // A history channel answers its subscribers with its offset: the first
-            // time, only once it has read it.
-            if ch.unsynced() {
-                let syncing = ch.hist.as_ref().is_some_and(|h| h.syncing != 0);
-                self.fan.subs.set_live(chan);
-                if !syncing {
-                    self.fan.start_sync(&self.ctx, chan);
-                }
-            } else {
-                self.fan.admit_waiters(&self.ctx, &mut self.wire, chan);
-            }
-            return;
-        }
-        // Waiters become members (deliveries start now) and are told `subscribed`, in
-        // that order on their queue: nothing of this channel reaches them before it.
-        let (waiters, first) = self.fan.subs.confirm(chan);
-        if waiters.is_empty() {
-            return;
-        }
-        let frame = reply::subscribed(channel);
-        for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = self.wire.conns.get_mut(Key::from_raw(key)) {
-                if let Some(i) = c.sub_index(chan) {
-                    c.subs[i].1 = Pos::member(first + n);
-                }
-            }
-            self.wire
-                .queue(&self.ctx, Key::from_raw(key), frame.clone());
-        }
-    }
-
-    /// The broker connection was lost: local channels wait for a new confirmation.
-    pub(super) fn on_unconfirmed(&mut self) {
-        self.fan.subs.unconfirm_all();
     }
 
     /// The broker's answer to a publish with an id.

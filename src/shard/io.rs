@@ -243,8 +243,12 @@ impl Shard {
                 self.fan.deliver(ctx, intake, &channel, frame, kind, offset);
                 self.ctx.m().deliver_latency.observe(at.elapsed());
             }
-            ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
-            ShardMsg::Unconfirmed => self.on_unconfirmed(),
+            ShardMsg::Subscribed { channel, epoch } => {
+                self.fan
+                    .on_subscribed(&self.ctx, &mut self.wire, &channel, epoch)
+            }
+            // The broker connection was lost: local channels wait for a new confirmation.
+            ShardMsg::Unconfirmed => self.fan.subs.unconfirm_all(),
             ShardMsg::UnconfirmedChannel { channel } => self.fan.subs.unconfirm(&channel),
             ShardMsg::Gap { channel } => {
                 // History channels repair the gap from history instead.
