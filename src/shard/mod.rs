@@ -3,6 +3,15 @@
 //! read until empty, broker messages are drained from the inbox, replies and
 //! deliveries are queued during the turn and every touched connection is flushed once
 //! at its end with vectored writes. A shard never blocks on anything but `poll`.
+//!
+//! `Shard` is a thin owner of parts that each own their state, in their own file:
+//! `Wire` (`output.rs`: the connections, their output and the flush), `Fanout`
+//! (`fanout.rs`, `history.rs`: channels, subscriptions, fan-out, history channels),
+//! `Intake` (back-pressure, flush pacing), `Api` (presence link, HTTP API), `Admission`
+//! (per-address and per-user counts, tokens), `Acceptor`; and `Ctx` (here), what they
+//! all read. `Shard` runs the loop, opens and closes connections and routes events
+//! (`io.rs`: socket input and the inbox; `handler.rs`: client commands), handing each
+//! part only what it needs. See docs/architecture.md, "The shard's module map".
 
 mod accept;
 pub mod admission;

@@ -28,7 +28,7 @@ pub struct LocalChannel {
     /// Slab keys of connections waiting for `subscribed` (at most once each).
     pub waiters: Vec<u32>,
     /// Frames received for this channel during the current loop turn, fanned out
-    /// together at its end (see `Shard::fan_out`).
+    /// together at its end (see `Fanout::fan_out`).
     pub pending: Vec<Bytes>,
     /// Bytes in `pending`.
     pub pending_bytes: usize,
