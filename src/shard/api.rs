@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::conn::{Conn, ConnId, Key, Phase};
+use super::ctx::Ctx;
+use super::history_query;
 use super::output::Wire;
-use super::{history_query, Ctx};
 use crate::api;
 use crate::http::response;
 use crate::msg::BrokerCmd;

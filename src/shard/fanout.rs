@@ -14,12 +14,12 @@ use bytes::{Bytes, BytesMut};
 
 use super::chan_history::{take_live, Reads};
 use super::conn::Key;
+use super::ctx::Ctx;
 use super::history_query;
 use super::intake::Intake;
 use super::output::Wire;
 use super::outq::Kind;
 use super::subs::{Added, ChanId, Pos, SubIndex};
-use super::Ctx;
 use crate::msg::BrokerCmd;
 use crate::offset::Offset;
 use crate::protocol::{reply, ErrorCode};

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::conn::Key;
+use super::ctx::Ctx;
 use super::output::Wire;
-use super::Ctx;
 use crate::broker::history::MAX_REPLAY;
 use crate::msg::{BrokerCmd, HistoryRead, HistoryTo};
 use crate::offset::Offset;

@@ -7,9 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::MAX_STALL;
 use crate::config::Config;
 
+/// See `config::Tuning`.
+const MAX_STALL: Duration = crate::config::TUNING.max_stall;
 /// See `config::Tuning`.
 const MIN_LAGGING: usize = crate::config::TUNING.min_lagging;
 

@@ -8,8 +8,8 @@
 //! `Wire` (`output.rs`: the connections, their output and the flush), `Fanout`
 //! (`fanout.rs`, `history.rs`: channels, subscriptions, fan-out, history channels),
 //! `Intake` (back-pressure, flush pacing), `Api` (presence link, HTTP API), `Admission`
-//! (per-address and per-user counts, tokens), `Acceptor`; and `Ctx` (here), what they
-//! all read. `Shard` runs the loop, opens and closes connections and routes events
+//! (per-address and per-user counts, tokens), `Acceptor`; and `Ctx` (`ctx.rs`), what
+//! they all read. `Shard` runs the loop, opens and closes connections and routes events
 //! (`io.rs`: socket input and the inbox; `handler.rs`: client commands), handing each
 //! part only what it needs. See docs/architecture.md, "The shard's module map".
 
@@ -19,6 +19,7 @@ mod api;
 mod chan_history;
 mod clock;
 pub mod conn;
+mod ctx;
 mod fanout;
 mod handler;
 mod history;
@@ -45,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::msg::{BrokerHandle, ShardMsg};
 pub use conn::ConnId;
 use conn::{Conn, Key, Phase};
+use ctx::Ctx;
 use fanout::Fanout;
 use output::{After, Wire};
 
@@ -52,13 +54,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX);
 
 /// See `config::Tuning`.
-const READ_BUF: usize = crate::config::TUNING.read_buf;
-/// See `config::Tuning`.
 const READS_PER_EVENT: usize = crate::config::TUNING.reads_per_event;
 /// See `config::Tuning`.
 const INBOX_BATCH: usize = crate::config::TUNING.inbox_batch;
-/// See `config::Tuning`.
-const MAX_STALL: Duration = crate::config::TUNING.max_stall;
 
 /// Everything a shard needs from the node, handed over at start.
 pub struct ShardSetup {
@@ -80,45 +78,6 @@ pub struct ShardSetup {
     pub per_user: Arc<admission::PerUser>,
     /// Connection authentication (`--jwt-*`); `None`: off.
     pub auth: Option<Arc<crate::auth::Verifier>>,
-}
-
-/// What every part of a shard reads: who it is, the configuration, the counters, the
-/// broker's queue, the coarse clock, and whether it is shutting down.
-pub struct Ctx {
-    id: ShardId,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    broker: BrokerHandle,
-    /// The coarse clock of timeouts and the once-a-second tick.
-    clock: clock::Clock,
-    shutdown_deadline: Option<Instant>,
-}
-
-impl Ctx {
-    /// This shard's counters.
-    fn m(&self) -> &crate::metrics::ShardMetrics {
-        &self.metrics.shards[self.id.index()]
-    }
-
-    /// Whether `channel` keeps history (its namespace's `history_size`).
-    fn has_history(&self, channel: &str) -> bool {
-        self.config.namespaces.lookup(channel).history_size > 0
-    }
-
-    /// Asks the broker for a history read; false if it cannot take it now.
-    fn ask(&self, read: crate::msg::HistoryRead) -> bool {
-        let cmd = crate::msg::BrokerCmd::History(Box::new(read));
-        self.broker.send(cmd).is_ok()
-    }
-
-    fn http_context(&self) -> crate::http::HttpContext<'_> {
-        crate::http::HttpContext {
-            config: &self.config,
-            metrics: &self.metrics,
-            health: &self.health,
-        }
-    }
 }
 
 /// The loop's owner: it polls, and routes each event to the part that owns the state

@@ -19,10 +19,13 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conn::{Conn, ConnId, Conns, Key, Phase};
+use super::ctx::Ctx;
 use super::intake::Intake;
 use super::outq::{self, Kind};
 use super::subs::{ChanId, Pos};
-use super::{Ctx, READ_BUF};
+
+/// See `config::Tuning`.
+const READ_BUF: usize = crate::config::TUNING.read_buf;
 use crate::config::{Config, SlowPolicy};
 use crate::protocol::{reply, ErrorCode};
 
