@@ -24,6 +24,9 @@ use crate::msg::BrokerCmd;
 use crate::offset::Offset;
 use crate::protocol::{reply, ErrorCode};
 
+/// See `config::Tuning`.
+const LOCAL_COPY_MEMBERS: usize = crate::config::TUNING.local_copy_members;
+
 /// The shard's channels, their pending frames and history reads.
 #[derive(Default)]
 pub struct Fanout {
@@ -115,8 +118,15 @@ impl Fanout {
                 Kind::Delivery
             };
             let count = frames.len() as u64;
+            let members = ch.members.len();
             let frame = match frames.len() {
                 0 => None,
+                // The frame the router built is shared by every shard: a clone per member
+                // would bounce its reference count's cache line between the shards' cores
+                // once per delivery. Past a few members, one copy per shard is cheaper.
+                1 if ctx.config.shards > 1 && members >= LOCAL_COPY_MEMBERS => {
+                    frames.pop().map(|f| Bytes::copy_from_slice(&f))
+                }
                 1 => frames.pop(),
                 _ => {
                     let total = frames.iter().map(Bytes::len).sum();

@@ -6,7 +6,7 @@
 //! an index into the waiters, into the subscribers still being caught up from history
 //! (history channels), or into the members. Pure state: no I/O, no clock.
 
-use std::collections::HashMap;
+use crate::hash::FastMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -136,7 +136,7 @@ impl Pos {
 
 #[derive(Debug, Default)]
 pub struct SubIndex {
-    by_name: HashMap<Arc<str>, ChanId>,
+    by_name: FastMap<Arc<str>, ChanId>,
     channels: Slab<LocalChannel>,
     next_epoch: u32,
     /// Channels emptied whose broker unsubscribe could not be handed over (queue full):
