@@ -50,7 +50,7 @@ pub struct ChanHistory {
     pub held_bytes: usize,
     /// A held frame without an offset was dropped (overflow): the members get `gap`.
     pub held_lost: bool,
-    /// Subscribers being caught up (positions with `CATCHING`).
+    /// Subscribers being caught up (`Pos::catching` positions).
     pub catching: Vec<Catch>,
     /// The `since` of waiters that asked to resume.
     pub resume: Vec<(u32, Offset)>,

@@ -2,7 +2,7 @@
 //! outbound queue, its subscriptions and the flush bookkeeping. Kept small: an idle
 //! subscribed connection owns no buffer at all.
 
-use super::subs::ChanId;
+use super::subs::{ChanId, Pos};
 use mio::net::TcpStream;
 use slab::Slab;
 
@@ -101,7 +101,7 @@ pub struct Conn {
     pub outq: OutQueue,
     /// (local channel id, position in that channel's member list); the first two are
     /// stored inline, so a typical connection allocates nothing for them.
-    pub subs: smallvec::SmallVec<[(ChanId, u32); 2]>,
+    pub subs: smallvec::SmallVec<[(ChanId, Pos); 2]>,
     /// Queued in the shard's dirty list for the end-of-turn flush.
     pub dirty: bool,
     /// The socket said WouldBlock: wait for a writable event before writing again.
