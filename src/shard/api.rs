@@ -343,6 +343,9 @@ impl Api {
             Ok(m) => m,
             Err((status, why)) => return response::json_error(status, why),
         };
+        if let Some(why) = messages.iter().find_map(|m| ctx.unplaceable(&m.channel)) {
+            return response::json_error(400, why);
+        }
         let cluster = ctx.config.redis.is_some();
         let m = ctx.m();
         if cluster && !ctx.health.publisher_ok.load(Ordering::Relaxed) {

@@ -37,6 +37,17 @@ impl Ctx {
         self.config.namespaces.lookup(channel).history_size > 0
     }
 
+    /// Why `channel` cannot be used here, if it cannot: a history channel whose name has
+    /// a `}` but no hash tag cannot keep its keys in its own Redis Cluster slot
+    /// (`broker::redis::history::cluster_safe`), so in a cluster it is refused rather
+    /// than failing every publish.
+    pub fn unplaceable(&self, channel: &str) -> Option<&'static str> {
+        (self.config.is_cluster()
+            && self.has_history(channel)
+            && !crate::broker::redis::history::cluster_safe(channel))
+        .then_some("a history channel name with a '}' needs a hash tag ({...}) in Redis Cluster")
+    }
+
     /// Asks the broker for a history read; false if it cannot take it now.
     pub fn ask(&self, read: crate::msg::HistoryRead) -> bool {
         let cmd = crate::msg::BrokerCmd::History(Box::new(read));

@@ -25,6 +25,18 @@ impl Shard {
         if let Err(code) = conn.session.permits(&cmd, &self.ctx.config.namespaces) {
             return self.refuse(key, code, &cmd);
         }
+        if let (Some(channel), id) = channel_and_id(&cmd) {
+            if let Some(why) = self.ctx.unplaceable(channel) {
+                return self.wire.simple_error(
+                    &self.ctx,
+                    key,
+                    ErrorCode::BadChannel,
+                    why,
+                    id,
+                    Some(channel),
+                );
+            }
+        }
         match cmd {
             Cmd::Subscribe(channel, since) => {
                 self.fan
@@ -52,13 +64,7 @@ impl Shard {
 
     /// A command the connection's token does not allow (or no token yet).
     fn refuse(&mut self, key: Key, code: ErrorCode, cmd: &Cmd) {
-        let (id, channel) = match cmd {
-            Cmd::Subscribe(c, _) | Cmd::Unsubscribe(c) => (None, Some(&**c)),
-            Cmd::Publish { channel, id, .. } | Cmd::History { channel, id, .. } => {
-                (id.as_deref(), Some(&**channel))
-            }
-            Cmd::Presence(_) | Cmd::Auth(_) => (None, None),
-        };
+        let (channel, id) = channel_and_id(cmd);
         let message = match (code, cmd) {
             (ErrorCode::Unauthorized, _) => {
                 "authenticate first: {\"type\":\"auth\",\"token\":\"...\"}"
@@ -266,5 +272,16 @@ impl Shard {
                 None,
             ),
         }
+    }
+}
+
+/// The channel a command names and the id it carries, if any.
+fn channel_and_id(cmd: &Cmd) -> (Option<&str>, Option<&str>) {
+    match cmd {
+        Cmd::Subscribe(c, _) | Cmd::Unsubscribe(c) => (Some(c), None),
+        Cmd::Publish { channel, id, .. } | Cmd::History { channel, id, .. } => {
+            (Some(channel), id.as_deref())
+        }
+        Cmd::Presence(_) | Cmd::Auth(_) => (None, None),
     }
 }

@@ -108,6 +108,9 @@ pub fn http(
     if !ctx.has_history(channel) {
         return Some(json_error(400, "this channel keeps no history"));
     }
+    if let Some(why) = ctx.unplaceable(channel) {
+        return Some(json_error(400, why));
+    }
     let to = HistoryTo::Http {
         shard: ctx.id,
         conn: wire.conn_id(key)?,
