@@ -9,6 +9,7 @@
 //! Redis.
 
 mod fence;
+mod plain;
 pub mod reader;
 pub mod topology;
 pub mod writer;
