@@ -77,7 +77,15 @@ impl Shard {
     /// Carries out one effect of a session.
     fn apply(&mut self, key: Key, effect: Effect) {
         match effect {
-            Effect::Send(frame) => self.queue(key, frame),
+            Effect::Send(frame) => {
+                // An echo is compressed when deflate was negotiated (a pong never is).
+                let bits = self.conns.get(key).map_or(0, |c| c.session.deflate());
+                let frame = match bits {
+                    0 => frame,
+                    bits => crate::ws::deflate::compress_for(&frame, bits),
+                };
+                self.queue(key, frame)
+            }
             Effect::Error { frame, text } => {
                 let m = &self.metrics.shards[self.id.index()];
                 if text {
@@ -141,8 +149,15 @@ impl Shard {
                 return;
             }
         };
-        let reply =
-            crate::ws::handshake::switching_protocols(head.ws_accept.as_deref().unwrap_or(""));
+        // --compression on: permessage-deflate when the client offers one we can honour.
+        let deflate = match head.ws_extensions.as_deref() {
+            Some(offers) if self.config.compression => crate::ws::deflate::negotiate([offers]),
+            _ => None,
+        };
+        let reply = crate::ws::handshake::switching_protocols(
+            head.ws_accept.as_deref().unwrap_or(""),
+            deflate.as_ref().map(|d| d.answer.as_str()),
+        );
         let (now, unix_now) = (self.clock.coarse(), crate::auth::unix_now());
         let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
         let auth_on = self.admit.auth.is_some() && !echo;
@@ -150,6 +165,7 @@ impl Shard {
             return;
         };
         conn.session.open(echo);
+        conn.session.set_deflate(deflate.map_or(0, |d| d.bits));
         conn.outq.push(reply.into());
         let user = match grant {
             Some(grant) => {

@@ -107,7 +107,7 @@ impl Shard {
             let count = frames.len() as u64;
             let frame = match frames.len() {
                 0 => None,
-                1 => frames.pop(),
+                1 => frames.first().cloned(),
                 _ => {
                     let total = frames.iter().map(Bytes::len).sum();
                     let mut joined = BytesMut::with_capacity(total);
@@ -117,14 +117,16 @@ impl Shard {
                     Some(joined.freeze())
                 }
             };
-            frames.clear();
-            ch.pending = frames;
             let Some(frame) = frame else {
+                ch.pending = frames;
                 continue;
             };
             let Some(ch) = self.subs.channel(id) else {
                 continue;
             };
+            // The turn's frames compressed, once, for the first member that negotiated
+            // permessage-deflate; shared by all of them like `frame` (see ws::deflate).
+            let mut zipped: Option<(Bytes, usize)> = None;
             for &member in &ch.members {
                 let key = Key::from_raw(member);
                 let Some(conn) = self.conns.get_mut(key) else {
@@ -133,9 +135,21 @@ impl Shard {
                 if !conn.session.is_open() {
                     continue;
                 }
-                conn.outq.push_kind(frame.clone(), kind);
-                conn.queued_since_flush =
-                    conn.queued_since_flush.saturating_add(frame.len() as u32);
+                let out = match conn.session.deflate() {
+                    0 => &frame,
+                    bits => {
+                        let (z, longest) = zipped
+                            .get_or_insert_with(|| crate::ws::deflate::compress_frames(&frames));
+                        // A message longer than the peer's window goes out plain.
+                        if *longest <= crate::ws::deflate::window(bits) {
+                            &*z
+                        } else {
+                            &frame
+                        }
+                    }
+                };
+                conn.outq.push_kind(out.clone(), kind);
+                conn.queued_since_flush = conn.queued_since_flush.saturating_add(out.len() as u32);
                 if conn.queued_since_flush as usize >= budget {
                     hold = true;
                 }
@@ -148,6 +162,10 @@ impl Shard {
                 if conn.outq.bytes() > limit {
                     Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
                 }
+            }
+            frames.clear();
+            if let Some(ch) = self.subs.channel_mut(id) {
+                ch.pending = frames;
             }
         }
         if self.batched.is_empty() {

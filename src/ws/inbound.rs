@@ -2,6 +2,8 @@
 //! reassembles fragmented messages, validates UTF-8 and enforces the message size limit.
 //! Holds only the state that must survive between reads (a fragmented message, bytes of
 //! an oversized frame still to skip); never allocates for an unfragmented message.
+//! With permessage-deflate negotiated, a message with RSV1 is inflated (bounded by the
+//! message limit, `ws::deflate`) before it is handed on.
 
 use std::io::Cursor;
 
@@ -52,6 +54,9 @@ struct Partial {
     valid_up_to: usize,
     /// The message passed the size limit: its remaining fragments are skipped.
     oversized: bool,
+    /// RSV1 was set on its first frame: `data` is deflated (UTF-8 is checked after
+    /// inflating it).
+    compressed: bool,
 }
 
 /// Per-connection decoder state. Small on purpose: an idle connection holds 16 bytes.
@@ -77,6 +82,19 @@ impl Inbound {
         max_message: usize,
         handler: &mut dyn FnMut(Message<'_>) -> Flow,
     ) -> Result<usize, Fail> {
+        self.feed_ext(buf, max_message, false, handler)
+    }
+
+    /// `feed` on a connection that negotiated permessage-deflate (`deflate`): a data
+    /// message whose first frame has RSV1 is inflated to at most `max_message` bytes
+    /// (past it: close 1009); RSV1 anywhere else is a protocol error.
+    pub fn feed_ext(
+        &mut self,
+        buf: &mut [u8],
+        max_message: usize,
+        deflate: bool,
+        handler: &mut dyn FnMut(Message<'_>) -> Flow,
+    ) -> Result<usize, Fail> {
         let mut pos = 0;
         loop {
             if self.skip > 0 {
@@ -95,7 +113,14 @@ impl Inbound {
                 Err(_) => return Err(fail(1002, "invalid opcode")),
             };
             let header_len = cursor.position() as usize;
-            if header.rsv1 || header.rsv2 || header.rsv3 {
+            if header.rsv2 || header.rsv3 {
+                return Err(fail(1002, "reserved bits set"));
+            }
+            let compressed = header.rsv1;
+            if compressed
+                && (!deflate || !matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary)))
+            {
+                // RFC 7692 §6.1: only the first frame of a data message may carry it.
                 return Err(fail(1002, "reserved bits set"));
             }
             let Some(mask) = header.mask else {
@@ -147,7 +172,9 @@ impl Inbound {
                         return Err(fail(1002, "new message inside a fragmented one"));
                     }
                     let text = header.opcode == OpCode::Data(Data::Text);
-                    if header.is_final {
+                    if header.is_final && compressed {
+                        deliver_inflated(text, payload, max_message, handler)?
+                    } else if header.is_final {
                         deliver(text, payload, handler)?
                     } else {
                         let mut p = Box::new(Partial {
@@ -155,6 +182,7 @@ impl Inbound {
                             data: Vec::new(),
                             valid_up_to: 0,
                             oversized: false,
+                            compressed,
                         });
                         append(&mut p, payload)?;
                         self.partial = Some(p);
@@ -177,6 +205,9 @@ impl Inbound {
                         let done = self.partial.take();
                         match done {
                             Some(p) if p.oversized => handler(Message::TooLarge),
+                            Some(p) if p.compressed => {
+                                deliver_inflated(p.text, &p.data, max_message, handler)?
+                            }
                             Some(p) => deliver(p.text, &p.data, handler)?,
                             None => Flow::Continue,
                         }
@@ -208,6 +239,7 @@ impl Inbound {
                 data: Vec::new(),
                 valid_up_to: 0,
                 oversized: true,
+                compressed: false,
             }));
         } else if let Some(p) = self.partial.as_deref_mut() {
             p.oversized = true;
@@ -232,10 +264,27 @@ fn deliver(
     }
 }
 
+/// Inflates a compressed message (at most `max` bytes: a zip bomb is refused with
+/// 1009 as soon as its output passes the limit) and delivers it.
+fn deliver_inflated(
+    text: bool,
+    deflated: &[u8],
+    max: usize,
+    handler: &mut dyn FnMut(Message<'_>) -> Flow,
+) -> Result<Flow, Fail> {
+    match crate::ws::deflate::inflate(deflated, max, |data| deliver(text, data, handler)) {
+        Ok(flow) => flow,
+        Err(crate::ws::deflate::InflateError::TooLarge) => Err(fail(1009, "message too big")),
+        Err(crate::ws::deflate::InflateError::Corrupt) => {
+            Err(fail(1007, "invalid compressed data"))
+        }
+    }
+}
+
 /// Appends a fragment, checking UTF-8 as far as it is complete (fail fast).
 fn append(p: &mut Partial, payload: &[u8]) -> Result<(), Fail> {
     p.data.extend_from_slice(payload);
-    if p.text {
+    if p.text && !p.compressed {
         match std::str::from_utf8(&p.data[p.valid_up_to..]) {
             Ok(_) => p.valid_up_to = p.data.len(),
             Err(e) if e.error_len().is_none() => p.valid_up_to += e.valid_up_to(),
