@@ -170,10 +170,15 @@ pub fn compress_for(frame: &Bytes, bits: u8) -> Bytes {
 }
 
 /// Longest message a peer with `server_max_window_bits` = `bits` can be sent
-/// compressed: with no context takeover a match reaches back at most the message's own
-/// length, so a message no longer than the window never exceeds it.
+/// compressed. 15 bits is the compressor's own window: any length. Below it: with no
+/// context takeover a match reaches back at most the message's own length, so a
+/// message no longer than the window never exceeds it.
 pub fn window(bits: u8) -> usize {
-    1usize << bits.clamp(8, 15)
+    if bits >= 15 {
+        usize::MAX
+    } else {
+        1usize << bits.max(8)
+    }
 }
 
 /// Why a compressed message could not be inflated.

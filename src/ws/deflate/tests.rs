@@ -97,6 +97,10 @@ fn frames_compress_once_and_inflate_to_the_same_bytes() {
     assert_eq!(compress_for(&pong, 15), pong);
     assert_eq!(compress_for(&big, 9), big);
     assert_eq!(compress_for(&big, 15)[0], 0xC1);
+    // A full window takes messages of any length (the compressor's window is 32 KiB).
+    let huge = build(OutOp::Text, json.repeat(100).as_bytes()).freeze();
+    assert!(huge.len() > 65536);
+    assert_eq!(compress_for(&huge, 15)[0], 0xC1);
 }
 
 #[test]
