@@ -2,11 +2,12 @@
 
 Those cases hash every echoed message (`hashlib.sha1().update(msg)`) and then
 `msg.decode('utf-8')` it: Autobahn ran on Python 2, where a text message was a byte
-string. kosoku 0.1.0 hands an *uncompressed* text message to the case as `str` (a
-compressed one as `bytes`), so the case raises "Strings must be encoded before hashing"
-and is reported ERROR whatever the server sent. An uncompressed message is allowed in a
-deflate session (RFC 7692 §6: per message). This wrapper gives the cases a `str`
-message as its UTF-8 bytes (what Python 2 did); nothing else changes: the verdicts are
+string. kosoku 0.1.0 hands an *uncompressed* message in a deflate session to the case as
+a `str` of one code point per byte (text or binary; a compressed one comes as `bytes`),
+so the case raises "Strings must be encoded before hashing" (ERROR), or, past that,
+measures a mangled length (FAILED), whatever the server sent. An uncompressed message
+is allowed in a deflate session (RFC 7692 §6: per message). This wrapper gives the cases such a `str`
+message back as its bytes (what Python 2 had); nothing else changes: the verdicts are
 the cases' own. Usage: python3 scripts/lib/kosoku-compat.py [kosoku arguments]
 """
 
@@ -22,7 +23,13 @@ case12_x_x = sys.modules["case12_x_x"]
 def _as_bytes(on_message):
     def wrapped(self, msg, binary):
         if isinstance(msg, str):
-            msg = msg.encode("utf-8")
+            # kosoku builds that str byte for byte (each byte one code point, as
+            # latin-1 does), binary or text; latin-1 gives the bytes back. A str with a
+            # code point past 0xFF was decoded properly: its UTF-8 is the message.
+            try:
+                msg = msg.encode("latin-1")
+            except UnicodeEncodeError:
+                msg = msg.encode("utf-8")
         return on_message(self, msg, binary)
 
     return wrapped
