@@ -400,3 +400,48 @@ fn an_acl_user_applies_to_every_node_of_the_cluster() {
         assert!(ours >= 4, "primary {port}: {ours} clients as app\n{list}");
     }
 }
+
+/// History channels whose names carry braces: a channel's stream and epoch keys must sit
+/// in the channel's own slot (the publish script appends and `SPUBLISH`es in one step),
+/// whether the name has a hash tag of its own (`{team}:a`, `x{y}z`) or a lone brace.
+#[test]
+fn history_channels_with_braces_in_their_names_publish_and_replay() {
+    let cluster = RedisCluster::start();
+    let node = cluster_node(&cluster, &["--history-size", "100"]);
+    let channels = ["{team}:a", "{team}:b", "x{y}z", "b{c", "plain"];
+    let mut sub = node.client();
+    for ch in channels {
+        sub.send(&serde_json::json!({"type":"subscribe","channel":ch}).to_string());
+        let v = sub.expect_json();
+        assert_eq!(v["type"], "subscribed", "{ch}: {v}");
+    }
+    let mut publisher = node.client();
+    for ch in channels {
+        for n in 0..3 {
+            publisher.send(
+                &serde_json::json!({"type":"publish","channel":ch,"data":{"n":n},"id":n})
+                    .to_string(),
+            );
+            let ack = publisher.expect_json();
+            assert_eq!(ack["type"], "published", "{ch} #{n}: {ack}");
+            assert!(ack["offset"].is_string(), "{ch} #{n}: {ack}");
+        }
+    }
+    let mut got = 0;
+    while got < 3 * channels.len() {
+        let v = sub.expect_json();
+        assert!(v["data"]["n"].is_u64(), "{v}");
+        got += 1;
+    }
+    for ch in channels {
+        publisher.send(&serde_json::json!({"type":"history","channel":ch,"limit":10}).to_string());
+        let v = publisher.expect_json();
+        let ns: Vec<u64> = v["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{ch}: {v}"))
+            .iter()
+            .map(|m| m["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, [0, 1, 2], "{ch}: {v}");
+    }
+}

@@ -23,6 +23,9 @@ use super::Shard;
 use crate::config::{Config, SlowPolicy};
 use crate::offset::Offset;
 
+/// See `config::Tuning`.
+const LOCAL_COPY_MEMBERS: usize = crate::config::TUNING.local_copy_members;
+
 impl Shard {
     /// How long until the next flush may run (see `Intake::flush_due_in`).
     pub(super) fn flush_due_in(&self, now: Instant) -> Duration {
@@ -105,8 +108,16 @@ impl Shard {
                 Kind::Delivery
             };
             let count = frames.len() as u64;
+            let members = ch.members.len();
             let frame = match frames.len() {
                 0 => None,
+                // The frame the router built is shared by every shard: a clone per member
+                // would bounce its reference count's cache line between the shards' cores
+                // once per delivery. Past a few members, one copy per shard is cheaper.
+                // (`frames` stays whole: compression, below, reads it.)
+                1 if self.config.shards > 1 && members >= LOCAL_COPY_MEMBERS => {
+                    frames.first().map(|f| Bytes::copy_from_slice(f))
+                }
                 1 => frames.first().cloned(),
                 _ => {
                     let total = frames.iter().map(Bytes::len).sum();

@@ -165,7 +165,7 @@ pub fn slot_map(cluster: &RedisCluster, skip: Option<u16>) -> SlotMap {
 
 /// The sequence numbers kept in a history channel's stream (read from its primary).
 pub fn stream_ns(map: &SlotMap, channel: &str) -> Vec<u64> {
-    let key = format!("__fanout:h:{{{channel}}}");
+    let key = String::from_utf8(fanout::broker::redis::history::stream_key(channel)).unwrap();
     let port = map.primary(key_slot(key.as_bytes())).unwrap().port.unwrap();
     let Value::Array(entries) = command(port, &["XRANGE", &key, "-", "+"]).unwrap() else {
         panic!("XRANGE {key}");
