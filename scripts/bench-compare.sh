@@ -19,7 +19,8 @@
 #                           permessage-deflate; fanout runs with --compression on, fanout-off
 #                           (fanout without it: the offer is declined, deliveries go plain) and
 #                           uws with COMPRESSION=shared (uWS.SHARED_COMPRESSOR, publishes compressed);
-#                           default servers fanout,fanout-off,uws; the table adds wire bytes per delivery
+#                           default servers fanout,fanout-off,uws; the table adds wire bytes per delivery;
+#                           COMPRESSION_SUBS / COMPRESSION_RATE change --subs / --rate (1000, 100)
 #              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
 #   --repeat N      runs per server (default 3); each run gets a freshly started server
 #   --servers LIST  comma list out of fanout,fanout-b,fanout-off,node-ws,uws,nchan (default: fanout,node-ws,uws);
@@ -70,7 +71,7 @@ while [[ $# -gt 0 ]]; do
     --cpu-server) cpu_server="${2:?}"; shift 2 ;;
     --cpu-load) cpu_load="${2:?}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -83,8 +84,8 @@ case "$scenario" in
     preset=(churn-deliveries --subs 200 --channels 20 --pubs 1 --publish-via ws --payload 64 --rate 100
             --duration 20 --drop-every 15 --offline 2) ;;
   compression)
-    preset=(fanout --subs 1000 --channels 1 --pubs 1 --publish-via redis --payload 1024 --payload-kind json
-            --rate 100 --compression) ;;
+    preset=(fanout --subs "${COMPRESSION_SUBS:-1000}" --channels 1 --pubs 1 --publish-via redis --payload 1024
+            --payload-kind json --rate "${COMPRESSION_RATE:-100}" --compression) ;;
   custom) preset=(); [[ ${#extra[@]} -gt 0 ]] || die "--scenario custom needs a loadgen command after --" ;;
   *) die "unknown scenario '$scenario' (s1, s2, s3, churn-resume, compression, custom)" ;;
 esac
