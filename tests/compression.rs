@@ -5,6 +5,7 @@
 //! not allowed (1002), and one compression per message however many subscribers.
 
 mod common;
+mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -381,6 +382,11 @@ fn compressions_for(subs: usize, msgs: usize) -> u64 {
         assert!(got.iter().all(|g| g.rsv1), "every delivery compressed");
     }
     let used = fanout::ws::deflate::compressed_count() - before;
+    let counted = support::metric(server.local_addr, "fanout_messages_compressed_total");
+    assert_eq!(
+        counted as u64, used,
+        "the metric counts what was compressed"
+    );
     server.shutdown();
     used
 }

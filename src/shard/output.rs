@@ -137,7 +137,8 @@ impl Shard {
             };
             // The turn's frames compressed, once, for the first member that negotiated
             // permessage-deflate; shared by all of them like `frame` (see ws::deflate).
-            let mut zipped: Option<(Bytes, usize)> = None;
+            let mut zipped: Option<crate::ws::deflate::Compressed> = None;
+            let m = &self.metrics.shards[self.id.index()];
             for &member in &ch.members {
                 let key = Key::from_raw(member);
                 let Some(conn) = self.conns.get_mut(key) else {
@@ -149,11 +150,14 @@ impl Shard {
                 let out = match conn.session.deflate() {
                     0 => &frame,
                     bits => {
-                        let (z, longest) = zipped
-                            .get_or_insert_with(|| crate::ws::deflate::compress_frames(&frames));
+                        let z = zipped.get_or_insert_with(|| {
+                            let z = crate::ws::deflate::compress_frames(&frames);
+                            m.compressed.fetch_add(z.messages as u64, Ordering::Relaxed);
+                            z
+                        });
                         // A message longer than the peer's window goes out plain.
-                        if *longest <= crate::ws::deflate::window(bits) {
-                            &*z
+                        if z.longest <= crate::ws::deflate::window(bits) {
+                            &z.frame
                         } else {
                             &frame
                         }

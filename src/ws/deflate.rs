@@ -126,16 +126,27 @@ fn split_frame(frame: &[u8]) -> Option<(u8, &[u8])> {
     (rest.len() == len).then_some((b0 & 0x0f, rest))
 }
 
+/// What `compress_frames` made of a turn's frames.
+#[derive(Debug, Clone)]
+pub struct Compressed {
+    /// The frames joined, those worth it compressed.
+    pub frame: Bytes,
+    /// The longest payload that went out compressed (0: none): a peer's
+    /// `server_max_window_bits` must cover it.
+    pub longest: usize,
+    /// How many messages went out compressed.
+    pub messages: usize,
+}
+
 /// The frames of `frames` (each a whole server frame), data frames of at least
 /// `MIN_COMPRESS` bytes compressed (RSV1 set) when that makes them smaller, the rest as
-/// they are, joined into one buffer. Returns it with the longest payload that went out
-/// compressed (0: none), which a peer's `server_max_window_bits` must cover.
-pub fn compress_frames(frames: &[Bytes]) -> (Bytes, usize) {
+/// they are, joined into one buffer.
+pub fn compress_frames(frames: &[Bytes]) -> Compressed {
     DEFLATER.with(|cell| {
         let mut d = cell.borrow_mut();
         let total: usize = frames.iter().map(Bytes::len).sum();
         let mut joined = BytesMut::with_capacity(total);
-        let mut longest = 0;
+        let (mut longest, mut messages) = (0, 0);
         for f in frames {
             match split_frame(f) {
                 Some((op @ (1 | 2), payload))
@@ -153,12 +164,17 @@ pub fn compress_frames(frames: &[Bytes]) -> (Bytes, usize) {
                     joined[at] |= 0x40; // RSV1: this message is compressed
                     joined.put_slice(&d.out);
                     longest = longest.max(payload.len());
+                    messages += 1;
                 }
                 _ => joined.put_slice(f),
             }
         }
         d.trim();
-        (joined.freeze(), longest)
+        Compressed {
+            frame: joined.freeze(),
+            longest,
+            messages,
+        }
     })
 }
 
@@ -167,7 +183,7 @@ pub fn compress_frames(frames: &[Bytes]) -> (Bytes, usize) {
 pub fn compress_for(frame: &Bytes, bits: u8) -> Bytes {
     match split_frame(frame) {
         Some((1 | 2, payload)) if payload.len() <= window(bits) => {
-            compress_frames(std::slice::from_ref(frame)).0
+            compress_frames(std::slice::from_ref(frame)).frame
         }
         _ => frame.clone(),
     }
