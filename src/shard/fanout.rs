@@ -146,7 +146,7 @@ impl Fanout {
                 continue;
             };
             for &member in &ch.members {
-                let key = Key::from_raw(member);
+                let key = member;
                 let Some(conn) = wire.conns.get_mut(key) else {
                     continue;
                 };
@@ -182,7 +182,7 @@ impl Fanout {
     pub fn leave(&mut self, ctx: &Ctx, wire: &mut Wire, chan: ChanId, pos: Pos) {
         let removed = self.subs.remove(chan, pos);
         if let Some((moved_key, new_pos)) = removed.moved {
-            if let Some(c) = wire.conns.get_mut(Key::from_raw(moved_key)) {
+            if let Some(c) = wire.conns.get_mut(moved_key) {
                 if let Some(i) = c.sub_index(chan) {
                     c.subs[i].1 = new_pos;
                 }
@@ -289,7 +289,7 @@ impl Fanout {
         if since.is_some() && !history_query::allowed(ctx, wire, key, channel, None) {
             return;
         }
-        let (chan, pos, added) = self.subs.add(channel, key.raw(), history, since);
+        let (chan, pos, added) = self.subs.add(channel, key, history, since);
         if let Some(conn) = wire.conns.get_mut(key) {
             conn.subs.push((chan, pos));
         }
@@ -381,12 +381,12 @@ impl Fanout {
         }
         let frame = reply::subscribed(channel);
         for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = wire.conns.get_mut(Key::from_raw(key)) {
+            if let Some(c) = wire.conns.get_mut(key) {
                 if let Some(i) = c.sub_index(chan) {
                     c.subs[i].1 = Pos::member(first + n);
                 }
             }
-            wire.queue(ctx, Key::from_raw(key), frame.clone());
+            wire.queue(ctx, key, frame.clone());
         }
     }
 }
