@@ -444,4 +444,40 @@ fn history_channels_with_braces_in_their_names_publish_and_replay() {
             .collect();
         assert_eq!(ns, [0, 1, 2], "{ch}: {v}");
     }
+    // A `}` without a hash tag cannot share a key's slot: refused up front, with a
+    // reason, on every way in (not an `unavailable` per publish).
+    for cmd in [
+        serde_json::json!({"type":"subscribe","channel":"a}b"}),
+        serde_json::json!({"type":"publish","channel":"a}b","data":1,"id":1}),
+        serde_json::json!({"type":"history","channel":"{}d","id":2}),
+    ] {
+        publisher.send(&cmd.to_string());
+        let v = publisher.expect_json();
+        assert_eq!(v["type"], "error", "{cmd}: {v}");
+        assert_eq!(v["code"], "bad_channel", "{cmd}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("hash tag"), "{v}");
+    }
+    let http = |method: &str, path: &str, body: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let answer = http("POST", "/api/publish", r#"{"channel":"a}b","data":1}"#);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("hash tag"),
+        "{answer}"
+    );
+    let answer = http("GET", "/api/channels/a%7Db/history", "");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("hash tag"),
+        "{answer}"
+    );
 }

@@ -313,10 +313,10 @@ pub fn check_logs(
                 .get(ch)
                 .map(|v| v.iter().map(|m| m.0).collect())
                 .unwrap_or_default();
-            assert!(
-                ns.windows(2).all(|w| w[0] < w[1]),
-                "node {i} {ch}: out of order or twice"
-            );
+            if let Some(at) = ns.windows(2).position(|w| w[0] >= w[1]) {
+                let around = &ns[at.saturating_sub(8)..(at + 8).min(ns.len())];
+                panic!("node {i} {ch}: out of order or twice at #{at}: … {around:?} …");
+            }
             let gaps = log.gaps.get(ch).map_or(0, Vec::len);
             if ch.starts_with("hist:") {
                 // Repaired from history: everything history kept was delivered, no gap.
