@@ -50,6 +50,17 @@ fn read_frame(s: &mut TcpStream, buf: &mut [u8]) {
     read_exactly(s, buf, len);
 }
 
+/// A server in this process on a free port with `args` (listen and shards filled in).
+fn start(shards: usize, args: fanout::config::Args) -> fanout::server::ServerHandle {
+    let args = fanout::config::Args {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        shards: Some(shards),
+        ..args
+    };
+    let config = fanout::config::Config::resolve(args, None).unwrap();
+    fanout::server::start(config).unwrap()
+}
+
 /// The counter is process-wide: tests in this binary measure one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -58,13 +69,7 @@ fn fan_out_allocates_per_message_not_per_subscriber() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const SUBS: usize = 100;
     const MSGS: usize = 200;
-    let args = fanout::config::Args {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        shards: Some(2),
-        ..Default::default()
-    };
-    let config = fanout::config::Config::resolve(args, None).unwrap();
-    let server = fanout::server::start(config).unwrap();
+    let server = start(2, Default::default());
     let sub_frame =
         fanout::ws::inbound::client_frame(1, true, br#"{"type":"subscribe","channel":"a"}"#, MASK);
     let subscribed_len = 2 + r#"{"type":"subscribed","channel":"a"}"#.len();
@@ -164,14 +169,11 @@ fn subscribe_more(addr: std::net::SocketAddr, subs: &mut Vec<TcpStream>, total: 
 fn allocations_do_not_grow_with_subscribers(redis: Option<String>, history: bool, at_most: f64) {
     const MSGS: usize = 100;
     let args = fanout::config::Args {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        shards: Some(2),
         redis,
         history_size: history.then_some(1000),
         ..Default::default()
     };
-    let config = fanout::config::Config::resolve(args, None).unwrap();
-    let server = fanout::server::start(config).unwrap();
+    let server = start(2, args);
     let mut publisher = common::raw_upgrade(server.local_addr);
     let mut subs = Vec::new();
     subscribe_more(server.local_addr, &mut subs, 40);
@@ -245,13 +247,7 @@ fn history_channel_allocations_do_not_grow_with_subscribers() {
 #[test]
 fn slow_channels_do_not_allocate_per_subscriber() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let args = fanout::config::Args {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        shards: Some(1),
-        ..Default::default()
-    };
-    let config = fanout::config::Config::resolve(args, None).unwrap();
-    let server = fanout::server::start(config).unwrap();
+    let server = start(1, Default::default());
     let mut publisher = common::raw_upgrade(server.local_addr);
     let mut subs = Vec::new();
     let mut buf = vec![0u8; 256];
@@ -294,13 +290,7 @@ fn slow_channels_do_not_allocate_per_subscriber() {
 fn a_message_sent_in_pieces_does_not_allocate_per_read() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const PIECES: usize = 100;
-    let args = fanout::config::Args {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        shards: Some(1),
-        ..Default::default()
-    };
-    let config = fanout::config::Config::resolve(args, None).unwrap();
-    let server = fanout::server::start(config).unwrap();
+    let server = start(1, Default::default());
     let mut publisher = common::raw_upgrade(server.local_addr);
     publisher.set_nodelay(true).unwrap();
     let cmd = format!(

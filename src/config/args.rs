@@ -1,6 +1,10 @@
 //! The command line: every flag with its help text (what `fanout --help` prints). Only
 //! the shape of the flags; ranges, precedence and the TOML file are resolved in
 //! `Config::resolve`.
+//!
+//! The field docs are the `--help` text, written for a terminal (`[default: …]`,
+//! `<hostname>`), not rustdoc: its link and HTML checks are off here.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,6 +77,10 @@ pub struct Args {
     /// Publishes one WebSocket connection may make per second (bursts of as many); more get rate_limited; 0 = no limit; 0–1000000 [default: 0]
     #[arg(long, value_name = "N")]
     pub publish_rate: Option<u32>,
+
+    /// Negotiate permessage-deflate (RFC 7692) on WebSocket upgrades: each delivery is compressed once per shard and shared by every subscriber that negotiated it [default: off]
+    #[arg(long, value_name = "on|off")]
+    pub compression: Option<OnOff>,
 
     /// What to do with a slow consumer: close it (code 4000) or drop its oldest frames [default: close]
     #[arg(long, value_enum, value_name = "POLICY")]

@@ -203,7 +203,7 @@ impl Api {
     /// Bytes for one connection from another thread (`ShardMsg::Reply`): a WebSocket
     /// reply, or the HTTP answer a request in `HttpWait` waits for (`close_after`).
     pub fn on_reply(ctx: &Ctx, wire: &mut Wire, to: ConnId, frame: Bytes, close_after: bool) {
-        let key = Key::from_raw(to.key);
+        let key = Key::of(to);
         let (phase, keep_alive) = match wire.conns.get(key) {
             Some(c) if c.gen == to.gen => (c.phase(), c.session.keep_alive()),
             _ => return,

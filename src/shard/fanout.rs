@@ -124,10 +124,11 @@ impl Fanout {
                 // The frame the router built is shared by every shard: a clone per member
                 // would bounce its reference count's cache line between the shards' cores
                 // once per delivery. Past a few members, one copy per shard is cheaper.
+                // (`frames` stays whole: compression, below, reads it.)
                 1 if ctx.config.shards > 1 && members >= LOCAL_COPY_MEMBERS => {
-                    frames.pop().map(|f| Bytes::copy_from_slice(&f))
+                    frames.first().map(|f| Bytes::copy_from_slice(f))
                 }
-                1 => frames.pop(),
+                1 => frames.first().cloned(),
                 _ => {
                     let total = frames.iter().map(Bytes::len).sum();
                     let mut joined = BytesMut::with_capacity(total);
@@ -137,25 +138,43 @@ impl Fanout {
                     Some(joined.freeze())
                 }
             };
-            frames.clear();
-            ch.pending = frames;
             let Some(frame) = frame else {
+                ch.pending = frames;
                 continue;
             };
             let Some(ch) = self.subs.channel(id) else {
                 continue;
             };
+            // The turn's frames compressed, once, for the first member that negotiated
+            // permessage-deflate; shared by all of them like `frame` (see ws::deflate).
+            let mut zipped: Option<crate::ws::deflate::Compressed> = None;
             for &member in &ch.members {
-                let key = Key::from_raw(member);
+                let key = member;
                 let Some(conn) = wire.conns.get_mut(key) else {
                     continue;
                 };
                 if !conn.session.is_open() {
                     continue;
                 }
-                conn.outq.push_kind(frame.clone(), kind);
-                conn.queued_since_flush =
-                    conn.queued_since_flush.saturating_add(frame.len() as u32);
+                let out = match conn.session.deflate() {
+                    0 => &frame,
+                    bits => {
+                        let z = zipped.get_or_insert_with(|| {
+                            let z = crate::ws::deflate::compress_frames(&frames);
+                            let n = z.messages as u64;
+                            ctx.m().compressed.fetch_add(n, Ordering::Relaxed);
+                            z
+                        });
+                        // A message longer than the peer's window goes out plain.
+                        if z.longest <= crate::ws::deflate::window(bits) {
+                            &z.frame
+                        } else {
+                            &frame
+                        }
+                    }
+                };
+                conn.outq.push_kind(out.clone(), kind);
+                conn.queued_since_flush = conn.queued_since_flush.saturating_add(out.len() as u32);
                 if conn.queued_since_flush as usize >= budget {
                     hold = true;
                 }
@@ -168,6 +187,10 @@ impl Fanout {
                 if conn.outq.bytes() > limit {
                     Wire::over_limit(conn, ctx.m(), &ctx.config);
                 }
+            }
+            frames.clear();
+            if let Some(ch) = self.subs.channel_mut(id) {
+                ch.pending = frames;
             }
         }
         if self.batched.is_empty() {
@@ -182,7 +205,7 @@ impl Fanout {
     pub fn leave(&mut self, ctx: &Ctx, wire: &mut Wire, chan: ChanId, pos: Pos) {
         let removed = self.subs.remove(chan, pos);
         if let Some((moved_key, new_pos)) = removed.moved {
-            if let Some(c) = wire.conns.get_mut(Key::from_raw(moved_key)) {
+            if let Some(c) = wire.conns.get_mut(moved_key) {
                 if let Some(i) = c.sub_index(chan) {
                     c.subs[i].1 = new_pos;
                 }
@@ -289,7 +312,7 @@ impl Fanout {
         if since.is_some() && !history_query::allowed(ctx, wire, key, channel, None) {
             return;
         }
-        let (chan, pos, added) = self.subs.add(channel, key.raw(), history, since);
+        let (chan, pos, added) = self.subs.add(channel, key, history, since);
         if let Some(conn) = wire.conns.get_mut(key) {
             conn.subs.push((chan, pos));
         }
@@ -381,12 +404,12 @@ impl Fanout {
         }
         let frame = reply::subscribed(channel);
         for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = wire.conns.get_mut(Key::from_raw(key)) {
+            if let Some(c) = wire.conns.get_mut(key) {
                 if let Some(i) = c.sub_index(chan) {
                     c.subs[i].1 = Pos::member(first + n);
                 }
             }
-            wire.queue(ctx, Key::from_raw(key), frame.clone());
+            wire.queue(ctx, key, frame.clone());
         }
     }
 }

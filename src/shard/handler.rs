@@ -242,7 +242,7 @@ impl Shard {
         id: &str,
         result: Result<Option<crate::offset::Offset>, ErrorCode>,
     ) {
-        let key = Key::from_raw(conn.key);
+        let key = Key::of(conn);
         if result.is_err() {
             // Counted whether or not the client is still there to be told.
             self.ctx

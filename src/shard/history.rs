@@ -180,7 +180,7 @@ impl Fanout {
         };
         let name = ch.name.clone();
         for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = wire.conns.get_mut(Key::from_raw(key)) {
+            if let Some(c) = wire.conns.get_mut(key) {
                 if let Some(i) = c.sub_index(id) {
                     c.subs[i].1 = Pos::member(first + n);
                 }
@@ -199,7 +199,7 @@ impl Fanout {
                 .iter()
                 .position(|&(k, _)| k == key)
                 .map(|i| resume.swap_remove(i).1);
-            self.joined(ctx, wire, Key::from_raw(key), id, &name, since);
+            self.joined(ctx, wire, key, id, &name, since);
         }
     }
 
@@ -236,7 +236,7 @@ impl Fanout {
         let pos = conn.subs[i].1;
         let tag = self.reads.next_tag();
         let catch = Catch {
-            key: key.raw(),
+            key,
             tag,
             since,
             upto: last,
@@ -247,7 +247,7 @@ impl Fanout {
         let Some((new_pos, moved)) = self.subs.start_catch(id, pos, catch) else {
             return;
         };
-        wire.set_pos(key.raw(), id, new_pos);
+        wire.set_pos(key, id, new_pos);
         if let Some((k, p)) = moved {
             wire.set_pos(k, id, p);
         }
@@ -277,7 +277,7 @@ impl Fanout {
             },
         };
         if !ctx.ask(read) {
-            self.reads.catch_retry.push((channel, conn.key, tag));
+            self.reads.catch_retry.push((channel, Key::of(conn), tag));
         }
     }
 
@@ -292,12 +292,8 @@ impl Fanout {
         answer: (u32, Result<Replay, ()>),
     ) {
         let (tag, replay) = answer;
-        let key = conn.key;
-        if wire
-            .conns
-            .get(Key::from_raw(key))
-            .is_none_or(|c| c.gen != conn.gen)
-        {
+        let key = Key::of(conn);
+        if wire.conns.get(key).is_none_or(|c| c.gen != conn.gen) {
             return;
         }
         let Some(id) = self.subs.lookup(channel) else {
@@ -337,7 +333,7 @@ impl Fanout {
                 c.held = Vec::new();
                 c.held_bytes = 0;
             }
-            Self::replay_to(ctx, wire, Key::from_raw(key), channel, &replay, since);
+            Self::replay_to(ctx, wire, key, channel, &replay, since);
             self.ask_catch(ctx, id, conn, new_tag, (upto, now));
             return;
         }
@@ -348,12 +344,12 @@ impl Fanout {
         if let Some((k, p)) = moved {
             wire.set_pos(k, id, p);
         }
-        Self::replay_to(ctx, wire, Key::from_raw(key), channel, &replay, since);
+        Self::replay_to(ctx, wire, key, channel, &replay, since);
         for (offset, frame) in catch.held {
             if offset.is_some_and(|o| o.covered_by(&since) || o.covered_by(&upto)) {
                 continue;
             }
-            wire.queue_delivery(ctx, Key::from_raw(key), frame);
+            wire.queue_delivery(ctx, key, frame);
         }
     }
 
@@ -412,10 +408,14 @@ impl Fanout {
             let Some((since, upto)) = found else {
                 continue;
             };
-            let Some(gen) = wire.conns.get(Key::from_raw(key)).map(|c| c.gen) else {
+            let Some(gen) = wire.conns.get(key).map(|c| c.gen) else {
                 continue;
             };
-            self.ask_catch(ctx, id, ConnId { key, gen }, tag, (since, upto));
+            let conn = ConnId {
+                key: key.raw(),
+                gen,
+            };
+            self.ask_catch(ctx, id, conn, tag, (since, upto));
         }
     }
 }

@@ -26,6 +26,7 @@ mod history;
 mod history_query;
 mod intake;
 mod io;
+mod key;
 mod output;
 pub mod outq;
 pub mod session;

@@ -276,8 +276,8 @@ impl Wire {
     }
 
     /// Records connection `key`'s new position in local channel `id`.
-    pub fn set_pos(&mut self, key: u32, id: ChanId, pos: Pos) {
-        if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
+    pub fn set_pos(&mut self, key: Key, id: ChanId, pos: Pos) {
+        if let Some(c) = self.conns.get_mut(key) {
             if let Some(i) = c.sub_index(id) {
                 c.subs[i].1 = pos;
             }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::chan_history::{Catch, ChanHistory};
+use super::key::Key;
 use crate::offset::Offset;
 
 /// One channel's local state.
@@ -20,13 +21,13 @@ use crate::offset::Offset;
 pub struct LocalChannel {
     pub name: Arc<str>,
     /// Slab keys of subscribed connections told `subscribed` (they get deliveries).
-    pub members: Vec<u32>,
+    pub members: Vec<Key>,
     /// Epoch of the broker subscribe this shard sent (echoed in confirmations).
     pub epoch: u32,
     /// The broker confirmed the subscription.
     pub live: bool,
     /// Slab keys of connections waiting for `subscribed` (at most once each).
-    pub waiters: Vec<u32>,
+    pub waiters: Vec<Key>,
     /// Frames received for this channel during the current loop turn, fanned out
     /// together at its end (see `Fanout::fan_out`).
     pub pending: Vec<Bytes>,
@@ -78,7 +79,7 @@ impl ChanId {
 }
 
 /// (key, new position) of the entry that took a removed one's place.
-pub type Moved = Option<(u32, Pos)>;
+pub type Moved = Option<(Key, Pos)>;
 
 /// A subscriber's position in a local channel: an index into its members, its waiters
 /// or its history catching list, which one told by a flag bit (so a connection's
@@ -172,7 +173,7 @@ impl SubIndex {
     pub fn add(
         &mut self,
         name: &str,
-        conn: u32,
+        conn: Key,
         history: bool,
         since: Option<Offset>,
     ) -> (ChanId, Pos, Added) {
@@ -219,7 +220,7 @@ impl SubIndex {
     /// The broker confirmed channel `id`: it is live and its waiters become members.
     /// Returns the waiters (to be told `subscribed`); their new positions are
     /// `Pos::member(first..first + len)`.
-    pub fn confirm(&mut self, id: ChanId) -> (Vec<u32>, usize) {
+    pub fn confirm(&mut self, id: ChanId) -> (Vec<Key>, usize) {
         let Some(ch) = self.channels.get_mut(id.slot()) else {
             return (Vec::new(), 0);
         };
@@ -274,7 +275,7 @@ impl SubIndex {
     /// Takes the catch-up of `key` with `tag` off channel `id`'s catching list and makes
     /// it a member. Returns the catch, the member's position, and the catching entry
     /// that took its old place, if any.
-    pub fn end_catch(&mut self, id: ChanId, key: u32, tag: u32) -> Option<(Catch, Pos, Moved)> {
+    pub fn end_catch(&mut self, id: ChanId, key: Key, tag: u32) -> Option<(Catch, Pos, Moved)> {
         let ch = self.channels.get_mut(id.slot())?;
         let h = ch.hist.as_mut()?;
         let at = h
@@ -339,32 +340,40 @@ impl SubIndex {
 mod tests {
     use super::*;
 
+    fn k(n: u32) -> Key {
+        Key::from_raw(n)
+    }
+
+    fn ks(ns: &[u32]) -> Vec<Key> {
+        ns.iter().map(|&n| k(n)).collect()
+    }
+
     #[test]
     fn add_remove_keeps_positions_consistent() {
         let mut idx = SubIndex::default();
-        let (id, p0, a) = idx.add("c", 10, false, None);
+        let (id, p0, a) = idx.add("c", k(10), false, None);
         assert!(matches!(a, Added::NewChannel(_)));
-        let (_, p1, a) = idx.add("c", 11, false, None);
+        let (_, p1, a) = idx.add("c", k(11), false, None);
         assert_eq!(a, Added::Pending);
-        let (_, p2, _) = idx.add("c", 12, false, None);
+        let (_, p2, _) = idx.add("c", k(12), false, None);
         assert_eq!(
             (p0, p1, p2),
             (Pos::waiting(0), Pos::waiting(1), Pos::waiting(2))
         );
         // Removing the first moves the last (12) into position 0.
         let r = idx.remove(id, Pos::waiting(0));
-        assert_eq!(r.moved, Some((12, Pos::waiting(0))));
-        assert_eq!(idx.channel(id).unwrap().waiters, vec![12, 11]);
+        assert_eq!(r.moved, Some((k(12), Pos::waiting(0))));
+        assert_eq!(idx.channel(id).unwrap().waiters, ks(&[12, 11]));
         assert!(
             idx.channel(id).unwrap().members.is_empty(),
             "waiters get nothing"
         );
-        assert_eq!(idx.confirm(id), (vec![12, 11], 0));
-        assert_eq!(idx.channel(id).unwrap().members, vec![12, 11]);
-        assert_eq!(idx.add("c", 13, false, None).2, Added::Live);
+        assert_eq!(idx.confirm(id), (ks(&[12, 11]), 0));
+        assert_eq!(idx.channel(id).unwrap().members, ks(&[12, 11]));
+        assert_eq!(idx.add("c", k(13), false, None).2, Added::Live);
         idx.unconfirm_all();
         assert_eq!(
-            idx.add("c", 14, false, None),
+            idx.add("c", k(14), false, None),
             (id, Pos::waiting(0), Added::Pending)
         );
         idx.remove(id, Pos::waiting(0));
@@ -383,24 +392,24 @@ mod tests {
             epoch: 1,
         };
         let mut idx = SubIndex::default();
-        let (id, _, a) = idx.add("h", 1, true, Some(o(2)));
+        let (id, _, a) = idx.add("h", k(1), true, Some(o(2)));
         assert!(matches!(a, Added::NewChannel(_)));
         idx.set_live(id);
         // Live but without an offset yet: a new subscriber waits too.
-        assert_eq!(idx.add("h", 2, true, None).2, Added::Pending);
+        assert_eq!(idx.add("h", k(2), true, None).2, Added::Pending);
         assert_eq!(
             idx.channel(id).unwrap().hist.as_ref().unwrap().resume,
-            vec![(1, o(2))]
+            vec![(k(1), o(2))]
         );
         idx.channel_mut(id).unwrap().hist.as_mut().unwrap().last = Some(o(5));
-        assert_eq!(idx.confirm(id).0, vec![1, 2]);
+        assert_eq!(idx.confirm(id).0, ks(&[1, 2]));
         assert_eq!(
-            idx.add("h", 3, true, None),
+            idx.add("h", k(3), true, None),
             (id, Pos::member(2), Added::Live)
         );
-        let catch = |key| Catch {
-            key,
-            tag: key,
+        let catch = |n: u32| Catch {
+            key: k(n),
+            tag: n,
             since: o(2),
             upto: o(5),
             held: Vec::new(),
@@ -409,17 +418,20 @@ mod tests {
         };
         // Member 1 (position 0) is caught up: 3 takes its place.
         let (pos, moved) = idx.start_catch(id, Pos::member(0), catch(1)).unwrap();
-        assert_eq!((pos, moved), (Pos::catching(0), Some((3, Pos::member(0)))));
+        assert_eq!(
+            (pos, moved),
+            (Pos::catching(0), Some((k(3), Pos::member(0))))
+        );
         let (pos, _) = idx.start_catch(id, Pos::member(1), catch(2)).unwrap();
         assert_eq!(pos, Pos::catching(1));
-        assert_eq!(idx.channel(id).unwrap().members, vec![3]);
+        assert_eq!(idx.channel(id).unwrap().members, ks(&[3]));
         // The first catch-up ends: a member again; the second moves into its slot.
-        let (c, pos, moved) = idx.end_catch(id, 1, 1).unwrap();
+        let (c, pos, moved) = idx.end_catch(id, k(1), 1).unwrap();
         assert_eq!(
             (c.key, pos, moved),
-            (1, Pos::member(1), Some((2, Pos::catching(0))))
+            (k(1), Pos::member(1), Some((k(2), Pos::catching(0))))
         );
-        assert!(idx.end_catch(id, 2, 99).is_none(), "a stale tag");
+        assert!(idx.end_catch(id, k(2), 99).is_none(), "a stale tag");
         // Removing everyone, catching included, empties the channel.
         idx.remove(id, Pos::catching(0));
         idx.remove(id, Pos::member(1));
@@ -430,7 +442,7 @@ mod tests {
     #[test]
     fn out_of_range_removal_is_harmless() {
         let mut idx = SubIndex::default();
-        let (id, _, _) = idx.add("c", 1, false, None);
+        let (id, _, _) = idx.add("c", k(1), false, None);
         assert_eq!(idx.remove(id, Pos::member(5)), Removed::default());
         assert_eq!(idx.remove(id, Pos::waiting(5)), Removed::default());
         assert_eq!(idx.remove(ChanId(99), Pos::member(0)), Removed::default());
