@@ -6,34 +6,42 @@
 //! it passes on what its new primary forwards, late, and not all of it (only once the
 //! new primary counts it among its replicas), so a history channel there jumped from
 //! 96 to 119 with nothing to say that 97–118 were missing. The mark goes once a map
-//! names another owner for the slot (the maps have caught up). State only, no I/O.
+//! names another owner for the slot (the maps have caught up), or after `FOR` (the
+//! slot came back to that node before we read a map naming another: stale maps last
+//! well under that, and a channel is never left unplaced for good). State only, no I/O.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::broker::cluster::Addr;
 use crate::redis::cluster::{key_slot, SlotMap};
 
+/// How long a mark holds at most.
+const FOR: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Default)]
 pub struct Ousted {
-    /// slot → the node that gave it up.
-    by_slot: HashMap<u16, Addr>,
+    /// slot → the node that gave it up, and when it said so.
+    by_slot: HashMap<u16, (Addr, Instant)>,
 }
 
 impl Ousted {
     /// `node` said it no longer serves `channel`'s slot.
-    pub fn note(&mut self, channel: &str, node: &Addr) {
+    pub fn note(&mut self, channel: &str, node: &Addr, now: Instant) {
         self.by_slot
-            .insert(key_slot(channel.as_bytes()), node.clone());
+            .insert(key_slot(channel.as_bytes()), (node.clone(), now));
     }
 
     /// Whether `channel` must not go to `node`, which gave up its slot.
-    pub fn refuses(&self, channel: &str, node: &Addr) -> bool {
-        self.by_slot.get(&key_slot(channel.as_bytes())) == Some(node)
+    pub fn refuses(&self, channel: &str, node: &Addr, now: Instant) -> bool {
+        self.by_slot
+            .get(&key_slot(channel.as_bytes()))
+            .is_some_and(|(n, at)| n == node && now < *at + FOR)
     }
 
     /// A new map: marks whose slot it gives to another node are done with.
     pub fn caught_up(&mut self, map: &SlotMap, tls: bool) {
-        self.by_slot.retain(|&slot, node| {
+        self.by_slot.retain(|&slot, (node, _)| {
             let name = slot_owner(map, slot, tls);
             name.is_none() || name.as_ref() == Some(node)
         });
@@ -70,20 +78,20 @@ mod tests {
     fn a_node_that_gave_up_a_slot_gets_it_back_only_after_the_maps_caught_up() {
         let old: Addr = ("h".into(), 1);
         let new: Addr = ("h".into(), 2);
+        let t = Instant::now();
         let mut o = Ousted::default();
-        o.note("room:0", &old);
-        assert!(o.refuses("room:0", &old));
-        assert!(!o.refuses("room:0", &new));
-        assert!(
-            !o.refuses("room:2", &old),
-            "another slot: {}",
-            key_slot(b"room:2")
-        );
+        o.note("room:0", &old, t);
+        assert!(o.refuses("room:0", &old, t));
+        assert!(!o.refuses("room:0", &new, t));
+        // room:2 is in another slot.
+        assert!(!o.refuses("room:2", &old, t));
         // A stale map still names the old primary: the mark stays.
         o.caught_up(&map(1), false);
-        assert!(o.refuses("room:0", &old));
+        assert!(o.refuses("room:0", &old, t + Duration::from_secs(1)));
+        // ... but not for ever (the slot may really have come back).
+        assert!(!o.refuses("room:0", &old, t + FOR));
         // The new owner is named: done.
         o.caught_up(&map(2), false);
-        assert!(!o.refuses("room:0", &old));
+        assert!(!o.refuses("room:0", &old, t));
     }
 }

@@ -21,7 +21,7 @@ impl Reader {
     /// None while the map still names a node that gave the slot up (`ousted`).
     pub(super) fn node_for(&mut self, ch: &str) -> Option<usize> {
         let addr = owner(self.topo.map()?, ch.as_bytes(), self.tls)?;
-        if self.ousted.refuses(ch, &addr) {
+        if self.ousted.refuses(ch, &addr, Instant::now()) {
             self.topo.request();
             return None;
         }
@@ -96,7 +96,7 @@ impl Reader {
         let Some(name) = self.nodes[key].channels.take(ch) else {
             return;
         };
-        self.ousted.note(ch, &self.nodes[key].addr);
+        self.ousted.note(ch, &self.nodes[key].addr, Instant::now());
         if self.router.lost_one(&mut self.links, &name) {
             self.unplaced.insert(name);
         }
@@ -148,7 +148,7 @@ impl Reader {
         }
         // The nodes' own channels: a probe per primary, the control channel on its owner.
         let control_owner = owner(map, CONTROL_CHANNEL.as_bytes(), self.tls)
-            .filter(|a| !self.ousted.refuses(CONTROL_CHANNEL, a));
+            .filter(|a| !self.ousted.refuses(CONTROL_CHANNEL, a, now));
         let keys: Vec<usize> = self.nodes.iter().map(|(k, _)| k).collect();
         for key in keys {
             let n = &self.nodes[key];
