@@ -77,7 +77,7 @@ pub struct Metrics {
     /// Broker messages dropped at the router: payload above --max-message.
     pub broker_too_large: AtomicU64,
     /// Redis Cluster: messages dropped because they came on a connection that no longer
-    /// holds their channel (a demoted primary still receiving by replication).
+    /// holds their channel (a demoted primary still receiving over the cluster bus).
     pub broker_stale_link: AtomicU64,
     /// Messages received from Redis.
     pub broker_messages: AtomicU64,

@@ -42,7 +42,7 @@ impl Reader {
                             }
                             // Only the connection that holds the channel delivers it:
                             // a primary demoted by a failover still receives the new
-                            // primary's messages by replication, and would deliver them
+                            // primary's messages over the cluster bus, and would deliver them
                             // a second time, out of order.
                             Ok(ch) if n.channels.contains(ch) => {
                                 let (offset, data) = split_marked(payload);
