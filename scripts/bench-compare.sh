@@ -29,7 +29,8 @@
 #                   Redis; its loadgen run subscribes with --sub-path /sub/{channel} and publishes
 #                   with --publish-via http (POST /pub/<channel>) instead of WebSocket publishes,
 #                   so only scenarios that publish via ws (s2, custom) run for it;
-#                   fanout-cluster: fanout on a 3-primary Redis Cluster (started on the load
+#                   fanout-cluster (fanout-cluster-b: the FANOUT_B build):
+#                   fanout on a 3-primary Redis Cluster (started on the load
 #                   core next to the single Redis) instead of the single Redis; every table
 #                   ends with the Redis CPU (all Redis processes) per delivery;
 #                   FANOUT_ARGS / FANOUT_B_ARGS add server flags (e.g. FANOUT_B=target/release/fanout
@@ -108,11 +109,11 @@ fi
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer"
 IFS=',' read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
-  case "$s" in fanout|fanout-b|fanout-off|fanout-cluster|node-ws|uws|nchan) ;; *) die "unknown server '$s' (fanout, fanout-b, fanout-off, fanout-cluster, node-ws, uws, nchan)" ;; esac
+  case "$s" in fanout|fanout-b|fanout-off|fanout-cluster|fanout-cluster-b|node-ws|uws|nchan) ;; *) die "unknown server '$s' (fanout, fanout-b, fanout-off, fanout-cluster, fanout-cluster-b, node-ws, uws, nchan)" ;; esac
   if [[ "$s" == nchan && "$scenario" != s2 && "$scenario" != custom ]]; then
     die "nchan runs s2 (or custom) only: its subscribers read Nchan's own channels, which neither a raw Redis PUBLISH (s1) nor fanout's subscribe protocol (s3, churn-resume) reaches"
   fi
-  if [[ "$s" == fanout-b && ! -x "${FANOUT_B:-}" ]]; then die "fanout-b needs FANOUT_B=/path/to/a/fanout/binary"; fi
+  if [[ "$s" == fanout-b* || "$s" == fanout-cluster-b ]] && [[ ! -x "${FANOUT_B:-}" ]]; then die "$s needs FANOUT_B=/path/to/a/fanout/binary"; fi
 done
 
 for tool in redis-server redis-cli python3 taskset; do
@@ -170,7 +171,7 @@ start_redis "$rport" "$workdir/redis.log" taskset -c "$cpu_load"
 # fanout-cluster: the same fanout on a 3-primary Redis Cluster (no replicas), on the load
 # core like the single Redis, so the two compare in one run.
 CLUSTER_SEEDS=""
-if [[ ",$servers," == *",fanout-cluster,"* ]]; then
+if [[ ",$servers," == *",fanout-cluster,"* || ",$servers," == *",fanout-cluster-b,"* ]]; then
   cports=()
   for i in 1 2 3; do
     # A cluster node's bus port is its port + 10000: stay at or below 55535.
@@ -229,13 +230,13 @@ loadgen_cmd=("${preset[@]}" "${extra[@]}")
 start_server() { # name port log -> sets server_pid
   local name="$1" port="$2" log="$3"
   case "$name" in
-    fanout|fanout-b|fanout-off|fanout-cluster)
+    fanout|fanout-b|fanout-off|fanout-cluster|fanout-cluster-b)
       local bin="$FANOUT"
       local -a more=() bus=(--redis "$REDIS_URL") sx=("${fanout_server_extra[@]}")
       [[ "$name" == fanout-off ]] && sx=()
       read -r -a more <<<"${FANOUT_ARGS:-}"
-      if [[ "$name" == fanout-b ]]; then bin="$FANOUT_B"; read -r -a more <<<"${FANOUT_B_ARGS:-}"; fi
-      [[ "$name" == fanout-cluster ]] && bus=(--redis-cluster "$CLUSTER_SEEDS")
+      if [[ "$name" == fanout-b || "$name" == fanout-cluster-b ]]; then bin="$FANOUT_B"; read -r -a more <<<"${FANOUT_B_ARGS:-}"; fi
+      [[ "$name" == fanout-cluster* ]] && bus=(--redis-cluster "$CLUSTER_SEEDS")
       taskset -c "$cpu_server" "$bin" --listen "127.0.0.1:$port" "${bus[@]}" --shards 1 \
         "${sx[@]}" "${more[@]}" >"$log" 2>&1 &
       ;;
