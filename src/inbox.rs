@@ -59,7 +59,7 @@ impl<T> InboxSender<T> {
     pub fn send(&self, msg: T) -> Result<(), T> {
         match self.tx.try_send(msg) {
             Ok(()) => {
-                self.wake();
+                let _ = self.wake();
                 Ok(())
             }
             Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
@@ -73,13 +73,15 @@ impl<T> InboxSender<T> {
         })
     }
 
-    /// Wakes the owner if it is parked.
-    pub fn wake(&self) {
+    /// Wakes the owner if it is parked; true if it was (one wake-up syscall).
+    pub fn wake(&self) -> bool {
         if self.shared.parked.load(Ordering::SeqCst)
             && self.shared.parked.swap(false, Ordering::SeqCst)
         {
             let _ = self.shared.waker.wake();
+            return true;
         }
+        false
     }
 
     /// Messages waiting.

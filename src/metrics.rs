@@ -58,6 +58,9 @@ pub struct Metrics {
     pub unrouted: AtomicU64,
     /// Broker (Redis) connections re-established after a loss.
     pub broker_reconnects: AtomicU64,
+    /// Wake-up syscalls of the Redis writer thread by the shards (at most one per shard
+    /// turn that queued a publish or read; none when the writer runs inline).
+    pub writer_wakeups: AtomicU64,
     /// Times Redis refused the node's credentials (AUTH/SELECT).
     pub redis_auth_refused: AtomicU64,
     /// Failed TLS handshakes with Redis.
@@ -87,6 +90,7 @@ impl Metrics {
             dispatch_dropped: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             broker_reconnects: AtomicU64::new(0),
+            writer_wakeups: AtomicU64::new(0),
             redis_auth_refused: AtomicU64::new(0),
             redis_tls_failed: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
@@ -206,7 +210,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 12] = [
+        let node: [(&str, &str, &AtomicU64, &str); 13] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -230,6 +234,12 @@ impl Metrics {
                 "counter",
                 &self.broker_reconnects,
                 "Redis reconnections",
+            ),
+            (
+                "fanout_broker_writer_wakeups_total",
+                "counter",
+                &self.writer_wakeups,
+                "Wake-ups of the Redis writer thread by the shards (one per shard turn at most)",
             ),
             (
                 "fanout_redis_auth_refused_total",

@@ -109,6 +109,11 @@ impl Link {
         }
     }
 
+    /// The token the socket is registered with.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
     pub fn is_up(&self) -> bool {
         matches!(self.state, State::Up)
     }

@@ -70,6 +70,9 @@ pub struct ShardSetup {
     pub per_user: Arc<admission::PerUser>,
     /// Connection authentication (`--jwt-*`); `None`: off.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// The Redis reader and writer, when they run on this shard's loop (shard 0 with
+    /// `--broker-threads inline`).
+    pub inline_broker: Option<crate::broker::redis::Inline>,
 }
 
 pub struct Shard {
@@ -102,6 +105,8 @@ pub struct Shard {
     presence: Option<api::PresenceLink>,
     /// Per-address and per-user counts, and the token verifier.
     admit: admission::Admission,
+    /// The Redis reader and writer driven by this loop (see `ShardSetup`).
+    inline_broker: Option<crate::broker::redis::Inline>,
 }
 
 impl Shard {
@@ -133,6 +138,7 @@ impl Shard {
                 per_user: s.per_user,
                 auth: s.auth,
             },
+            inline_broker: s.inline_broker,
         }
     }
 
@@ -169,11 +175,18 @@ impl Shard {
                 // the stall limit wake us.
                 timeout = timeout.min(Duration::from_millis(10));
             }
+            if let Some(b) = &self.inline_broker {
+                timeout = timeout.min(b.timeout(Instant::now()));
+            }
             if !timeout.is_zero() {
                 if !stalled && !self.data.park() {
                     timeout = Duration::ZERO;
                 } else if !self.control.park() {
                     self.data.unpark();
+                    timeout = Duration::ZERO;
+                } else if self.inline_broker.as_ref().is_some_and(|b| !b.park()) {
+                    self.data.unpark();
+                    self.control.unpark();
                     timeout = Duration::ZERO;
                 }
             }
@@ -181,6 +194,9 @@ impl Shard {
             let polled = self.poll.poll(&mut events, timeout);
             self.data.unpark();
             self.control.unpark();
+            if let Some(b) = &self.inline_broker {
+                b.unpark();
+            }
             if let Err(e) = polled {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!(shard = self.id.index(), "poll failed: {e}");
@@ -188,7 +204,13 @@ impl Shard {
                 }
             }
             self.clock.update();
+            let now = Instant::now();
             for event in events.iter() {
+                if let Some(b) = self.inline_broker.as_mut() {
+                    if b.ready(event.token(), now) {
+                        continue;
+                    }
+                }
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
@@ -216,6 +238,11 @@ impl Shard {
             if self.read_again.is_empty() {
                 self.read_again = again; // its capacity, for the next turn
             }
+            if let Some(b) = self.inline_broker.as_mut() {
+                // This turn's publishes go to Redis now; what Redis sent is in the
+                // inbox before it is drained below.
+                b.turn(Instant::now());
+            }
             self.drain_inbox();
             if !self.dirty.is_empty() {
                 let now = Instant::now();
@@ -226,6 +253,9 @@ impl Shard {
             }
             if self.clock.tick_due() {
                 self.tick();
+            }
+            if self.broker.end_turn() {
+                self.metrics.writer_wakeups.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || Instant::now() >= deadline {
