@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// One exported per-shard series: name, type, field, help.
 type ShardSeries = (
@@ -58,9 +59,9 @@ pub struct Metrics {
     pub unrouted: AtomicU64,
     /// Broker (Redis) connections re-established after a loss.
     pub broker_reconnects: AtomicU64,
-    /// Wake-up syscalls of the Redis writer thread by the shards (at most one per shard
-    /// turn that queued a publish or read; none when the writer runs inline).
-    pub writer_wakeups: AtomicU64,
+    /// Wake-up syscalls of the Redis writer thread (the shards make at most one per turn
+    /// that queued a publish or read; none when the writer runs inline).
+    pub writer_wakeups: Arc<AtomicU64>,
     /// Times Redis refused the node's credentials (AUTH/SELECT).
     pub redis_auth_refused: AtomicU64,
     /// Failed TLS handshakes with Redis.
@@ -90,7 +91,7 @@ impl Metrics {
             dispatch_dropped: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             broker_reconnects: AtomicU64::new(0),
-            writer_wakeups: AtomicU64::new(0),
+            writer_wakeups: Arc::default(),
             redis_auth_refused: AtomicU64::new(0),
             redis_tls_failed: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
@@ -238,8 +239,8 @@ impl Metrics {
             (
                 "fanout_broker_writer_wakeups_total",
                 "counter",
-                &self.writer_wakeups,
-                "Wake-ups of the Redis writer thread by the shards (one per shard turn at most)",
+                &*self.writer_wakeups,
+                "Wake-ups of the Redis writer thread (one per shard turn at most)",
             ),
             (
                 "fanout_redis_auth_refused_total",

@@ -17,7 +17,7 @@ use mio::{Poll, Token, Waker};
 use super::{BrokerHandle, ShardLinks};
 use crate::config::Config;
 use crate::health::Health;
-use crate::inbox::inbox;
+use crate::inbox::{counted, inbox};
 use crate::redis::RedisUrl;
 pub use driver::Inline;
 
@@ -94,7 +94,8 @@ pub fn start(
     } else {
         (LINK, LINK)
     };
-    let (writer_tx, writer_rx) = inbox(writer_waker.clone(), Some(QUEUE));
+    let wakes = links.metrics.writer_wakeups.clone();
+    let (writer_tx, writer_rx) = counted(writer_waker.clone(), Some(QUEUE), wakes);
     let (reader_tx, reader_rx) = inbox(reader_waker.clone(), Some(reader_queue()));
     let writer = writer::Writer::new(
         writer_reg,
