@@ -25,7 +25,7 @@
 //! 4  broker presence
 //! 3  msg api http
 //! 2  protocol metrics redis auth
-//! 1  config latency ws ids inbox health offset
+//! 1  config latency ws ids inbox health offset hash
 //! ```
 //!
 //! | module | owns | never |
@@ -37,6 +37,7 @@
 //! | [`offset`] | history offsets: stream id + epoch, parse and format | decide |
 //! | [`inbox`] | a shard's queues and the waker that interrupts its poll | block |
 //! | [`health`] | the node's health flags | I/O |
+//! | [`hash`] | the fast, randomly seeded hasher of per-message lookups | own state |
 //! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
 //! | [`metrics`] | counters and their Prometheus text (presence's too) | lock |
 //! | [`auth`] | JWT verification → `Grant` (user, expiry, channel patterns) | I/O, log a token |
@@ -53,6 +54,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod ids;

@@ -283,3 +283,47 @@ fn slow_channels_do_not_allocate_per_subscriber() {
     server.shutdown();
     server.join();
 }
+
+/// A client that sends a message in many small pieces (a slow link, a client without
+/// Nagle): the buffer of the partly received message keeps its capacity between reads
+/// instead of being shrunk (and grown again) on every read.
+#[test]
+fn a_message_sent_in_pieces_does_not_allocate_per_read() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PIECES: usize = 100;
+    let args = fanout::config::Args {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        shards: Some(1),
+        ..Default::default()
+    };
+    let config = fanout::config::Config::resolve(args, None).unwrap();
+    let server = fanout::server::start(config).unwrap();
+    let mut publisher = common::raw_upgrade(server.local_addr);
+    publisher.set_nodelay(true).unwrap();
+    let cmd = format!(
+        r#"{{"type":"publish","channel":"a","data":"{}","id":1}}"#,
+        "x".repeat(4000)
+    );
+    let frame = fanout::ws::inbound::client_frame(1, true, cmd.as_bytes(), MASK);
+    let piece = frame.len().div_ceil(PIECES);
+    let mut buf = vec![0u8; 256];
+    let mut send_in_pieces = |publisher: &mut TcpStream| {
+        let before = ALLOCS.load(Ordering::SeqCst);
+        for chunk in frame.chunks(piece) {
+            publisher.write_all(chunk).unwrap();
+            // Long enough for the shard to read each piece on its own.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        read_frame(publisher, &mut buf); // the `published` ack
+        ALLOCS.load(Ordering::SeqCst) - before
+    };
+    send_in_pieces(&mut publisher);
+    let allocs = send_in_pieces(&mut publisher);
+    eprintln!("{allocs} allocations for one message sent in {PIECES} pieces");
+    assert!(
+        allocs < 40,
+        "{allocs} allocations for one message in {PIECES} pieces: the partial-message buffer is reallocated per read"
+    );
+    server.shutdown();
+    server.join();
+}

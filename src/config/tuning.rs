@@ -21,6 +21,10 @@ pub struct Tuning {
     pub read_buf: usize,
     /// Reads per readable event before other connections get their turn.
     pub reads_per_event: usize,
+    /// A connection's buffer of a partly received message keeps its capacity up to this
+    /// (or up to 4× what it holds): shrinking it on every partial read reallocated once
+    /// per read for clients that send in pieces.
+    pub inbuf_keep: usize,
     /// Deliveries taken from the inbox per loop turn before sockets get a look.
     pub inbox_batch: usize,
     /// Intake stays paused for lagging connections only while they progressed this
@@ -81,6 +85,7 @@ pub const TUNING: Tuning = Tuning {
     listen_backlog: 4096,
     read_buf: 64 * 1024,
     reads_per_event: 8,
+    inbuf_keep: 16 * 1024,
     inbox_batch: 1024,
     max_stall: Duration::from_secs(1),
     min_lagging: 32,

@@ -6,7 +6,7 @@
 //! index into the waiters, one with `CATCHING` set an index into the subscribers still
 //! being caught up from history (history channels), otherwise into the members.
 
-use std::collections::HashMap;
+use crate::hash::FastMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -87,7 +87,7 @@ pub const CATCHING: u32 = 1 << 30;
 
 #[derive(Debug, Default)]
 pub struct SubIndex {
-    by_name: HashMap<Arc<str>, ChanId>,
+    by_name: FastMap<Arc<str>, ChanId>,
     channels: Slab<LocalChannel>,
     next_epoch: u32,
     /// Channels emptied whose broker unsubscribe could not be handed over (queue full):

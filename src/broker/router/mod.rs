@@ -9,7 +9,7 @@ mod dispatch;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use crate::hash::FastMap;
 use std::sync::Arc;
 
 use super::{ShardId, ShardLinks, ShardMsg};
@@ -84,7 +84,7 @@ pub enum Wire {
 
 /// The routing table plus the dispatch path.
 pub struct Router {
-    routes: HashMap<Arc<str>, Route>,
+    routes: FastMap<Arc<str>, Route>,
     metrics: Arc<Metrics>,
     envelope: EnvelopeBuilder,
     /// Shards sent deliveries since the last `wake` (bit per shard).
@@ -99,7 +99,7 @@ pub struct Router {
 impl Router {
     pub fn new(metrics: Arc<Metrics>) -> Router {
         Router {
-            routes: HashMap::new(),
+            routes: crate::hash::fast_map(),
             metrics,
             envelope: EnvelopeBuilder::default(),
             unwoken: 0,

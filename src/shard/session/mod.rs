@@ -275,7 +275,10 @@ impl Session {
         let (used, effect) = self.decode(&mut pending, max, limits);
         pending.drain(..used);
         if !pending.is_empty() && self.phase == Phase::Open {
-            pending.shrink_to(pending.len().max(256));
+            let keep = (4 * pending.len()).max(crate::config::TUNING.inbuf_keep);
+            if pending.capacity() > keep {
+                pending.shrink_to(keep);
+            }
             self.inbuf = pending;
         }
         effect
