@@ -2,7 +2,10 @@
 //! owns, its own channel → subscribers index. The loop only routes events: sockets are
 //! read until empty, broker messages are drained from the inbox, replies and
 //! deliveries are queued during the turn and every touched connection is flushed once
-//! at its end with vectored writes. A shard never blocks on anything but `poll`.
+//! at its end with vectored writes. With `--broker-threads inline` shard 0 also drives
+//! the Redis reader and writer (`broker::redis::driver::Inline`): their sockets are on
+//! its `Poll`, their turn is taken in its turn; they are non-blocking like its own.
+//! A shard never blocks on anything but `poll`.
 
 mod accept;
 pub mod admission;
