@@ -59,8 +59,8 @@ pub struct Metrics {
     pub unrouted: AtomicU64,
     /// Broker (Redis) connections re-established after a loss.
     pub broker_reconnects: AtomicU64,
-    /// Wake-up syscalls of the Redis writer thread (the shards make at most one per turn
-    /// that queued a publish or read; none when the writer runs inline).
+    /// Wake-up syscalls of the Redis writer thread (a shard makes one per turn that
+    /// queued publishes, not one per publish; none when the writer runs inline).
     pub writer_wakeups: Arc<AtomicU64>,
     /// Times Redis refused the node's credentials (AUTH/SELECT).
     pub redis_auth_refused: AtomicU64,
@@ -240,7 +240,7 @@ impl Metrics {
                 "fanout_broker_writer_wakeups_total",
                 "counter",
                 &*self.writer_wakeups,
-                "Wake-ups of the Redis writer thread (one per shard turn at most)",
+                "Wake-ups of the Redis writer thread (one per shard turn, not per publish)",
             ),
             (
                 "fanout_redis_auth_refused_total",

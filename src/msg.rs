@@ -170,7 +170,7 @@ pub enum BrokerHandle {
     Redis {
         reader: InboxSender<BrokerCmd>,
         writer: InboxSender<BrokerCmd>,
-        /// A publish or read was queued for the writer without waking it: `end_turn`
+        /// A publish or read was queued for the writer without waking it: `wake_writer`
         /// wakes it once. (Each clone, one per shard, has its own.)
         wake_writer: std::cell::Cell<bool>,
     },
@@ -187,8 +187,8 @@ impl BrokerHandle {
     }
 
     /// Hands a command over without blocking; gives it back when the broker cannot take it.
-    /// Publishes and reads wake the writer only at `end_turn`: a shard turn's publishes
-    /// cost the writer one wake-up, not one each.
+    /// Publishes and reads wake the writer only at `wake_writer`: a shard turn's
+    /// publishes cost the writer one wake-up, not one each.
     pub fn send(&self, cmd: BrokerCmd) -> Result<(), BrokerCmd> {
         match self {
             BrokerHandle::Memory(tx) => tx.try_send(cmd).map_err(|e| e.into_inner()),
@@ -207,9 +207,10 @@ impl BrokerHandle {
         }
     }
 
-    /// The end of the sender's loop turn: wakes the writer (if parked) when this turn
-    /// queued anything for it. True if that took a wake-up syscall.
-    pub fn end_turn(&self) -> bool {
+    /// Wakes the writer (if parked) when anything was queued for it since the last call.
+    /// True if that took a wake-up syscall. A shard calls it once its sockets are read
+    /// (the turn's publishes) and at the end of its turn (reads asked for meanwhile).
+    pub fn wake_writer(&self) -> bool {
         match self {
             BrokerHandle::Redis {
                 writer,
@@ -255,11 +256,11 @@ mod tests {
                 assert!(writer_rx.park());
                 handle.send(publish(n)).unwrap();
             }
-            if handle.end_turn() {
+            if handle.wake_writer() {
                 wakes += 1;
             }
             // Nothing more queued: another end of turn wakes nobody.
-            assert!(!handle.end_turn());
+            assert!(!handle.wake_writer());
             poll.poll(&mut events, Some(Duration::from_secs(5)))
                 .unwrap();
             assert_eq!(events.iter().count(), 1, "one wake-up per turn");

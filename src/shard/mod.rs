@@ -241,6 +241,9 @@ impl Shard {
             if self.read_again.is_empty() {
                 self.read_again = again; // its capacity, for the next turn
             }
+            // The publishes read from the sockets wake the writer thread once; it writes
+            // them while this turn fans out and flushes.
+            let _ = self.broker.wake_writer();
             if let Some(b) = self.inline_broker.as_mut() {
                 // This turn's publishes go to Redis now; what Redis sent is in the
                 // inbox before it is drained below.
@@ -257,8 +260,8 @@ impl Shard {
             if self.clock.tick_due() {
                 self.tick();
             }
-            // This turn's publishes and reads wake the writer thread once.
-            let _ = self.broker.end_turn();
+            // History reads asked for since (rare) wake the writer thread too.
+            let _ = self.broker.wake_writer();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() || Instant::now() >= deadline {
                     break;
