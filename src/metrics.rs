@@ -77,6 +77,9 @@ pub struct Metrics {
     pub history_gaps: AtomicU64,
     /// Broker messages dropped at the router: payload above --max-message.
     pub broker_too_large: AtomicU64,
+    /// Redis Cluster: messages dropped because they came on a connection that no longer
+    /// holds their channel (a demoted primary still receiving by replication).
+    pub broker_stale_link: AtomicU64,
     /// Messages received from Redis.
     pub broker_messages: AtomicU64,
     /// Presence (connection manager) figures.
@@ -99,6 +102,7 @@ impl Metrics {
             history_repairs: AtomicU64::new(0),
             history_gaps: AtomicU64::new(0),
             broker_too_large: AtomicU64::new(0),
+            broker_stale_link: AtomicU64::new(0),
             broker_messages: AtomicU64::new(0),
             presence: Default::default(),
         }
@@ -211,7 +215,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 13] = [
+        let node: [(&str, &str, &AtomicU64, &str); 14] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -283,6 +287,12 @@ impl Metrics {
                 "counter",
                 &self.broker_too_large,
                 "Redis messages dropped: payload above --max-message",
+            ),
+            (
+                "fanout_broker_stale_link_total",
+                "counter",
+                &self.broker_stale_link,
+                "Redis Cluster messages dropped: they came on a connection that no longer holds their channel (a demoted primary); the channel's new connection delivers them",
             ),
             (
                 "fanout_broker_messages_total",

@@ -400,3 +400,84 @@ fn an_acl_user_applies_to_every_node_of_the_cluster() {
         assert!(ours >= 4, "primary {port}: {ours} clients as app\n{list}");
     }
 }
+
+/// History channels whose names carry braces: a channel's stream and epoch keys must sit
+/// in the channel's own slot (the publish script appends and `SPUBLISH`es in one step),
+/// whether the name has a hash tag of its own (`{team}:a`, `x{y}z`) or a lone brace.
+#[test]
+fn history_channels_with_braces_in_their_names_publish_and_replay() {
+    let cluster = RedisCluster::start();
+    let node = cluster_node(&cluster, &["--history-size", "100"]);
+    let channels = ["{team}:a", "{team}:b", "x{y}z", "b{c", "plain"];
+    let mut sub = node.client();
+    for ch in channels {
+        sub.send(&serde_json::json!({"type":"subscribe","channel":ch}).to_string());
+        let v = sub.expect_json();
+        assert_eq!(v["type"], "subscribed", "{ch}: {v}");
+    }
+    let mut publisher = node.client();
+    for ch in channels {
+        for n in 0..3 {
+            publisher.send(
+                &serde_json::json!({"type":"publish","channel":ch,"data":{"n":n},"id":n})
+                    .to_string(),
+            );
+            let ack = publisher.expect_json();
+            assert_eq!(ack["type"], "published", "{ch} #{n}: {ack}");
+            assert!(ack["offset"].is_string(), "{ch} #{n}: {ack}");
+        }
+    }
+    let mut got = 0;
+    while got < 3 * channels.len() {
+        let v = sub.expect_json();
+        assert!(v["data"]["n"].is_u64(), "{v}");
+        got += 1;
+    }
+    for ch in channels {
+        publisher.send(&serde_json::json!({"type":"history","channel":ch,"limit":10}).to_string());
+        let v = publisher.expect_json();
+        let ns: Vec<u64> = v["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{ch}: {v}"))
+            .iter()
+            .map(|m| m["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, [0, 1, 2], "{ch}: {v}");
+    }
+    // A `}` without a hash tag cannot share a key's slot: refused up front, with a
+    // reason, on every way in (not an `unavailable` per publish).
+    for cmd in [
+        serde_json::json!({"type":"subscribe","channel":"a}b"}),
+        serde_json::json!({"type":"publish","channel":"a}b","data":1,"id":1}),
+        serde_json::json!({"type":"history","channel":"{}d","id":2}),
+    ] {
+        publisher.send(&cmd.to_string());
+        let v = publisher.expect_json();
+        assert_eq!(v["type"], "error", "{cmd}: {v}");
+        assert_eq!(v["code"], "bad_channel", "{cmd}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("hash tag"), "{v}");
+    }
+    let http = |method: &str, path: &str, body: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let answer = http("POST", "/api/publish", r#"{"channel":"a}b","data":1}"#);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("hash tag"),
+        "{answer}"
+    );
+    let answer = http("GET", "/api/channels/a%7Db/history", "");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("hash tag"),
+        "{answer}"
+    );
+}

@@ -1,6 +1,10 @@
 //! The command line: every flag with its help text (what `fanout --help` prints). Only
 //! the shape of the flags; ranges, precedence and the TOML file are resolved in
 //! `Config::resolve`.
+//!
+//! The field docs are the `--help` text, written for a terminal (`[default: …]`,
+//! `<hostname>`), not rustdoc: its link and HTML checks are off here.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -25,6 +25,10 @@ pub struct Tuning {
     /// (or up to 4× what it holds): shrinking it on every partial read reallocated once
     /// per read for clients that send in pieces.
     pub inbuf_keep: usize,
+    /// A delivery to at least this many members of one channel on a shard is copied
+    /// once into a frame of the shard's own (when the node has several shards), so the
+    /// per-member clones do not share one reference count across cores.
+    pub local_copy_members: usize,
     /// Deliveries taken from the inbox per loop turn before sockets get a look.
     pub inbox_batch: usize,
     /// Intake stays paused for lagging connections only while they progressed this
@@ -86,6 +90,7 @@ pub const TUNING: Tuning = Tuning {
     read_buf: 64 * 1024,
     reads_per_event: 8,
     inbuf_keep: 16 * 1024,
+    local_copy_members: 16,
     inbox_batch: 1024,
     max_stall: Duration::from_secs(1),
     min_lagging: 32,

@@ -1,14 +1,25 @@
 //! Limits against abuse that need memory of their own: WebSocket connections per client
 //! address and per authenticated user (counted across the node's shards, so one table
 //! each behind a lock, touched only on an upgrade, an authentication and a close) and
-//! each connection's publish token bucket. Counting and
-//! deciding only: the shard answers the refusals.
+//! each connection's publish token bucket; and `Admission`, the checks of an upgrade
+//! and an authentication (origin aside: see `api.rs`) against them and the token
+//! verifier. Counting and deciding only: every refusal is counted here, the shard
+//! answers it; it never writes to a socket.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 
+use std::sync::atomic::Ordering;
+
+use mio::net::TcpStream;
 use parking_lot::Mutex;
+
+use crate::api::Refusal;
+use crate::auth::Grant;
+use crate::config::Limits;
+use crate::metrics::ShardMetrics;
+use crate::ws::handshake::RequestHead;
 
 /// Open WebSocket connections per key (a client address, a user) on this node.
 #[derive(Debug)]
@@ -67,6 +78,99 @@ pub struct Admission {
     pub per_ip: std::sync::Arc<PerIp>,
     pub per_user: std::sync::Arc<PerUser>,
     pub auth: Option<std::sync::Arc<crate::auth::Verifier>>,
+}
+
+impl Admission {
+    /// With auth on, a token on the upgrade (`?token=` or `Authorization: Bearer`) is
+    /// verified now: valid, the connection opens authenticated; invalid, 401 (counted).
+    /// Without one the connection opens and must send an auth message. `echo`: the
+    /// echo endpoint, never authenticated.
+    pub fn upgrade_token(
+        &self,
+        m: &ShardMetrics,
+        head: &RequestHead,
+        echo: bool,
+    ) -> Result<Option<Grant>, Refusal> {
+        let Some(verifier) = self.auth.as_ref().filter(|_| !echo) else {
+            return Ok(None);
+        };
+        let token = match crate::api::query_value(head.query.as_deref(), "token") {
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => return Err(refused(m, 401, "invalid token")),
+            None => head.bearer.clone(),
+        };
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        match verifier.verify(&token, crate::auth::unix_now()) {
+            Ok(grant) => Ok(Some(grant)),
+            Err(_) => Err(refused(m, 401, "invalid token")),
+        }
+    }
+
+    /// `--max-conns-per-ip`: counts the connection on `stream` under its client address
+    /// (kept in `held`), or refuses it (429, counted).
+    pub fn admit_ip(
+        &self,
+        limits: &Limits,
+        m: &ShardMetrics,
+        stream: &TcpStream,
+        held: &mut Option<Box<ConnLimits>>,
+    ) -> Result<(), Refusal> {
+        let max = limits.max_conns_per_ip;
+        if max == 0 {
+            return Ok(());
+        }
+        let Ok(ip) = stream.peer_addr().map(|a| a.ip()) else {
+            return Ok(()); // the peer is already gone; the close will follow
+        };
+        if !self.per_ip.acquire(ip, max) {
+            return Err(refused(m, 429, "too many connections from this address"));
+        }
+        held.get_or_insert_with(Default::default).ip = Some(ip);
+        Ok(())
+    }
+
+    /// `--max-conns-per-user`: counts the connection under its authenticated user (kept
+    /// in `held`), or refuses it (counted; the caller answers). A refused connection is
+    /// closed, which releases whatever else it was counted under.
+    pub fn admit_user(
+        &self,
+        limits: &Limits,
+        m: &ShardMetrics,
+        sub: &str,
+        held: &mut Option<Box<ConnLimits>>,
+    ) -> bool {
+        let max = limits.max_conns_per_user;
+        if max == 0 {
+            return true;
+        }
+        if !self.per_user.acquire(sub.into(), max) {
+            refused(m, 429, "too many connections for this user");
+            return false;
+        }
+        held.get_or_insert_with(Default::default).user = Some(sub.into());
+        true
+    }
+
+    /// A connection closed: it no longer counts under its address and user.
+    pub fn release(&self, held: Option<&ConnLimits>) {
+        let Some(held) = held else {
+            return;
+        };
+        if let Some(ip) = &held.ip {
+            self.per_ip.release(ip);
+        }
+        if let Some(user) = &held.user {
+            self.per_user.release(user);
+        }
+    }
+}
+
+/// Counts a refused upgrade.
+pub fn refused(m: &ShardMetrics, status: u16, why: &'static str) -> Refusal {
+    m.upgrades_refused.fetch_add(1, Ordering::Relaxed);
+    (status, why)
 }
 
 /// A connection's publish allowance: `rate` per second, bursts of `rate`.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::key::Key;
 use crate::offset::Offset;
 
 /// The shard's history reads that must be asked again, and the tags that tell a
@@ -17,7 +18,7 @@ pub struct Reads {
     /// Channels whose sync could not be asked or answered: asked again at the tick.
     pub retry: Vec<Arc<str>>,
     /// Catch-ups likewise: (channel, connection key, tag).
-    pub catch_retry: Vec<(Arc<str>, u32, u32)>,
+    pub catch_retry: Vec<(Arc<str>, Key, u32)>,
     /// The last tag given to a read.
     pub tag: u32,
 }
@@ -50,17 +51,17 @@ pub struct ChanHistory {
     pub held_bytes: usize,
     /// A held frame without an offset was dropped (overflow): the members get `gap`.
     pub held_lost: bool,
-    /// Subscribers being caught up (positions with `CATCHING`).
+    /// Subscribers being caught up (`Pos::catching` positions).
     pub catching: Vec<Catch>,
     /// The `since` of waiters that asked to resume.
-    pub resume: Vec<(u32, Offset)>,
+    pub resume: Vec<(Key, Offset)>,
 }
 
 /// One subscriber being caught up: its history read covers (`since`, `upto`]; live
 /// frames after `upto` are held for it meanwhile.
 #[derive(Debug)]
 pub struct Catch {
-    pub key: u32,
+    pub key: Key,
     pub tag: u32,
     pub since: Offset,
     pub upto: Offset,
@@ -176,7 +177,7 @@ mod tests {
         h.syncing = 0;
         h.again = false;
         h.catching.push(Catch {
-            key: 1,
+            key: crate::shard::key::Key::from_raw(1),
             tag: 1,
             since: at(1).unwrap(),
             upto: at(6).unwrap(),

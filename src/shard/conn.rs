@@ -2,48 +2,16 @@
 //! outbound queue, its subscriptions and the flush bookkeeping. Kept small: an idle
 //! subscribed connection owns no buffer at all.
 
-use super::subs::ChanId;
+use super::subs::{ChanId, Pos};
 use mio::net::TcpStream;
 use slab::Slab;
 
 use super::outq::OutQueue;
 use super::session::Session;
 
+pub use super::key::Key;
 pub use super::session::Phase;
 pub use crate::ids::ConnId;
-
-/// A connection's slot in its shard: the shard-local name of a connection (with `gen`,
-/// `ConnId` names it to other threads). Kept as a `u32` in subscription lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(u32);
-
-impl Key {
-    /// The key of a raw `u32` kept in a subscription list or a `ConnId`.
-    pub fn from_raw(raw: u32) -> Key {
-        Key(raw)
-    }
-
-    /// The `u32` a subscription list or a `ConnId` keeps.
-    pub fn raw(self) -> u32 {
-        self.0
-    }
-
-    /// Its slab slot (also its `mio::Token`).
-    pub fn slot(self) -> usize {
-        self.0 as usize
-    }
-
-    /// The key of slab slot (or `mio::Token`) `slot`; `None` past `u32` (never a
-    /// connection: a shard holds far fewer).
-    pub fn from_slot(slot: usize) -> Option<Key> {
-        u32::try_from(slot).ok().map(Key)
-    }
-
-    /// The key this connection has in `ConnId` `id`.
-    pub fn of(id: ConnId) -> Key {
-        Key(id.key)
-    }
-}
 
 /// A shard's connections, by `Key`.
 #[derive(Debug, Default)]
@@ -64,7 +32,7 @@ impl Conns {
     }
 
     pub fn insert(&mut self, conn: Conn) -> Key {
-        Key(self.0.insert(conn) as u32)
+        Key::from_raw(self.0.insert(conn) as u32)
     }
 
     pub fn remove(&mut self, key: Key) -> Option<Conn> {
@@ -76,11 +44,11 @@ impl Conns {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (Key, &Conn)> {
-        self.0.iter().map(|(k, c)| (Key(k as u32), c))
+        self.0.iter().map(|(k, c)| (Key::from_raw(k as u32), c))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut Conn)> {
-        self.0.iter_mut().map(|(k, c)| (Key(k as u32), c))
+        self.0.iter_mut().map(|(k, c)| (Key::from_raw(k as u32), c))
     }
 
     pub fn len(&self) -> usize {
@@ -101,7 +69,7 @@ pub struct Conn {
     pub outq: OutQueue,
     /// (local channel id, position in that channel's member list); the first two are
     /// stored inline, so a typical connection allocates nothing for them.
-    pub subs: smallvec::SmallVec<[(ChanId, u32); 2]>,
+    pub subs: smallvec::SmallVec<[(ChanId, Pos); 2]>,
     /// Queued in the shard's dirty list for the end-of-turn flush.
     pub dirty: bool,
     /// The socket said WouldBlock: wait for a writable event before writing again.

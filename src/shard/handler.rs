@@ -1,9 +1,9 @@
-//! What a shard does with each client command (decoded by the connection's session) and
-//! each broker answer:
-//! subscribe / unsubscribe against the local index (asking the broker only on a channel's
-//! first and last local subscriber), publish handed to the broker, replies queued.
+//! The command dispatch: what a shard does with each client command (decoded by the
+//! connection's session) — subscribe / unsubscribe handed to `Fanout`, history reads to
+//! `history_query`, presence to `Api`; authentication (token, refresh, per-user count)
+//! and publish (rate, broker) carried out here, replies queued through `Wire`, and the
+//! broker's answer to a publish. Owns no state: the parts it routes to own it.
 
-use super::subs::ChanId;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -12,37 +12,40 @@ use super::admission::Bucket;
 use super::conn::ConnId;
 use super::conn::Key;
 use super::session::{may_subscribe, Cmd, Refresh};
-use super::subs::{Added, WAITING};
-use super::Shard;
+use super::{history_query, Shard};
 use crate::msg::{AckTo, BrokerCmd};
 use crate::protocol::{reply, ErrorCode};
 
 impl Shard {
-    pub(super) fn simple_error(
-        &mut self,
-        key: Key,
-        code: ErrorCode,
-        message: &'static str,
-        id: Option<&str>,
-        channel: Option<&str>,
-    ) {
-        self.metrics.shards[self.id.index()]
-            .client_errors
-            .fetch_add(1, Ordering::Relaxed);
-        self.queue(key, reply::error(code, message, id, channel));
-    }
-
     /// Carries out one client command.
     pub(super) fn on_command(&mut self, key: Key, cmd: Cmd) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.wire.conns.get(key) else {
             return;
         };
-        if let Err(code) = conn.session.permits(&cmd, &self.config.namespaces) {
+        if let Err(code) = conn.session.permits(&cmd, &self.ctx.config.namespaces) {
             return self.refuse(key, code, &cmd);
         }
+        if let (Some(channel), id) = channel_and_id(&cmd) {
+            if let Some(why) = self.ctx.unplaceable(channel) {
+                return self.wire.simple_error(
+                    &self.ctx,
+                    key,
+                    ErrorCode::BadChannel,
+                    why,
+                    id,
+                    Some(channel),
+                );
+            }
+        }
         match cmd {
-            Cmd::Subscribe(channel, since) => self.subscribe(key, &channel, since),
-            Cmd::Unsubscribe(channel) => self.unsubscribe(key, &channel),
+            Cmd::Subscribe(channel, since) => {
+                self.fan
+                    .subscribe(&self.ctx, &mut self.wire, key, &channel, since)
+            }
+            Cmd::Unsubscribe(channel) => {
+                self.fan
+                    .unsubscribe(&self.ctx, &mut self.wire, key, &channel)
+            }
             Cmd::Publish {
                 channel,
                 payload,
@@ -55,19 +58,13 @@ impl Shard {
                 limit,
                 since,
                 id,
-            } => self.history_query(key, &channel, limit, since, id),
+            } => history_query::query(&self.ctx, &mut self.wire, key, &channel, limit, since, id),
         }
     }
 
     /// A command the connection's token does not allow (or no token yet).
     fn refuse(&mut self, key: Key, code: ErrorCode, cmd: &Cmd) {
-        let (id, channel) = match cmd {
-            Cmd::Subscribe(c, _) | Cmd::Unsubscribe(c) => (None, Some(&**c)),
-            Cmd::Publish { channel, id, .. } | Cmd::History { channel, id, .. } => {
-                (id.as_deref(), Some(&**channel))
-            }
-            Cmd::Presence(_) | Cmd::Auth(_) => (None, None),
-        };
+        let (channel, id) = channel_and_id(cmd);
         let message = match (code, cmd) {
             (ErrorCode::Unauthorized, _) => {
                 "authenticate first: {\"type\":\"auth\",\"token\":\"...\"}"
@@ -75,14 +72,16 @@ impl Shard {
             (_, Cmd::Publish { .. }) => "publishing to this channel is not allowed",
             _ => "the token does not allow this channel",
         };
-        self.simple_error(key, code, message, id, channel);
+        self.wire
+            .simple_error(&self.ctx, key, code, message, id, channel);
     }
 
     /// `{"type":"auth","token":…}`: the first token of the connection, or a refresh
     /// (same `sub`). An invalid token, or one for another user, closes with 4001.
     fn auth_message(&mut self, key: Key, token: &str) {
         let Some(verifier) = self.admit.auth.clone() else {
-            return self.simple_error(
+            return self.wire.simple_error(
+                &self.ctx,
                 key,
                 ErrorCode::BadRequest,
                 "authentication is off on this node",
@@ -94,38 +93,39 @@ impl Shard {
         let grant = match verifier.verify(token, unix_now) {
             Ok(grant) => grant,
             Err(_) => {
-                self.metrics.shards[self.id.index()]
-                    .client_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                return self.close_ws(key, 4001, "unauthorized");
+                self.ctx.m().client_errors.fetch_add(1, Ordering::Relaxed);
+                return self.wire.close_ws(key, 4001, "unauthorized");
             }
         };
-        let now = self.clock.coarse();
-        let Some(conn) = self.conns.get_mut(key) else {
+        let now = self.ctx.clock.coarse();
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return;
         };
         let answer = reply::authenticated(&grant.sub, grant.exp);
         let sub = grant.sub.clone();
         match conn.session.authenticate(grant, now, unix_now) {
-            Refresh::OtherUser => return self.close_ws(key, 4001, "unauthorized"),
+            Refresh::OtherUser => return self.wire.close_ws(key, 4001, "unauthorized"),
             Refresh::Renewed => {
-                self.queue(key, answer);
+                self.wire.queue(&self.ctx, key, answer);
                 return self.drop_disallowed(key);
             }
             Refresh::First => {
-                if !self.admit_user(key, &sub) {
-                    return self.close_ws(key, 1008, "too many connections for this user");
+                let (limits, m) = (&self.ctx.config.limits, self.ctx.m());
+                if !self.admit.admit_user(limits, m, &sub, &mut conn.limits) {
+                    return self
+                        .wire
+                        .close_ws(key, 1008, "too many connections for this user");
                 }
-                self.presence_open(key, Some(&sub))
+                self.api.opened(&self.ctx, &mut self.wire, key, Some(&sub))
             }
         }
-        self.queue(key, answer);
+        self.wire.queue(&self.ctx, key, answer);
     }
 
     /// After a refresh: subscriptions the new token no longer allows are dropped, each
     /// answered `unsubscribed`.
     fn drop_disallowed(&mut self, key: Key) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.wire.conns.get(key) else {
             return;
         };
         let Some(grant) = conn.session.grant() else {
@@ -134,135 +134,28 @@ impl Shard {
         let gone: Vec<std::sync::Arc<str>> = conn
             .subs
             .iter()
-            .filter_map(|&(chan, _)| self.subs.channel(chan))
-            .filter(|ch| !may_subscribe(grant, &self.config.namespaces, &ch.name))
+            .filter_map(|&(chan, _)| self.fan.subs.channel(chan))
+            .filter(|ch| !may_subscribe(grant, &self.ctx.config.namespaces, &ch.name))
             .map(|ch| ch.name.clone())
             .collect();
         for name in gone {
-            self.unsubscribe(key, &name);
+            self.fan.unsubscribe(&self.ctx, &mut self.wire, key, &name);
         }
-    }
-
-    fn subscribe(&mut self, key: Key, channel: &str, since: Option<crate::offset::Offset>) {
-        let history = self.has_history(channel);
-        if since.is_some() && !history {
-            return self.simple_error(
-                key,
-                ErrorCode::BadRequest,
-                "this channel keeps no history: since is not allowed",
-                None,
-                Some(channel),
-            );
-        }
-        let Some(conn) = self.conns.get(key) else {
-            return;
-        };
-        if let Some(chan) = self.subs.lookup(channel) {
-            if let Some(i) = conn.sub_index(chan) {
-                // Already subscribed: answer again if it was confirmed; a connection
-                // still waiting gets its one `subscribed` when the broker confirms
-                // (never one per repeat: the waiter list stays bounded).
-                if conn.subs[i].1 & WAITING == 0 {
-                    let last = self
-                        .subs
-                        .channel(chan)
-                        .and_then(|c| c.hist.as_ref())
-                        .and_then(|h| h.last);
-                    let frame = match last {
-                        Some(last) => reply::subscribed_at(channel, &last),
-                        None => reply::subscribed(channel),
-                    };
-                    self.queue(key, frame);
-                }
-                return;
-            }
-        }
-        if conn.subs.len() >= self.config.limits.max_subscriptions {
-            self.simple_error(
-                key,
-                ErrorCode::BadRequest,
-                "subscription limit reached",
-                None,
-                Some(channel),
-            );
-            return;
-        }
-        if since.is_some() && !self.history_allowed(key, channel, None) {
-            return;
-        }
-        let (chan, pos, added) = self.subs.add(channel, key.raw(), history, since);
-        if let Some(conn) = self.conns.get_mut(key) {
-            conn.subs.push((chan, pos));
-        }
-        self.metrics.shards[self.id.index()]
-            .subscriptions
-            .fetch_add(1, Ordering::Relaxed);
-        match added {
-            Added::Live if history => {
-                let name = self.subs.channel(chan).map(|c| c.name.clone());
-                if let Some(name) = name {
-                    self.joined(key, chan, &name, since);
-                }
-            }
-            Added::Live => self.queue(key, reply::subscribed(channel)),
-            Added::Pending => {}
-            Added::NewChannel(epoch) => {
-                let Some(ch) = self.subs.channel(chan) else {
-                    return;
-                };
-                let cmd = BrokerCmd::Subscribe {
-                    channel: ch.name.clone(),
-                    shard: self.id,
-                    epoch,
-                };
-                if self.broker.send(cmd).is_err() {
-                    // The broker cannot take it: undo, so a later subscribe tries again.
-                    self.drop_subscription(key, chan);
-                    self.simple_error(
-                        key,
-                        ErrorCode::Unavailable,
-                        "broker is busy, try again",
-                        None,
-                        Some(channel),
-                    );
-                }
-            }
-        }
-    }
-
-    fn drop_subscription(&mut self, key: Key, chan: ChanId) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Some(i) = conn.sub_index(chan) else {
-            return;
-        };
-        let (_, pos) = conn.subs.swap_remove(i);
-        self.metrics.shards[self.id.index()]
-            .subscriptions
-            .fetch_sub(1, Ordering::Relaxed);
-        self.leave(chan, pos);
-    }
-
-    fn unsubscribe(&mut self, key: Key, channel: &str) {
-        if let Some(chan) = self.subs.lookup(channel) {
-            self.drop_subscription(key, chan);
-        }
-        self.queue(key, reply::unsubscribed(channel));
     }
 
     fn publish(&mut self, key: Key, channel: Box<str>, payload: Bytes, id: Option<Box<str>>) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.wire.conns.get(key) else {
             return;
         };
         let gen = conn.gen;
-        let broker_down =
-            self.config.redis.is_some() && !self.health.publisher_ok.load(Ordering::Relaxed);
+        let broker_down = self.ctx.config.redis.is_some()
+            && !self.ctx.health.publisher_ok.load(Ordering::Relaxed);
         if broker_down {
             return self.publish_refused(key, &channel, id.as_deref());
         }
-        if !self.config.client_publish {
-            return self.simple_error(
+        if !self.ctx.config.client_publish {
+            return self.wire.simple_error(
+                &self.ctx,
                 key,
                 ErrorCode::Forbidden,
                 "publishing over the WebSocket is off on this server (--client-publish off)",
@@ -271,10 +164,9 @@ impl Shard {
             );
         }
         if !self.publish_allowed(key) {
-            self.metrics.shards[self.id.index()]
-                .rate_limited
-                .fetch_add(1, Ordering::Relaxed);
-            return self.simple_error(
+            self.ctx.m().rate_limited.fetch_add(1, Ordering::Relaxed);
+            return self.wire.simple_error(
+                &self.ctx,
                 key,
                 ErrorCode::RateLimited,
                 "publish rate exceeded, message not published",
@@ -283,7 +175,7 @@ impl Shard {
             );
         }
         let ack = id.map(|id| AckTo {
-            shard: self.id,
+            shard: self.ctx.id,
             conn: ConnId {
                 key: key.raw(),
                 gen,
@@ -295,11 +187,9 @@ impl Shard {
             payload,
             ack,
         };
-        match self.broker.send(cmd) {
+        match self.ctx.broker.send(cmd) {
             Ok(()) => {
-                self.metrics.shards[self.id.index()]
-                    .publishes
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.m().publishes.fetch_add(1, Ordering::Relaxed);
             }
             Err(BrokerCmd::Publish { channel, ack, .. }) => {
                 self.publish_refused(key, &channel, ack.as_ref().map(|a| &*a.id))
@@ -310,12 +200,12 @@ impl Shard {
 
     /// `--publish-rate`: takes one publish from the connection's token bucket.
     fn publish_allowed(&mut self, key: Key) -> bool {
-        let rate = self.config.limits.publish_rate;
+        let rate = self.ctx.config.limits.publish_rate;
         if rate == 0 {
             return true;
         }
-        let now_ms = self.clock.ms();
-        let Some(conn) = self.conns.get_mut(key) else {
+        let now_ms = self.ctx.clock.ms();
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return false;
         };
         let limits = conn.limits.get_or_insert_with(Default::default);
@@ -326,10 +216,12 @@ impl Shard {
     }
 
     fn publish_refused(&mut self, key: Key, channel: &str, id: Option<&str>) {
-        self.metrics.shards[self.id.index()]
+        self.ctx
+            .m()
             .publish_rejected
             .fetch_add(1, Ordering::Relaxed);
-        self.simple_error(
+        self.wire.simple_error(
+            &self.ctx,
             key,
             ErrorCode::Unavailable,
             "broker is unavailable, message not published",
@@ -339,92 +231,8 @@ impl Shard {
     }
 
     fn presence(&mut self, key: Key, user: &str) {
-        self.presence_query(key, user, false);
-    }
-
-    /// The broker confirmed channel `channel` for the subscribe sent with `epoch`.
-    pub(super) fn on_subscribed(&mut self, channel: &str, epoch: u32) {
-        let Some(chan) = self.subs.lookup(channel) else {
-            return;
-        };
-        let Some(ch) = self.subs.channel_mut(chan) else {
-            return;
-        };
-        if ch.epoch != epoch {
-            return; // a confirmation of an earlier, since abandoned subscribe
-        }
-        if ch.hist.is_some() {
-            // A history channel answers its subscribers with its offset: the first
-            // time, only once it has read it.
-            if ch.unsynced() {
-                let syncing = ch.hist.as_ref().is_some_and(|h| h.syncing != 0);
-                self.subs.set_live(chan);
-                if !syncing {
-                    self.start_sync(chan);
-                }
-            } else {
-                self.admit_waiters(chan);
-            }
-            return;
-        }
-        // Waiters become members (deliveries start now) and are told `subscribed`, in
-        // that order on their queue: nothing of this channel reaches them before it.
-        let (waiters, first) = self.subs.confirm(chan);
-        if waiters.is_empty() {
-            return;
-        }
-        let frame = reply::subscribed(channel);
-        for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
-                if let Some(i) = c.sub_index(chan) {
-                    c.subs[i].1 = first + n as u32;
-                }
-            }
-            self.queue(Key::from_raw(key), frame.clone());
-        }
-    }
-
-    /// The broker connection was lost: local channels wait for a new confirmation.
-    pub(super) fn on_unconfirmed(&mut self) {
-        self.subs.unconfirm_all();
-    }
-
-    /// Tells the broker that this shard's last subscriber of `channel` left. An
-    /// unsubscribe must never be lost (Redis would keep sending the channel to this node
-    /// forever): when the broker queue is full it is owed, and retried every turn.
-    pub(super) fn unsubscribe_broker(&mut self, channel: std::sync::Arc<str>) {
-        let cmd = BrokerCmd::Unsubscribe {
-            channel,
-            shard: self.id,
-        };
-        if let Err(BrokerCmd::Unsubscribe { channel, .. }) = self.broker.send(cmd) {
-            tracing::debug!(
-                shard = self.id.index(),
-                "broker queue full: unsubscribe owed"
-            );
-            self.subs.unsubscribe_owed.push(channel);
-        }
-    }
-
-    /// Retries the unsubscribes the broker could not take (nothing in the common case).
-    pub(super) fn retry_unsubscribes(&mut self) {
-        if self.subs.unsubscribe_owed.is_empty() {
-            return;
-        }
-        let owed = std::mem::take(&mut self.subs.unsubscribe_owed);
-        let mut owed = owed.into_iter();
-        for channel in owed.by_ref() {
-            let cmd = BrokerCmd::Unsubscribe {
-                channel,
-                shard: self.id,
-            };
-            if let Err(BrokerCmd::Unsubscribe { channel, .. }) = self.broker.send(cmd) {
-                // Still full: keep this one and the rest, in order, for the next turn.
-                self.subs.unsubscribe_owed.push(channel);
-                break;
-            }
-        }
-        self.subs.unsubscribe_owed.extend(owed);
+        self.api
+            .presence_query(&self.ctx, &mut self.wire, key, user, false);
     }
 
     /// The broker's answer to a publish with an id.
@@ -434,12 +242,16 @@ impl Shard {
         id: &str,
         result: Result<Option<crate::offset::Offset>, ErrorCode>,
     ) {
-        let key = Key::from_raw(conn.key);
+        let key = Key::of(conn);
         if result.is_err() {
             // Counted whether or not the client is still there to be told.
-            self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
+            self.ctx
+                .metrics
+                .publish_failed
+                .fetch_add(1, Ordering::Relaxed);
         }
         if self
+            .wire
             .conns
             .get(key)
             .map(|c| c.gen != conn.gen)
@@ -448,8 +260,11 @@ impl Shard {
             return;
         }
         match result {
-            Ok(offset) => self.queue(key, reply::published(id, offset.as_ref())),
-            Err(code) => self.simple_error(
+            Ok(offset) => self
+                .wire
+                .queue(&self.ctx, key, reply::published(id, offset.as_ref())),
+            Err(code) => self.wire.simple_error(
+                &self.ctx,
                 key,
                 code,
                 "publish failed: broker unavailable",
@@ -457,5 +272,16 @@ impl Shard {
                 None,
             ),
         }
+    }
+}
+
+/// The channel a command names and the id it carries, if any.
+fn channel_and_id(cmd: &Cmd) -> (Option<&str>, Option<&str>) {
+    match cmd {
+        Cmd::Subscribe(c, _) | Cmd::Unsubscribe(c) => (Some(c), None),
+        Cmd::Publish { channel, id, .. } | Cmd::History { channel, id, .. } => {
+            (Some(channel), id.as_deref())
+        }
+        Cmd::Presence(_) | Cmd::Auth(_) => (None, None),
     }
 }

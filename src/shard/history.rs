@@ -16,42 +16,26 @@
 //! delivery; a failed read is retried once a second, and held frames are bounded
 //! (past `max_held` they are dropped and read again from history).
 
-use super::subs::ChanId;
+use super::subs::{ChanId, Pos};
 use std::sync::Arc;
 
 use super::chan_history::{Catch, RETRY};
 use super::conn::ConnId;
 use super::conn::Key;
+use super::ctx::Ctx;
+use super::fanout::Fanout;
+use super::intake::Intake;
+use super::output::Wire;
 use super::outq::Kind;
-use super::Shard;
 use crate::broker::history::MAX_REPLAY;
-use crate::msg::{BrokerCmd, HistoryRead, HistoryTo, Replay};
+use crate::msg::{HistoryRead, HistoryTo, Replay};
 use crate::offset::Offset;
 use crate::protocol::reply;
 
-impl Shard {
-    /// Whether `channel` keeps history (its namespace's `history_size`).
-    pub(super) fn has_history(&self, channel: &str) -> bool {
-        self.config.namespaces.lookup(channel).history_size > 0
-    }
-
-    /// The id of connection `key` (with its generation) as other threads name it.
-    pub(super) fn conn_id(&self, key: Key) -> Option<ConnId> {
-        let gen = self.conns.get(key)?.gen;
-        Some(ConnId {
-            key: key.raw(),
-            gen,
-        })
-    }
-
-    /// Asks for a read; false if the broker cannot take it now.
-    pub(super) fn ask(&mut self, read: HistoryRead) -> bool {
-        self.broker.send(BrokerCmd::History(Box::new(read))).is_ok()
-    }
-
+impl Fanout {
     /// Reads local channel `id` up to date: its first offset, or what it missed since
     /// its last delivered one. Deliveries are held until the answer.
-    pub(super) fn start_sync(&mut self, id: ChanId) {
+    pub fn start_sync(&mut self, ctx: &Ctx, id: ChanId) {
         let tag = self.reads.next_tag();
         let Some(ch) = self.subs.channel_mut(id) else {
             return;
@@ -67,13 +51,10 @@ impl Shard {
             since,
             upto: None,
             limit: if since.is_some() { MAX_REPLAY } else { 0 },
-            to: HistoryTo::Sync {
-                shard: self.id,
-                tag,
-            },
+            to: HistoryTo::Sync { shard: ctx.id, tag },
         };
         let name = ch.name.clone();
-        if !self.ask(read) {
+        if !ctx.ask(read) {
             if let Some(h) = self
                 .subs
                 .channel_mut(id)
@@ -88,7 +69,7 @@ impl Shard {
 
     /// A `gap` from the broker on `channel`: repaired from history when the channel has
     /// an offset to repair from. False: not a history channel (send the gap).
-    pub(super) fn repair(&mut self, channel: &str) -> bool {
+    pub fn repair(&mut self, ctx: &Ctx, channel: &str) -> bool {
         let Some(id) = self.subs.lookup(channel) else {
             return true; // nobody here to tell
         };
@@ -107,16 +88,24 @@ impl Shard {
         if h.syncing != 0 {
             h.again = true;
         } else {
-            self.start_sync(id);
+            self.start_sync(ctx, id);
         }
-        self.metrics
+        ctx.metrics
             .history_repairs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
     /// The answer to a sync read.
-    pub(super) fn on_synced(&mut self, channel: &str, tag: u32, replay: Result<Replay, ()>) {
+    pub fn on_synced(
+        &mut self,
+        ctx: &Ctx,
+        wire: &mut Wire,
+        intake: &mut Intake,
+        channel: &str,
+        answer: (u32, Result<Replay, ()>),
+    ) {
+        let (tag, replay) = answer;
         let Some(id) = self.subs.lookup(channel) else {
             return;
         };
@@ -149,16 +138,16 @@ impl Shard {
         // Waiters join at the offset the shard had before this answer, so what the
         // answer brings reaches them exactly once.
         if self.subs.channel(id).is_some_and(|c| c.live) {
-            self.admit_waiters(id);
+            self.admit_waiters(ctx, wire, id);
         }
         if replay.gap || lost {
-            self.metrics
+            ctx.metrics
                 .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.deliver_to(id, reply::gap(channel), Kind::Keep, None);
+            self.deliver_to(ctx, intake, id, reply::gap(channel), Kind::Keep, None);
         }
         for (offset, frame) in replay.frames {
-            self.deliver_to(id, frame, Kind::Delivery, Some(offset));
+            self.deliver_to(ctx, intake, id, frame, Kind::Delivery, Some(offset));
         }
         if let Some(h) = self
             .subs
@@ -175,25 +164,25 @@ impl Shard {
             }
         }
         for (offset, frame) in held {
-            self.deliver_to(id, frame, Kind::Delivery, offset);
+            self.deliver_to(ctx, intake, id, frame, Kind::Delivery, offset);
         }
         if again {
-            self.start_sync(id);
+            self.start_sync(ctx, id);
         }
     }
 
     /// Waiters of live, synced channel `id` become members (told `subscribed` with the
     /// channel's offset); those that asked to resume from elsewhere are caught up.
-    pub(super) fn admit_waiters(&mut self, id: ChanId) {
+    pub fn admit_waiters(&mut self, ctx: &Ctx, wire: &mut Wire, id: ChanId) {
         let (waiters, first) = self.subs.confirm(id);
         let Some(ch) = self.subs.channel(id) else {
             return;
         };
         let name = ch.name.clone();
         for (n, &key) in waiters.iter().enumerate() {
-            if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
+            if let Some(c) = wire.conns.get_mut(key) {
                 if let Some(i) = c.sub_index(id) {
-                    c.subs[i].1 = first + n as u32;
+                    c.subs[i].1 = Pos::member(first + n);
                 }
             }
         }
@@ -210,13 +199,21 @@ impl Shard {
                 .iter()
                 .position(|&(k, _)| k == key)
                 .map(|i| resume.swap_remove(i).1);
-            self.joined(Key::from_raw(key), id, &name, since);
+            self.joined(ctx, wire, key, id, &name, since);
         }
     }
 
     /// Connection `key` is a member of history channel `id`: it is told `subscribed`
     /// with the channel's offset, and caught up if it resumes from another one.
-    pub(super) fn joined(&mut self, key: Key, id: ChanId, name: &str, since: Option<Offset>) {
+    pub fn joined(
+        &mut self,
+        ctx: &Ctx,
+        wire: &mut Wire,
+        key: Key,
+        id: ChanId,
+        name: &str,
+        since: Option<Offset>,
+    ) {
         let Some(last) = self
             .subs
             .channel(id)
@@ -225,11 +222,11 @@ impl Shard {
         else {
             return;
         };
-        self.queue(key, reply::subscribed_at(name, &last));
+        wire.queue(ctx, key, reply::subscribed_at(name, &last));
         let Some(since) = since.filter(|s| *s != last) else {
             return;
         };
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = wire.conns.get(key) else {
             return;
         };
         let gen = conn.gen;
@@ -239,7 +236,7 @@ impl Shard {
         let pos = conn.subs[i].1;
         let tag = self.reads.next_tag();
         let catch = Catch {
-            key: key.raw(),
+            key,
             tag,
             since,
             upto: last,
@@ -250,14 +247,20 @@ impl Shard {
         let Some((new_pos, moved)) = self.subs.start_catch(id, pos, catch) else {
             return;
         };
-        self.set_pos(key.raw(), id, new_pos);
+        wire.set_pos(key, id, new_pos);
         if let Some((k, p)) = moved {
-            self.set_pos(k, id, p);
+            wire.set_pos(k, id, p);
         }
-        self.ask_catch(id, key.raw(), gen, tag, since, last);
+        let conn = ConnId {
+            key: key.raw(),
+            gen,
+        };
+        self.ask_catch(ctx, id, conn, tag, (since, last));
     }
 
-    fn ask_catch(&mut self, id: ChanId, key: u32, gen: u32, tag: u32, since: Offset, upto: Offset) {
+    /// Asks the catch-up read of `conn` on channel `id`: (`since`, `upto`].
+    fn ask_catch(&mut self, ctx: &Ctx, id: ChanId, conn: ConnId, tag: u32, span: (Offset, Offset)) {
+        let (since, upto) = span;
         let Some(ch) = self.subs.channel(id) else {
             return;
         };
@@ -268,39 +271,29 @@ impl Shard {
             upto: Some(upto.id),
             limit: MAX_REPLAY,
             to: HistoryTo::Catch {
-                shard: self.id,
-                conn: ConnId { key, gen },
+                shard: ctx.id,
+                conn,
                 tag,
             },
         };
-        if !self.ask(read) {
-            self.reads.catch_retry.push((channel, key, tag));
-        }
-    }
-
-    fn set_pos(&mut self, key: u32, id: ChanId, pos: u32) {
-        if let Some(c) = self.conns.get_mut(Key::from_raw(key)) {
-            if let Some(i) = c.sub_index(id) {
-                c.subs[i].1 = pos;
-            }
+        if !ctx.ask(read) {
+            self.reads.catch_retry.push((channel, Key::of(conn), tag));
         }
     }
 
     /// The answer to a subscriber's catch-up read: `gap` if history lost something,
     /// the replay, then what was held for it; then it is a member.
-    pub(super) fn on_caught(
+    pub fn on_caught(
         &mut self,
+        ctx: &Ctx,
+        wire: &mut Wire,
         channel: &str,
         conn: ConnId,
-        tag: u32,
-        replay: Result<Replay, ()>,
+        answer: (u32, Result<Replay, ()>),
     ) {
-        let key = conn.key;
-        if self
-            .conns
-            .get(Key::from_raw(key))
-            .is_none_or(|c| c.gen != conn.gen)
-        {
+        let (tag, replay) = answer;
+        let key = Key::of(conn);
+        if wire.conns.get(key).is_none_or(|c| c.gen != conn.gen) {
             return;
         }
         let Some(id) = self.subs.lookup(channel) else {
@@ -340,46 +333,53 @@ impl Shard {
                 c.held = Vec::new();
                 c.held_bytes = 0;
             }
-            self.replay_to(Key::from_raw(key), channel, &replay, since);
-            self.ask_catch(id, key, conn.gen, new_tag, upto, now);
+            Self::replay_to(ctx, wire, key, channel, &replay, since);
+            self.ask_catch(ctx, id, conn, new_tag, (upto, now));
             return;
         }
         let Some((catch, pos, moved)) = self.subs.end_catch(id, key, tag) else {
             return;
         };
-        self.set_pos(key, id, pos);
+        wire.set_pos(key, id, pos);
         if let Some((k, p)) = moved {
-            self.set_pos(k, id, p);
+            wire.set_pos(k, id, p);
         }
-        self.replay_to(Key::from_raw(key), channel, &replay, since);
+        Self::replay_to(ctx, wire, key, channel, &replay, since);
         for (offset, frame) in catch.held {
             if offset.is_some_and(|o| o.covered_by(&since) || o.covered_by(&upto)) {
                 continue;
             }
-            self.queue_delivery(Key::from_raw(key), frame);
+            wire.queue_delivery(ctx, key, frame);
         }
     }
 
     /// Queues a replay to one subscriber: `gap` first if history lost something, then
     /// every message after `since`.
-    fn replay_to(&mut self, key: Key, channel: &str, replay: &Replay, since: Offset) {
+    fn replay_to(
+        ctx: &Ctx,
+        wire: &mut Wire,
+        key: Key,
+        channel: &str,
+        replay: &Replay,
+        since: Offset,
+    ) {
         if replay.gap {
-            self.metrics
+            ctx.metrics
                 .history_gaps
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.queue(key, reply::gap(channel));
+            wire.queue(ctx, key, reply::gap(channel));
         }
         for (offset, frame) in &replay.frames {
             if offset.covered_by(&since) {
                 continue;
             }
-            self.queue_delivery(key, frame.clone());
+            wire.queue_delivery(ctx, key, frame.clone());
         }
     }
 
     /// Once a second: reads that could not be asked, or that Redis could not answer,
     /// are asked again.
-    pub(super) fn retry_history(&mut self) {
+    pub fn retry_history(&mut self, ctx: &Ctx, wire: &Wire) {
         for name in std::mem::take(&mut self.reads.retry) {
             let Some(id) = self.subs.lookup(&name) else {
                 continue;
@@ -390,7 +390,7 @@ impl Shard {
                 .and_then(|c| c.hist.as_ref())
                 .is_some_and(|h| h.syncing == RETRY || (h.syncing == 0 && h.last.is_none()));
             if pending && self.subs.channel(id).is_some_and(|c| c.live) {
-                self.start_sync(id);
+                self.start_sync(ctx, id);
             } else if pending {
                 self.reads.retry.push(name);
             }
@@ -408,10 +408,14 @@ impl Shard {
             let Some((since, upto)) = found else {
                 continue;
             };
-            let Some(gen) = self.conns.get(Key::from_raw(key)).map(|c| c.gen) else {
+            let Some(gen) = wire.conns.get(key).map(|c| c.gen) else {
                 continue;
             };
-            self.ask_catch(id, key, gen, tag, since, upto);
+            let conn = ConnId {
+                key: key.raw(),
+                gen,
+            };
+            self.ask_catch(ctx, id, conn, tag, (since, upto));
         }
     }
 }

@@ -1,11 +1,13 @@
 //! What clients ask of history directly: the `history` command, `GET
 //! /api/channels/{C}/history`, and the per-connection allowance of history reads (each
-//! may read 10,000 messages). The answers come back as `ShardMsg::Reply`.
+//! may read 10,000 messages). The answers come back as `ShardMsg::Reply`. Owns no
+//! state: it asks the broker and answers through `Wire`; it never touches a socket.
 
 use std::sync::Arc;
 
 use super::conn::Key;
-use super::Shard;
+use super::ctx::Ctx;
+use super::output::Wire;
 use crate::broker::history::MAX_REPLAY;
 use crate::msg::{BrokerCmd, HistoryRead, HistoryTo};
 use crate::offset::Offset;
@@ -16,103 +18,108 @@ const DEFAULT_LIMIT: usize = crate::config::TUNING.default_history_limit;
 /// See `config::Tuning`.
 const HISTORY_RATE: u32 = crate::config::TUNING.history_rate;
 
-impl Shard {
-    /// Takes one history read from connection `key`'s allowance; false (answered
-    /// `rate_limited`, counted) when it has none left.
-    pub(super) fn history_allowed(&mut self, key: Key, channel: &str, id: Option<&str>) -> bool {
-        let now_ms = self.clock.ms();
-        let Some(conn) = self.conns.get_mut(key) else {
-            return false;
-        };
-        let limits = conn.limits.get_or_insert_with(Default::default);
-        let ok = limits
-            .history
-            .get_or_insert_with(|| super::admission::Bucket::full(HISTORY_RATE, now_ms))
-            .take(HISTORY_RATE, now_ms);
-        if !ok {
-            self.metrics.shards[self.id.index()]
-                .rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.simple_error(
-                key,
-                ErrorCode::RateLimited,
-                "too many history reads: at most 20 per second",
-                id,
-                Some(channel),
-            );
-        }
-        ok
-    }
-
-    /// `{"type":"history",...}` from a client.
-    pub(super) fn history_query(
-        &mut self,
-        key: Key,
-        channel: &str,
-        limit: Option<u32>,
-        since: Option<Offset>,
-        id: Option<Box<str>>,
-    ) {
-        if !self.has_history(channel) {
-            return self.simple_error(
-                key,
-                ErrorCode::BadRequest,
-                "this channel keeps no history",
-                id.as_deref(),
-                Some(channel),
-            );
-        }
-        if !self.history_allowed(key, channel, id.as_deref()) {
-            return;
-        }
-        let Some(conn) = self.conn_id(key) else {
-            return;
-        };
-        let to = HistoryTo::Client {
-            shard: self.id,
-            conn,
+/// Takes one history read from connection `key`'s allowance; false (answered
+/// `rate_limited`, counted) when it has none left.
+pub fn allowed(ctx: &Ctx, wire: &mut Wire, key: Key, channel: &str, id: Option<&str>) -> bool {
+    let now_ms = ctx.clock.ms();
+    let Some(conn) = wire.conns.get_mut(key) else {
+        return false;
+    };
+    let limits = conn.limits.get_or_insert_with(Default::default);
+    let ok = limits
+        .history
+        .get_or_insert_with(|| super::admission::Bucket::full(HISTORY_RATE, now_ms))
+        .take(HISTORY_RATE, now_ms);
+    if !ok {
+        ctx.m()
+            .rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        wire.simple_error(
+            ctx,
+            key,
+            ErrorCode::RateLimited,
+            "too many history reads: at most 20 per second",
             id,
-        };
-        let read = client_read(channel, limit, since, to);
-        if let Err(BrokerCmd::History(read)) = self.broker.send(BrokerCmd::History(Box::new(read)))
-        {
-            let id = match read.to {
-                HistoryTo::Client { id, .. } => id,
-                _ => None,
-            };
-            self.simple_error(
-                key,
-                ErrorCode::Unavailable,
-                "history is unavailable, try again",
-                id.as_deref(),
-                Some(channel),
-            );
-        }
+            Some(channel),
+        );
     }
+    ok
+}
 
-    /// `GET /api/channels/{C}/history?limit=N&since=O`: the answer comes back as a
-    /// `Reply`; None when it was asked, else the response to send now.
-    pub(super) fn history_http(
-        &mut self,
-        key: Key,
-        channel: &str,
-        limit: Option<u32>,
-        since: Option<Offset>,
-    ) -> Option<Vec<u8>> {
-        use crate::http::response::json_error;
-        if !self.has_history(channel) {
-            return Some(json_error(400, "this channel keeps no history"));
-        }
-        let to = HistoryTo::Http {
-            shard: self.id,
-            conn: self.conn_id(key)?,
+/// `{"type":"history",...}` from a client.
+pub fn query(
+    ctx: &Ctx,
+    wire: &mut Wire,
+    key: Key,
+    channel: &str,
+    limit: Option<u32>,
+    since: Option<Offset>,
+    id: Option<Box<str>>,
+) {
+    if !ctx.has_history(channel) {
+        return wire.simple_error(
+            ctx,
+            key,
+            ErrorCode::BadRequest,
+            "this channel keeps no history",
+            id.as_deref(),
+            Some(channel),
+        );
+    }
+    if !allowed(ctx, wire, key, channel, id.as_deref()) {
+        return;
+    }
+    let Some(conn) = wire.conn_id(key) else {
+        return;
+    };
+    let to = HistoryTo::Client {
+        shard: ctx.id,
+        conn,
+        id,
+    };
+    let read = client_read(channel, limit, since, to);
+    if let Err(BrokerCmd::History(read)) = ctx.broker.send(BrokerCmd::History(Box::new(read))) {
+        let id = match read.to {
+            HistoryTo::Client { id, .. } => id,
+            _ => None,
         };
-        let read = client_read(channel, limit, since, to);
-        if self.ask(read) {
-            None
-        } else {
-            Some(json_error(503, "history is unavailable, try again"))
-        }
+        wire.simple_error(
+            ctx,
+            key,
+            ErrorCode::Unavailable,
+            "history is unavailable, try again",
+            id.as_deref(),
+            Some(channel),
+        );
+    }
+}
+
+/// `GET /api/channels/{C}/history?limit=N&since=O`: the answer comes back as a
+/// `Reply`; None when it was asked, else the response to send now.
+pub fn http(
+    ctx: &Ctx,
+    wire: &Wire,
+    key: Key,
+    channel: &str,
+    limit: Option<u32>,
+    since: Option<Offset>,
+) -> Option<Vec<u8>> {
+    use crate::http::response::json_error;
+    if !ctx.has_history(channel) {
+        return Some(json_error(400, "this channel keeps no history"));
+    }
+    if let Some(why) = ctx.unplaceable(channel) {
+        return Some(json_error(400, why));
+    }
+    let to = HistoryTo::Http {
+        shard: ctx.id,
+        conn: wire.conn_id(key)?,
+    };
+    let read = client_read(channel, limit, since, to);
+    if ctx.ask(read) {
+        None
+    } else {
+        Some(json_error(503, "history is unavailable, try again"))
     }
 }
 

@@ -1,16 +1,16 @@
-//! A shard's intake: draining its inbox (control messages first, then deliveries) and
-//! the back-pressure that decides how much to take — nothing while most connections lag
+//! A shard's intake: the back-pressure that decides how much of its inbox to take per
+//! turn (the shard drains it, see `io.rs`) — nothing while most connections lag
 //! (`Intake::stalled`), and no more than a quarter of the outbound limit per connection
-//! between two flushes (`intake_budget`) — plus the pacing of flushes. The state of
+//! between two flushes (`Intake::budget`) — plus the pacing of flushes. The state of
 //! those decisions is `Intake`, a plain struct with no socket in it (unit-tested below);
 //! the shard feeds it what its flushes saw.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Shard, INBOX_BATCH, MAX_STALL};
-use crate::msg::ShardMsg;
+use crate::config::Config;
 
+/// See `config::Tuning`.
+const MAX_STALL: Duration = crate::config::TUNING.max_stall;
 /// See `config::Tuning`.
 const MIN_LAGGING: usize = crate::config::TUNING.min_lagging;
 
@@ -29,7 +29,7 @@ pub struct Intake {
     pub lag_progress: Instant,
     /// Some connection was handed a quarter of the outbound limit since the last flush
     /// (or one channel got that much this turn): take no more deliveries until the
-    /// flush has shown who lags. See `Shard::intake_budget`.
+    /// flush has shown who lags. See `Intake::budget`.
     pub hold: bool,
     /// Intake is paused for lagging connections (see `stalled`).
     paused: bool,
@@ -102,6 +102,15 @@ impl Intake {
         }
     }
 
+    /// Every frame taken may be queued to all of a channel's subscribers, so between two
+    /// flushes (several turns when flushes are paced) no connection is handed more than a
+    /// quarter of the outbound limit: the flush sees it lagging (and intake pauses, see
+    /// `stalled`) before the shard alone has pushed it past the limit. Measured per
+    /// connection, not per shard, so many channels at high rates are not capped together.
+    pub fn budget(config: &Config) -> usize {
+        (config.limits.outbound_limit / 4).max(1)
+    }
+
     /// A flush made `writes` writes: pace the next one only while connections get
     /// several messages per write, evidence that per-connection rates are high and
     /// batching pays.
@@ -110,98 +119,6 @@ impl Intake {
         if writes > 0 {
             self.paced = std::mem::take(&mut self.messages_since_flush) >= 2 * writes;
         }
-    }
-}
-
-impl Shard {
-    /// Takes what other threads sent: every control message, then deliveries up to the
-    /// turn's budget (none while intake is paused or held), fanned out together.
-    pub(super) fn drain_inbox(&mut self) {
-        while let Some(msg) = self.control.try_recv() {
-            self.on_msg(msg);
-        }
-        self.retry_unsubscribes();
-        let budget = if self.intake_stalled(Instant::now()) {
-            0
-        } else {
-            INBOX_BATCH
-        };
-        if self.dirty.is_empty() {
-            self.intake.hold = false; // everything taken so far has been written
-        }
-        for _ in 0..budget {
-            if self.intake.hold {
-                break;
-            }
-            match self.data.try_recv() {
-                Some(msg) => self.on_msg(msg),
-                None => break,
-            }
-        }
-        self.fan_out();
-        self.metrics.shards[self.id.index()]
-            .queue_depth
-            .store(self.data.len() as u64, Ordering::Relaxed);
-    }
-
-    /// See `Intake::stalled`.
-    pub(super) fn intake_stalled(&mut self, now: Instant) -> bool {
-        self.intake.stalled(now, self.conns.len())
-    }
-
-    fn on_msg(&mut self, msg: ShardMsg) {
-        match msg {
-            ShardMsg::Deliver {
-                channel,
-                frame,
-                at,
-                offset,
-            } => {
-                self.deliver(&channel, frame, super::outq::Kind::Delivery, offset);
-                self.metrics.shards[self.id.index()]
-                    .deliver_latency
-                    .observe(at.elapsed());
-            }
-            ShardMsg::Subscribed { channel, epoch } => self.on_subscribed(&channel, epoch),
-            ShardMsg::Unconfirmed => self.on_unconfirmed(),
-            ShardMsg::UnconfirmedChannel { channel } => self.subs.unconfirm(&channel),
-            ShardMsg::Gap { channel } => {
-                // History channels repair the gap from history instead.
-                if !self.repair(&channel) {
-                    let frame = crate::protocol::reply::gap(&channel);
-                    self.deliver(&channel, frame, super::outq::Kind::Keep, None);
-                }
-            }
-            ShardMsg::Synced {
-                channel,
-                tag,
-                replay,
-            } => self.on_synced(&channel, tag, replay),
-            ShardMsg::Caught {
-                channel,
-                conn,
-                tag,
-                replay,
-            } => self.on_caught(&channel, conn, tag, replay),
-            ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
-            ShardMsg::Reply {
-                conn,
-                frame,
-                close_after,
-            } => self.on_reply(conn, frame, close_after),
-            ShardMsg::Disconnect { user } => self.disconnect_user(&user),
-            ShardMsg::Accept(stream) => self.register(stream),
-            ShardMsg::Shutdown => self.begin_shutdown(),
-        }
-    }
-
-    /// Every frame taken may be queued to all of a channel's subscribers, so between two
-    /// flushes (several turns when flushes are paced) no connection is handed more than a
-    /// quarter of the outbound limit: the flush sees it lagging (and intake pauses, see
-    /// `intake_stalled`) before the shard alone has pushed it past the limit. Measured per
-    /// connection, not per shard, so many channels at high rates are not capped together.
-    pub(super) fn intake_budget(&self) -> usize {
-        (self.config.limits.outbound_limit / 4).max(1)
     }
 }
 

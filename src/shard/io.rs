@@ -1,15 +1,19 @@
-//! The read side of a shard: drains a readable socket into the shard's one shared read
-//! buffer, hands the bytes to the connection's `Session` and applies the effects it
-//! returns, in order. A peer that closes its side still gets what it is owed: the socket
-//! is dropped once that is written.
+//! The shard's inputs, routed to the part that owns the state. Sockets: a readable one
+//! is drained into the shard's one shared read buffer, the bytes go to the connection's
+//! `Session` and the effects it returns are applied, in order (a peer that closes its
+//! side still gets what it is owed: the socket is dropped once that is written). The
+//! inbox: control messages first, then deliveries as far as `Intake` allows, each
+//! handed to `Fanout`, `Wire`, `Api` or the command handler. Owns no state of its own.
 
 use std::io::{ErrorKind, Read};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::conn::Key;
 use super::conn::Phase;
 use super::session::Effect;
-use super::{Shard, READS_PER_EVENT};
+use super::{admission, api, Shard, INBOX_BATCH, READS_PER_EVENT};
+use crate::msg::ShardMsg;
 use crate::ws::handshake::RequestHead;
 
 impl Shard {
@@ -19,13 +23,13 @@ impl Shard {
     /// too): mio's edge-triggered registration reports the next bytes as a new event.
     /// `until_eof` (the event also said the peer closed, or an error) reads on to the end.
     pub(super) fn on_readable(&mut self, key: Key, until_eof: bool) {
-        let mut buf = std::mem::take(&mut self.read_buf);
+        let mut buf = std::mem::take(&mut self.wire.read_buf);
         for round in 0.. {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(conn) = self.wire.conns.get_mut(key) else {
                 break;
             };
             if round == READS_PER_EVENT {
-                self.read_again.push(key);
+                self.wire.read_again.push(key);
                 break;
             }
             match conn.stream.read(&mut buf) {
@@ -37,7 +41,7 @@ impl Shard {
                     if conn.phase() == Phase::Closing {
                         continue; // draining what a closing peer still sends
                     }
-                    conn.session.heard(self.clock.coarse());
+                    conn.session.heard(self.ctx.clock.coarse());
                     self.ingest(key, &mut buf[..n]);
                     if n < buf.len() && !until_eof {
                         break;
@@ -51,7 +55,7 @@ impl Shard {
                 }
             }
         }
-        self.read_buf = buf;
+        self.wire.read_buf = buf;
     }
 
     /// Hands bytes to the connection's session and applies what they cause. Also called
@@ -60,13 +64,13 @@ impl Shard {
     pub(super) fn ingest(&mut self, key: Key, data: &mut [u8]) {
         let mut at = 0;
         loop {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(conn) = self.wire.conns.get_mut(key) else {
                 return;
             };
             let may_parse = conn.outq.is_empty();
             let Some(effect) = conn
                 .session
-                .poll(data, &mut at, &self.config.limits, may_parse)
+                .poll(data, &mut at, &self.ctx.config.limits, may_parse)
             else {
                 return;
             };
@@ -77,25 +81,23 @@ impl Shard {
     /// Carries out one effect of a session.
     fn apply(&mut self, key: Key, effect: Effect) {
         match effect {
-            Effect::Send(frame) => self.queue(key, frame),
+            Effect::Send(frame) => self.wire.queue(&self.ctx, key, frame),
             Effect::Error { frame, text } => {
-                let m = &self.metrics.shards[self.id.index()];
+                let m = &self.ctx.m();
                 if text {
                     m.messages_in.fetch_add(1, Ordering::Relaxed);
                 }
                 m.client_errors.fetch_add(1, Ordering::Relaxed);
-                self.queue(key, frame);
+                self.wire.queue(&self.ctx, key, frame);
             }
             Effect::Command(cmd) => {
-                self.metrics.shards[self.id.index()]
-                    .messages_in
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.m().messages_in.fetch_add(1, Ordering::Relaxed);
                 self.on_command(key, cmd);
             }
-            Effect::Close { code, reason } => self.queue_close_frame(key, code, reason),
+            Effect::Close { code, reason } => self.wire.queue_close_frame(key, code, reason),
             Effect::Upgrade(head) => self.upgrade(key, &head),
             Effect::Request(head, body) => self.answer_http(key, &head, &body),
-            Effect::Reject(response) => self.respond_http(key, response, false),
+            Effect::Reject(response) => self.wire.respond_http(&self.ctx, key, response, false),
             Effect::Drop => self.close(key),
         }
     }
@@ -104,7 +106,7 @@ impl Shard {
     /// close frame, replies) is still written before the socket is dropped; a request
     /// waiting for another thread's answer gets that answer first.
     fn peer_closed(&mut self, key: Key) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return;
         };
         conn.session.peer_closed();
@@ -114,7 +116,7 @@ impl Shard {
             Phase::Closing => {}
             _ => {
                 conn.session.close();
-                self.mark_dirty(key);
+                self.wire.mark_dirty(key);
             }
         }
     }
@@ -122,13 +124,24 @@ impl Shard {
     /// A WebSocket upgrade: admitted (101, presence, then the frames sent behind it) or
     /// refused with an HTTP answer.
     fn upgrade(&mut self, key: Key, head: &RequestHead) {
-        let echo = self.config.echo_path.as_deref() == Some(head.path.as_str());
+        let echo = self.ctx.config.echo_path.as_deref() == Some(head.path.as_str());
+        let Some(conn) = self.wire.conns.get_mut(key) else {
+            return;
+        };
+        let (ctx, admit) = (&self.ctx, &self.admit);
+        let (limits, m) = (&ctx.config.limits, ctx.m());
         let admitted = self
-            .check_upgrade(head)
-            .and_then(|()| self.upgrade_token(head, echo))
-            .and_then(|grant| self.admit_ip(key).map(|()| grant))
+            .api
+            .admit_upgrade(ctx, admit.auth.is_some(), head)
+            .map_err(|(status, why)| admission::refused(m, status, why))
+            .and_then(|()| admit.upgrade_token(m, head, echo))
+            .and_then(|grant| {
+                admit
+                    .admit_ip(limits, m, &conn.stream, &mut conn.limits)
+                    .map(|()| grant)
+            })
             .and_then(|grant| match &grant {
-                Some(g) if !self.admit_user(key, &g.sub) => {
+                Some(g) if !admit.admit_user(limits, m, &g.sub, &mut conn.limits) => {
                     Err((429, "too many connections for this user"))
                 }
                 _ => Ok(grant),
@@ -137,16 +150,17 @@ impl Shard {
             Ok(grant) => grant,
             Err((status, why)) => {
                 let response = crate::http::response::text_response(status, why);
-                self.respond_http(key, response, false);
+                self.wire.respond_http(&self.ctx, key, response, false);
                 return;
             }
         };
         let reply =
             crate::ws::handshake::switching_protocols(head.ws_accept.as_deref().unwrap_or(""));
-        let (now, unix_now) = (self.clock.coarse(), crate::auth::unix_now());
-        let handshake = u32::try_from(self.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
+        let (now, unix_now) = (self.ctx.clock.coarse(), crate::auth::unix_now());
+        let handshake =
+            u32::try_from(self.ctx.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
         let auth_on = self.admit.auth.is_some() && !echo;
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.wire.conns.get_mut(key) else {
             return;
         };
         conn.session.open(echo);
@@ -162,96 +176,117 @@ impl Shard {
             None if auth_on => {
                 // Presence records it once it authenticates.
                 conn.session.require_auth(now.saturating_add(handshake));
-                self.mark_dirty(key);
+                self.wire.mark_dirty(key);
                 return;
             }
-            None => self.user_param(head),
+            None => api::Api::user_param(&self.ctx, head),
         };
-        self.mark_dirty(key);
-        self.presence_open(key, user.as_deref());
-    }
-
-    /// With auth on, a token on the upgrade (`?token=` or `Authorization: Bearer`) is
-    /// verified now: valid, the connection opens authenticated; invalid, 401 (counted).
-    /// Without one the connection opens and must send an auth message.
-    fn upgrade_token(
-        &self,
-        head: &RequestHead,
-        echo: bool,
-    ) -> Result<Option<crate::auth::Grant>, (u16, &'static str)> {
-        let Some(verifier) = self.admit.auth.as_ref().filter(|_| !echo) else {
-            return Ok(None);
-        };
-        let token = match crate::api::query_value(head.query.as_deref(), "token") {
-            Some(Ok(t)) => Some(t),
-            Some(Err(_)) => return Err(self.refused_upgrade(401, "invalid token")),
-            None => head.bearer.clone(),
-        };
-        let Some(token) = token else {
-            return Ok(None);
-        };
-        match verifier.verify(&token, crate::auth::unix_now()) {
-            Ok(grant) => Ok(Some(grant)),
-            Err(_) => Err(self.refused_upgrade(401, "invalid token")),
-        }
-    }
-
-    fn refused_upgrade(&self, status: u16, why: &'static str) -> (u16, &'static str) {
-        self.metrics.shards[self.id.index()]
-            .upgrades_refused
-            .fetch_add(1, Ordering::Relaxed);
-        (status, why)
-    }
-
-    /// `--max-conns-per-ip`: counts this connection under its client address, or
-    /// refuses it (429, counted).
-    fn admit_ip(&mut self, key: Key) -> Result<(), (u16, &'static str)> {
-        let max = self.config.limits.max_conns_per_ip;
-        if max == 0 {
-            return Ok(());
-        }
-        let Some(conn) = self.conns.get_mut(key) else {
-            return Ok(());
-        };
-        let Ok(ip) = conn.stream.peer_addr().map(|a| a.ip()) else {
-            return Ok(()); // the peer is already gone; the close will follow
-        };
-        if !self.admit.per_ip.acquire(ip, max) {
-            self.metrics.shards[self.id.index()]
-                .upgrades_refused
-                .fetch_add(1, Ordering::Relaxed);
-            return Err((429, "too many connections from this address"));
-        }
-        conn.limits.get_or_insert_with(Default::default).ip = Some(ip);
-        Ok(())
-    }
-
-    /// `--max-conns-per-user`: counts this connection under its authenticated user, or
-    /// refuses it (counted; the caller answers). A refused connection is closed, which
-    /// releases whatever else it was counted under.
-    pub(super) fn admit_user(&mut self, key: Key, sub: &str) -> bool {
-        let max = self.config.limits.max_conns_per_user;
-        if max == 0 {
-            return true;
-        }
-        let Some(conn) = self.conns.get_mut(key) else {
-            return false;
-        };
-        if !self.admit.per_user.acquire(sub.into(), max) {
-            self.metrics.shards[self.id.index()]
-                .upgrades_refused
-                .fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        conn.limits.get_or_insert_with(Default::default).user = Some(sub.into());
-        true
+        self.wire.mark_dirty(key);
+        self.api
+            .opened(&self.ctx, &mut self.wire, key, user.as_deref());
     }
 
     fn answer_http(&mut self, key: Key, head: &RequestHead, body: &[u8]) {
-        if self.answer_api(key, head, body) {
+        if self
+            .api
+            .answer_api(&self.ctx, &mut self.wire, key, head, body)
+        {
             return;
         }
-        let response = crate::http::respond(head, body, &self.http_context());
-        self.respond_http(key, response, head.keep_alive);
+        let response = crate::http::respond(head, body, &self.ctx.http_context());
+        self.wire
+            .respond_http(&self.ctx, key, response, head.keep_alive);
+    }
+
+    /// Takes what other threads sent: every control message, then deliveries up to the
+    /// turn's budget (none while intake is paused or held), fanned out together.
+    pub(super) fn drain_inbox(&mut self) {
+        while let Some(msg) = self.control.try_recv() {
+            self.on_msg(msg);
+        }
+        self.fan.retry_unsubscribes(&self.ctx);
+        let budget = if self.intake.stalled(Instant::now(), self.wire.conns.len()) {
+            0
+        } else {
+            INBOX_BATCH
+        };
+        if self.wire.dirty.is_empty() {
+            self.intake.hold = false; // everything taken so far has been written
+        }
+        for _ in 0..budget {
+            if self.intake.hold {
+                break;
+            }
+            match self.data.try_recv() {
+                Some(msg) => self.on_msg(msg),
+                None => break,
+            }
+        }
+        self.fan
+            .fan_out(&self.ctx, &mut self.wire, &mut self.intake);
+        self.ctx
+            .m()
+            .queue_depth
+            .store(self.data.len() as u64, Ordering::Relaxed);
+    }
+
+    fn on_msg(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver {
+                channel,
+                frame,
+                at,
+                offset,
+            } => {
+                let kind = super::outq::Kind::Delivery;
+                let (ctx, intake) = (&self.ctx, &mut self.intake);
+                self.fan.deliver(ctx, intake, &channel, frame, kind, offset);
+                self.ctx.m().deliver_latency.observe(at.elapsed());
+            }
+            ShardMsg::Subscribed { channel, epoch } => {
+                self.fan
+                    .on_subscribed(&self.ctx, &mut self.wire, &channel, epoch)
+            }
+            // The broker connection was lost: local channels wait for a new confirmation.
+            ShardMsg::Unconfirmed => self.fan.subs.unconfirm_all(),
+            ShardMsg::UnconfirmedChannel { channel } => self.fan.subs.unconfirm(&channel),
+            ShardMsg::Gap { channel } => {
+                // History channels repair the gap from history instead.
+                if !self.fan.repair(&self.ctx, &channel) {
+                    let frame = crate::protocol::reply::gap(&channel);
+                    let kind = super::outq::Kind::Keep;
+                    let (ctx, intake) = (&self.ctx, &mut self.intake);
+                    self.fan.deliver(ctx, intake, &channel, frame, kind, None);
+                }
+            }
+            ShardMsg::Synced {
+                channel,
+                tag,
+                replay,
+            } => {
+                let (ctx, wire, intake) = (&self.ctx, &mut self.wire, &mut self.intake);
+                self.fan
+                    .on_synced(ctx, wire, intake, &channel, (tag, replay));
+            }
+            ShardMsg::Caught {
+                channel,
+                conn,
+                tag,
+                replay,
+            } => self
+                .fan
+                .on_caught(&self.ctx, &mut self.wire, &channel, conn, (tag, replay)),
+            ShardMsg::Published { conn, id, result } => self.on_published(conn, &id, result),
+            ShardMsg::Reply {
+                conn,
+                frame,
+                close_after,
+            } => super::api::Api::on_reply(&self.ctx, &mut self.wire, conn, frame, close_after),
+            ShardMsg::Disconnect { user } => {
+                self.api.disconnect_user(&self.ctx, &mut self.wire, &user)
+            }
+            ShardMsg::Accept(stream) => self.register(stream),
+            ShardMsg::Shutdown => self.begin_shutdown(),
+        }
     }
 }

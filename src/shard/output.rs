@@ -1,7 +1,10 @@
-//! The write side of a shard: queuing shared frames to connections (deliveries, replies,
-//! close frames, HTTP responses), the slow-consumer policy, and the end-of-turn flush
-//! with its pacing. Frames are `Bytes` clones, never copies; each touched connection is
-//! written once per flush.
+//! `Wire`, the shard's connection table and its write side: it owns the connections
+//! (`Conns`), the dirty list, the read buffer and the read-again list; it queues shared
+//! frames to connections (replies, close frames, HTTP responses, a subscriber's own
+//! replay), applies the slow-consumer policy, and runs the end-of-turn flush. Frames
+//! are `Bytes` clones, never copies; each touched connection is written once per flush.
+//! It never decides what to send, and never removes a connection itself: what a flush
+//! finds (a connection to close, pipelined input to parse) is handed back as `After`.
 //!
 //! What reaches a client is always a parseable stream: a close frame is the last thing
 //! ever queued on a WebSocket (`close_ws`), the slow-consumer policy drops only
@@ -10,153 +13,56 @@
 //! builds them, and a keep-alive connection gets its next request parsed only once the
 //! previous response is written).
 
-use super::subs::ChanId;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
-use super::chan_history::take_live;
-use super::conn::{Conn, Key, Phase};
+use super::conn::{Conn, ConnId, Conns, Key, Phase};
+use super::ctx::Ctx;
+use super::intake::Intake;
 use super::outq::{self, Kind};
-use super::Shard;
+use super::subs::{ChanId, Pos};
+
+/// See `config::Tuning`.
+const READ_BUF: usize = crate::config::TUNING.read_buf;
 use crate::config::{Config, SlowPolicy};
-use crate::offset::Offset;
+use crate::protocol::{reply, ErrorCode};
 
-impl Shard {
-    /// How long until the next flush may run (see `Intake::flush_due_in`).
-    pub(super) fn flush_due_in(&self, now: Instant) -> Duration {
-        self.intake.flush_due_in(now, self.config.flush_interval)
-    }
+/// What the flush found a connection needs from its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Its queue is written and it is done (closing, or the peer left): remove it.
+    Close,
+    /// A keep-alive connection whose response is written: parse what it pipelined.
+    Ingest,
+}
 
-    /// Takes a frame for every local subscriber of `channel`. Frames are collected per
-    /// channel during the turn and fanned out together by `fan_out`. On a history
-    /// channel (`offset`), a message already delivered is dropped, deliveries wait
-    /// while the channel is being brought up to date, and subscribers being caught up
-    /// get it held for them.
-    pub(super) fn deliver(
-        &mut self,
-        channel: &str,
-        frame: Bytes,
-        kind: Kind,
-        offset: Option<Offset>,
-    ) {
-        let Some(id) = self.subs.lookup(channel) else {
-            return;
-        };
-        self.deliver_to(id, frame, kind, offset);
-    }
+/// The shard's connections and everything about writing to them.
+pub struct Wire {
+    pub conns: Conns,
+    /// Connections with queued output, flushed at the end of the turn.
+    pub dirty: Vec<Key>,
+    /// Connections that still had input when their read budget ran out.
+    pub read_again: Vec<Key>,
+    /// The one read buffer every socket of the shard is read into.
+    pub read_buf: Vec<u8>,
+    /// The generation of the last connection registered (see `ConnId`).
+    pub next_gen: u32,
+    /// What the last flush left for the owner to do, in order (kept for its capacity).
+    pub after: Vec<(Key, After)>,
+}
 
-    /// `deliver` to local channel `id`.
-    pub(super) fn deliver_to(
-        &mut self,
-        id: ChanId,
-        frame: Bytes,
-        kind: Kind,
-        offset: Option<Offset>,
-    ) {
-        let budget = self.intake_budget();
-        let Some(ch) = self.subs.channel_mut(id) else {
-            return;
-        };
-        if let Some(h) = ch.hist.as_deref_mut() {
-            if !take_live(h, offset, &frame) {
-                return;
-            }
+impl Wire {
+    pub fn new() -> Wire {
+        Wire {
+            conns: Conns::default(),
+            dirty: Vec::new(),
+            read_again: Vec::new(),
+            read_buf: vec![0; READ_BUF],
+            next_gen: 0,
+            after: Vec::new(),
         }
-        if ch.pending.is_empty() {
-            self.batched.push((id, ch.name.clone()));
-            ch.pending_bytes = 0;
-            ch.pending_keep = false;
-        }
-        ch.pending_keep |= kind == Kind::Keep;
-        ch.pending_bytes += frame.len();
-        if ch.pending_bytes >= budget {
-            self.intake.hold = true;
-        }
-        ch.pending.push(frame);
-    }
-
-    /// Queues this turn's frames of each channel to its subscribers. When a channel got
-    /// several frames, they are joined once into one buffer that every subscriber shares
-    /// (one copy per channel per turn, none per subscriber), so a hot channel costs each
-    /// subscriber one queue entry and one iovec per turn instead of one per message.
-    pub(super) fn fan_out(&mut self) {
-        let limit = self.config.limits.outbound_limit;
-        let budget = self.intake_budget();
-        let mut hold = false;
-        let mut queued = 0u64;
-        // The per-turn vectors keep their capacity from turn to turn (taken, drained,
-        // given back): no allocation per turn or per channel in the steady state.
-        let mut batched = std::mem::take(&mut self.batched);
-        for (id, name) in batched.drain(..) {
-            let Some(ch) = self.subs.channel_mut(id) else {
-                continue;
-            };
-            if !std::sync::Arc::ptr_eq(&ch.name, &name) {
-                continue; // the channel was removed meanwhile
-            }
-            let mut frames = std::mem::take(&mut ch.pending);
-            // A turn that carried a `gap` notice is never dropped: the notice is what
-            // tells the client of a loss.
-            let kind = if ch.pending_keep {
-                Kind::Keep
-            } else {
-                Kind::Delivery
-            };
-            let count = frames.len() as u64;
-            let frame = match frames.len() {
-                0 => None,
-                1 => frames.pop(),
-                _ => {
-                    let total = frames.iter().map(Bytes::len).sum();
-                    let mut joined = BytesMut::with_capacity(total);
-                    for f in &frames {
-                        joined.extend_from_slice(f);
-                    }
-                    Some(joined.freeze())
-                }
-            };
-            frames.clear();
-            ch.pending = frames;
-            let Some(frame) = frame else {
-                continue;
-            };
-            let Some(ch) = self.subs.channel(id) else {
-                continue;
-            };
-            for &member in &ch.members {
-                let key = Key::from_raw(member);
-                let Some(conn) = self.conns.get_mut(key) else {
-                    continue;
-                };
-                if !conn.session.is_open() {
-                    continue;
-                }
-                conn.outq.push_kind(frame.clone(), kind);
-                conn.queued_since_flush =
-                    conn.queued_since_flush.saturating_add(frame.len() as u32);
-                if conn.queued_since_flush as usize >= budget {
-                    hold = true;
-                }
-                queued += count;
-                self.intake.messages_since_flush += count;
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(key);
-                }
-                if conn.outq.bytes() > limit {
-                    Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
-                }
-            }
-        }
-        if self.batched.is_empty() {
-            self.batched = batched;
-        }
-        self.intake.hold |= hold;
-        self.metrics.shards[self.id.index()]
-            .messages_out
-            .fetch_add(queued, Ordering::Relaxed);
     }
 
     /// The slow-consumer policy, applied when a WebSocket's queue passes the limit.
@@ -165,7 +71,7 @@ impl Shard {
     /// dropped (never a reply, a control frame or a `gap`) and the client is told once;
     /// if what cannot be dropped still holds twice the limit (a client that sends
     /// pings or commands and never reads the answers), it is closed as under `close`.
-    fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, config: &Config) {
+    pub fn over_limit(conn: &mut Conn, m: &crate::metrics::ShardMetrics, config: &Config) {
         let limit = config.limits.outbound_limit;
         if config.slow_policy == SlowPolicy::DropOldest {
             let dropped = conn.outq.drop_oldest(limit);
@@ -193,8 +99,8 @@ impl Shard {
 
     /// Queues a reply or control frame for an open WebSocket (never dropped by the
     /// drop-oldest policy). Nothing is queued once a close frame is.
-    pub(super) fn queue(&mut self, key: Key, frame: Bytes) {
-        let limit = self.config.limits.outbound_limit;
+    pub fn queue(&mut self, ctx: &Ctx, key: Key, frame: Bytes) {
+        let limit = ctx.config.limits.outbound_limit;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -213,14 +119,14 @@ impl Shard {
             limit
         };
         if conn.outq.bytes() > limit {
-            Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
+            Self::over_limit(conn, ctx.m(), &ctx.config);
         }
     }
 
     /// Queues a delivery (droppable by the slow-consumer policy) to one open WebSocket:
     /// a subscriber's own history replay.
-    pub(super) fn queue_delivery(&mut self, key: Key, frame: Bytes) {
-        let limit = self.config.limits.outbound_limit;
+    pub fn queue_delivery(&mut self, ctx: &Ctx, key: Key, frame: Bytes) {
+        let limit = ctx.config.limits.outbound_limit;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -232,11 +138,9 @@ impl Shard {
             conn.dirty = true;
             self.dirty.push(key);
         }
-        self.metrics.shards[self.id.index()]
-            .messages_out
-            .fetch_add(1, Ordering::Relaxed);
+        ctx.m().messages_out.fetch_add(1, Ordering::Relaxed);
         if conn.outq.bytes() > limit {
-            Self::over_limit(conn, &self.metrics.shards[self.id.index()], &self.config);
+            Self::over_limit(conn, ctx.m(), &ctx.config);
         }
     }
 
@@ -244,7 +148,7 @@ impl Shard {
     /// (RFC 6455 §5.5.1). The socket is dropped once it is written (or when the peer
     /// does not read it in time, see `tick`). A connection already closing is left as
     /// it is.
-    pub(super) fn close_ws(&mut self, key: Key, code: u16, reason: &str) {
+    pub fn close_ws(&mut self, key: Key, code: u16, reason: &str) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -255,7 +159,7 @@ impl Shard {
 
     /// Queues the close frame of a session that decided to close (its phase is
     /// already `Closing`: nothing else is queued after this frame).
-    pub(super) fn queue_close_frame(&mut self, key: Key, code: u16, reason: &str) {
+    pub fn queue_close_frame(&mut self, key: Key, code: u16, reason: &str) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -267,9 +171,9 @@ impl Shard {
     /// Queues a complete HTTP response. With `keep_alive` (the request allows it, the
     /// peer has not closed its side and the node is not shutting down) the connection
     /// waits for its next request once this one is written; otherwise it closes then.
-    pub(super) fn respond_http(&mut self, key: Key, mut response: Vec<u8>, keep_alive: bool) {
-        let keep_alive = keep_alive && self.shutdown_deadline.is_none();
-        let now = self.clock.coarse();
+    pub fn respond_http(&mut self, ctx: &Ctx, key: Key, mut response: Vec<u8>, keep_alive: bool) {
+        let keep_alive = keep_alive && ctx.shutdown_deadline.is_none();
+        let now = ctx.clock.coarse();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -283,7 +187,7 @@ impl Shard {
         self.mark_dirty(key);
     }
 
-    pub(super) fn mark_dirty(&mut self, key: Key) {
+    pub fn mark_dirty(&mut self, key: Key) {
         if let Some(conn) = self.conns.get_mut(key) {
             if !conn.dirty {
                 conn.dirty = true;
@@ -293,7 +197,8 @@ impl Shard {
     }
 
     /// The end-of-turn flush: one vectored write (or a few) per touched connection.
-    pub(super) fn flush_dirty(&mut self) {
+    /// Connections to remove or to parse again are left in `after`, in order.
+    pub fn flush(&mut self, ctx: &Ctx, intake: &mut Intake) {
         let dirty = std::mem::take(&mut self.dirty);
         let mut bytes = 0u64;
         let mut writes = 0u64;
@@ -313,37 +218,69 @@ impl Shard {
                     conn.told_slow = false;
                     if conn.lagging {
                         conn.lagging = false;
-                        self.intake.lag_ended(Some(Instant::now()));
+                        intake.lag_ended(Some(Instant::now()));
                     }
                     match conn.phase() {
-                        Phase::Closing => self.close(key),
+                        Phase::Closing => self.after.push((key, After::Close)),
                         // The peer closed its side: nothing more will be asked.
                         Phase::Handshake | Phase::HttpBody if conn.session.read_closed() => {
-                            self.close(key)
+                            self.after.push((key, After::Close))
                         }
                         // A keep-alive connection whose response is written: parse
                         // what it pipelined meanwhile.
-                        Phase::Handshake if conn.session.has_input() => self.ingest(key, &mut []),
+                        Phase::Handshake if conn.session.has_input() => {
+                            self.after.push((key, After::Ingest))
+                        }
                         _ => {}
                     }
                 }
                 Ok((outq::Flushed::Blocked, n)) => {
                     bytes += n as u64;
                     conn.blocked = true;
-                    self.intake.lag_seen(conn.lagging, n, Instant::now());
+                    intake.lag_seen(conn.lagging, n, Instant::now());
                     conn.lagging = true;
                 }
-                Err(_) => self.close(key),
+                Err(_) => self.after.push((key, After::Close)),
             }
         }
-        self.metrics.shards[self.id.index()]
-            .bytes_out
-            .fetch_add(bytes, Ordering::Relaxed);
-        self.intake.flushed(writes);
+        ctx.m().bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        intake.flushed(writes);
         let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;
+        }
+    }
+
+    /// Queues an error reply (counted as a client error).
+    pub fn simple_error(
+        &mut self,
+        ctx: &Ctx,
+        key: Key,
+        code: ErrorCode,
+        message: &'static str,
+        id: Option<&str>,
+        channel: Option<&str>,
+    ) {
+        ctx.m().client_errors.fetch_add(1, Ordering::Relaxed);
+        self.queue(ctx, key, reply::error(code, message, id, channel));
+    }
+
+    /// The id of connection `key` (with its generation) as other threads name it.
+    pub fn conn_id(&self, key: Key) -> Option<ConnId> {
+        let gen = self.conns.get(key)?.gen;
+        Some(ConnId {
+            key: key.raw(),
+            gen,
+        })
+    }
+
+    /// Records connection `key`'s new position in local channel `id`.
+    pub fn set_pos(&mut self, key: Key, id: ChanId, pos: Pos) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if let Some(i) = c.sub_index(id) {
+                c.subs[i].1 = pos;
+            }
         }
     }
 }

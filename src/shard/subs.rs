@@ -2,9 +2,9 @@
 //! keys, so a delivery walks contiguous memory), with O(1) removal. Also tracks whether
 //! the broker subscription is live and who waits for the `subscribed` reply: a waiter
 //! is not a member yet (deliveries go to members only), so nobody gets a delivery or a
-//! `gap` of a channel before its `subscribed`. A position with `WAITING` set is an
-//! index into the waiters, one with `CATCHING` set an index into the subscribers still
-//! being caught up from history (history channels), otherwise into the members.
+//! `gap` of a channel before its `subscribed`. A subscriber's position is a `Pos`:
+//! an index into the waiters, into the subscribers still being caught up from history
+//! (history channels), or into the members. Pure state: no I/O, no clock.
 
 use crate::hash::FastMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::chan_history::{Catch, ChanHistory};
+use super::key::Key;
 use crate::offset::Offset;
 
 /// One channel's local state.
@@ -20,15 +21,15 @@ use crate::offset::Offset;
 pub struct LocalChannel {
     pub name: Arc<str>,
     /// Slab keys of subscribed connections told `subscribed` (they get deliveries).
-    pub members: Vec<u32>,
+    pub members: Vec<Key>,
     /// Epoch of the broker subscribe this shard sent (echoed in confirmations).
     pub epoch: u32,
     /// The broker confirmed the subscription.
     pub live: bool,
     /// Slab keys of connections waiting for `subscribed` (at most once each).
-    pub waiters: Vec<u32>,
+    pub waiters: Vec<Key>,
     /// Frames received for this channel during the current loop turn, fanned out
-    /// together at its end (see `Shard::fan_out`).
+    /// together at its end (see `Fanout::fan_out`).
     pub pending: Vec<Bytes>,
     /// Bytes in `pending`.
     pub pending_bytes: usize,
@@ -61,7 +62,7 @@ pub enum Added {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     /// The member that took the removed one's place: (its key, its new position).
-    pub moved: Option<(u32, u32)>,
+    pub moved: Moved,
     /// The channel has no local subscriber left: tell the broker.
     pub emptied: Option<Arc<str>>,
 }
@@ -78,12 +79,61 @@ impl ChanId {
 }
 
 /// (key, new position) of the entry that took a removed one's place.
-pub type Moved = Option<(u32, u32)>;
+pub type Moved = Option<(Key, Pos)>;
 
-/// Set in a member position that indexes `waiters` rather than `members`.
-pub const WAITING: u32 = 1 << 31;
-/// Set in a member position that indexes the history `catching` list.
-pub const CATCHING: u32 = 1 << 30;
+/// A subscriber's position in a local channel: an index into its members, its waiters
+/// or its history catching list, which one told by a flag bit (so a connection's
+/// subscription stays one `u32` wide).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos(u32);
+
+impl Pos {
+    /// Set in a position that indexes `waiters` rather than `members`.
+    const WAITING: u32 = 1 << 31;
+    /// Set in a position that indexes the history `catching` list.
+    const CATCHING: u32 = 1 << 30;
+    const FLAGS: u32 = Pos::WAITING | Pos::CATCHING;
+
+    /// Index `at` of the members (gets deliveries).
+    pub fn member(at: usize) -> Pos {
+        Pos(at as u32)
+    }
+
+    /// Index `at` of the waiters (told `subscribed` when the broker confirms).
+    pub fn waiting(at: usize) -> Pos {
+        Pos(at as u32 | Pos::WAITING)
+    }
+
+    /// Index `at` of the history catching list.
+    pub fn catching(at: usize) -> Pos {
+        Pos(at as u32 | Pos::CATCHING)
+    }
+
+    /// Waiting for the broker's (or the first history read's) confirmation.
+    pub fn is_waiting(self) -> bool {
+        self.0 & Pos::WAITING != 0
+    }
+
+    /// Being caught up from history.
+    pub fn is_catching(self) -> bool {
+        self.0 & Pos::CATCHING != 0
+    }
+
+    /// A member: gets deliveries.
+    pub fn is_member(self) -> bool {
+        self.0 & Pos::FLAGS == 0
+    }
+
+    /// The index into the list the flags name.
+    pub fn index(self) -> usize {
+        (self.0 & !Pos::FLAGS) as usize
+    }
+
+    /// Index `at` of the same list.
+    fn at(self, at: usize) -> Pos {
+        Pos(at as u32 | (self.0 & Pos::FLAGS))
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct SubIndex {
@@ -123,21 +173,21 @@ impl SubIndex {
     pub fn add(
         &mut self,
         name: &str,
-        conn: u32,
+        conn: Key,
         history: bool,
         since: Option<Offset>,
-    ) -> (ChanId, u32, Added) {
+    ) -> (ChanId, Pos, Added) {
         if let Some(&id) = self.by_name.get(name) {
             let ch = &mut self.channels[id.slot()];
             if ch.live && !ch.unsynced() {
                 ch.members.push(conn);
-                return (id, (ch.members.len() - 1) as u32, Added::Live);
+                return (id, Pos::member(ch.members.len() - 1), Added::Live);
             }
             ch.waiters.push(conn);
             if let (Some(h), Some(since)) = (ch.hist.as_mut(), since) {
                 h.resume.push((conn, since));
             }
-            return (id, (ch.waiters.len() - 1) as u32 | WAITING, Added::Pending);
+            return (id, Pos::waiting(ch.waiters.len() - 1), Added::Pending);
         }
         // Wanted again: an unsubscribe still owed to the broker is void (the broker
         // still has this shard, and the new subscribe refreshes its epoch).
@@ -164,18 +214,18 @@ impl SubIndex {
             }),
         }) as u32);
         self.by_name.insert(name, id);
-        (id, WAITING, Added::NewChannel(epoch))
+        (id, Pos::waiting(0), Added::NewChannel(epoch))
     }
 
     /// The broker confirmed channel `id`: it is live and its waiters become members.
     /// Returns the waiters (to be told `subscribed`); their new positions are
-    /// `first..first + len`.
-    pub fn confirm(&mut self, id: ChanId) -> (Vec<u32>, u32) {
+    /// `Pos::member(first..first + len)`.
+    pub fn confirm(&mut self, id: ChanId) -> (Vec<Key>, usize) {
         let Some(ch) = self.channels.get_mut(id.slot()) else {
             return (Vec::new(), 0);
         };
         ch.live = true;
-        let first = ch.members.len() as u32;
+        let first = ch.members.len();
         let waiters = std::mem::take(&mut ch.waiters);
         ch.members.extend_from_slice(&waiters);
         (waiters, first)
@@ -209,23 +259,23 @@ impl SubIndex {
 
     /// Moves the member at `pos` of channel `id` to the catching list with `catch`.
     /// Returns its new position and the member that took its old place, if any.
-    pub fn start_catch(&mut self, id: ChanId, pos: u32, catch: Catch) -> Option<(u32, Moved)> {
+    pub fn start_catch(&mut self, id: ChanId, pos: Pos, catch: Catch) -> Option<(Pos, Moved)> {
         let ch = self.channels.get_mut(id.slot())?;
         let h = ch.hist.as_mut()?;
-        let at = pos as usize;
-        if pos & (WAITING | CATCHING) != 0 || at >= ch.members.len() {
+        let at = pos.index();
+        if !pos.is_member() || at >= ch.members.len() {
             return None;
         }
         ch.members.swap_remove(at);
-        let moved = ch.members.get(at).map(|&k| (k, at as u32));
+        let moved = ch.members.get(at).map(|&k| (k, Pos::member(at)));
         h.catching.push(catch);
-        Some(((h.catching.len() - 1) as u32 | CATCHING, moved))
+        Some((Pos::catching(h.catching.len() - 1), moved))
     }
 
     /// Takes the catch-up of `key` with `tag` off channel `id`'s catching list and makes
     /// it a member. Returns the catch, the member's position, and the catching entry
     /// that took its old place, if any.
-    pub fn end_catch(&mut self, id: ChanId, key: u32, tag: u32) -> Option<(Catch, u32, Moved)> {
+    pub fn end_catch(&mut self, id: ChanId, key: Key, tag: u32) -> Option<(Catch, Pos, Moved)> {
         let ch = self.channels.get_mut(id.slot())?;
         let h = ch.hist.as_mut()?;
         let at = h
@@ -233,19 +283,18 @@ impl SubIndex {
             .iter()
             .position(|c| c.key == key && c.tag == tag)?;
         let catch = h.catching.swap_remove(at);
-        let moved = h.catching.get(at).map(|c| (c.key, at as u32 | CATCHING));
+        let moved = h.catching.get(at).map(|c| (c.key, Pos::catching(at)));
         ch.members.push(key);
-        Some((catch, (ch.members.len() - 1) as u32, moved))
+        Some((catch, Pos::member(ch.members.len() - 1), moved))
     }
 
     /// Removes the member at `pos` of channel `id`.
-    pub fn remove(&mut self, id: ChanId, pos: u32) -> Removed {
+    pub fn remove(&mut self, id: ChanId, pos: Pos) -> Removed {
         let Some(ch) = self.channels.get_mut(id.slot()) else {
             return Removed::default();
         };
-        let flag = pos & (WAITING | CATCHING);
-        let at = (pos & !(WAITING | CATCHING)) as usize;
-        let moved = if flag & CATCHING != 0 {
+        let at = pos.index();
+        let moved = if pos.is_catching() {
             let Some(h) = ch.hist.as_mut() else {
                 return Removed::default();
             };
@@ -253,9 +302,9 @@ impl SubIndex {
                 return Removed::default();
             }
             h.catching.swap_remove(at);
-            h.catching.get(at).map(|c| (c.key, at as u32 | flag))
+            h.catching.get(at).map(|c| (c.key, pos.at(at)))
         } else {
-            let list = if flag != 0 {
+            let list = if pos.is_waiting() {
                 &mut ch.waiters
             } else {
                 &mut ch.members
@@ -264,12 +313,12 @@ impl SubIndex {
                 return Removed::default();
             }
             let key = list.swap_remove(at);
-            if flag != 0 {
+            if pos.is_waiting() {
                 if let Some(h) = ch.hist.as_mut() {
                     h.resume.retain(|&(k, _)| k != key);
                 }
             }
-            list.get(at).map(|&k| (k, at as u32 | flag))
+            list.get(at).map(|&k| (k, pos.at(at)))
         };
         let catching = ch.hist.as_ref().is_some_and(|h| !h.catching.is_empty());
         if !ch.members.is_empty() || !ch.waiters.is_empty() || catching {
@@ -291,32 +340,46 @@ impl SubIndex {
 mod tests {
     use super::*;
 
+    fn k(n: u32) -> Key {
+        Key::from_raw(n)
+    }
+
+    fn ks(ns: &[u32]) -> Vec<Key> {
+        ns.iter().map(|&n| k(n)).collect()
+    }
+
     #[test]
     fn add_remove_keeps_positions_consistent() {
         let mut idx = SubIndex::default();
-        let (id, p0, a) = idx.add("c", 10, false, None);
+        let (id, p0, a) = idx.add("c", k(10), false, None);
         assert!(matches!(a, Added::NewChannel(_)));
-        let (_, p1, a) = idx.add("c", 11, false, None);
+        let (_, p1, a) = idx.add("c", k(11), false, None);
         assert_eq!(a, Added::Pending);
-        let (_, p2, _) = idx.add("c", 12, false, None);
-        assert_eq!((p0, p1, p2), (WAITING, 1 | WAITING, 2 | WAITING));
+        let (_, p2, _) = idx.add("c", k(12), false, None);
+        assert_eq!(
+            (p0, p1, p2),
+            (Pos::waiting(0), Pos::waiting(1), Pos::waiting(2))
+        );
         // Removing the first moves the last (12) into position 0.
-        let r = idx.remove(id, WAITING);
-        assert_eq!(r.moved, Some((12, WAITING)));
-        assert_eq!(idx.channel(id).unwrap().waiters, vec![12, 11]);
+        let r = idx.remove(id, Pos::waiting(0));
+        assert_eq!(r.moved, Some((k(12), Pos::waiting(0))));
+        assert_eq!(idx.channel(id).unwrap().waiters, ks(&[12, 11]));
         assert!(
             idx.channel(id).unwrap().members.is_empty(),
             "waiters get nothing"
         );
-        assert_eq!(idx.confirm(id), (vec![12, 11], 0));
-        assert_eq!(idx.channel(id).unwrap().members, vec![12, 11]);
-        assert_eq!(idx.add("c", 13, false, None).2, Added::Live);
+        assert_eq!(idx.confirm(id), (ks(&[12, 11]), 0));
+        assert_eq!(idx.channel(id).unwrap().members, ks(&[12, 11]));
+        assert_eq!(idx.add("c", k(13), false, None).2, Added::Live);
         idx.unconfirm_all();
-        assert_eq!(idx.add("c", 14, false, None), (id, WAITING, Added::Pending));
-        idx.remove(id, WAITING);
-        idx.remove(id, 2);
-        idx.remove(id, 1);
-        let r = idx.remove(id, 0);
+        assert_eq!(
+            idx.add("c", k(14), false, None),
+            (id, Pos::waiting(0), Added::Pending)
+        );
+        idx.remove(id, Pos::waiting(0));
+        idx.remove(id, Pos::member(2));
+        idx.remove(id, Pos::member(1));
+        let r = idx.remove(id, Pos::member(0));
         assert_eq!(r.emptied.as_deref(), Some("c"));
         assert!(idx.lookup("c").is_none());
         assert!(idx.is_empty());
@@ -329,21 +392,24 @@ mod tests {
             epoch: 1,
         };
         let mut idx = SubIndex::default();
-        let (id, _, a) = idx.add("h", 1, true, Some(o(2)));
+        let (id, _, a) = idx.add("h", k(1), true, Some(o(2)));
         assert!(matches!(a, Added::NewChannel(_)));
         idx.set_live(id);
         // Live but without an offset yet: a new subscriber waits too.
-        assert_eq!(idx.add("h", 2, true, None).2, Added::Pending);
+        assert_eq!(idx.add("h", k(2), true, None).2, Added::Pending);
         assert_eq!(
             idx.channel(id).unwrap().hist.as_ref().unwrap().resume,
-            vec![(1, o(2))]
+            vec![(k(1), o(2))]
         );
         idx.channel_mut(id).unwrap().hist.as_mut().unwrap().last = Some(o(5));
-        assert_eq!(idx.confirm(id).0, vec![1, 2]);
-        assert_eq!(idx.add("h", 3, true, None), (id, 2, Added::Live));
-        let catch = |key| Catch {
-            key,
-            tag: key,
+        assert_eq!(idx.confirm(id).0, ks(&[1, 2]));
+        assert_eq!(
+            idx.add("h", k(3), true, None),
+            (id, Pos::member(2), Added::Live)
+        );
+        let catch = |n: u32| Catch {
+            key: k(n),
+            tag: n,
             since: o(2),
             upto: o(5),
             held: Vec::new(),
@@ -351,28 +417,34 @@ mod tests {
             overflowed: false,
         };
         // Member 1 (position 0) is caught up: 3 takes its place.
-        let (pos, moved) = idx.start_catch(id, 0, catch(1)).unwrap();
-        assert_eq!((pos, moved), (CATCHING, Some((3, 0))));
-        let (pos, _) = idx.start_catch(id, 1, catch(2)).unwrap();
-        assert_eq!(pos, 1 | CATCHING);
-        assert_eq!(idx.channel(id).unwrap().members, vec![3]);
+        let (pos, moved) = idx.start_catch(id, Pos::member(0), catch(1)).unwrap();
+        assert_eq!(
+            (pos, moved),
+            (Pos::catching(0), Some((k(3), Pos::member(0))))
+        );
+        let (pos, _) = idx.start_catch(id, Pos::member(1), catch(2)).unwrap();
+        assert_eq!(pos, Pos::catching(1));
+        assert_eq!(idx.channel(id).unwrap().members, ks(&[3]));
         // The first catch-up ends: a member again; the second moves into its slot.
-        let (c, pos, moved) = idx.end_catch(id, 1, 1).unwrap();
-        assert_eq!((c.key, pos, moved), (1, 1, Some((2, CATCHING))));
-        assert!(idx.end_catch(id, 2, 99).is_none(), "a stale tag");
+        let (c, pos, moved) = idx.end_catch(id, k(1), 1).unwrap();
+        assert_eq!(
+            (c.key, pos, moved),
+            (k(1), Pos::member(1), Some((k(2), Pos::catching(0))))
+        );
+        assert!(idx.end_catch(id, k(2), 99).is_none(), "a stale tag");
         // Removing everyone, catching included, empties the channel.
-        idx.remove(id, CATCHING);
-        idx.remove(id, 1);
-        let r = idx.remove(id, 0);
+        idx.remove(id, Pos::catching(0));
+        idx.remove(id, Pos::member(1));
+        let r = idx.remove(id, Pos::member(0));
         assert_eq!(r.emptied.as_deref(), Some("h"));
     }
 
     #[test]
     fn out_of_range_removal_is_harmless() {
         let mut idx = SubIndex::default();
-        let (id, _, _) = idx.add("c", 1, false, None);
-        assert_eq!(idx.remove(id, 5), Removed::default());
-        assert_eq!(idx.remove(id, 5 | WAITING), Removed::default());
-        assert_eq!(idx.remove(ChanId(99), 0), Removed::default());
+        let (id, _, _) = idx.add("c", k(1), false, None);
+        assert_eq!(idx.remove(id, Pos::member(5)), Removed::default());
+        assert_eq!(idx.remove(id, Pos::waiting(5)), Removed::default());
+        assert_eq!(idx.remove(ChanId(99), Pos::member(0)), Removed::default());
     }
 }

@@ -165,7 +165,7 @@ pub fn slot_map(cluster: &RedisCluster, skip: Option<u16>) -> SlotMap {
 
 /// The sequence numbers kept in a history channel's stream (read from its primary).
 pub fn stream_ns(map: &SlotMap, channel: &str) -> Vec<u64> {
-    let key = format!("__fanout:h:{{{channel}}}");
+    let key = String::from_utf8(fanout::broker::redis::history::stream_key(channel)).unwrap();
     let port = map.primary(key_slot(key.as_bytes())).unwrap().port.unwrap();
     let Value::Array(entries) = command(port, &["XRANGE", &key, "-", "+"]).unwrap() else {
         panic!("XRANGE {key}");
@@ -313,10 +313,10 @@ pub fn check_logs(
                 .get(ch)
                 .map(|v| v.iter().map(|m| m.0).collect())
                 .unwrap_or_default();
-            assert!(
-                ns.windows(2).all(|w| w[0] < w[1]),
-                "node {i} {ch}: out of order or twice"
-            );
+            if let Some(at) = ns.windows(2).position(|w| w[0] >= w[1]) {
+                let around = &ns[at.saturating_sub(8)..(at + 8).min(ns.len())];
+                panic!("node {i} {ch}: out of order or twice at #{at}: … {around:?} …");
+            }
             let gaps = log.gaps.get(ch).map_or(0, Vec::len);
             if ch.starts_with("hist:") {
                 // Repaired from history: everything history kept was delivered, no gap.

@@ -8,6 +8,7 @@
 //! RESP, the link and the history scripts. Neither thread ever blocks on a shard or on
 //! Redis.
 
+mod fence;
 pub mod reader;
 pub mod topology;
 pub mod writer;

@@ -16,8 +16,9 @@ use bytes::Bytes;
 use mio::{Events, Poll, Token};
 use slab::Slab;
 
+use super::fence::Fence;
 use super::topology::{self, Topology};
-use super::{owner, primaries, Addr, FIRST, TOPOLOGY};
+use super::{primaries, Addr, FIRST, TOPOLOGY};
 use crate::broker::history::{answer, Found};
 use crate::broker::redis::history::{self as scripts, Scripts};
 use crate::broker::{AckTo, BrokerCmd, ShardLinks};
@@ -27,7 +28,7 @@ use crate::inbox::Inbox;
 use crate::msg::HistoryRead;
 use crate::protocol::envelope::EnvelopeBuilder;
 use crate::protocol::ErrorCode;
-use crate::redis::cluster::{parse_redirect, RedirectKind};
+use crate::redis::cluster::{key_slot, parse_redirect, RedirectKind};
 use crate::redis::link::{Link, LinkEvent};
 use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;
@@ -45,6 +46,19 @@ enum Op {
         ack: Option<AckTo>,
     },
     Read(Box<HistoryRead>),
+}
+
+impl Op {
+    fn channel(&self) -> &str {
+        match self {
+            Op::Publish { channel, .. } => channel,
+            Op::Read(read) => &read.channel,
+        }
+    }
+
+    fn slot(&self) -> u16 {
+        key_slot(self.channel().as_bytes())
+    }
 }
 
 /// What a sent command's reply is for.
@@ -73,6 +87,8 @@ pub struct Writer {
     nodes: Slab<Node>,
     scripts: Scripts,
     envelope: EnvelopeBuilder,
+    /// Keeps a slot's commands in order while its owner changes.
+    fence: Fence<Op>,
 }
 
 impl Writer {
@@ -99,6 +115,7 @@ impl Writer {
             nodes: Slab::new(),
             scripts: Scripts::cluster(),
             envelope: EnvelopeBuilder::default(),
+            fence: Fence::new(super::super::redis::QUEUE),
         }
     }
 
@@ -127,6 +144,7 @@ impl Writer {
                 crate::broker::redis::note_auth(&mut n.link, &self.health, &self.links.metrics);
             }
             self.drain_inbox(now);
+            self.release_held(now);
             for &key in &keys {
                 let Some(n) = self.nodes.get_mut(key) else {
                     continue;
@@ -189,6 +207,7 @@ impl Writer {
         let pending = std::mem::take(&mut self.nodes[key].pending);
         for (p, _) in pending {
             if let Pending::Op(op, _) = p {
+                self.fence.answered(op.slot(), key);
                 self.fail(op);
             }
         }
@@ -258,6 +277,7 @@ impl Writer {
                         continue;
                     };
                     if let Pending::Op(op, tries) = pending {
+                        self.fence.answered(op.slot(), key);
                         self.on_reply(key, op, tries, value, now);
                     }
                 }
@@ -352,6 +372,7 @@ impl Writer {
             }
             Op::Read(read) => scripts::encode_read(&mut n.link.wbuf, &self.scripts, read),
         }
+        self.fence.sent(op.slot(), key);
         n.pending.push_back((Pending::Op(op, tries), now));
     }
 
@@ -370,27 +391,48 @@ impl Writer {
                 BrokerCmd::History(read) => Op::Read(read),
                 _ => continue,
             };
-            let channel = match &op {
-                Op::Publish { channel, .. } => channel.as_bytes(),
-                Op::Read(read) => read.channel.as_bytes(),
+            let slot = op.slot();
+            match self.owner_of(slot) {
+                Some(key) if self.fence.must_wait(slot, key) => {
+                    if let Err(op) = self.fence.hold(slot, op) {
+                        self.fail(op);
+                    }
+                }
+                Some(key) if self.writable(key) => self.encode(key, op, 0, now),
+                _ => self.fail(op),
+            }
+        }
+    }
+
+    /// The node key of the primary serving `slot`, as far as the map says.
+    fn owner_of(&self, slot: u16) -> Option<usize> {
+        let node = self.topo.map()?.primary(slot)?;
+        let addr = (node.host.clone(), node.port_for(self.tls)?);
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.addr == addr)
+            .map(|(k, _)| k)
+    }
+
+    /// Whether node `key` takes commands now: connected, its unsent bytes bounded.
+    fn writable(&self, key: usize) -> bool {
+        let n = &self.nodes[key];
+        n.link.is_up() && n.link.wbuf.len() <= MAX_UNSENT
+    }
+
+    /// Sends the commands held for a slot once its earlier ones are all answered by
+    /// (or sent again to) its owner; refuses them if the owner is gone.
+    fn release_held(&mut self, now: Instant) {
+        for slot in self.fence.held_slots() {
+            let owner = self.owner_of(slot);
+            let Some(held) = self.fence.release(slot, owner) else {
+                continue;
             };
-            let target = self
-                .topo
-                .map()
-                .and_then(|m| owner(m, channel, self.tls))
-                .and_then(|addr| {
-                    self.nodes
-                        .iter()
-                        .find(|(_, n)| n.addr == addr)
-                        .map(|(k, _)| k)
-                })
-                .filter(|&k| {
-                    let n = &self.nodes[k];
-                    n.link.is_up() && n.link.wbuf.len() <= MAX_UNSENT
-                });
-            match target {
-                Some(key) => self.encode(key, op, 0, now),
-                None => self.fail(op),
+            for op in held {
+                match owner {
+                    Some(key) if self.writable(key) => self.encode(key, op, 0, now),
+                    _ => self.fail(op),
+                }
             }
         }
     }

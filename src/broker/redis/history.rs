@@ -3,7 +3,7 @@
 //! call them, the decoding of their answers, and the marker that carries a message's
 //! offset through pub/sub. Keys per channel C: `__fanout:h:{C}` (the stream, field `d`)
 //! and `__fanout:e:{C}` (its epoch); the `{C}` hash tag keeps both in the channel's
-//! slot. No I/O: the writer sends what these build and hands back what Redis answered.
+//! slot (a name with a hash tag of its own keeps that instead: `__fanout:ht:{team}:a`). No I/O: the writer sends what these build and hands back what Redis answered.
 
 use bytes::BytesMut;
 
@@ -129,12 +129,40 @@ impl Default for Scripts {
     }
 }
 
-fn stream_key(channel: &str) -> Vec<u8> {
-    format!("__fanout:h:{{{channel}}}").into_bytes()
+/// The stream key of `channel`.
+pub fn stream_key(channel: &str) -> Vec<u8> {
+    key("h", channel)
 }
 
-fn epoch_key(channel: &str) -> Vec<u8> {
-    format!("__fanout:e:{{{channel}}}").into_bytes()
+/// The epoch key of `channel`.
+pub fn epoch_key(channel: &str) -> Vec<u8> {
+    key("e", channel)
+}
+
+/// A key of `channel` in the channel's own Redis Cluster slot: a name with a hash tag of
+/// its own (`{team}:a`) keeps it (`__fanout:ht:{team}:a`: the prefix has no brace, so
+/// the key's tag is the name's); any other name is wrapped whole in one
+/// (`__fanout:h:{C}`), which is the whole name as long as it has no `}`. The two forms
+/// differ in their prefix, so `room` and `{room}` never share a key. A name with a `}`
+/// but no tag cannot share a key's slot (`cluster_safe` is false for it; one Redis does
+/// not care).
+fn key(kind: &str, channel: &str) -> Vec<u8> {
+    if has_hash_tag(channel) {
+        format!("__fanout:{kind}t:{channel}").into_bytes()
+    } else {
+        format!("__fanout:{kind}:{{{channel}}}").into_bytes()
+    }
+}
+
+fn has_hash_tag(channel: &str) -> bool {
+    let tag = crate::redis::cluster::hash_tag(channel.as_bytes());
+    tag.len() != channel.len()
+}
+
+/// Whether a history channel named `channel` can keep its history in Redis Cluster:
+/// its keys and the channel itself must hash to one slot.
+pub fn cluster_safe(channel: &str) -> bool {
+    has_hash_tag(channel) || !channel.contains('}')
 }
 
 impl Scripts {
@@ -295,6 +323,25 @@ fn marked(offset: &str, data: &[u8]) -> bytes::Bytes {
 
 #[cfg(test)]
 mod tests {
+    use crate::redis::cluster::key_slot;
+
+    #[test]
+    fn history_keys_sit_in_their_channels_slot_and_never_collide() {
+        for ch in [
+            "room:1", "{team}:a", "x{y}z", "b{c", "{room}", "room", "é{ü}",
+        ] {
+            let slot = key_slot(ch.as_bytes());
+            assert_eq!(key_slot(&super::stream_key(ch)), slot, "{ch}");
+            assert_eq!(key_slot(&super::epoch_key(ch)), slot, "{ch}");
+            assert!(super::cluster_safe(ch), "{ch}");
+        }
+        assert_ne!(super::stream_key("room"), super::stream_key("{room}"));
+        assert_ne!(super::stream_key("room"), super::epoch_key("room"));
+        for ch in ["a}b", "}{", "{}d"] {
+            assert!(!super::cluster_safe(ch), "{ch}");
+        }
+    }
+
     use super::*;
     use bytes::Bytes;
 

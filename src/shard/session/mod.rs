@@ -66,13 +66,13 @@ pub enum Effect {
     /// Queue a close frame with this code (the session is already `Closing`).
     Close { code: u16, reason: &'static str },
     /// A WebSocket upgrade to admit: then `Session::open`, or a refusal answered with
-    /// `Shard::respond_http`. Bytes sent behind it wait in the session.
+    /// `Wire::respond_http`. Bytes sent behind it wait in the session.
     Upgrade(Box<RequestHead>),
     /// A plain HTTP request with its whole body, to answer (the session waits in
     /// `HttpWait` until `Session::responded`).
     Request(Box<RequestHead>, Vec<u8>),
     /// An HTTP answer the session decided itself (a malformed or too large request):
-    /// write it with `Shard::respond_http`, which closes (the stream can no longer be
+    /// write it with `Wire::respond_http`, which closes (the stream can no longer be
     /// parsed; the session waits in `HttpWait` meanwhile).
     Reject(Vec<u8>),
     /// The client sent more than a request may hold while its answer was pending: drop

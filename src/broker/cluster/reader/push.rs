@@ -40,10 +40,18 @@ impl Reader {
                                 self.links.control_message(payload);
                                 n.link.rbuf.advance(len);
                             }
-                            Ok(ch) => {
+                            // Only the connection that holds the channel delivers it:
+                            // a primary demoted by a failover still receives the new
+                            // primary's messages by replication, and would deliver them
+                            // a second time, out of order.
+                            Ok(ch) if n.channels.contains(ch) => {
                                 let (offset, data) = split_marked(payload);
                                 self.router
                                     .dispatch(&mut self.links, ch, data, None, offset);
+                                n.link.rbuf.advance(len);
+                            }
+                            Ok(_) => {
+                                metrics.broker_stale_link.fetch_add(1, Ordering::Relaxed);
                                 n.link.rbuf.advance(len);
                             }
                             Err(_) => n.link.rbuf.advance(len),
@@ -121,6 +129,12 @@ impl Reader {
                     probe_back(n, &payload);
                 } else if channel == CONTROL_CHANNEL {
                     self.links.control_message(&payload);
+                } else if !n.channels.contains(channel) {
+                    // Not this connection's channel (see `read_messages`).
+                    self.links
+                        .metrics
+                        .broker_stale_link
+                        .fetch_add(1, Ordering::Relaxed);
                 } else {
                     let (offset, data) = split_marked(&payload);
                     self.router
