@@ -43,7 +43,7 @@
 //! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
 //! | [`metrics`] | counters and their Prometheus text (presence's too) | lock |
 //! | [`auth`] | JWT verification → `Grant` (user, expiry, channel patterns) | I/O, log a token |
-//! | [`redis`] | RESP, the Redis URL, TLS (`rediss://`, rustls), the non-blocking link, the blocking client (one Redis or a cluster), Redis Cluster slots and slot maps | decide what to send |
+//! | [`redis`] | RESP, the Redis URL, TLS (`rediss://`, rustls), the non-blocking link (host names resolved off its thread), the blocking client (one Redis or a cluster), Redis Cluster slots and slot maps | decide what to send |
 //! | [`msg`] | `BrokerCmd`, `ShardMsg`, `BrokerHandle`: what threads send each other | decide |
 //! | [`api`] | HTTP API parsing, API-key and origin rules | I/O |
 //! | [`http`] | `/healthz`, `/metrics` answers, every HTTP response builder | keep a connection open |
