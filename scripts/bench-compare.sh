@@ -3,7 +3,7 @@
 # same loadgen scenario, on one machine: Redis and loadgen pinned to core 0, the server under
 # test pinned to core 1.
 #
-# usage: scripts/bench-compare.sh [--scenario s1|s2|s3|churn-resume] [--repeat N] [--servers LIST]
+# usage: scripts/bench-compare.sh [--scenario s1|s2|s3|churn-resume|compression] [--repeat N] [--servers LIST]
 #                                 [--out FILE] [--cpu-server N] [--cpu-load N] [-- LOADGEN ARGS...]
 #
 #   --scenario s1   fanout --subs 1000  --channels 1    --pubs 1  --publish-via redis --payload 64  --rate 0
@@ -14,9 +14,17 @@
 #                            drops about every 15 s and stays away 2 s; fanout runs with --history-size
 #                            10000 and loadgen adds --resume for it (resubscribe with since); the peers
 #                            cannot resume and run the same command without --resume (~25 s a run)
+#              compression  fanout --subs 1000 --channels 1 --pubs 1 --publish-via redis --payload 1024
+#                           --payload-kind json --rate 100 --compression: every subscriber offers
+#                           permessage-deflate; fanout runs with --compression on, fanout-off
+#                           (fanout without it: the offer is declined, deliveries go plain) and
+#                           uws with COMPRESSION=shared (uWS.SHARED_COMPRESSOR, publishes compressed);
+#                           default servers fanout,fanout-off,uws; the table adds wire bytes per delivery;
+#                           COMPRESSION_SUBS / COMPRESSION_RATE change --subs / --rate (1000, 100)
 #              custom: no preset, give the whole loadgen command after --  (e.g. -- fanout --subs 10 ...)
 #   --repeat N      runs per server (default 3); each run gets a freshly started server
-#   --servers LIST  comma list out of fanout,fanout-b,node-ws,uws,nchan (default: fanout,node-ws,uws);
+#   --servers LIST  comma list out of fanout,fanout-b,fanout-off,node-ws,uws,nchan (default: fanout,node-ws,uws);
+#                   fanout-off: fanout without the scenario's server flags (compression: --compression on);
 #                   nchan: nginx + Nchan in Redis mode (loadgen/peers/nchan/run.sh) on the same
 #                   Redis; its loadgen run subscribes with --sub-path /sub/{channel} and publishes
 #                   with --publish-via http (POST /pub/<channel>) instead of WebSocket publishes,
@@ -38,6 +46,7 @@
 # Prints one row per server with the medians over the runs and ratios to fanout.
 set -euo pipefail
 
+ORIG_ARGS=("$@")
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=lib/bench-common.sh
@@ -62,7 +71,7 @@ while [[ $# -gt 0 ]]; do
     --cpu-server) cpu_server="${2:?}"; shift 2 ;;
     --cpu-load) cpu_load="${2:?}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -74,8 +83,11 @@ case "$scenario" in
   churn-resume)
     preset=(churn-deliveries --subs 200 --channels 20 --pubs 1 --publish-via ws --payload 64 --rate 100
             --duration 20 --drop-every 15 --offline 2) ;;
+  compression)
+    preset=(fanout --subs "${COMPRESSION_SUBS:-1000}" --channels 1 --pubs 1 --publish-via redis --payload 1024
+            --payload-kind json --rate "${COMPRESSION_RATE:-100}" --compression) ;;
   custom) preset=(); [[ ${#extra[@]} -gt 0 ]] || die "--scenario custom needs a loadgen command after --" ;;
-  *) die "unknown scenario '$scenario' (s1, s2, s3, churn-resume, custom)" ;;
+  *) die "unknown scenario '$scenario' (s1, s2, s3, churn-resume, compression, custom)" ;;
 esac
 # What only fanout gets in a scenario: server flags, and loadgen flags the peers cannot use.
 fanout_server_extra=()
@@ -84,10 +96,19 @@ if [[ "$scenario" == churn-resume ]]; then
   fanout_server_extra=(--history-size 10000)
   fanout_loadgen_extra=(--resume)
 fi
+# The uWS peer's compression (COMPRESSION=off|shared).
+uws_compression=off
+if [[ "$scenario" == compression ]]; then
+  fanout_server_extra=(--compression on)
+  uws_compression=shared
+  servers_given=0
+  for a in "${ORIG_ARGS[@]}"; do [[ "$a" == --servers ]] && servers_given=1; done
+  ((servers_given)) || servers="fanout,fanout-off,uws"
+fi
 [[ "$repeat" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer"
 IFS=',' read -r -a server_list <<<"$servers"
 for s in "${server_list[@]}"; do
-  case "$s" in fanout|fanout-b|fanout-cluster|node-ws|uws|nchan) ;; *) die "unknown server '$s' (fanout, fanout-b, fanout-cluster, node-ws, uws, nchan)" ;; esac
+  case "$s" in fanout|fanout-b|fanout-off|fanout-cluster|node-ws|uws|nchan) ;; *) die "unknown server '$s' (fanout, fanout-b, fanout-off, fanout-cluster, node-ws, uws, nchan)" ;; esac
   if [[ "$s" == nchan && "$scenario" != s2 && "$scenario" != custom ]]; then
     die "nchan runs s2 (or custom) only: its subscribers read Nchan's own channels, which neither a raw Redis PUBLISH (s1) nor fanout's subscribe protocol (s3, churn-resume) reaches"
   fi
@@ -208,17 +229,18 @@ loadgen_cmd=("${preset[@]}" "${extra[@]}")
 start_server() { # name port log -> sets server_pid
   local name="$1" port="$2" log="$3"
   case "$name" in
-    fanout|fanout-b|fanout-cluster)
+    fanout|fanout-b|fanout-off|fanout-cluster)
       local bin="$FANOUT"
-      local -a more=() bus=(--redis "$REDIS_URL")
+      local -a more=() bus=(--redis "$REDIS_URL") sx=("${fanout_server_extra[@]}")
+      [[ "$name" == fanout-off ]] && sx=()
       read -r -a more <<<"${FANOUT_ARGS:-}"
       if [[ "$name" == fanout-b ]]; then bin="$FANOUT_B"; read -r -a more <<<"${FANOUT_B_ARGS:-}"; fi
       [[ "$name" == fanout-cluster ]] && bus=(--redis-cluster "$CLUSTER_SEEDS")
       taskset -c "$cpu_server" "$bin" --listen "127.0.0.1:$port" "${bus[@]}" --shards 1 \
-        "${fanout_server_extra[@]}" "${more[@]}" >"$log" 2>&1 &
+        "${sx[@]}" "${more[@]}" >"$log" 2>&1 &
       ;;
     node-ws|uws)
-      PORT="$port" HOST=127.0.0.1 REDIS_URL="$REDIS_URL" NODE_ENV=production \
+      PORT="$port" HOST=127.0.0.1 REDIS_URL="$REDIS_URL" NODE_ENV=production COMPRESSION="$uws_compression" \
         taskset -c "$cpu_server" node "$ROOT/loadgen/peers/$name/server.js" >"$log" 2>&1 &
       ;;
     nchan)
@@ -408,9 +430,10 @@ if os.environ.get("SCEN") == "churn-resume":
 
 cols = [("deliveries_per_sec", fmt_rate), ("deliveries_per_server_cpu_sec", fmt_rate),
         ("p50_us", fmt_us), ("p99_us", fmt_us), ("p999_us", fmt_us), ("max_us", fmt_us),
-        ("lost", fmt_num), ("kib_per_conn", lambda v: fmt_num(v, 1))]
+        ("lost", fmt_num), ("kib_per_conn", lambda v: fmt_num(v, 1)),
+        ("wire_bytes_per_delivery", lambda v: fmt_num(v, 1))]
 heads = ["server", "ok/runs", "deliv/s", "deliv/cpu-s", "p50", "p99", "p99.9", "max", "lost",
-         "KiB/conn", "lg-sat", "steal%", "x deliv/s", "x deliv/cpu-s", "x p99", "x KiB/conn"]
+         "KiB/conn", "wire B/deliv", "lg-sat", "steal%", "x deliv/s", "x deliv/cpu-s", "x p99", "x KiB/conn"]
 
 med = {name: {k: median(recs, k) for k, _ in cols} for name, recs in rows.items()}
 base = med.get("fanout", {})

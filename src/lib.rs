@@ -34,7 +34,7 @@
 //! |---|---|---|
 //! | [`config`] | flags, env, TOML → `Config` + `Limits` | read at run time |
 //! | [`latency`] | the publish→send histogram | lock |
-//! | [`ws`] | handshake parsing and RFC 6455 framing | I/O |
+//! | [`ws`] | handshake parsing, RFC 6455 framing, permessage-deflate (negotiation, compress once, bounded inflate) | I/O, per-connection compression state |
 //! | [`ids`] | `ConnId`, `ShardId` | behaviour |
 //! | [`offset`] | history offsets: stream id + epoch, parse and format | decide |
 //! | [`inbox`] | a shard's queues and the waker that interrupts its poll | block |

@@ -26,6 +26,9 @@ pub struct ShardMetrics {
     /// Delivery frames queued to clients.
     pub messages_out: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Messages compressed for permessage-deflate subscribers (once per message per
+    /// shard, whatever the number of subscribers).
+    pub compressed: AtomicU64,
     /// Connections closed by the slow-consumer policy.
     pub slow_consumer_closes: AtomicU64,
     /// Frames dropped by the drop-oldest slow-consumer policy.
@@ -119,7 +122,7 @@ impl Metrics {
     /// The Prometheus text exposition of every figure.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let per_shard: [ShardSeries; 14] = [
+        let per_shard: [ShardSeries; 15] = [
             (
                 "fanout_connections",
                 "gauge",
@@ -155,6 +158,12 @@ impl Metrics {
                 "counter",
                 |s| &s.bytes_out,
                 "Bytes written to clients",
+            ),
+            (
+                "fanout_messages_compressed_total",
+                "counter",
+                |s| &s.compressed,
+                "Delivery messages compressed (permessage-deflate), once per shard",
             ),
             (
                 "fanout_slow_consumer_closes_total",

@@ -38,6 +38,37 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
+    fn deflate_decoder_and_negotiation_never_panic(
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+        header in "[a-z_=;, \"0-9]{0,80}",
+    ) {
+        let _ = fanout::ws::deflate::negotiate([header.as_str()]);
+        // Random frames with RSV1 forced on the first one, on a deflate connection.
+        let mut bytes = data.clone();
+        if let Some(b) = bytes.first_mut() {
+            *b |= 0x40;
+        }
+        let len = bytes.len();
+        let used = Inbound::default().feed_ext(&mut bytes, 512, true, &mut |m| {
+            if let Message::Text(t) = m {
+                assert!(t.len() <= 512);
+            }
+            Flow::Continue
+        });
+        if let Ok(used) = used {
+            prop_assert!(used <= len);
+        }
+        // Random compressed payloads, masked, as one whole message.
+        let frame = {
+            let mut f = client_frame(1, true, &data, [1, 2, 3, 4]);
+            f[0] |= 0x40;
+            f
+        };
+        let mut buf = frame.clone();
+        let _ = Inbound::default().feed_ext(&mut buf, 512, true, &mut |_| Flow::Continue);
+    }
+
+    #[test]
     fn frame_decoder_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2048), cuts in proptest::collection::vec(any::<usize>(), 0..4)) {
         let _ = decode_in_pieces(&data, &cuts, 512);
     }

@@ -102,6 +102,13 @@ impl PublishVia {
     }
 }
 
+/// `--payload-kind`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    Pad,
+    Json,
+}
+
 impl Common {
     /// The URLs as one string (comma separated), for reports and messages.
     pub fn url_list(&self) -> String {
@@ -146,6 +153,14 @@ pub struct FanoutArgs {
     /// Payload size in bytes (the `data` JSON).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// What pads the payload to --payload bytes: one repeated byte (pad), or realistic
+    /// JSON records (json: compresses like real data, for --compression runs).
+    #[arg(long, value_enum, default_value_t = PayloadKind::Pad)]
+    pub payload_kind: PayloadKind,
+    /// Subscribers offer permessage-deflate (RFC 7692) and inflate compressed
+    /// deliveries; the report adds the bytes received on the wire per delivery.
+    #[arg(long)]
+    pub compression: bool,
     /// Total publishes per second over all publishers (0 = open loop).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,

@@ -1,7 +1,9 @@
 //! Non-blocking WebSocket client connection for mio event loops: connect, HTTP upgrade
 //! handshake, masked writes with a pending-output buffer, and frame reading out of a
 //! large per-thread read buffer (only a partial trailing frame is kept per connection).
-//! Pings are answered with pongs internally.
+//! Pings are answered with pongs internally. With `offer_deflate`, the upgrade offers
+//! permessage-deflate (RFC 7692, no context takeover) and compressed messages are
+//! inflated (one inflater per thread) before they are reported.
 
 use std::io::{self, Read, Write};
 
@@ -24,8 +26,9 @@ pub enum State {
 pub enum Event<'a> {
     /// Handshake completed.
     Open,
-    /// One complete text message.
-    Text(&'a [u8]),
+    /// One complete text message (inflated if it came compressed) and the bytes its
+    /// frames took on the wire (headers included).
+    Text(&'a [u8], usize),
     /// One complete binary message (ignored by loadgen, counted).
     Binary,
     /// The server sent a close frame (with its code if any).
@@ -52,6 +55,47 @@ pub struct WsConn {
     rng: u32,
     accept: String,
     request: Vec<u8>,
+    /// The server agreed to permessage-deflate.
+    deflate: bool,
+    /// The fragmented message in `frag` is compressed (RSV1 on its first frame).
+    frag_z: bool,
+    /// Wire bytes of the frames of the message in `frag` so far.
+    frag_wire: usize,
+}
+
+thread_local! {
+    /// Raw-deflate inflater and its output, reset per message (the server answers
+    /// `server_no_context_takeover`, which `offer_deflate` asks for).
+    static INFLATER: std::cell::RefCell<(flate2::Decompress, Vec<u8>)> =
+        std::cell::RefCell::new((flate2::Decompress::new(false), Vec::new()));
+}
+
+/// Inflates one compressed message (RFC 7692: the `00 00 ff ff` tail is appended) and
+/// hands it to `then`; `None` if it is not valid deflate.
+fn inflate<R>(data: &[u8], then: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    INFLATER.with(|cell| {
+        let (d, out) = &mut *cell.borrow_mut();
+        d.reset(false);
+        out.clear();
+        for part in [data, &[0, 0, 0xff, 0xff][..]] {
+            let start = d.total_in();
+            loop {
+                if out.capacity() - out.len() < 4096 {
+                    out.reserve(out.capacity().max(16384));
+                }
+                let used = (d.total_in() - start) as usize;
+                d.decompress_vec(&part[used..], out, flate2::FlushDecompress::Sync)
+                    .ok()?;
+                if (d.total_in() - start) as usize == part.len() && out.len() < out.capacity() {
+                    break;
+                }
+                if out.len() > wsframe::MAX_FRAME as usize {
+                    return None;
+                }
+            }
+        }
+        Some(then(out))
+    })
 }
 
 /// Bytes of pending output above which callers should stop queueing.
@@ -82,7 +126,24 @@ impl WsConn {
             rng: seed | 1,
             accept,
             request,
+            deflate: false,
+            frag_z: false,
+            frag_wire: 0,
         }
+    }
+
+    /// Offers permessage-deflate on the upgrade (call before the connect completes).
+    pub fn offer_deflate(&mut self) {
+        let offer = b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n";
+        if self.request.ends_with(b"\r\n\r\n") {
+            self.request.truncate(self.request.len() - 2);
+            self.request.extend_from_slice(offer);
+        }
+    }
+
+    /// The server agreed to permessage-deflate.
+    pub fn deflate(&self) -> bool {
+        self.deflate
     }
 
     fn mask(&mut self) -> [u8; 4] {
@@ -216,25 +277,50 @@ impl WsConn {
         Ok(open)
     }
 
-    fn check_handshake(&self, head: &[u8]) -> Result<(), Failure> {
+    fn check_handshake(&mut self, head: &[u8]) -> Result<(), Failure> {
         let text = std::str::from_utf8(head).map_err(|_| Failure::Handshake)?;
         let mut lines = text.split("\r\n");
         let status = lines.next().unwrap_or("");
         if status.split(' ').nth(1) != Some("101") {
             return Err(Failure::Handshake);
         }
+        let mut accepted = false;
         for l in lines {
             if let Some((k, v)) = l.split_once(':') {
                 if k.trim().eq_ignore_ascii_case("sec-websocket-accept") {
-                    return if v.trim() == self.accept {
-                        Ok(())
-                    } else {
-                        Err(Failure::Handshake)
-                    };
+                    if v.trim() != self.accept {
+                        return Err(Failure::Handshake);
+                    }
+                    accepted = true;
+                } else if k.trim().eq_ignore_ascii_case("sec-websocket-extensions") {
+                    self.deflate |= v.trim().starts_with("permessage-deflate");
                 }
             }
         }
-        Err(Failure::Handshake)
+        if accepted {
+            Ok(())
+        } else {
+            Err(Failure::Handshake)
+        }
+    }
+
+    /// Reports one whole text or binary message (inflating it when `compressed`).
+    fn message(
+        text: bool,
+        compressed: bool,
+        data: &[u8],
+        wire: usize,
+        now: u64,
+        f: &mut dyn FnMut(Event, u64),
+    ) -> Result<(), Failure> {
+        if !text {
+            f(Event::Binary, now);
+        } else if compressed {
+            inflate(data, |m| f(Event::Text(m, wire), now)).ok_or(Failure::Protocol)?;
+        } else {
+            f(Event::Text(data, wire), now);
+        }
+        Ok(())
     }
 
     fn process(
@@ -264,7 +350,14 @@ impl WsConn {
             };
             let start = pos + fr.header_len;
             let end = start + fr.payload_len;
+            let wire = end - pos;
             pos = end;
+            // RSV1 only on the first frame of a data message, only when negotiated.
+            if fr.rsv1
+                && (!self.deflate || !matches!(fr.opcode, wsframe::OP_TEXT | wsframe::OP_BINARY))
+            {
+                return Err(Failure::Protocol);
+            }
             if let Some(m) = fr.mask {
                 wsframe::apply_mask(&mut buf[start..end], m);
             }
@@ -275,13 +368,12 @@ impl WsConn {
                         return Err(Failure::Protocol);
                     }
                     if fr.fin {
-                        if fr.opcode == wsframe::OP_TEXT {
-                            f(Event::Text(payload), now);
-                        } else {
-                            f(Event::Binary, now);
-                        }
+                        let text = fr.opcode == wsframe::OP_TEXT;
+                        Self::message(text, fr.rsv1, payload, wire, now, f)?;
                     } else {
                         self.in_frag = true;
+                        self.frag_z = fr.rsv1;
+                        self.frag_wire = wire;
                         self.frag.clear();
                         // Remember the opcode in the first byte.
                         self.frag.push(fr.opcode);
@@ -293,14 +385,12 @@ impl WsConn {
                         return Err(Failure::Protocol);
                     }
                     self.frag.extend_from_slice(payload);
+                    self.frag_wire += wire;
                     if fr.fin {
                         self.in_frag = false;
                         let v = std::mem::take(&mut self.frag);
-                        if v.first() == Some(&wsframe::OP_TEXT) {
-                            f(Event::Text(&v[1..]), now);
-                        } else {
-                            f(Event::Binary, now);
-                        }
+                        let text = v.first() == Some(&wsframe::OP_TEXT);
+                        Self::message(text, self.frag_z, &v[1..], self.frag_wire, now, f)?;
                         self.frag = v;
                         self.frag.clear();
                     }

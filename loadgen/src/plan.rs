@@ -21,6 +21,8 @@ pub struct SubPlan {
     /// `--sub-path`: connect to this path (`{channel}` replaced), send no subscribe,
     /// and read raw payloads (the channel is the connection's).
     pub sub_path: Option<String>,
+    /// `--compression`: offer permessage-deflate and inflate what comes compressed.
+    pub deflate: bool,
 }
 
 /// Channels subscribed by global connection `gid`.

@@ -36,6 +36,8 @@ pub struct PubPlan {
     pub channels: u32,
     pub prefix: String,
     pub payload: usize,
+    /// `--payload-kind json`: realistic JSON padding (`build_json_payload`).
+    pub json_payload: bool,
     /// Total publishes per second over all publishers; 0 = open loop.
     pub rate: f64,
     /// Outstanding publishes per publisher; 0 = unbounded.
@@ -319,7 +321,18 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                         a
                     };
                     scratch.clear();
-                    build_payload(&mut scratch, pi as u32, s, t, a, plan.payload);
+                    if plan.json_payload {
+                        crate::payload::build_json_payload(
+                            &mut scratch,
+                            pi as u32,
+                            s,
+                            t,
+                            a,
+                            plan.payload,
+                        );
+                    } else {
+                        build_payload(&mut scratch, pi as u32, s, t, a, plan.payload);
+                    }
                     match &mut p.conn {
                         PConn::Ws(w) => {
                             msg.clear();
@@ -395,7 +408,7 @@ pub fn run(plan: PubPlan, sh: Arc<PubShared>) -> PubResult {
                     let mut ok = !ev.is_writable() || w.on_writable().is_ok();
                     if ok && (ev.is_readable() || ev.is_read_closed()) {
                         let r = w.read(&mut rbuf, &mut |e, _| {
-                            if let Event::Text(t) = e {
+                            if let Event::Text(t, _) = e {
                                 match scan(t) {
                                     Msg::Published { id } => {
                                         if let Some(id) = id {

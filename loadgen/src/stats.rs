@@ -108,6 +108,9 @@ pub struct SubResult {
     pub delivered_total: u64,
     pub delivered_window: u64,
     pub bytes_window: u64,
+    /// Bytes the window's deliveries took on the wire (frame headers included,
+    /// compressed when permessage-deflate was agreed).
+    pub wire_bytes_window: u64,
     pub connect_errors: u64,
     pub handshake_errors: u64,
     pub subscribe_errors: u64,
@@ -160,6 +163,7 @@ impl SubResult {
         self.delivered_total += o.delivered_total;
         self.delivered_window += o.delivered_window;
         self.bytes_window += o.bytes_window;
+        self.wire_bytes_window += o.wire_bytes_window;
         self.connect_errors += o.connect_errors;
         self.handshake_errors += o.handshake_errors;
         self.subscribe_errors += o.subscribe_errors;
@@ -200,6 +204,7 @@ impl SubResult {
             "delivered_total": self.delivered_total,
             "delivered_window": self.delivered_window,
             "bytes_window": self.bytes_window,
+            "wire_bytes_window": self.wire_bytes_window,
             "connect_errors": self.connect_errors,
             "handshake_errors": self.handshake_errors,
             "subscribe_errors": self.subscribe_errors,
@@ -259,6 +264,7 @@ impl SubResult {
             delivered_total: u("delivered_total"),
             delivered_window: u("delivered_window"),
             bytes_window: u("bytes_window"),
+            wire_bytes_window: u("wire_bytes_window"),
             connect_errors: u("connect_errors"),
             handshake_errors: u("handshake_errors"),
             subscribe_errors: u("subscribe_errors"),

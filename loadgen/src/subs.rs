@@ -111,7 +111,14 @@ pub fn run(plan: Arc<SubPlan>, mine: Vec<usize>, ctl: Arc<Control>) -> SubResult
                         None => target.path.clone(),
                     };
                     conns[i] = Some(Conn {
-                        ws: WsConn::new(sock, &target.host, &path, gid as u32 ^ started as u32),
+                        ws: {
+                            let mut ws =
+                                WsConn::new(sock, &target.host, &path, gid as u32 ^ started as u32);
+                            if plan.deflate {
+                                ws.offer_deflate();
+                            }
+                            ws
+                        },
                         st: St {
                             gid,
                             chans,
@@ -319,12 +326,12 @@ fn on_event(
     raw: bool,
     res: &mut SubResult,
 ) {
-    let text = match e {
+    let (text, wire_len) = match e {
         Event::Open => {
             st.opened = true;
             return;
         }
-        Event::Text(t) => t,
+        Event::Text(t, wire) => (t, wire),
         Event::Binary | Event::Close(_) => {
             res.other_frames += 1;
             return;
@@ -383,6 +390,7 @@ fn on_event(
             if t >= ws && t < we {
                 res.delivered_window += 1;
                 res.bytes_window += text.len() as u64;
+                res.wire_bytes_window += wire_len as u64;
                 res.latency.record(now.saturating_sub(t));
                 res.latency_actual.record(now.saturating_sub(a));
                 let sr = &mut res.streams[k as usize];

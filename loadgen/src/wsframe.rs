@@ -15,6 +15,8 @@ pub const MAX_FRAME: u64 = 64 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate); the caller checks it was agreed.
+    pub rsv1: bool,
     pub opcode: u8,
     pub header_len: usize,
     pub payload_len: usize,
@@ -71,7 +73,7 @@ pub fn decode(buf: &[u8]) -> Decode {
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Decode::Error("reserved bits set");
     }
     let opcode = b0 & 0x0F;
@@ -125,6 +127,7 @@ pub fn decode(buf: &[u8]) -> Decode {
     }
     Decode::Frame(Frame {
         fin,
+        rsv1: b0 & 0x40 != 0,
         opcode,
         header_len: pos,
         payload_len: len,
@@ -215,7 +218,12 @@ mod tests {
     #[test]
     fn decode_rejects_garbage() {
         assert!(matches!(decode(&[0x83, 0x00]), Decode::Error(_)));
-        assert!(matches!(decode(&[0xC1, 0x00]), Decode::Error(_)));
+        assert!(matches!(decode(&[0xA1, 0x00]), Decode::Error(_)));
+        // RSV1 decodes (the caller checks deflate was agreed)
+        assert!(matches!(
+            decode(&[0xC1, 0x00]),
+            Decode::Frame(Frame { rsv1: true, .. })
+        ));
         // fragmented ping
         assert!(matches!(decode(&[0x09, 0x00]), Decode::Error(_)));
         // ping with 126-byte payload

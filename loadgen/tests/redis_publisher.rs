@@ -95,6 +95,7 @@ fn redis_publish_path_counts_replies_and_delivers_in_order() {
     let sh = Arc::new(PubShared::default());
     let start = now_ns();
     let plan = PubPlan {
+        json_payload: false,
         via: Via::Redis(parse_redis_url(&url).expect("url")),
         pubs: 2,
         channels: 1,

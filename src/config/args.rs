@@ -82,6 +82,10 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub publish_rate: Option<u32>,
 
+    /// Negotiate permessage-deflate (RFC 7692) on WebSocket upgrades: each delivery is compressed once per shard and shared by every subscriber that negotiated it [default: off]
+    #[arg(long, value_name = "on|off")]
+    pub compression: Option<OnOff>,
+
     /// What to do with a slow consumer: close it (code 4000) or drop its oldest frames [default: close]
     #[arg(long, value_enum, value_name = "POLICY")]
     pub slow_consumer: Option<SlowPolicy>,

@@ -191,6 +191,8 @@ pub struct Config {
     /// Path of the WebSocket echo endpoint (conformance testing); off when `None`.
     pub echo_path: Option<String>,
     pub slow_policy: SlowPolicy,
+    /// Negotiate permessage-deflate on upgrades (`--compression on`).
+    pub compression: bool,
     /// Server ping interval; a client silent for two intervals is dropped.
     pub ping_interval: Duration,
     /// Time allowed to complete the HTTP request / WebSocket handshake.
@@ -236,6 +238,7 @@ struct FileConfig {
     publish_rate: Option<u32>,
     echo_path: Option<String>,
     slow_consumer: Option<SlowPolicy>,
+    compression: Option<OnOff>,
     ping_interval: Option<u64>,
     handshake_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
@@ -434,6 +437,7 @@ impl Config {
                 .slow_consumer
                 .or(file.slow_consumer)
                 .unwrap_or_default(),
+            compression: args.compression.or(file.compression) == Some(OnOff::On),
             ping_interval,
             handshake_timeout,
             shutdown_timeout,

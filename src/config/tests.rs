@@ -259,3 +259,26 @@ fn redis_cluster_seeds_become_a_cluster_url() {
     };
     assert!(!Config::resolve(one, None).unwrap().is_cluster());
 }
+
+#[test]
+fn compression_is_off_unless_asked_by_flag_or_file() {
+    assert!(!Config::resolve(Args::default(), None).unwrap().compression);
+    let on = Args {
+        compression: Some(OnOff::On),
+        ..Args::default()
+    };
+    assert!(Config::resolve(on, None).unwrap().compression);
+    let path = std::env::temp_dir().join(format!("fanout-cfg-z-{}", std::process::id()));
+    std::fs::write(&path, "compression = \"on\"\n").unwrap();
+    let from_file = |flag| {
+        let args = Args {
+            config: Some(path.clone()),
+            compression: flag,
+            ..Args::default()
+        };
+        Config::resolve(args, None).unwrap().compression
+    };
+    assert!(from_file(None));
+    assert!(!from_file(Some(OnOff::Off)), "the flag wins over the file");
+    let _ = std::fs::remove_file(path);
+}

@@ -124,10 +124,11 @@ impl Fanout {
                 // The frame the router built is shared by every shard: a clone per member
                 // would bounce its reference count's cache line between the shards' cores
                 // once per delivery. Past a few members, one copy per shard is cheaper.
+                // (`frames` stays whole: compression, below, reads it.)
                 1 if ctx.config.shards > 1 && members >= LOCAL_COPY_MEMBERS => {
-                    frames.pop().map(|f| Bytes::copy_from_slice(&f))
+                    frames.first().map(|f| Bytes::copy_from_slice(f))
                 }
-                1 => frames.pop(),
+                1 => frames.first().cloned(),
                 _ => {
                     let total = frames.iter().map(Bytes::len).sum();
                     let mut joined = BytesMut::with_capacity(total);
@@ -137,14 +138,16 @@ impl Fanout {
                     Some(joined.freeze())
                 }
             };
-            frames.clear();
-            ch.pending = frames;
             let Some(frame) = frame else {
+                ch.pending = frames;
                 continue;
             };
             let Some(ch) = self.subs.channel(id) else {
                 continue;
             };
+            // The turn's frames compressed, once, for the first member that negotiated
+            // permessage-deflate; shared by all of them like `frame` (see ws::deflate).
+            let mut zipped: Option<crate::ws::deflate::Compressed> = None;
             for &member in &ch.members {
                 let key = member;
                 let Some(conn) = wire.conns.get_mut(key) else {
@@ -153,9 +156,25 @@ impl Fanout {
                 if !conn.session.is_open() {
                     continue;
                 }
-                conn.outq.push_kind(frame.clone(), kind);
-                conn.queued_since_flush =
-                    conn.queued_since_flush.saturating_add(frame.len() as u32);
+                let out = match conn.session.deflate() {
+                    0 => &frame,
+                    bits => {
+                        let z = zipped.get_or_insert_with(|| {
+                            let z = crate::ws::deflate::compress_frames(&frames);
+                            let n = z.messages as u64;
+                            ctx.m().compressed.fetch_add(n, Ordering::Relaxed);
+                            z
+                        });
+                        // A message longer than the peer's window goes out plain.
+                        if z.longest <= crate::ws::deflate::window(bits) {
+                            &z.frame
+                        } else {
+                            &frame
+                        }
+                    }
+                };
+                conn.outq.push_kind(out.clone(), kind);
+                conn.queued_since_flush = conn.queued_since_flush.saturating_add(out.len() as u32);
                 if conn.queued_since_flush as usize >= budget {
                     hold = true;
                 }
@@ -168,6 +187,10 @@ impl Fanout {
                 if conn.outq.bytes() > limit {
                     Wire::over_limit(conn, ctx.m(), &ctx.config);
                 }
+            }
+            frames.clear();
+            if let Some(ch) = self.subs.channel_mut(id) {
+                ch.pending = frames;
             }
         }
         if self.batched.is_empty() {

@@ -81,7 +81,15 @@ impl Shard {
     /// Carries out one effect of a session.
     fn apply(&mut self, key: Key, effect: Effect) {
         match effect {
-            Effect::Send(frame) => self.wire.queue(&self.ctx, key, frame),
+            Effect::Send(frame) => {
+                // An echo is compressed when deflate was negotiated (a pong never is).
+                let bits = self.wire.conns.get(key).map_or(0, |c| c.session.deflate());
+                let frame = match bits {
+                    0 => frame,
+                    bits => crate::ws::deflate::compress_for(&frame, bits),
+                };
+                self.wire.queue(&self.ctx, key, frame)
+            }
             Effect::Error { frame, text } => {
                 let m = &self.ctx.m();
                 if text {
@@ -154,8 +162,15 @@ impl Shard {
                 return;
             }
         };
-        let reply =
-            crate::ws::handshake::switching_protocols(head.ws_accept.as_deref().unwrap_or(""));
+        // --compression on: permessage-deflate when the client offers one we can honour.
+        let deflate = match head.ws_extensions.as_deref() {
+            Some(offers) if self.ctx.config.compression => crate::ws::deflate::negotiate([offers]),
+            _ => None,
+        };
+        let reply = crate::ws::handshake::switching_protocols(
+            head.ws_accept.as_deref().unwrap_or(""),
+            deflate.as_ref().map(|d| d.answer.as_str()),
+        );
         let (now, unix_now) = (self.ctx.clock.coarse(), crate::auth::unix_now());
         let handshake =
             u32::try_from(self.ctx.config.handshake_timeout.as_secs()).unwrap_or(u32::MAX);
@@ -164,6 +179,7 @@ impl Shard {
             return;
         };
         conn.session.open(echo);
+        conn.session.set_deflate(deflate.map_or(0, |d| d.bits));
         conn.outq.push(reply.into());
         let user = match grant {
             Some(grant) => {

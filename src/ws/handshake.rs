@@ -24,6 +24,9 @@ pub struct RequestHead {
     pub head_len: usize,
     /// Set for a valid WebSocket upgrade: the `Sec-WebSocket-Accept` value.
     pub ws_accept: Option<String>,
+    /// Every `Sec-WebSocket-Extensions` header, in order, joined with ", " (the offers
+    /// `ws::deflate::negotiate` reads).
+    pub ws_extensions: Option<String>,
     /// The client allows the connection to stay open after the response (HTTP/1.1
     /// without `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`).
     pub keep_alive: bool,
@@ -34,7 +37,7 @@ pub struct RequestHead {
 pub enum Parsed {
     /// Not a whole head yet.
     Incomplete,
-    Request(RequestHead),
+    Request(Box<RequestHead>),
     /// Answer with this status and close.
     Reject(u16, &'static str),
 }
@@ -71,6 +74,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
         bearer: None,
         head_len,
         ws_accept: None,
+        ws_extensions: None,
         keep_alive: req.version == Some(1),
     };
     let (mut upgrade, mut connection_upgrade, mut version, mut key) = (false, false, None, None);
@@ -98,6 +102,14 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
             version = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             key = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            match head.ws_extensions.as_mut() {
+                Some(all) => {
+                    all.push_str(", ");
+                    all.push_str(value);
+                }
+                None => head.ws_extensions = Some(value.to_string()),
+            }
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -136,7 +148,7 @@ pub fn parse(buf: &[u8], max_head: usize) -> Parsed {
             _ => return Parsed::Reject(400, "missing or bad Sec-WebSocket-Key"),
         }
     }
-    Parsed::Request(head)
+    Parsed::Request(Box::new(head))
 }
 
 /// A key is 16 random bytes in base64: 24 characters ending in "==".
@@ -148,12 +160,19 @@ fn valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-/// The `101 Switching Protocols` answer to an accepted upgrade.
-pub fn switching_protocols(accept: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    )
-    .into_bytes()
+/// The `101 Switching Protocols` answer to an accepted upgrade, with the
+/// `Sec-WebSocket-Extensions` answer when an extension was agreed.
+pub fn switching_protocols(accept: &str, extensions: Option<&str>) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    );
+    if let Some(ext) = extensions {
+        out.push_str("Sec-WebSocket-Extensions: ");
+        out.push_str(ext);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
 }
 
 #[cfg(test)]

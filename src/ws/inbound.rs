@@ -2,6 +2,8 @@
 //! reassembles fragmented messages, validates UTF-8 and enforces the message size limit.
 //! Holds only the state that must survive between reads (a fragmented message, bytes of
 //! an oversized frame still to skip); never allocates for an unfragmented message.
+//! With permessage-deflate negotiated, a message with RSV1 is inflated (bounded by the
+//! message limit, `ws::deflate`) before it is handed on.
 
 use std::io::Cursor;
 
@@ -52,6 +54,9 @@ struct Partial {
     valid_up_to: usize,
     /// The message passed the size limit: its remaining fragments are skipped.
     oversized: bool,
+    /// RSV1 was set on its first frame: `data` is deflated (UTF-8 is checked after
+    /// inflating it).
+    compressed: bool,
 }
 
 /// Per-connection decoder state. Small on purpose: an idle connection holds 16 bytes.
@@ -77,6 +82,19 @@ impl Inbound {
         max_message: usize,
         handler: &mut dyn FnMut(Message<'_>) -> Flow,
     ) -> Result<usize, Fail> {
+        self.feed_ext(buf, max_message, false, handler)
+    }
+
+    /// `feed` on a connection that negotiated permessage-deflate (`deflate`): a data
+    /// message whose first frame has RSV1 is inflated to at most `max_message` bytes
+    /// (past it: close 1009); RSV1 anywhere else is a protocol error.
+    pub fn feed_ext(
+        &mut self,
+        buf: &mut [u8],
+        max_message: usize,
+        deflate: bool,
+        handler: &mut dyn FnMut(Message<'_>) -> Flow,
+    ) -> Result<usize, Fail> {
         let mut pos = 0;
         loop {
             if self.skip > 0 {
@@ -95,7 +113,14 @@ impl Inbound {
                 Err(_) => return Err(fail(1002, "invalid opcode")),
             };
             let header_len = cursor.position() as usize;
-            if header.rsv1 || header.rsv2 || header.rsv3 {
+            if header.rsv2 || header.rsv3 {
+                return Err(fail(1002, "reserved bits set"));
+            }
+            let compressed = header.rsv1;
+            if compressed
+                && (!deflate || !matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary)))
+            {
+                // RFC 7692 §6.1: only the first frame of a data message may carry it.
                 return Err(fail(1002, "reserved bits set"));
             }
             let Some(mask) = header.mask else {
@@ -147,7 +172,9 @@ impl Inbound {
                         return Err(fail(1002, "new message inside a fragmented one"));
                     }
                     let text = header.opcode == OpCode::Data(Data::Text);
-                    if header.is_final {
+                    if header.is_final && compressed {
+                        deliver_inflated(text, payload, max_message, handler)?
+                    } else if header.is_final {
                         deliver(text, payload, handler)?
                     } else {
                         let mut p = Box::new(Partial {
@@ -155,6 +182,7 @@ impl Inbound {
                             data: Vec::new(),
                             valid_up_to: 0,
                             oversized: false,
+                            compressed,
                         });
                         append(&mut p, payload)?;
                         self.partial = Some(p);
@@ -177,6 +205,9 @@ impl Inbound {
                         let done = self.partial.take();
                         match done {
                             Some(p) if p.oversized => handler(Message::TooLarge),
+                            Some(p) if p.compressed => {
+                                deliver_inflated(p.text, &p.data, max_message, handler)?
+                            }
                             Some(p) => deliver(p.text, &p.data, handler)?,
                             None => Flow::Continue,
                         }
@@ -208,6 +239,7 @@ impl Inbound {
                 data: Vec::new(),
                 valid_up_to: 0,
                 oversized: true,
+                compressed: false,
             }));
         } else if let Some(p) = self.partial.as_deref_mut() {
             p.oversized = true;
@@ -232,10 +264,27 @@ fn deliver(
     }
 }
 
+/// Inflates a compressed message (at most `max` bytes: a zip bomb is refused with
+/// 1009 as soon as its output passes the limit) and delivers it.
+fn deliver_inflated(
+    text: bool,
+    deflated: &[u8],
+    max: usize,
+    handler: &mut dyn FnMut(Message<'_>) -> Flow,
+) -> Result<Flow, Fail> {
+    match crate::ws::deflate::inflate(deflated, max, |data| deliver(text, data, handler)) {
+        Ok(flow) => flow,
+        Err(crate::ws::deflate::InflateError::TooLarge) => Err(fail(1009, "message too big")),
+        Err(crate::ws::deflate::InflateError::Corrupt) => {
+            Err(fail(1007, "invalid compressed data"))
+        }
+    }
+}
+
 /// Appends a fragment, checking UTF-8 as far as it is complete (fail fast).
 fn append(p: &mut Partial, payload: &[u8]) -> Result<(), Fail> {
     p.data.extend_from_slice(payload);
-    if p.text {
+    if p.text && !p.compressed {
         match std::str::from_utf8(&p.data[p.valid_up_to..]) {
             Ok(_) => p.valid_up_to = p.data.len(),
             Err(e) if e.error_len().is_none() => p.valid_up_to += e.valid_up_to(),
@@ -302,151 +351,4 @@ pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MASK: [u8; 4] = [1, 2, 3, 4];
-
-    #[derive(Debug, PartialEq)]
-    enum Got {
-        Text(String),
-        Binary(Vec<u8>),
-        Ping(Vec<u8>),
-        Pong,
-        Close(Option<(u16, String)>),
-        TooLarge,
-    }
-
-    fn run(inb: &mut Inbound, bytes: &[u8], max: usize) -> (Result<usize, Fail>, Vec<Got>) {
-        let mut buf = bytes.to_vec();
-        let mut got = Vec::new();
-        let r = inb.feed(&mut buf, max, &mut |m| {
-            got.push(match m {
-                Message::Text(s) => Got::Text(s.to_string()),
-                Message::Binary(b) => Got::Binary(b.to_vec()),
-                Message::Ping(b) => Got::Ping(b.to_vec()),
-                Message::Pong => Got::Pong,
-                Message::Close(c) => Got::Close(c.map(|(c, r)| (c, r.to_string()))),
-                Message::TooLarge => Got::TooLarge,
-            });
-            Flow::Continue
-        });
-        (r, got)
-    }
-
-    #[test]
-    fn unmask_matches_bytewise_xor() {
-        let mut data: Vec<u8> = (0..37).collect();
-        let expect: Vec<u8> = data
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ MASK[i % 4])
-            .collect();
-        unmask(&mut data, MASK);
-        assert_eq!(data, expect);
-    }
-
-    #[test]
-    fn decodes_several_frames_and_keeps_the_incomplete_tail() {
-        let mut bytes = client_frame(1, true, b"hello", MASK);
-        bytes.extend(client_frame(9, true, b"p", MASK));
-        let third = client_frame(2, true, &[7; 300], MASK);
-        bytes.extend(&third[..10]);
-        let mut inb = Inbound::default();
-        let (r, got) = run(&mut inb, &bytes, 1024);
-        assert_eq!(
-            got,
-            vec![Got::Text("hello".into()), Got::Ping(b"p".to_vec())]
-        );
-        assert_eq!(r, Ok(bytes.len() - 10));
-        let (r, got) = run(&mut inb, &third, 1024);
-        assert_eq!(r, Ok(third.len()));
-        assert_eq!(got, vec![Got::Binary(vec![7; 300])]);
-    }
-
-    #[test]
-    fn reassembles_fragments_with_interleaved_control_frames() {
-        let mut bytes = client_frame(1, false, "héll".as_bytes(), MASK);
-        bytes.extend(client_frame(9, true, b"", MASK));
-        bytes.extend(client_frame(0, true, "o".as_bytes(), MASK));
-        let mut inb = Inbound::default();
-        let (r, got) = run(&mut inb, &bytes, 1024);
-        assert_eq!(r, Ok(bytes.len()));
-        assert_eq!(got, vec![Got::Ping(vec![]), Got::Text("héllo".into())]);
-        assert!(inb.is_idle());
-    }
-
-    #[test]
-    fn utf8_split_across_fragments_is_accepted_and_invalid_fails_fast() {
-        let e = "é".as_bytes();
-        let mut bytes = client_frame(1, false, &e[..1], MASK);
-        bytes.extend(client_frame(0, true, &e[1..], MASK));
-        let (r, got) = run(&mut Inbound::default(), &bytes, 1024);
-        assert_eq!(r, Ok(bytes.len()));
-        assert_eq!(got, vec![Got::Text("é".into())]);
-        let bad = client_frame(1, false, &[0xff, b'a'], MASK);
-        let (r, _) = run(&mut Inbound::default(), &bad, 1024);
-        assert_eq!(r.map_err(|f| f.code), Err(1007));
-    }
-
-    #[test]
-    fn oversized_frame_is_skipped_across_reads_without_closing() {
-        let big = client_frame(1, true, &[b'a'; 5000], MASK);
-        let mut inb = Inbound::default();
-        let (r, got) = run(&mut inb, &big[..1000], 1000);
-        assert_eq!(r, Ok(1000));
-        assert_eq!(got, vec![Got::TooLarge]);
-        let mut rest = big[1000..].to_vec();
-        rest.extend(client_frame(1, true, b"ok", MASK));
-        let (r, got) = run(&mut inb, &rest, 1000);
-        assert_eq!(r, Ok(rest.len()));
-        assert_eq!(got, vec![Got::Text("ok".into())]);
-    }
-
-    #[test]
-    fn oversized_fragmented_message_reports_once_at_its_end() {
-        let mut bytes = client_frame(1, false, &[b'a'; 60], MASK);
-        bytes.extend(client_frame(0, false, &[b'a'; 60], MASK));
-        bytes.extend(client_frame(0, true, &[b'a'; 60], MASK));
-        bytes.extend(client_frame(1, true, b"x", MASK));
-        let (r, got) = run(&mut Inbound::default(), &bytes, 100);
-        assert_eq!(r, Ok(bytes.len()));
-        assert_eq!(got, vec![Got::TooLarge, Got::Text("x".into())]);
-    }
-
-    #[test]
-    fn protocol_violations_fail_with_the_right_code() {
-        let cases: Vec<(Vec<u8>, u16)> = vec![
-            (vec![0x81, 0x02, b'h', b'i'], 1002),               // unmasked
-            (client_frame(0x3, true, b"", MASK), 1002),         // reserved opcode
-            (client_frame(0, true, b"x", MASK), 1002),          // stray continuation
-            (client_frame(9, false, b"", MASK), 1002),          // fragmented ping
-            (client_frame(9, true, &[0; 126], MASK), 1002),     // long ping
-            (client_frame(8, true, &[3], MASK), 1002),          // 1-byte close
-            (client_frame(8, true, &[0x03, 0xEC], MASK), 1002), // close 1004
-            (client_frame(8, true, &[0x03, 0xE8, 0xff], MASK), 1007), // bad reason
-            (client_frame(1, true, &[0xc3, 0x28], MASK), 1007), // bad utf-8
-            (
-                {
-                    let mut f = client_frame(1, true, b"", MASK);
-                    f[0] |= 0x40;
-                    f
-                },
-                1002,
-            ),
-        ];
-        for (i, (bytes, code)) in cases.into_iter().enumerate() {
-            let (r, _) = run(&mut Inbound::default(), &bytes, 1024);
-            assert_eq!(r.map_err(|f| f.code), Err(code), "case {i}");
-        }
-    }
-
-    #[test]
-    fn close_frame_stops_decoding() {
-        let mut bytes = client_frame(8, true, &[0x03, 0xE8, b'b', b'y', b'e'], MASK);
-        bytes.extend(client_frame(1, true, b"after", MASK));
-        let (r, got) = run(&mut Inbound::default(), &bytes, 1024);
-        assert_eq!(got, vec![Got::Close(Some((1000, "bye".into())))]);
-        assert!(r.unwrap() < bytes.len());
-    }
-}
+mod tests;

@@ -1,6 +1,8 @@
-//! The WebSocket layer: the HTTP upgrade handshake and RFC 6455 framing.
+//! The WebSocket layer: the HTTP upgrade handshake, RFC 6455 framing and RFC 7692
+//! permessage-deflate (`deflate`).
 //! Pure code over byte buffers: no sockets, no clocks.
 
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod inbound;

@@ -5,6 +5,9 @@
 //   PORT       listen port (default 3000; 0 = any free port)
 //   HOST       listen address (default: all interfaces)
 //   REDIS_URL  redis://host:port (default redis://127.0.0.1:6379)
+//   COMPRESSION off (default) | shared: permessage-deflate with uWS.SHARED_COMPRESSOR (one
+//              compressor, no sliding window), and every delivery published with compress
+//              set, so uWS compresses each published message once for its subscribers
 //
 // Prints "listening <port>" on stdout once Redis is connected and the port is bound.
 //
@@ -35,6 +38,12 @@ const uWS = loadNativeUws();
 const PORT = parseInt(process.env.PORT || '3000', 10);
 const HOST = process.env.HOST || undefined;
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+const COMPRESSION = process.env.COMPRESSION || 'off';
+if (COMPRESSION !== 'off' && COMPRESSION !== 'shared') {
+  console.error(`COMPRESSION must be off or shared (got ${COMPRESSION})`);
+  process.exit(2);
+}
+const COMPRESS = COMPRESSION === 'shared';
 
 // channel -> { count: local subscribers, live: Promise (Redis SUBSCRIBE done), prefix }
 const channels = new Map();
@@ -58,7 +67,7 @@ const app = uWS.App();
 function onRedisMessage(message, channel) {
   const entry = channels.get(channel);
   if (entry === undefined) return;
-  app.publish(channel, entry.prefix + P.payloadAsData(message) + '}', false, false);
+  app.publish(channel, entry.prefix + P.payloadAsData(message) + '}', false, COMPRESS);
 }
 
 function acquire(channel) {
@@ -171,7 +180,7 @@ async function main() {
 
   app
     .ws('/*', {
-      compression: uWS.DISABLED,
+      compression: COMPRESS ? uWS.SHARED_COMPRESSOR : uWS.DISABLED,
       // Above the protocol limit so oversized messages get a too_large error, not a close.
       maxPayloadLength: 1024 * 1024,
       // Slow consumer: past 1 MiB of backpressure uWS closes the socket (instead of silently

@@ -101,6 +101,7 @@ pub fn run(a: &ChurnDeliveriesArgs) -> Result<Value, String> {
         .collect::<Result<_, _>>()?;
     let psh = Arc::new(PubShared::default());
     let pplan = PubPlan {
+        json_payload: false,
         via: match a.publish_via {
             PublishVia::Ws => Via::Ws(targets.clone()),
             PublishVia::Redis => Via::Redis(net::parse_redis_url(&a.redis)?),

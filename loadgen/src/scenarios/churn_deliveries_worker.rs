@@ -252,7 +252,7 @@ pub(super) fn worker(cfg: Arc<Cfg>, mine: Vec<usize>, sh: Arc<Shared>) -> Worker
             if alive && (ev.is_readable() || ev.is_read_closed() || ev.is_error()) {
                 let r = ws.read(&mut rbuf, &mut |e, t| match e {
                     Event::Open => *opened = true,
-                    Event::Text(text) => {
+                    Event::Text(text, _) => {
                         if let Some(r) = sub.on_text(&cx, text, t) {
                             replies.push(r);
                         }

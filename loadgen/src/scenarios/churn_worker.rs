@@ -263,7 +263,7 @@ pub(super) fn worker(cfg: Arc<Cfg>, sh: Share, t0: u64, tend: u64, live: Arc<Liv
                 } = c;
                 let res = ws.read(&mut rbuf, &mut |e, _| match e {
                     Event::Open => *opened = true,
-                    Event::Text(t) => match scan(t) {
+                    Event::Text(t, _) => match scan(t) {
                         Msg::Subscribed { .. } => *subscribed = true,
                         Msg::Error { .. } => {
                             r.error_frames += 1;

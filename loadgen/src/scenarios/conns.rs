@@ -63,6 +63,7 @@ pub fn run(a: &ConnsArgs) -> Result<Value, String> {
     };
     let nprocs = resolve_procs(c.procs, a.conns);
     let plan = SubPlan {
+        deflate: false,
         targets,
         prefix: c.channel_prefix.clone(),
         channels: a.channels,

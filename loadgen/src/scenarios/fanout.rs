@@ -36,6 +36,9 @@ pub const ROWS: &[(&str, &str)] = &[
     ("delivered", "delivered"),
     ("deliveries_per_sec", "deliveries/s"),
     ("mib_per_sec", "delivered MiB/s"),
+    ("compression", "permessage-deflate offered"),
+    ("app_bytes_per_delivery", "message bytes per delivery"),
+    ("wire_bytes_per_delivery", "wire bytes per delivery"),
     ("refused_unavailable", "refused (unavailable)"),
     ("lost", "lost"),
     ("in_flight_at_deadline", "in flight at drain deadline"),
@@ -126,6 +129,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         max_pending: (c.max_pending / nprocs).max(1),
         setup_deadline,
         sub_path: a.sub_path.clone(),
+        deflate: a.compression,
     };
     if child.is_some() {
         child_main(plan, my_ids(a.subs, child), c.threads)?;
@@ -152,6 +156,7 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
     };
     let sh = Arc::new(PubShared::default());
     let pplan = PubPlan {
+        json_payload: a.payload_kind == crate::cli::PayloadKind::Json,
         via,
         pubs: a.pubs,
         channels: a.channels,
@@ -335,6 +340,10 @@ pub fn run(a: &FanoutArgs) -> Result<Value, String> {
         "delivered": received,
         "deliveries_per_sec": round1(received as f64 / dur),
         "mib_per_sec": round3(sres.bytes_window as f64 / dur / 1048576.0),
+        "compression": a.compression,
+        "app_bytes_per_delivery": round1(sres.bytes_window as f64 / sres.delivered_window.max(1) as f64),
+        "wire_bytes_per_delivery": round1(sres.wire_bytes_window as f64 / sres.delivered_window.max(1) as f64),
+        "wire_mib_per_sec": round3(sres.wire_bytes_window as f64 / dur / 1048576.0),
         "lost": lost,
         "in_flight_at_deadline": in_flight,
         "duplicates": dups,

@@ -118,6 +118,9 @@ pub struct Session {
     aside: Option<Box<Aside>>,
     /// The WebSocket was opened on the echo path (conformance testing).
     echo: bool,
+    /// permessage-deflate was negotiated with this `server_max_window_bits` (8–15);
+    /// 0: not negotiated. One byte, in what was padding: no per-connection window.
+    deflate: u8,
     /// The HTTP request being answered allows the connection to stay open after it.
     keep_alive: bool,
     /// The peer closed its side (FIN): what is owed is still written, then the socket
@@ -147,6 +150,7 @@ impl Session {
             inbound: Inbound::default(),
             aside: None,
             echo: false,
+            deflate: 0,
             keep_alive: false,
             read_closed: false,
             opened: now,
@@ -189,6 +193,16 @@ impl Session {
 
     pub fn is_echo(&self) -> bool {
         self.echo
+    }
+
+    /// The `server_max_window_bits` of the negotiated permessage-deflate, 0 if none.
+    pub fn deflate(&self) -> u8 {
+        self.deflate
+    }
+
+    /// permessage-deflate was negotiated on the upgrade (`bits`: the server window).
+    pub fn set_deflate(&mut self, bits: u8) {
+        self.deflate = bits;
     }
 
     pub fn keep_alive(&self) -> bool {
@@ -287,21 +301,19 @@ impl Session {
     /// Runs the decoder over `buf` until it yields an effect; returns the bytes used.
     fn decode(&mut self, buf: &mut [u8], max: usize, limits: &Limits) -> (usize, Option<Effect>) {
         let mut inbound = std::mem::take(&mut self.inbound);
-        let echo = self.echo;
+        let (echo, deflate) = (self.echo, self.deflate != 0);
         let mut ready = None;
         // The decoder stops after the first message that asks for something, so there
         // is never more than one effect at a time (and no queue to allocate).
-        let result = inbound.feed(
-            buf,
-            max,
-            &mut |msg| match message_effect(msg, echo, limits) {
-                Some(effect) => {
-                    ready = Some(effect);
-                    Flow::Stop
-                }
-                None => Flow::Continue,
-            },
-        );
+        let result = inbound.feed_ext(buf, max, deflate, &mut |msg| match message_effect(
+            msg, echo, limits,
+        ) {
+            Some(effect) => {
+                ready = Some(effect);
+                Flow::Stop
+            }
+            None => Flow::Continue,
+        });
         self.inbound = inbound;
         let used = match result {
             Ok(used) => used,
@@ -353,7 +365,7 @@ impl Session {
             // Nothing more is parsed until the shard admits or refuses it.
             self.keep_alive = false;
             self.phase = Phase::HttpWait;
-            return Some(Effect::Upgrade(Box::new(head)));
+            return Some(Effect::Upgrade(head));
         }
         let need = head.content_length.unwrap_or(0);
         if need > limits.max_request_body {
@@ -365,10 +377,10 @@ impl Session {
         }
         if self.inbuf.len() >= need {
             let body: Vec<u8> = self.inbuf.drain(..need).collect();
-            Some(self.request(Box::new(head), body))
+            Some(self.request(head, body))
         } else {
             self.phase = Phase::HttpBody;
-            self.aside = Some(Box::new(Aside::Http(Box::new(head))));
+            self.aside = Some(Box::new(Aside::Http(head)));
             None
         }
     }

@@ -304,3 +304,14 @@ fn auth_on_gates_commands_and_closes_4001_then_4003() {
         }
     );
 }
+
+#[test]
+fn the_deflate_byte_fits_in_what_was_padding() {
+    // permessage-deflate adds one byte to a session, never a compressor or a window:
+    // a Session stays 64 bytes (it was 64 before the byte).
+    assert_eq!(std::mem::size_of::<Session>(), 64);
+    let mut s = Session::new(0);
+    assert_eq!(s.deflate(), 0);
+    s.set_deflate(9);
+    assert_eq!(s.deflate(), 9);
+}
