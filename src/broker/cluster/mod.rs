@@ -2,13 +2,15 @@
 //! reader thread with one `SSUBSCRIBE` connection per primary (the node's `Router`,
 //! a probe per primary, resubscription on the new owner after a failover or a slot
 //! migration) and a writer thread with one pipelined `SPUBLISH` connection per primary
-//! (history channels through the publish script with `SPUBLISH`, following `-MOVED` and
-//! `-ASK`). Each thread learns the slot map itself (`topology`). The single-Redis broker
+//! (a script keyed on the channel that only the primary runs, `plain`; history channels
+//! through the publish script with `SPUBLISH`; following `-MOVED` and `-ASK`, in each
+//! slot's order, `fence`). Each thread learns the slot map itself (`topology`). The single-Redis broker
 //! (`broker::redis`) is a separate path, untouched by this one; both share the Router,
 //! RESP, the link and the history scripts. Neither thread ever blocks on a shard or on
 //! Redis.
 
 mod fence;
+mod plain;
 pub mod reader;
 pub mod topology;
 pub mod writer;

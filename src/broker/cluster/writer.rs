@@ -1,8 +1,15 @@
 //! The cluster writer thread: one pipelined connection per primary. A publish goes to
-//! the primary serving its channel's slot as `SPUBLISH` (or, on a channel with
-//! history, the publish script with `SPUBLISH`: `XADD` + `SPUBLISH` atomic in that
-//! slot), a history read to the same primary; each reply is matched, in order, to what
-//! asked for it. A `-MOVED` refreshes the map and sends the command again to the node
+//! the primary serving its channel's slot as a script that calls `SPUBLISH` with the
+//! channel as its key (on a channel with history, the publish script: `XADD` +
+//! `SPUBLISH` atomic in that slot), a history read to the same primary; each reply is
+//! matched, in order, to what asked for it. Never a bare `SPUBLISH`: a replica runs
+//! that itself and forwards it to its primary over the cluster bus, so after a failover
+//! the demoted primary would pass on late what it still took while the new one
+//! delivers later publishes first; a script with a key is refused by a replica
+//! (`-MOVED`), so a message is only ever published by the primary by its own account.
+//! While the cluster is down Redis refuses scripts with keys (`-CLUSTERDOWN`) but not
+//! sharded pub/sub: a plain publish refused so is sent again as a bare `SPUBLISH`, in
+//! its slot's order (`Fence::redo`), and plain publishes stay bare until the next map. A `-MOVED` refreshes the map and sends the command again to the node
 //! it names, a `-ASK` sends it there once after `ASKING`. While a primary is out of
 //! reach its channels' publishes are refused at once (`unavailable`), never queued
 //! without bound. Never blocks.
@@ -17,6 +24,7 @@ use mio::{Events, Poll, Token};
 use slab::Slab;
 
 use super::fence::Fence;
+use super::plain;
 use super::topology::{self, Topology};
 use super::{primaries, Addr, FIRST, TOPOLOGY};
 use crate::broker::history::{answer, Found};
@@ -63,7 +71,8 @@ impl Op {
 
 /// What a sent command's reply is for.
 enum Pending {
-    Op(Op, u8),
+    /// The command, the redirections it followed, whether it went as a bare `SPUBLISH`.
+    Op(Op, u8, bool),
     /// `SCRIPT LOAD` or `ASKING`: the reply only says it went through.
     Ignore,
 }
@@ -86,6 +95,10 @@ pub struct Writer {
     tls: bool,
     nodes: Slab<Node>,
     scripts: Scripts,
+    /// The SHA1 of `plain::SCRIPT`.
+    publish_sha: String,
+    /// The cluster answered `-CLUSTERDOWN` since the last map: plain publishes go bare.
+    bare: bool,
     envelope: EnvelopeBuilder,
     /// Keeps a slot's commands in order while its owner changes.
     fence: Fence<Op>,
@@ -114,6 +127,8 @@ impl Writer {
             topo: Topology::new(seeds, TOPOLOGY, shared),
             nodes: Slab::new(),
             scripts: Scripts::cluster(),
+            publish_sha: scripts::sha(plain::SCRIPT),
+            bare: false,
             envelope: EnvelopeBuilder::default(),
             fence: Fence::new(super::super::redis::QUEUE),
         }
@@ -185,11 +200,7 @@ impl Writer {
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 n.link.was_up = true;
-                if self.config.namespaces.any_history() {
-                    scripts::encode_load_cluster(&mut n.link.wbuf);
-                    n.pending.push_back((Pending::Ignore, now));
-                    n.pending.push_back((Pending::Ignore, now));
-                }
+                self.load_scripts(key, now);
             }
             LinkEvent::Lost => self.fail_pending(key),
             LinkEvent::Nothing => {}
@@ -206,12 +217,24 @@ impl Writer {
     fn fail_pending(&mut self, key: usize) {
         let pending = std::mem::take(&mut self.nodes[key].pending);
         for (p, _) in pending {
-            if let Pending::Op(op, _) = p {
+            if let Pending::Op(op, ..) = p {
                 self.fence.answered(op.slot(), key);
                 self.fail(op);
             }
         }
         self.topo.request();
+    }
+
+    /// `SCRIPT LOAD` of the scripts publishes use (a new connection, a `NOSCRIPT`).
+    fn load_scripts(&mut self, key: usize, now: Instant) {
+        let n = &mut self.nodes[key];
+        plain::encode_load(&mut n.link.wbuf);
+        n.pending.push_back((Pending::Ignore, now));
+        if self.config.namespaces.any_history() {
+            scripts::encode_load_cluster(&mut n.link.wbuf);
+            n.pending.push_back((Pending::Ignore, now));
+            n.pending.push_back((Pending::Ignore, now));
+        }
     }
 
     fn fail(&mut self, op: Op) {
@@ -230,6 +253,7 @@ impl Writer {
     }
 
     fn apply_map(&mut self, map: &crate::redis::cluster::SlotMap, now: Instant) {
+        self.bare = false;
         let prims = primaries(map, self.tls);
         for (_, n) in self.nodes.iter_mut() {
             n.primary = prims.contains(&n.addr);
@@ -276,9 +300,9 @@ impl Writer {
                         tracing::warn!("Redis reply without a request: {value:?}");
                         continue;
                     };
-                    if let Pending::Op(op, tries) = pending {
+                    if let Pending::Op(op, tries, bare) = pending {
                         self.fence.answered(op.slot(), key);
-                        self.on_reply(key, op, tries, value, now);
+                        self.on_reply(key, op, (tries, bare), value, now);
                     }
                 }
                 Err(e) => {
@@ -290,7 +314,9 @@ impl Writer {
         }
     }
 
-    fn on_reply(&mut self, key: usize, op: Op, tries: u8, value: Value, now: Instant) {
+    /// `sent`: the redirections followed, and whether it went as a bare `SPUBLISH`.
+    fn on_reply(&mut self, key: usize, op: Op, sent: (u8, bool), value: Value, now: Instant) {
+        let (tries, bare) = sent;
         if let Value::Error(e) = &value {
             if let Some(r) = parse_redirect(e) {
                 self.topo.request();
@@ -313,10 +339,18 @@ impl Writer {
                 return;
             }
             if e.starts_with(b"NOSCRIPT") {
-                let n = &mut self.nodes[key];
-                scripts::encode_load_cluster(&mut n.link.wbuf);
-                n.pending.push_back((Pending::Ignore, now));
-                n.pending.push_back((Pending::Ignore, now));
+                self.load_scripts(key, now);
+            }
+            if e.starts_with(b"CLUSTERDOWN") && !bare && !self.has_history(&op) {
+                self.bare = true;
+                if let Err(op) = self.fence.redo(op.slot(), op) {
+                    self.fail(op);
+                }
+                return;
+            }
+        } else if matches!(op, Op::Publish { .. }) {
+            for late in self.fence.overtaken(op.slot()) {
+                self.fail(late);
             }
         }
         match op {
@@ -353,9 +387,21 @@ impl Writer {
         }
     }
 
+    /// Whether `op` is a publish through the history script (or a history read).
+    fn has_history(&self, op: &Op) -> bool {
+        match op {
+            Op::Publish { channel, .. } => {
+                self.config.namespaces.lookup(channel).history_size > 0
+                    && !crate::protocol::channel::is_internal(channel)
+            }
+            Op::Read(_) => true,
+        }
+    }
+
     /// Writes `op` into node `key`'s pipeline.
     fn encode(&mut self, key: usize, op: Op, tries: u8, now: Instant) {
         let n = &mut self.nodes[key];
+        let mut bare = false;
         match &op {
             Op::Publish {
                 channel, payload, ..
@@ -364,16 +410,15 @@ impl Writer {
                 if ns.history_size > 0 && !crate::protocol::channel::is_internal(channel) {
                     scripts::encode_publish(&mut n.link.wbuf, &self.scripts, channel, payload, ns);
                 } else {
-                    resp::encode(
-                        &mut n.link.wbuf,
-                        &[b"SPUBLISH", channel.as_bytes(), payload],
-                    );
+                    bare = self.bare;
+                    let sha = (!bare).then_some(self.publish_sha.as_str());
+                    plain::encode(&mut n.link.wbuf, sha, channel, payload);
                 }
             }
             Op::Read(read) => scripts::encode_read(&mut n.link.wbuf, &self.scripts, read),
         }
         self.fence.sent(op.slot(), key);
-        n.pending.push_back((Pending::Op(op, tries), now));
+        n.pending.push_back((Pending::Op(op, tries, bare), now));
     }
 
     fn drain_inbox(&mut self, now: Instant) {

@@ -5,9 +5,11 @@
 //! primary. A channel is subscribed on the primary that serves its slot; a lost
 //! primary connection, a `sunsubscribe` Redis sent on its own (the slot migrated) or a
 //! `-MOVED` refreshes the slot map, and every affected channel is subscribed again on
-//! its owner, its subscribers told `gap` (history channels repair from history). It
-//! never blocks on a shard or on Redis.
+//! its owner, its subscribers told `gap` (history channels repair from history). A node
+//! that said it gave a slot up is not given that slot's channels again by a map that
+//! still names it (`ousted`). It never blocks on a shard or on Redis.
 
+mod ousted;
 mod place;
 mod push;
 
@@ -74,6 +76,8 @@ pub struct Reader {
     unplaced: HashSet<Arc<str>>,
     /// Channels resubscribed after a loss, owed a gap once confirmed.
     owe_gap: HashSet<Arc<str>>,
+    /// Slots nodes gave up: not placed there again until the map names another owner.
+    ousted: ousted::Ousted,
     probe_prefix: String,
     probe_seq: u64,
 }
@@ -106,6 +110,7 @@ impl Reader {
             placed: HashMap::new(),
             unplaced: HashSet::new(),
             owe_gap: HashSet::new(),
+            ousted: ousted::Ousted::default(),
             probe_prefix: format!("{PROBE_PREFIX}{server_id}:{}:", std::process::id()),
             probe_seq: 0,
         }

@@ -18,8 +18,13 @@ use crate::redis::link::Link;
 
 impl Reader {
     /// The node serving `ch`'s slot (a connection is made to it if there is none yet).
+    /// None while the map still names a node that gave the slot up (`ousted`).
     pub(super) fn node_for(&mut self, ch: &str) -> Option<usize> {
         let addr = owner(self.topo.map()?, ch.as_bytes(), self.tls)?;
+        if self.ousted.refuses(ch, &addr, Instant::now()) {
+            self.topo.request();
+            return None;
+        }
         Some(self.node_at(addr))
     }
 
@@ -91,6 +96,7 @@ impl Reader {
         let Some(name) = self.nodes[key].channels.take(ch) else {
             return;
         };
+        self.ousted.note(ch, &self.nodes[key].addr, Instant::now());
         if self.router.lost_one(&mut self.links, &name) {
             self.unplaced.insert(name);
         }
@@ -103,6 +109,7 @@ impl Reader {
     pub(super) fn apply_map(&mut self, map: &SlotMap, now: Instant) {
         let prims = primaries(map, self.tls);
         tracing::debug!(primaries = ?prims, "cluster slot map");
+        self.ousted.caught_up(map, self.tls);
         for (_, n) in self.nodes.iter_mut() {
             n.primary = prims.contains(&n.addr);
             // A probe in flight may have gone to the previous owner: a fresh window.
@@ -140,7 +147,8 @@ impl Reader {
             }
         }
         // The nodes' own channels: a probe per primary, the control channel on its owner.
-        let control_owner = owner(map, CONTROL_CHANNEL.as_bytes(), self.tls);
+        let control_owner = owner(map, CONTROL_CHANNEL.as_bytes(), self.tls)
+            .filter(|a| !self.ousted.refuses(CONTROL_CHANNEL, a, now));
         let keys: Vec<usize> = self.nodes.iter().map(|(k, _)| k).collect();
         for key in keys {
             let n = &self.nodes[key];

@@ -173,6 +173,7 @@ impl Reader {
                     self.topo.request();
                 } else if channel == CONTROL_CHANNEL {
                     n.control = false;
+                    self.ousted.note(CONTROL_CHANNEL, &n.addr, Instant::now());
                     self.topo.request();
                 } else {
                     self.displaced(channel);
