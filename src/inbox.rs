@@ -2,7 +2,7 @@
 //! poll. Senders wake the shard only when it is parked in `poll`, so a burst of messages
 //! costs one wake-up syscall, not one per message.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
@@ -11,6 +11,8 @@ use mio::Waker;
 struct Shared {
     waker: Arc<Waker>,
     parked: AtomicBool,
+    /// Counts the wake-up syscalls, if someone wants to know (a metric).
+    wakes: Option<Arc<AtomicU64>>,
 }
 
 /// The receiving side, owned by the event loop.
@@ -37,6 +39,23 @@ impl<T> Clone for InboxSender<T> {
 /// An inbox of `capacity` messages (`None`: unbounded) woken through `waker` (one
 /// `Waker` per `Poll` may serve several inboxes).
 pub fn inbox<T>(waker: Arc<Waker>, capacity: Option<usize>) -> (InboxSender<T>, Inbox<T>) {
+    make(waker, capacity, None)
+}
+
+/// `inbox`, counting every wake-up syscall its senders make in `wakes`.
+pub fn counted<T>(
+    waker: Arc<Waker>,
+    capacity: Option<usize>,
+    wakes: Arc<AtomicU64>,
+) -> (InboxSender<T>, Inbox<T>) {
+    make(waker, capacity, Some(wakes))
+}
+
+fn make<T>(
+    waker: Arc<Waker>,
+    capacity: Option<usize>,
+    wakes: Option<Arc<AtomicU64>>,
+) -> (InboxSender<T>, Inbox<T>) {
     let (tx, rx) = match capacity {
         Some(n) => crossbeam_channel::bounded(n),
         None => crossbeam_channel::unbounded(),
@@ -44,6 +63,7 @@ pub fn inbox<T>(waker: Arc<Waker>, capacity: Option<usize>) -> (InboxSender<T>, 
     let shared = Arc::new(Shared {
         waker,
         parked: AtomicBool::new(false),
+        wakes,
     });
     (
         InboxSender {
@@ -59,7 +79,7 @@ impl<T> InboxSender<T> {
     pub fn send(&self, msg: T) -> Result<(), T> {
         match self.tx.try_send(msg) {
             Ok(()) => {
-                self.wake();
+                let _ = self.wake();
                 Ok(())
             }
             Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
@@ -73,13 +93,18 @@ impl<T> InboxSender<T> {
         })
     }
 
-    /// Wakes the owner if it is parked.
-    pub fn wake(&self) {
+    /// Wakes the owner if it is parked; true if it was (one wake-up syscall).
+    pub fn wake(&self) -> bool {
         if self.shared.parked.load(Ordering::SeqCst)
             && self.shared.parked.swap(false, Ordering::SeqCst)
         {
             let _ = self.shared.waker.wake();
+            if let Some(w) = &self.shared.wakes {
+                w.fetch_add(1, Ordering::Relaxed);
+            }
+            return true;
         }
+        false
     }
 
     /// Messages waiting.

@@ -11,6 +11,8 @@
 //!   (Redis Cluster: broker::cluster::{reader,writer}, one SSUBSCRIBE / SPUBLISH conn per primary)
 //!   reader ──ShardMsg::Deliver(shared Bytes)──▶ shard inbox + mio::Waker
 //!   (embedded mode: broker::memory, one thread, same Router, same messages)
+//!   (--broker-threads inline, default with --shards 1: the reader and writer run on
+//!    shard 0's loop, broker::redis::driver::Inline; no threads of their own)
 //! ```
 //!
 //! # Layers
@@ -41,11 +43,11 @@
 //! | [`protocol`] | protocol v1 commands, replies, envelope | I/O |
 //! | [`metrics`] | counters and their Prometheus text (presence's too) | lock |
 //! | [`auth`] | JWT verification → `Grant` (user, expiry, channel patterns) | I/O, log a token |
-//! | [`redis`] | RESP, the Redis URL, TLS (`rediss://`, rustls), the non-blocking link, the blocking client (one Redis or a cluster), Redis Cluster slots and slot maps | decide what to send |
+//! | [`redis`] | RESP, the Redis URL, TLS (`rediss://`, rustls), the non-blocking link (host names resolved off its thread), the blocking client (one Redis or a cluster), Redis Cluster slots and slot maps | decide what to send |
 //! | [`msg`] | `BrokerCmd`, `ShardMsg`, `BrokerHandle`: what threads send each other | decide |
 //! | [`api`] | HTTP API parsing, API-key and origin rules | I/O |
 //! | [`http`] | `/healthz`, `/metrics` answers, every HTTP response builder | keep a connection open |
-//! | [`broker`] | the node routing table, the Redis reader and writer, the Redis Cluster reader and writer (`broker::cluster`: one connection per primary), dispatch | block on a shard |
+//! | [`broker`] | the node routing table, the Redis reader and writer (state machines, run on their own threads or on shard 0's loop), the Redis Cluster reader and writer (`broker::cluster`: one connection per primary), dispatch | block on a shard |
 //! | [`presence`] | the connection manager: presence thread, Redis layout | make a shard wait |
 //! | [`shard`] | client sockets, sessions, local subscriptions, per-connection queues | block on anything but `poll` |
 //! | [`server`] | starting and stopping threads | touch sockets of clients |

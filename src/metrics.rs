@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// One exported per-shard series: name, type, field, help.
 type ShardSeries = (
@@ -61,6 +62,9 @@ pub struct Metrics {
     pub unrouted: AtomicU64,
     /// Broker (Redis) connections re-established after a loss.
     pub broker_reconnects: AtomicU64,
+    /// Wake-up syscalls of the Redis writer thread (a shard makes one per turn that
+    /// queued publishes, not one per publish; none when the writer runs inline).
+    pub writer_wakeups: Arc<AtomicU64>,
     /// Times Redis refused the node's credentials (AUTH/SELECT).
     pub redis_auth_refused: AtomicU64,
     /// Failed TLS handshakes with Redis.
@@ -93,6 +97,7 @@ impl Metrics {
             dispatch_dropped: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             broker_reconnects: AtomicU64::new(0),
+            writer_wakeups: Arc::default(),
             redis_auth_refused: AtomicU64::new(0),
             redis_tls_failed: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
@@ -219,7 +224,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 13] = [
+        let node: [(&str, &str, &AtomicU64, &str); 14] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -243,6 +248,12 @@ impl Metrics {
                 "counter",
                 &self.broker_reconnects,
                 "Redis reconnections",
+            ),
+            (
+                "fanout_broker_writer_wakeups_total",
+                "counter",
+                &*self.writer_wakeups,
+                "Wake-ups of the Redis writer thread (one per shard turn, not per publish)",
             ),
             (
                 "fanout_redis_auth_refused_total",

@@ -170,18 +170,102 @@ pub enum BrokerHandle {
     Redis {
         reader: InboxSender<BrokerCmd>,
         writer: InboxSender<BrokerCmd>,
+        /// A publish or read was queued for the writer without waking it: `wake_writer`
+        /// wakes it once. (Each clone, one per shard, has its own.)
+        wake_writer: std::cell::Cell<bool>,
     },
 }
 
 impl BrokerHandle {
+    /// The Redis reader's and writer's queues.
+    pub fn redis(reader: InboxSender<BrokerCmd>, writer: InboxSender<BrokerCmd>) -> BrokerHandle {
+        BrokerHandle::Redis {
+            reader,
+            writer,
+            wake_writer: std::cell::Cell::new(false),
+        }
+    }
+
     /// Hands a command over without blocking; gives it back when the broker cannot take it.
+    /// Publishes and reads wake the writer only at `wake_writer`: a shard turn's
+    /// publishes cost the writer one wake-up, not one each.
     pub fn send(&self, cmd: BrokerCmd) -> Result<(), BrokerCmd> {
         match self {
             BrokerHandle::Memory(tx) => tx.try_send(cmd).map_err(|e| e.into_inner()),
-            BrokerHandle::Redis { reader, writer } => match cmd {
-                BrokerCmd::Publish { .. } | BrokerCmd::History(_) => writer.send(cmd),
+            BrokerHandle::Redis {
+                reader,
+                writer,
+                wake_writer,
+            } => match cmd {
+                BrokerCmd::Publish { .. } | BrokerCmd::History(_) => {
+                    writer.send_quiet(cmd)?;
+                    wake_writer.set(true);
+                    Ok(())
+                }
                 _ => reader.send(cmd),
             },
         }
+    }
+
+    /// Wakes the writer (if parked) when anything was queued for it since the last call.
+    /// True if that took a wake-up syscall. A shard calls it once its sockets are read
+    /// (the turn's publishes) and at the end of its turn (reads asked for meanwhile).
+    pub fn wake_writer(&self) -> bool {
+        match self {
+            BrokerHandle::Redis {
+                writer,
+                wake_writer,
+                ..
+            } => wake_writer.replace(false) && writer.wake(),
+            BrokerHandle::Memory(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inbox::inbox;
+    use mio::{Events, Poll, Token, Waker};
+    use std::time::Duration;
+
+    fn publish(n: usize) -> BrokerCmd {
+        BrokerCmd::Publish {
+            channel: format!("c{n}").into(),
+            payload: Bytes::from_static(b"1"),
+            ack: None,
+        }
+    }
+
+    /// The writer is woken once per shard turn however many publishes the turn queued,
+    /// even when it parks again between them (before: one wake-up per publish then).
+    #[test]
+    fn a_turn_of_publishes_wakes_the_writer_once() {
+        let mut poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        let (writer_tx, writer_rx) = inbox::<BrokerCmd>(waker.clone(), Some(64));
+        let (reader_tx, _reader_rx) = inbox::<BrokerCmd>(waker, Some(64));
+        let handle = BrokerHandle::redis(reader_tx, writer_tx);
+        let mut wakes = 0;
+        let mut events = Events::with_capacity(4);
+        for _turn in 0..3 {
+            for n in 0..10 {
+                // The writer drains what it has and parks again (it is fast).
+                while writer_rx.try_recv().is_some() {}
+                writer_rx.unpark();
+                assert!(writer_rx.park());
+                handle.send(publish(n)).unwrap();
+            }
+            if handle.wake_writer() {
+                wakes += 1;
+            }
+            // Nothing more queued: another end of turn wakes nobody.
+            assert!(!handle.wake_writer());
+            poll.poll(&mut events, Some(Duration::from_secs(5)))
+                .unwrap();
+            assert_eq!(events.iter().count(), 1, "one wake-up per turn");
+            writer_rx.unpark();
+        }
+        assert_eq!(wakes, 3);
     }
 }

@@ -1,5 +1,6 @@
 //! Starts a node: binds the listener, starts the broker threads (Redis reader and writer,
-//! or the in-process bus) and the shards, and returns a handle that shuts them down and
+//! or the in-process bus; with `--broker-threads inline` the reader and writer go to
+//! shard 0's loop instead) and the shards, and returns a handle that shuts them down and
 //! joins them.
 
 use std::net::SocketAddr;
@@ -105,6 +106,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
     let health = Arc::new(Health::default());
 
     let mut polls = Vec::with_capacity(n);
+    let mut wakers = Vec::with_capacity(n);
     let (mut data_tx, mut data_rx, mut control_tx, mut control_rx) =
         (vec![], vec![], vec![], vec![]);
     for _ in 0..n {
@@ -113,10 +115,11 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
         let (tx, rx) = inbox(waker.clone(), Some(shard_queue()));
         data_tx.push(tx);
         data_rx.push(rx);
-        let (tx, rx) = inbox(waker, None);
+        let (tx, rx) = inbox(waker.clone(), None);
         control_tx.push(tx);
         control_rx.push(rx);
         polls.push(poll);
+        wakers.push(waker);
     }
     let links = ShardLinks {
         data: data_tx,
@@ -124,6 +127,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
         metrics: metrics.clone(),
     };
 
+    let mut inline_broker = None;
     let (broker_handle, mut broker_threads, broker_stop): (
         BrokerHandle,
         Vec<JoinHandle<()>>,
@@ -135,14 +139,28 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
             (BrokerHandle::Memory(tx), vec![thread], None)
         }
         Some(url) if config.is_cluster() => {
+            if config.inline_broker && n > 1 {
+                tracing::info!("--broker-threads inline: Redis Cluster keeps its own threads");
+            }
             let started = broker::cluster::start(url, &config, links, health.clone())?;
             (started.handle, started.threads, Some(started.stop))
         }
         Some(url) => {
-            let started = broker::redis::start(url, &config, links, health.clone())?;
+            // Inline: the reader and writer run on shard 0's loop (it already wakes for
+            // the listener; one loop serves the other shards' commands like a thread).
+            let on = match config.inline_broker {
+                true => Some(broker::redis::OnShard {
+                    registry: polls[0].registry().try_clone()?,
+                    waker: wakers[0].clone(),
+                }),
+                false => None,
+            };
+            let started = broker::redis::start(url, &config, links, health.clone(), on)?;
+            inline_broker = started.inline;
             (started.handle, started.threads, Some(started.stop))
         }
     };
+    drop(wakers);
 
     let presence = crate::presence::start(&config, control_tx.clone(), metrics.clone())?;
     let presence_handle = presence.as_ref().map(|p| p.handle.clone());
@@ -172,6 +190,7 @@ pub fn start(config: Config) -> std::io::Result<ServerHandle> {
             per_ip: per_ip.clone(),
             per_user: per_user.clone(),
             auth: auth.clone(),
+            inline_broker: if id == 0 { inline_broker.take() } else { None },
         };
         let shard = Shard::new(setup);
         shards.push(

@@ -10,7 +10,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{wait_for, RedisProcess, TestNode, WsClient, DEADLINE};
+use common::{wait_for, Broker, RedisProcess, TestNode, WsClient, DEADLINE};
 use serde_json::{json, Value};
 use tungstenite::Message;
 
@@ -95,10 +95,9 @@ fn publish_until_received(
 /// Item 7: SUBSCRIBE c and UNSUBSCRIBE c decided in one reader turn must reach Redis in
 /// that order. Reordered (all UNSUBSCRIBEs first), Redis ends up subscribed to channels
 /// nobody wants, and the node receives their traffic forever.
-#[test]
-fn subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed() {
+fn subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed(broker: Broker) {
     let redis = RedisProcess::start();
-    let node = TestNode::with_redis(&redis, &["--shards", "1"]);
+    let node = TestNode::with_redis_in(&redis, broker, &["--shards", "1"]);
     wait_healthy(&node);
     let subs0 = command_calls(&redis, "subscribe");
     let unsubs0 = command_calls(&redis, "unsubscribe");
@@ -154,8 +153,7 @@ fn subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed() {
 
 /// Item 8: an unsubscribe the broker queue cannot take is owed and retried, never
 /// dropped: otherwise Redis keeps the channel subscribed forever.
-#[test]
-fn unsubscribes_are_never_lost_when_the_broker_queue_is_full() {
+fn unsubscribes_are_never_lost_when_the_broker_queue_is_full(broker: Broker) {
     let redis = RedisProcess::start();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fanout"));
     cmd.args([
@@ -166,6 +164,7 @@ fn unsubscribes_are_never_lost_when_the_broker_queue_is_full() {
         "--redis",
         &redis.url(),
     ])
+    .args(broker.with(&[]))
     .env("FANOUT_TEST_READER_QUEUE", "2");
     let node = TestNode::spawn(cmd);
     wait_healthy(&node);
@@ -298,10 +297,9 @@ fn an_oversized_redis_message_is_dropped_with_a_gap() {
 
 /// Item 10: publishes without an id that are in flight when the writer connection is
 /// dropped (Redis stalled past the reply timeout) are counted as failed.
-#[test]
-fn publishes_lost_with_the_writer_connection_are_counted() {
+fn publishes_lost_with_the_writer_connection_are_counted(broker: Broker) {
     let redis = RedisProcess::start();
-    let node = TestNode::with_redis(&redis, &["--shards", "1"]);
+    let node = TestNode::with_redis_in(&redis, broker, &["--shards", "1"]);
     wait_healthy(&node);
     let mut c = node.client();
     let before = support::metric(node.addr, "fanout_publish_failed_total");
@@ -320,3 +318,9 @@ fn publishes_lost_with_the_writer_connection_are_counted() {
     );
     sleeper.join().unwrap();
 }
+
+in_both_broker_modes!(
+    subscribe_then_unsubscribe_in_one_packet_leaves_redis_unsubscribed,
+    unsubscribes_are_never_lost_when_the_broker_queue_is_full,
+    publishes_lost_with_the_writer_connection_are_counted,
+);

@@ -7,16 +7,15 @@ mod support;
 
 use std::time::Duration;
 
-use common::{wait_for, RedisProcess, TestNode, DEADLINE};
+use common::{wait_for, Broker, RedisProcess, TestNode, DEADLINE};
 use serde_json::{json, Value};
 use support::history::{next, publish, publish_stream, subscribe};
 use support::{get, post, redis_cmd};
 
-#[test]
-fn cut_subscriber_connection_is_repaired_without_gap() {
+fn cut_subscriber_connection_is_repaired_without_gap(broker: Broker) {
     let redis = RedisProcess::start();
-    let node = TestNode::with_redis(&redis, &["--history-size", "100000"]);
-    let publisher = TestNode::with_redis(&redis, &["--history-size", "100000"]);
+    let node = TestNode::with_redis_in(&redis, broker, &["--history-size", "100000"]);
+    let publisher = TestNode::with_redis_in(&redis, broker, &["--history-size", "100000"]);
     let ch = "hist:cut";
     let mut a = node.client();
     subscribe(&mut a, ch, None);
@@ -111,14 +110,14 @@ fn redis_restarted_with_aof_loses_nothing() {
 /// makes the router drop and owe a `gap`; on a history channel the shard reads what it
 /// missed from history instead, so the subscriber gets every message, in order, and no
 /// `gap`. Without history the same burst announces the loss.
-#[test]
-fn an_overflowing_shard_queue_is_repaired_from_history() {
+fn an_overflowing_shard_queue_is_repaired_from_history(broker: Broker) {
     for history in [true, false] {
         let redis = RedisProcess::start();
         let size = if history { "10000" } else { "0" };
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"));
         cmd.args(["--listen", "127.0.0.1:0", "--redis", &redis.url()])
             .args(["--history-size", size, "--shards", "1"])
+            .args(broker.with(&[]))
             .env("FANOUT_TEST_SHARD_QUEUE", "8");
         let node = TestNode::spawn(cmd);
         let ch = "burst";
@@ -166,3 +165,8 @@ fn an_overflowing_shard_queue_is_repaired_from_history() {
         }
     }
 }
+
+in_both_broker_modes!(
+    cut_subscriber_connection_is_repaired_without_gap,
+    an_overflowing_shard_queue_is_repaired_from_history,
+);

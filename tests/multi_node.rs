@@ -2,14 +2,13 @@
 
 mod common;
 
-use common::{RedisProcess, TestNode, WsClient, DEADLINE};
+use common::{Broker, RedisProcess, TestNode, WsClient, DEADLINE};
 use serde_json::json;
 
-#[test]
-fn three_nodes_deliver_across_each_other_in_publisher_order() {
+fn three_nodes_deliver_across_each_other_in_publisher_order(broker: Broker) {
     let redis = RedisProcess::start();
     let nodes: Vec<TestNode> = (0..3)
-        .map(|_| TestNode::with_redis(&redis, &["--shards", "2"]))
+        .map(|_| TestNode::with_redis_in(&redis, broker, &["--shards", "2"]))
         .collect();
     // Two subscribers on every node.
     let mut subs: Vec<WsClient> = nodes
@@ -62,3 +61,5 @@ fn a_node_only_subscribes_to_channels_it_has_subscribers_for() {
     );
     on_b.expect_silence(std::time::Duration::from_millis(200));
 }
+
+in_both_broker_modes!(three_nodes_deliver_across_each_other_in_publisher_order,);

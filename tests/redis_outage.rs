@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{RedisProcess, TestNode, WsClient, DEADLINE};
+use common::{Broker, RedisProcess, TestNode, WsClient, DEADLINE};
 use serde_json::{json, Value};
 
 fn healthz(node: &TestNode) -> u16 {
@@ -66,11 +66,10 @@ fn publish_until_delivered(p: &mut WsClient, subs: &mut [&mut WsClient], channel
     }
 }
 
-#[test]
-fn redis_restart_keeps_clients_and_resumes_delivery_with_a_gap() {
+fn redis_restart_keeps_clients_and_resumes_delivery_with_a_gap(broker: Broker) {
     let mut redis = RedisProcess::start();
-    let a = TestNode::with_redis(&redis, &[]);
-    let b = TestNode::with_redis(&redis, &[]);
+    let a = TestNode::with_redis_in(&redis, broker, &[]);
+    let b = TestNode::with_redis_in(&redis, broker, &[]);
     let mut sub_a = a.client();
     let mut sub_b = b.client();
     sub_a.subscribe("live");
@@ -116,11 +115,10 @@ fn redis_restart_keeps_clients_and_resumes_delivery_with_a_gap() {
     redis.wait_numsub("live", 2);
 }
 
-#[test]
-fn a_node_started_while_redis_is_down_connects_when_it_appears() {
+fn a_node_started_while_redis_is_down_connects_when_it_appears(broker: Broker) {
     let mut redis = RedisProcess::start();
     redis.kill();
-    let node = TestNode::with_redis(&redis, &[]);
+    let node = TestNode::with_redis_in(&redis, broker, &[]);
     assert_eq!(healthz(&node), 503);
     let mut c = node.client();
     c.send(r#"{"type":"subscribe","channel":"late"}"#);
@@ -139,10 +137,9 @@ fn a_node_started_while_redis_is_down_connects_when_it_appears() {
     );
 }
 
-#[test]
-fn client_kill_of_our_subscriber_is_repaired_with_a_gap() {
+fn client_kill_of_our_subscriber_is_repaired_with_a_gap(broker: Broker) {
     let redis = RedisProcess::start();
-    let node = TestNode::with_redis(&redis, &[]);
+    let node = TestNode::with_redis_in(&redis, broker, &[]);
     let mut c = node.client();
     c.subscribe("k");
     let killed: i64 = redis::cmd("CLIENT")
@@ -164,10 +161,9 @@ fn client_kill_of_our_subscriber_is_repaired_with_a_gap() {
     );
 }
 
-#[test]
-fn a_paused_redis_makes_publishers_fail_fast_and_recovers() {
+fn a_paused_redis_makes_publishers_fail_fast_and_recovers(broker: Broker) {
     let redis = RedisProcess::start();
-    let node = TestNode::with_redis(&redis, &[]);
+    let node = TestNode::with_redis_in(&redis, broker, &[]);
     let mut c = node.client();
     c.subscribe("p");
     let mut p = node.client();
@@ -197,12 +193,11 @@ fn a_paused_redis_makes_publishers_fail_fast_and_recovers() {
     });
 }
 
-#[test]
-fn a_deaf_subscriber_connection_is_detected_and_replaced_with_a_gap() {
+fn a_deaf_subscriber_connection_is_detected_and_replaced_with_a_gap(broker: Broker) {
     let redis = RedisProcess::start();
     let proxy = common::proxy::Proxy::start(redis.port);
     let url = proxy.url();
-    let node = TestNode::start(&["--redis", url.as_str()]);
+    let node = TestNode::start(&broker.with(&["--redis", url.as_str()]));
     let mut c = node.client();
     c.subscribe("d");
     let mut p = node.client();
@@ -241,3 +236,11 @@ fn a_deaf_subscriber_connection_is_detected_and_replaced_with_a_gap() {
         (common::healthz(node.addr) == 200).then_some(())
     });
 }
+
+in_both_broker_modes!(
+    redis_restart_keeps_clients_and_resumes_delivery_with_a_gap,
+    a_node_started_while_redis_is_down_connects_when_it_appears,
+    client_kill_of_our_subscriber_is_repaired_with_a_gap,
+    a_paused_redis_makes_publishers_fail_fast_and_recovers,
+    a_deaf_subscriber_connection_is_detected_and_replaced_with_a_gap,
+);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::{LogFormat, OnOff, SlowPolicy};
+use super::{BrokerThreads, LogFormat, OnOff, SlowPolicy};
 
 /// fanout: a WebSocket pub/sub server that scales horizontally through Redis.
 ///
@@ -49,6 +49,10 @@ pub struct Args {
     /// Event-loop threads, 1–64 [default: number of cores, at most 64]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+
+    /// Where the Redis reader and writer run: on threads of their own, or inline on shard 0's event loop (no hand-off or wake-up between the shard and Redis; --redis only, Redis Cluster keeps its threads) [default: inline with --shards 1, own otherwise]
+    #[arg(long, value_enum, value_name = "WHERE")]
+    pub broker_threads: Option<BrokerThreads>,
 
     /// Largest client message in bytes; larger ones get a too_large error; 1–16777216 [default: 65536]
     #[arg(long, value_name = "BYTES")]

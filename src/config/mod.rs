@@ -120,6 +120,17 @@ pub enum SlowPolicy {
     DropOldest,
 }
 
+/// Where the Redis reader and writer run (`--broker-threads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokerThreads {
+    /// Each on its own thread (the shards hand them commands through queues).
+    Own,
+    /// On shard 0's event loop: no threads of their own, no hand-off or wake-up
+    /// between the shard and Redis (Redis Cluster stays on its own threads).
+    Inline,
+}
+
 /// A list setting in the TOML file: an array of strings (`["a", "b"]`) or, like the
 /// flag, one comma-separated string (`"a,b"`).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -173,6 +184,9 @@ pub struct Config {
     pub redis_tls: RedisTls,
     pub server_id: String,
     pub shards: usize,
+    /// The Redis reader and writer run on shard 0's loop (`--broker-threads inline`;
+    /// the default with one shard). Single Redis only: Redis Cluster stays threaded.
+    pub inline_broker: bool,
     pub limits: Limits,
     /// Path of the WebSocket echo endpoint (conformance testing); off when `None`.
     pub echo_path: Option<String>,
@@ -214,6 +228,7 @@ struct FileConfig {
     redis_insecure: Option<bool>,
     server_id: Option<String>,
     shards: Option<usize>,
+    broker_threads: Option<BrokerThreads>,
     max_message: Option<usize>,
     max_subscriptions: Option<usize>,
     max_channel_len: Option<usize>,
@@ -405,12 +420,17 @@ impl Config {
             jwt.is_some(),
             limits.max_channel_len,
         )?;
+        let inline_broker = match args.broker_threads.or(file.broker_threads) {
+            Some(t) => t == BrokerThreads::Inline,
+            None => shards == 1,
+        };
         Ok(Config {
             listen,
             redis,
             redis_tls,
             server_id,
             shards,
+            inline_broker,
             limits,
             echo_path: args.echo_path.or(file.echo_path),
             slow_policy: args

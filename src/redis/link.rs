@@ -3,15 +3,18 @@
 //! on connect, a read buffer that RESP values are decoded from and a write buffer
 //! flushed until the socket would block. Plain TCP or TLS (`rediss://`, through
 //! `tls::TlsStream`); a failed handshake or a refused login is remembered for
-//! `/healthz`. Used by both the reader and the writer; never blocks its thread.
+//! `/healthz`. Used by both the reader and the writer; never blocks its thread (a host
+//! name is resolved off it, `resolve.rs`), which may be a shard's.
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use super::resolve::{Lookup, Resolver};
 use super::resp::{self, RespError, Value};
 use super::tls::{is_tls_error, TlsStream};
 use super::url::RedisUrl;
@@ -71,6 +74,8 @@ pub struct Link {
     pub wbuf: BytesMut,
     /// What each read() lands in before it is appended to `rbuf`.
     scratch: Vec<u8>,
+    /// Resolves a host name off the caller's thread (the link may run on a shard).
+    resolver: Resolver,
     attempt: u32,
     /// Redis refused the last AUTH/SELECT (cleared by one that succeeds).
     auth_refused: bool,
@@ -99,6 +104,7 @@ impl Link {
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::with_capacity(64 * 1024),
             scratch: Vec::new(),
+            resolver: Resolver::default(),
             attempt: 0,
             auth_refused: false,
             auth_changed: false,
@@ -107,6 +113,11 @@ impl Link {
             handshake_replies: 0,
             was_up: false,
         }
+    }
+
+    /// The token the socket is registered with.
+    pub fn token(&self) -> Token {
+        self.token
     }
 
     pub fn is_up(&self) -> bool {
@@ -121,6 +132,8 @@ impl Link {
     /// How long the owner may sleep before the link needs attention.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
         match self.state {
+            // Resolving a name: look for the answer again soon.
+            State::Down { .. } if self.resolver.is_pending() => Some(Duration::from_millis(5)),
             State::Down { retry_at } => Some(retry_at.saturating_duration_since(now)),
             State::Connecting { since } | State::Handshaking { since } => {
                 Some((since + CONNECT_TIMEOUT).saturating_duration_since(now))
@@ -133,7 +146,15 @@ impl Link {
     pub fn maintain(&mut self, registry: &Registry, now: Instant) -> LinkEvent {
         match self.state {
             State::Down { retry_at } if now >= retry_at => {
-                match self.start_connect(registry) {
+                let limit = CONNECT_TIMEOUT;
+                let addr = match self
+                    .resolver
+                    .lookup(&self.url.host, self.url.port, now, limit)
+                {
+                    Lookup::Pending => return LinkEvent::Nothing,
+                    Lookup::Ready(addr) => addr,
+                };
+                match addr.and_then(|addr| self.start_connect(registry, addr)) {
                     Ok(()) => self.state = State::Connecting { since: now },
                     Err(e) => {
                         tracing::warn!(
@@ -168,8 +189,7 @@ impl Link {
         }
     }
 
-    fn start_connect(&mut self, registry: &Registry) -> io::Result<()> {
-        let addr = self.url.addr()?;
+    fn start_connect(&mut self, registry: &Registry, addr: SocketAddr) -> io::Result<()> {
         let mut stream = TcpStream::connect(addr)?;
         registry.register(
             &mut stream,

@@ -10,6 +10,7 @@ pub mod blocking;
 pub mod cluster;
 pub mod cluster_blocking;
 pub mod link;
+pub mod resolve;
 pub mod resp;
 pub mod tls;
 pub mod url;

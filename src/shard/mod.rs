@@ -2,7 +2,10 @@
 //! owns, its own channel → subscribers index. The loop only routes events: sockets are
 //! read until empty, broker messages are drained from the inbox, replies and
 //! deliveries are queued during the turn and every touched connection is flushed once
-//! at its end with vectored writes. A shard never blocks on anything but `poll`.
+//! at its end with vectored writes. With `--broker-threads inline` shard 0 also drives
+//! the Redis reader and writer (`broker::redis::driver::Inline`): their sockets are on
+//! its `Poll`, their turn is taken in its turn; they are non-blocking like its own.
+//! A shard never blocks on anything but `poll`.
 //!
 //! `Shard` is a thin owner of parts that each own their state, in their own file:
 //! `Wire` (`output.rs`: the connections, their output and the flush), `Fanout`
@@ -79,6 +82,9 @@ pub struct ShardSetup {
     pub per_user: Arc<admission::PerUser>,
     /// Connection authentication (`--jwt-*`); `None`: off.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// The Redis reader and writer, when they run on this shard's loop (shard 0 with
+    /// `--broker-threads inline`).
+    pub inline_broker: Option<crate::broker::redis::Inline>,
 }
 
 /// The loop's owner: it polls, and routes each event to the part that owns the state
@@ -99,6 +105,8 @@ pub struct Shard {
     api: api::Api,
     /// Per-address and per-user counts, and the token verifier.
     admit: admission::Admission,
+    /// The Redis reader and writer driven by this loop (see `ShardSetup`).
+    inline_broker: Option<crate::broker::redis::Inline>,
 }
 
 impl Shard {
@@ -126,6 +134,7 @@ impl Shard {
                 per_user: s.per_user,
                 auth: s.auth,
             },
+            inline_broker: s.inline_broker,
         }
     }
 
@@ -163,11 +172,18 @@ impl Shard {
                 // the stall limit wake us.
                 timeout = timeout.min(Duration::from_millis(10));
             }
+            if let Some(b) = &self.inline_broker {
+                timeout = timeout.min(b.timeout(Instant::now()));
+            }
             if !timeout.is_zero() {
                 if !stalled && !self.data.park() {
                     timeout = Duration::ZERO;
                 } else if !self.control.park() {
                     self.data.unpark();
+                    timeout = Duration::ZERO;
+                } else if self.inline_broker.as_ref().is_some_and(|b| !b.park()) {
+                    self.data.unpark();
+                    self.control.unpark();
                     timeout = Duration::ZERO;
                 }
             }
@@ -175,6 +191,9 @@ impl Shard {
             let polled = self.poll.poll(&mut events, timeout);
             self.data.unpark();
             self.control.unpark();
+            if let Some(b) = &self.inline_broker {
+                b.unpark();
+            }
             if let Err(e) = polled {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!(shard = self.ctx.id.index(), "poll failed: {e}");
@@ -182,7 +201,13 @@ impl Shard {
                 }
             }
             self.ctx.clock.update();
+            let now = Instant::now();
             for event in events.iter() {
+                if let Some(b) = self.inline_broker.as_mut() {
+                    if b.ready(event.token(), now) {
+                        continue;
+                    }
+                }
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
@@ -210,6 +235,14 @@ impl Shard {
             if self.wire.read_again.is_empty() {
                 self.wire.read_again = again; // its capacity, for the next turn
             }
+            // The publishes read from the sockets wake the writer thread once; it writes
+            // them while this turn fans out and flushes.
+            let _ = self.ctx.broker.wake_writer();
+            if let Some(b) = self.inline_broker.as_mut() {
+                // This turn's publishes go to Redis now; what Redis sent is in the
+                // inbox before it is drained below.
+                b.turn(Instant::now());
+            }
             self.drain_inbox();
             if !self.wire.dirty.is_empty() {
                 let now = Instant::now();
@@ -221,6 +254,8 @@ impl Shard {
             if self.ctx.clock.tick_due() {
                 self.tick();
             }
+            // History reads asked for since (rare) wake the writer thread too.
+            let _ = self.ctx.broker.wake_writer();
             if let Some(deadline) = self.ctx.shutdown_deadline {
                 if self.wire.conns.is_empty() || Instant::now() >= deadline {
                     break;

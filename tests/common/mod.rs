@@ -92,6 +92,11 @@ impl TestNode {
         Self::start(&args)
     }
 
+    /// `with_redis` with the reader and writer where `broker` says.
+    pub fn with_redis_in(redis: &RedisProcess, broker: Broker, extra: &[&str]) -> TestNode {
+        Self::with_redis(redis, &broker.with(extra))
+    }
+
     pub fn spawn(mut cmd: Command) -> TestNode {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).env(
             "RUST_LOG",
@@ -157,6 +162,41 @@ fn unsafe_kill(pid: u32, sig: i32) {
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// Where a node runs its Redis reader and writer (`--broker-threads`). The Redis
+/// behaviour tests run in both modes: each takes a `Broker` and `in_both_broker_modes!`
+/// makes an `own::` and an `inline::` test of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broker {
+    Own,
+    Inline,
+}
+
+impl Broker {
+    /// `extra` plus this mode's flag.
+    pub fn with<'a>(self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mode = match self {
+            Broker::Own => "own",
+            Broker::Inline => "inline",
+        };
+        let mut args = extra.to_vec();
+        args.extend(["--broker-threads", mode]);
+        args
+    }
+}
+
+/// For each test function `f(broker: Broker)` named: `own::f` and `inline::f`.
+#[macro_export]
+macro_rules! in_both_broker_modes {
+    ($($name:ident),* $(,)?) => {
+        mod own {
+            $( #[test] fn $name() { super::$name($crate::common::Broker::Own) } )*
+        }
+        mod inline {
+            $( #[test] fn $name() { super::$name($crate::common::Broker::Inline) } )*
+        }
+    };
 }
 
 /// How long one socket read of a [`WsClient`] may block. It is a poll slice, never a

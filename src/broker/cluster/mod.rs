@@ -152,12 +152,10 @@ pub fn start(
         let _ = writer_waker.wake();
     };
     Ok(Started {
-        handle: BrokerHandle::Redis {
-            reader: reader_tx,
-            writer: writer_tx,
-        },
+        handle: BrokerHandle::redis(reader_tx, writer_tx),
         threads,
         stop: Box::new(stop_fn),
+        inline: None,
     })
 }
 

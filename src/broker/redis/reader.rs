@@ -6,16 +6,17 @@
 //! channel (`protocol::control`) is subscribed for the reader's lifetime and its
 //! commands go to every shard. It never blocks on
 //! a shard: what a full shard queue cannot take is dropped and counted by the router.
+//! It owns no thread or poll: `driver.rs` runs it on its own thread or on a shard's loop.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use mio::{Events, Poll};
+use mio::{Registry, Token};
 
-use super::{LINK, WAKER};
+use super::driver::Turn;
 use crate::broker::router::Wire;
 use crate::broker::{BrokerCmd, Router, ShardLinks};
 use crate::health::Health;
@@ -36,16 +37,17 @@ const PROBE_EVERY: Duration = crate::config::TUNING.probe_every;
 /// See `config::Tuning`.
 const PROBE_TIMEOUT: Duration = crate::config::TUNING.probe_timeout;
 
+/// The reader's state and decisions. Whoever drives it (its own thread, or a shard's
+/// loop: `driver.rs`) polls the link's socket on `registry` and calls `ready` and `turn`.
 pub struct Reader {
-    poll: Poll,
-    inbox: Inbox<BrokerCmd>,
+    /// Where the link's socket is registered: the driver's `Poll`.
+    registry: Registry,
     link: Link,
     router: Router,
     /// The shards' queues: where the router's messages go.
     links: ShardLinks,
     health: Arc<Health>,
     writer: InboxSender<BrokerCmd>,
-    stop: Arc<AtomicBool>,
     probe_channel: Arc<str>,
     /// Sequence of the last probe sent, and when; the last one seen back.
     probe_sent: Option<(u64, Instant)>,
@@ -62,25 +64,22 @@ pub struct Reader {
 impl Reader {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        poll: Poll,
-        inbox: Inbox<BrokerCmd>,
+        registry: Registry,
+        token: Token,
         url: RedisUrl,
         links: ShardLinks,
         health: Arc<Health>,
         writer: InboxSender<BrokerCmd>,
         server_id: String,
         max_message: usize,
-        stop: Arc<AtomicBool>,
     ) -> Reader {
         Reader {
-            poll,
-            inbox,
-            link: Link::new(url, LINK, "reader"),
+            registry,
+            link: Link::new(url, token, "reader"),
             router: Router::new(links.metrics.clone()).with_max_message(max_message),
             links,
             health,
             writer,
-            stop,
             probe_channel: Arc::from(format!("{PROBE_PREFIX}{server_id}:{}", std::process::id())),
             probe_sent: None,
             probe_seq: 0,
@@ -88,45 +87,6 @@ impl Reader {
             probe_subscribed: false,
             owe_gap: HashSet::new(),
             to_send: Vec::new(),
-        }
-    }
-
-    pub fn run(mut self) {
-        let mut events = Events::with_capacity(64);
-        while !self.stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            let mut timeout = self
-                .link
-                .timeout(now)
-                .unwrap_or(PROBE_EVERY)
-                .min(Duration::from_millis(250));
-            if !self.inbox.park() {
-                timeout = Duration::ZERO;
-            }
-            let _ = self.poll.poll(&mut events, Some(timeout));
-            self.inbox.unpark();
-            let now = Instant::now();
-            for event in events.iter() {
-                if event.token() == LINK {
-                    let ev = self.link.on_ready(self.poll.registry(), now);
-                    self.on_link_event(ev, now);
-                }
-                let _ = WAKER;
-            }
-            let ev = self.link.maintain(self.poll.registry(), now);
-            self.on_link_event(ev, now);
-            self.read_messages(now);
-            super::note_auth(&mut self.link, &self.health, &self.links.metrics);
-            self.drain_inbox();
-            self.write_subscriptions();
-            self.probe(now);
-            if self.link.is_up() && self.link.flush().is_err() {
-                self.lost(now);
-            }
-            let metrics = &self.links.metrics;
-            metrics
-                .channels
-                .store(self.router.channels() as u64, Ordering::Relaxed);
         }
     }
 
@@ -179,12 +139,12 @@ impl Reader {
     }
 
     fn lost(&mut self, now: Instant) {
-        self.link.disconnect(self.poll.registry(), now);
+        self.link.disconnect(&self.registry, now);
         self.forget(now);
     }
 
-    fn drain_inbox(&mut self) {
-        while let Some(cmd) = self.inbox.try_recv() {
+    fn drain_inbox(&mut self, inbox: &Inbox<BrokerCmd>) {
+        while let Some(cmd) = inbox.try_recv() {
             match cmd {
                 BrokerCmd::Subscribe {
                     channel,
@@ -385,6 +345,44 @@ impl Reader {
                 self.probe_sent = None;
             }
         }
+    }
+}
+
+impl Turn for Reader {
+    fn token(&self) -> Token {
+        self.link.token()
+    }
+
+    /// The poll timeout: the link's next deadline, the probe's, at most 250 ms.
+    fn timeout(&self, now: Instant) -> Duration {
+        self.link
+            .timeout(now)
+            .unwrap_or(PROBE_EVERY)
+            .min(Duration::from_millis(250))
+    }
+
+    fn ready(&mut self, now: Instant) {
+        let ev = self.link.on_ready(&self.registry, now);
+        self.on_link_event(ev, now);
+    }
+
+    /// One loop turn: connect or reconnect, deliver what Redis sent, take the shards'
+    /// subscription changes, write them, probe, flush.
+    fn turn(&mut self, inbox: &Inbox<BrokerCmd>, now: Instant) {
+        let ev = self.link.maintain(&self.registry, now);
+        self.on_link_event(ev, now);
+        self.read_messages(now);
+        super::note_auth(&mut self.link, &self.health, &self.links.metrics);
+        self.drain_inbox(inbox);
+        self.write_subscriptions();
+        self.probe(now);
+        if self.link.is_up() && self.link.flush().is_err() {
+            self.lost(now);
+        }
+        let metrics = &self.links.metrics;
+        metrics
+            .channels
+            .store(self.router.channels() as u64, Ordering::Relaxed);
     }
 }
 

@@ -2,17 +2,18 @@
 //! pipelines them on its own connection (PUBLISH, or the history script on channels
 //! with history), and matches each reply to what asked for it: an ack, a read's answer.
 //! While Redis is down or too slow, publishes and reads are refused at once
-//! (`unavailable`) rather than queued without bound.
+//! (`unavailable`) rather than queued without bound. It owns no thread or poll:
+//! `driver.rs` runs it on its own thread or on a shard's loop.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll};
+use mio::{Registry, Token};
 
+use super::driver::Turn;
 use super::history::{self as scripts, Scripts};
-use super::LINK;
 use crate::broker::history::{answer, Found};
 use crate::broker::{AckTo, BrokerCmd, ShardLinks};
 use crate::config::Config;
@@ -32,13 +33,13 @@ const MAX_UNSENT: usize = crate::config::TUNING.max_unsent;
 /// See `config::Tuning`.
 const REPLY_TIMEOUT: Duration = crate::config::TUNING.reply_timeout;
 
+/// The writer's state and decisions; driven like the reader (`driver.rs`).
 pub struct Writer {
-    poll: Poll,
-    inbox: Inbox<BrokerCmd>,
+    /// Where the link's socket is registered: the driver's `Poll`.
+    registry: Registry,
     link: Link,
     links: ShardLinks,
     health: Arc<Health>,
-    stop: Arc<AtomicBool>,
     config: Arc<Config>,
     scripts: Scripts,
     envelope: EnvelopeBuilder,
@@ -59,56 +60,22 @@ enum Pending {
 
 impl Writer {
     pub fn new(
-        poll: Poll,
-        inbox: Inbox<BrokerCmd>,
+        registry: Registry,
+        token: Token,
         url: RedisUrl,
         links: ShardLinks,
         health: Arc<Health>,
-        stop: Arc<AtomicBool>,
         config: Arc<Config>,
     ) -> Writer {
         Writer {
-            poll,
-            inbox,
-            link: Link::new(url, LINK, "writer"),
+            registry,
+            link: Link::new(url, token, "writer"),
             links,
             health,
-            stop,
             config,
             scripts: Scripts::default(),
             envelope: EnvelopeBuilder::default(),
             pending: VecDeque::new(),
-        }
-    }
-
-    pub fn run(mut self) {
-        let mut events = Events::with_capacity(64);
-        while !self.stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            let mut timeout = self.link.timeout(now).unwrap_or(Duration::from_millis(500));
-            if !self.inbox.park() {
-                timeout = Duration::ZERO;
-            }
-            let _ = self
-                .poll
-                .poll(&mut events, Some(timeout.min(Duration::from_millis(500))));
-            self.inbox.unpark();
-            let now = Instant::now();
-            for event in events.iter() {
-                if event.token() == LINK {
-                    let ev = self.link.on_ready(self.poll.registry(), now);
-                    self.on_link_event(ev);
-                }
-            }
-            let ev = self.link.maintain(self.poll.registry(), now);
-            self.on_link_event(ev);
-            self.read_replies(now);
-            super::note_auth(&mut self.link, &self.health, &self.links.metrics);
-            self.drain_inbox(now);
-            if self.link.is_up() && self.link.flush().is_err() {
-                self.lost(now);
-            }
-            self.check_stuck(now);
         }
     }
 
@@ -141,7 +108,7 @@ impl Writer {
     }
 
     fn lost(&mut self, now: Instant) {
-        self.link.disconnect(self.poll.registry(), now);
+        self.link.disconnect(&self.registry, now);
         self.fail_pending();
     }
 
@@ -240,8 +207,8 @@ impl Writer {
         }
     }
 
-    fn drain_inbox(&mut self, now: Instant) {
-        while let Some(cmd) = self.inbox.try_recv() {
+    fn drain_inbox(&mut self, inbox: &Inbox<BrokerCmd>, now: Instant) {
+        while let Some(cmd) = inbox.try_recv() {
             let (channel, payload, ack) = match cmd {
                 BrokerCmd::Publish {
                     channel,
@@ -293,6 +260,36 @@ impl Writer {
                 self.lost(now);
             }
         }
+    }
+}
+
+impl Turn for Writer {
+    fn token(&self) -> Token {
+        self.link.token()
+    }
+
+    fn timeout(&self, now: Instant) -> Duration {
+        let t = self.link.timeout(now).unwrap_or(Duration::from_millis(500));
+        t.min(Duration::from_millis(500))
+    }
+
+    fn ready(&mut self, now: Instant) {
+        let ev = self.link.on_ready(&self.registry, now);
+        self.on_link_event(ev);
+    }
+
+    /// One loop turn: connect or reconnect, match replies, take the shards' publishes
+    /// and reads, flush, fail a stuck connection.
+    fn turn(&mut self, inbox: &Inbox<BrokerCmd>, now: Instant) {
+        let ev = self.link.maintain(&self.registry, now);
+        self.on_link_event(ev);
+        self.read_replies(now);
+        super::note_auth(&mut self.link, &self.health, &self.links.metrics);
+        self.drain_inbox(inbox, now);
+        if self.link.is_up() && self.link.flush().is_err() {
+            self.lost(now);
+        }
+        self.check_stuck(now);
     }
 }
 

@@ -45,7 +45,7 @@ impl Outbox for ShardLinks {
         ShardLinks::control(self, shard, msg)
     }
     fn wake(&mut self, shard: ShardId) {
-        self.data[shard.index()].wake()
+        let _ = self.data[shard.index()].wake();
     }
 }
 
