@@ -14,7 +14,7 @@ use super::history::{answer, MemoryHistory};
 use super::router::Wire;
 use super::{BrokerCmd, Router, ShardLinks};
 use crate::config::Config;
-use crate::protocol::control::CONTROL_CHANNEL;
+use crate::protocol::channel::CONTROL_CHANNEL;
 use crate::protocol::envelope::EnvelopeBuilder;
 
 /// Capacity of the bus queue; a full queue answers publishers with `unavailable`.

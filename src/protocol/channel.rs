@@ -7,10 +7,15 @@
 /// probe would break its health check and force a resubscribe (`gap`) for everyone.
 pub const PROBE_PREFIX: &str = "__fanout:probe:";
 
+/// The nodes' control channel (`protocol::control` encodes its commands): every node
+/// subscribes to it for its lifetime. Clients and the HTTP API may not subscribe,
+/// unsubscribe or publish to it (`validate`).
+pub const CONTROL_CHANNEL: &str = "__fanout:control";
+
 /// Whether `name` is one of the nodes' own channels (probe, control): never kept in
 /// history, never offered to clients.
 pub fn is_internal(name: &str) -> bool {
-    name.starts_with(PROBE_PREFIX) || name == super::control::CONTROL_CHANNEL
+    name.starts_with(PROBE_PREFIX) || name == CONTROL_CHANNEL
 }
 
 /// Why a channel name was refused.
@@ -19,7 +24,7 @@ pub fn validate(name: &str, max_len: usize) -> Result<(), &'static str> {
     if name.starts_with(PROBE_PREFIX) {
         return Err("channel name is reserved (__fanout:probe: prefix)");
     }
-    if name == super::control::CONTROL_CHANNEL {
+    if name == CONTROL_CHANNEL {
         return Err("channel name is reserved (the nodes' control channel)");
     }
     Ok(())
@@ -67,7 +72,7 @@ mod tests {
 
     #[test]
     fn the_control_channel_is_reserved() {
-        use crate::protocol::control::CONTROL_CHANNEL;
+        use super::CONTROL_CHANNEL;
         assert!(validate(CONTROL_CHANNEL, 256).is_err());
         assert!(validate("__fanout:control:x", 256).is_ok());
         assert!(validate("__fanout:contro", 256).is_ok());

@@ -1,4 +1,4 @@
-//! The nodes' control channel (`CONTROL_CHANNEL`, under the reserved `__fanout:` prefix):
+//! The nodes' control channel (`channel::CONTROL_CHANNEL`, under the reserved `__fanout:` prefix):
 //! commands every node of a cluster carries out, published through Redis (or the
 //! embedded bus) by the node that took the API call. Today one command:
 //! `{"disconnect":U}`, close every connection of user U with 4004. Pure encoding and
@@ -6,10 +6,6 @@
 
 use bytes::Bytes;
 use serde::Deserialize;
-
-/// The channel every node subscribes to for its lifetime. Clients and the HTTP API may
-/// not subscribe, unsubscribe or publish to it (`channel::validate`).
-pub const CONTROL_CHANNEL: &str = "__fanout:control";
 
 /// Close code of a connection closed by `POST /api/users/{U}/disconnect`.
 pub const DISCONNECT_CODE: u16 = 4004;

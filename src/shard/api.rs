@@ -20,6 +20,7 @@ use crate::api;
 use crate::http::response;
 use crate::msg::BrokerCmd;
 use crate::presence::{Msg, PresenceHandle, PresenceMetrics, ReplyTo};
+use crate::protocol::channel::CONTROL_CHANNEL;
 use crate::protocol::{control, reply, ErrorCode};
 use crate::ws::handshake::RequestHead;
 
@@ -300,7 +301,7 @@ impl Api {
             return response::json_error(503, "broker unavailable");
         }
         let cmd = BrokerCmd::Publish {
-            channel: control::CONTROL_CHANNEL.into(),
+            channel: CONTROL_CHANNEL.into(),
             payload: control::disconnect(user),
             ack: None,
         };

@@ -28,7 +28,7 @@ export class FanoutClient {
 
   constructor(url: string, options: FanoutClientOptions = {}) {
     this.url = url;
-    this.conn = new Connection(this, url, options);
+    this.conn = new Connection(url, options);
   }
 
   /** The current connection state. */
@@ -67,11 +67,6 @@ export class FanoutClient {
   /** The subscription to `channel`, if any. */
   getSubscription(channel: string): Subscription | undefined {
     return this.conn.getSubscription(channel);
-  }
-
-  /** @internal */
-  _unsubscribe(sub: Subscription): void {
-    this.conn.unsubscribe(sub);
   }
 
   /** Publishes `data` on `channel`; resolves when the broker accepted it (`published`). */

@@ -10,7 +10,6 @@
  * (backoff.ts), and never shapes the public API's arguments or results (client.ts).
  */
 
-import type { FanoutClient } from "./client.js";
 import { backoffDelay } from "./backoff.js";
 import { Listeners } from "./events.js";
 import { Requests, type RequestKind, type Request } from "./requests.js";
@@ -58,11 +57,7 @@ export class Connection {
   private generation = 0;
   readonly listeners = new Listeners();
 
-  constructor(
-    private readonly client: FanoutClient,
-    url: string,
-    options: FanoutClientOptions,
-  ) {
+  constructor(url: string, options: FanoutClientOptions) {
     this.url = url;
     const WS = (options.WebSocket ?? (globalThis as any).WebSocket) as WebSocketConstructor | undefined;
     if (!WS) {
@@ -125,7 +120,7 @@ export class Connection {
     if (this.subs.has(channel)) {
       throw new FanoutError("already_subscribed", `already subscribed to ${JSON.stringify(channel)}`, { channel });
     }
-    const sub = new Subscription(this.client, channel, options);
+    const sub = new Subscription(this, channel, options);
     this.subs.set(channel, sub);
     if (this._state === "connected") this.sendSubscribe(sub);
     else this.connect();

@@ -6,10 +6,18 @@
  * Never sends a frame or touches the socket: the client does, and calls the `_…` hooks.
  */
 
-import type { FanoutClient } from "./client.js";
 import type { FanoutError, SubscribeOptions } from "./types.js";
 
 type SubState = "subscribing" | "subscribed" | "unsubscribed";
+
+/**
+ * What a subscription needs of the connection that made it (`Connection`): a way to end
+ * it. Declared here, so that subscription.ts imports neither the connection nor the client.
+ * @internal
+ */
+export interface SubscriptionOwner {
+  unsubscribe(sub: Subscription): void;
+}
 
 /** One channel subscription. Created by `client.subscribe()`. */
 export class Subscription {
@@ -27,7 +35,7 @@ export class Subscription {
 
   /** @internal */
   constructor(
-    private readonly client: FanoutClient,
+    private readonly owner: SubscriptionOwner,
     channel: string,
     /** @internal */ readonly _opts: SubscribeOptions,
   ) {
@@ -48,7 +56,7 @@ export class Subscription {
 
   /** Stops deliveries and tells the server. Idempotent. */
   unsubscribe(): void {
-    this.client._unsubscribe(this);
+    this.owner.unsubscribe(this);
   }
 
   /** @internal */

@@ -12,21 +12,10 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 
 use super::reader::Reader;
+use super::turn::Turn;
 use super::writer::Writer;
 use crate::broker::BrokerCmd;
 use crate::inbox::Inbox;
-
-/// A Redis connection's state machine, as a driver sees it.
-pub trait Turn {
-    /// The token its link's socket is registered with.
-    fn token(&self) -> Token;
-    /// How long the driver may sleep before the machine needs a turn.
-    fn timeout(&self, now: Instant) -> Duration;
-    /// Its socket is ready.
-    fn ready(&mut self, now: Instant);
-    /// One turn: link upkeep, what Redis sent, the commands waiting in `inbox`, flush.
-    fn turn(&mut self, inbox: &Inbox<BrokerCmd>, now: Instant);
-}
 
 /// Runs `machine` on the calling thread until `stop` is set: poll, then one turn.
 pub fn run<T: Turn>(

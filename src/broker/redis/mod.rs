@@ -7,6 +7,7 @@
 pub mod driver;
 pub mod history;
 pub mod reader;
+pub mod turn;
 pub mod writer;
 
 use std::sync::Arc;

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use mio::{Registry, Token};
 
-use super::driver::Turn;
+use super::turn::Turn;
 use crate::broker::router::Wire;
 use crate::broker::{BrokerCmd, Router, ShardLinks};
 use crate::health::Health;
 use crate::inbox::{Inbox, InboxSender};
+use crate::protocol::channel::CONTROL_CHANNEL;
 pub use crate::protocol::channel::PROBE_PREFIX;
-use crate::protocol::control::CONTROL_CHANNEL;
 use crate::redis::link::{Link, LinkEvent};
 use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 
-use super::driver::Turn;
 use super::history::{self as scripts, Scripts};
+use super::turn::Turn;
 use crate::broker::history::{answer, Found};
 use crate::broker::{AckTo, BrokerCmd, ShardLinks};
 use crate::config::Config;

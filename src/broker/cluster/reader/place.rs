@@ -12,7 +12,7 @@ use mio::Token;
 
 use super::{Node, Reader};
 use crate::broker::cluster::{channel_on, owner, primaries, Addr, FIRST};
-use crate::protocol::control::CONTROL_CHANNEL;
+use crate::protocol::channel::CONTROL_CHANNEL;
 use crate::redis::cluster::SlotMap;
 use crate::redis::link::Link;
 

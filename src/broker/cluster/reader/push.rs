@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes};
 use super::{Node, Reader, PROBE_EVERY, PROBE_TIMEOUT};
 use crate::broker::redis::history::split_marked;
 use crate::broker::BrokerCmd;
-use crate::protocol::control::CONTROL_CHANNEL;
+use crate::protocol::channel::CONTROL_CHANNEL;
 use crate::redis::cluster::{key_slot, parse_redirect};
 use crate::redis::resp::{self, Value};
 
