@@ -11,7 +11,7 @@
 //!   (Redis Cluster: broker::cluster::{reader,writer}, one SSUBSCRIBE / SPUBLISH conn per primary)
 //!   reader ──ShardMsg::Deliver(shared Bytes)──▶ shard inbox + mio::Waker
 //!   (embedded mode: broker::memory, one thread, same Router, same messages)
-//!   (--broker-threads inline, default with --shards 1: the reader and writer run on
+//!   (--broker-threads inline: the reader and writer run on
 //!    shard 0's loop, broker::redis::driver::Inline; no threads of their own)
 //! ```
 //!

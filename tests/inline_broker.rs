@@ -1,4 +1,4 @@
-//! `--broker-threads inline` (the default with `--shards 1`): the Redis reader and writer
+//! `--broker-threads inline` (an option; threads of their own are the default): the Redis reader and writer
 //! run on the shard's loop, so the node has two threads fewer, and still delivers across
 //! nodes, survives a Redis restart (resubscribe, `gap`) and keeps its probe going. With
 //! their own threads, a shard wakes the writer once per turn, not per publish. Real
@@ -63,9 +63,9 @@ fn publish_until_delivered(p: &mut WsClient, subs: &mut [&mut WsClient], channel
 #[test]
 fn inline_has_no_broker_threads_and_still_delivers_reconnects_and_probes() {
     let mut redis = RedisProcess::start();
-    // No flag: inline is the default with one shard.
-    let inline = TestNode::with_redis(&redis, &["--shards", "1"]);
-    let own = TestNode::with_redis(&redis, &["--shards", "1", "--broker-threads", "own"]);
+    let inline = TestNode::with_redis(&redis, &["--shards", "1", "--broker-threads", "inline"]);
+    // No flag: threads of their own are the default, one shard or several.
+    let own = TestNode::with_redis(&redis, &["--shards", "1"]);
     healthy(&inline);
     healthy(&own);
     let (ti, to) = (threads(&inline), threads(&own));

@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 
-    /// Where the Redis reader and writer run: on threads of their own, or inline on shard 0's event loop (no hand-off or wake-up between the shard and Redis; --redis only, Redis Cluster keeps its threads) [default: inline with --shards 1, own otherwise]
+    /// Where the Redis reader and writer run: on threads of their own, or inline on shard 0's event loop (no hand-off or wake-up between the shard and Redis; --redis only, Redis Cluster keeps its threads) [default: own]
     #[arg(long, value_enum, value_name = "WHERE")]
     pub broker_threads: Option<BrokerThreads>,
 

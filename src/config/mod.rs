@@ -420,10 +420,12 @@ impl Config {
             jwt.is_some(),
             limits.max_channel_len,
         )?;
-        let inline_broker = match args.broker_threads.or(file.broker_threads) {
-            Some(t) => t == BrokerThreads::Inline,
-            None => shards == 1,
-        };
+        // Threads of their own by default, with any number of shards: on a quiet host
+        // inline measured within noise of them (s2 0.93–0.97× per CPU, p99 higher in 6 of 8
+        // pairs; s1 1.01×), and on a shared core its tail was far worse (docs/benchmarks.md,
+        // "Reader and writer on the shard's loop").
+        let inline_broker =
+            args.broker_threads.or(file.broker_threads) == Some(BrokerThreads::Inline);
         Ok(Config {
             listen,
             redis,
