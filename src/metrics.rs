@@ -65,6 +65,9 @@ pub struct Metrics {
     /// Wake-up syscalls of the Redis writer thread (a shard makes one per turn that
     /// queued publishes, not one per publish; none when the writer runs inline).
     pub writer_wakeups: Arc<AtomicU64>,
+    /// Times a shard gave freed heap back to the OS after a burst of connections went
+    /// idle (`malloc_trim`, at most once per 10 s).
+    pub memory_trims: AtomicU64,
     /// Times Redis refused the node's credentials (AUTH/SELECT).
     pub redis_auth_refused: AtomicU64,
     /// Failed TLS handshakes with Redis.
@@ -98,6 +101,7 @@ impl Metrics {
             unrouted: AtomicU64::new(0),
             broker_reconnects: AtomicU64::new(0),
             writer_wakeups: Arc::default(),
+            memory_trims: AtomicU64::new(0),
             redis_auth_refused: AtomicU64::new(0),
             redis_tls_failed: AtomicU64::new(0),
             publish_failed: AtomicU64::new(0),
@@ -224,7 +228,7 @@ impl Metrics {
                 );
             }
         }
-        let node: [(&str, &str, &AtomicU64, &str); 14] = [
+        let node: [(&str, &str, &AtomicU64, &str); 15] = [
             (
                 "fanout_channels",
                 "gauge",
@@ -254,6 +258,12 @@ impl Metrics {
                 "counter",
                 &*self.writer_wakeups,
                 "Wake-ups of the Redis writer thread (one per shard turn, not per publish)",
+            ),
+            (
+                "fanout_memory_trims_total",
+                "counter",
+                &self.memory_trims,
+                "Freed heap given back to the OS after a burst of connections went idle",
             ),
             (
                 "fanout_redis_auth_refused_total",

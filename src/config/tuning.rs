@@ -29,6 +29,11 @@ pub struct Tuning {
     /// once into a frame of the shard's own (when the node has several shards), so the
     /// per-member clones do not share one reference count across cores.
     pub local_copy_members: usize,
+    /// A tick that freed at least this many connections' outbound queues (a burst of
+    /// connections went idle) gives the freed heap back to the OS (`shard::trim`).
+    pub trim_released: usize,
+    /// At most one such trim per this interval, process-wide.
+    pub trim_every: Duration,
     /// Deliveries taken from the inbox per loop turn before sockets get a look.
     pub inbox_batch: usize,
     /// Intake stays paused for lagging connections only while they progressed this
@@ -91,6 +96,8 @@ pub const TUNING: Tuning = Tuning {
     reads_per_event: 8,
     inbuf_keep: 16 * 1024,
     local_copy_members: 16,
+    trim_released: 1024,
+    trim_every: Duration::from_secs(10),
     inbox_batch: 1024,
     max_stall: Duration::from_secs(1),
     min_lagging: 32,

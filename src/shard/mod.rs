@@ -34,6 +34,7 @@ mod output;
 pub mod outq;
 pub mod session;
 pub mod subs;
+mod trim;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -365,9 +366,10 @@ impl Shard {
         let mut unanswered = Vec::new();
         let mut to_ping = Vec::new();
         let mut to_close = Vec::new();
+        let mut released = 0usize;
         for (key, c) in self.wire.conns.iter_mut() {
-            if c.session.is_open() {
-                c.outq.release_if_empty();
+            if c.session.is_open() && c.outq.release_if_empty() {
+                released += 1;
             }
             match c.session.due(c.gen, now, timers) {
                 session::Due::Nothing => {}
@@ -379,6 +381,12 @@ impl Shard {
                 session::Due::Answer504 => unanswered.push(key),
                 session::Due::Close { code, reason } => to_close.push((key, code, reason)),
             }
+        }
+        if trim::after_release(released) {
+            self.ctx
+                .metrics
+                .memory_trims
+                .fetch_add(1, Ordering::Relaxed);
         }
         let ping_frame = crate::ws::frame::build(crate::ws::frame::OutOp::Ping, b"").freeze();
         for key in to_ping {

@@ -74,11 +74,13 @@ impl OutQueue {
     /// last call (called once a second: idle connections own nothing, and a connection
     /// that gets a message every second or so keeps its queue instead of allocating
     /// and freeing it per message).
-    pub fn release_if_empty(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 && !self.used {
+    pub fn release_if_empty(&mut self) -> bool {
+        let release = self.frames.is_empty() && self.frames.capacity() > 0 && !self.used;
+        if release {
             self.frames = VecDeque::new();
         }
         self.used = false;
+        release
     }
 
     /// Drops everything queued except a partly written front frame, whose remaining
