@@ -38,17 +38,21 @@ fn documented_layers() -> HashMap<String, u32> {
     layers
 }
 
-/// Top-level modules named by `crate::` paths in `src`, with their line numbers.
-fn crate_paths(src: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let text: String = src
-        .lines()
+/// `src` with every `//` comment cut off its line (doc comments too), lines kept.
+fn without_comments(src: &str) -> String {
+    src.lines()
         .map(|l| match l.find("//") {
             Some(i) => &l[..i],
             None => l,
         })
         .collect::<Vec<_>>()
-        .join("\n");
+        .join("\n")
+}
+
+/// Top-level modules named by `crate::` paths in `src`, with their line numbers.
+fn crate_paths(src: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let text = without_comments(src);
     let bytes = text.as_bytes();
     let line_of = |at: usize| text[..at].matches('\n').count() + 1;
     let mut at = 0;
@@ -254,14 +258,7 @@ fn file_edges(files: &[std::path::PathBuf]) -> HashMap<Vec<String>, Vec<(Vec<Str
     for file in files {
         let me = module_of(file.strip_prefix("src").unwrap());
         let raw = std::fs::read_to_string(file).unwrap();
-        let text: String = raw
-            .lines()
-            .map(|l| match l.find("//") {
-                Some(i) => &l[..i],
-                None => l,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = without_comments(&raw);
         let children: Vec<String> = text
             .lines()
             .filter_map(|l| {
