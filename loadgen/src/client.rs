@@ -181,12 +181,9 @@ impl WsConn {
     /// and flushes pending output.
     pub fn on_writable(&mut self) -> Result<(), Failure> {
         if self.state == State::Connecting {
-            if let Ok(Some(_)) | Err(_) = self.sock.take_error() {
-                return Err(Failure::Connect);
-            }
-            match self.sock.peer_addr() {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+            match crate::net::connected(&self.sock) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
                 Err(_) => return Err(Failure::Connect),
             }
             self.state = State::Handshake;

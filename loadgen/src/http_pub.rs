@@ -133,14 +133,10 @@ impl HttpConn {
 
     pub fn on_writable(&mut self) -> io::Result<()> {
         if !self.connected {
-            if let Ok(Some(e)) = self.sock.take_error() {
-                return Err(e);
+            if !crate::net::connected(&self.sock)? {
+                return Ok(());
             }
-            match self.sock.peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
-                Err(e) => return Err(e),
-            }
+            self.connected = true;
         }
         self.flush()
     }

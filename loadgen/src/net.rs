@@ -183,6 +183,19 @@ pub fn connect_nb(addr: SocketAddr, src: Option<IpAddr>) -> io::Result<mio::net:
     Ok(m)
 }
 
+/// Whether a `connect_nb` connect has completed (on a writable event): `Ok(false)` while
+/// it is still in progress, the connect's error if it failed.
+pub fn connected(sock: &mio::net::TcpStream) -> io::Result<bool> {
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    match sock.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Raise the soft RLIMIT_NOFILE to the hard limit; returns the resulting soft limit.
 pub fn raise_nofile() -> u64 {
     let mut r = libc::rlimit {

@@ -128,17 +128,7 @@ fn fast_delivery(b: &[u8]) -> Option<Msg<'_>> {
     }
     let channel = &rest[..q];
     let mut i = HEAD.len() + q;
-    let mut field = |tag: &[u8]| -> Option<u64> {
-        if b.get(i..i + tag.len())? != tag {
-            return None;
-        }
-        i += tag.len();
-        let v = num_at(b, i)?;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        Some(v)
-    };
+    let mut field = |tag: &[u8]| field_at(b, &mut i, tag);
     let p = field(br#"","data":{"p":"#)?;
     let s = field(br#","s":"#)?;
     let t = field(br#","t":"#)?;
@@ -152,21 +142,24 @@ fn fast_delivery(b: &[u8]) -> Option<Msg<'_>> {
     })
 }
 
+/// `tag` then a decimal number at `*i`; moves `*i` past both.
+fn field_at(b: &[u8], i: &mut usize, tag: &[u8]) -> Option<u64> {
+    if b.get(*i..*i + tag.len())? != tag {
+        return None;
+    }
+    *i += tag.len();
+    let v = num_at(b, *i)?;
+    while *i < b.len() && b[*i].is_ascii_digit() {
+        *i += 1;
+    }
+    Some(v)
+}
+
 /// loadgen's own payload sent bare (no envelope, as Nchan delivers it):
 /// `{"p":P,"s":S,"t":T[,"a":A]...` → (p, s, t, a).
 pub fn scan_payload(b: &[u8]) -> Option<(u64, u64, u64, u64)> {
     let mut i = 0;
-    let mut field = |tag: &[u8]| -> Option<u64> {
-        if b.get(i..i + tag.len())? != tag {
-            return None;
-        }
-        i += tag.len();
-        let v = num_at(b, i)?;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        Some(v)
-    };
+    let mut field = |tag: &[u8]| field_at(b, &mut i, tag);
     let p = field(br#"{"p":"#)?;
     let s = field(br#","s":"#)?;
     let t = field(br#","t":"#)?;

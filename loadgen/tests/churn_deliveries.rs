@@ -4,9 +4,10 @@
 //! keeps dropping its connection; the same churn without `--resume` loses messages, so
 //! the churn really happens inside the publishing window and the check has teeth.
 
-use std::process::Command;
+mod run;
 
 use clap::Parser;
+use run::loadgen;
 use serde_json::Value;
 
 fn start_fanout() -> fanout::server::ServerHandle {
@@ -25,42 +26,31 @@ fn start_fanout() -> fanout::server::ServerHandle {
 
 fn churn(url: &str, extra: &[&str]) -> Value {
     let me = std::process::id().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "churn-deliveries",
-            "--url",
-            url,
-            "--subs",
-            "40",
-            "--channels",
-            "4",
-            "--subs-per-conn",
-            "2",
-            "--pubs",
-            "2",
-            "--rate",
-            "400",
-            "--duration",
-            "2.5",
-            "--drop-every",
-            "0.5",
-            "--offline",
-            "0.05..0.3",
-            "--server-pid",
-            &me,
-            "--json",
-            "--quiet",
-        ])
-        .args(extra)
-        .output()
-        .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().expect("one JSON line")).expect("JSON")
+    let mut args = vec![
+        "churn-deliveries",
+        "--url",
+        url,
+        "--subs",
+        "40",
+        "--channels",
+        "4",
+        "--subs-per-conn",
+        "2",
+        "--pubs",
+        "2",
+        "--rate",
+        "400",
+        "--duration",
+        "2.5",
+        "--drop-every",
+        "0.5",
+        "--offline",
+        "0.05..0.3",
+        "--server-pid",
+        &me,
+    ];
+    args.extend_from_slice(extra);
+    loadgen(&args)
 }
 
 fn u(v: &Value, k: &str) -> u64 {

@@ -7,14 +7,15 @@
 //! fixed-rate publisher shows up in the latency from the intended send time.
 
 mod fake_ws;
+mod run;
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use run::loadgen;
 use serde_json::Value;
 use tungstenite::Message;
 
@@ -143,21 +144,6 @@ fn start_server(f: Faults) -> String {
     format!("ws://{addr}/")
 }
 
-fn loadgen(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .args(["--json", "--quiet"])
-        .output()
-        .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().expect("one JSON line")).expect("JSON output")
-}
-
 fn u(v: &Value, k: &str) -> u64 {
     v[k].as_u64()
         .unwrap_or_else(|| panic!("{k} missing in {v}"))
@@ -205,25 +191,7 @@ fn exact_lost_duplicate_reorder_and_refused_counts() {
         ..CLEAN
     });
     let subs = 3u64;
-    let r = loadgen(&[
-        "fanout",
-        "--url",
-        &url,
-        "--subs",
-        "3",
-        "--channels",
-        "1",
-        "--pubs",
-        "1",
-        "--rate",
-        "2000",
-        "--warmup",
-        "0",
-        "--duration",
-        "0.6",
-        "--drain",
-        "1",
-    ]);
+    let r = run_1ch(&url, "2000", "0.6", "1");
     let n = u(&r, "published");
     assert_eq!(
         u(&r, "published_total"),

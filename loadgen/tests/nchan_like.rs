@@ -7,16 +7,17 @@
 //! and that it used one HTTP connection per publisher and sent no subscribe frames.
 
 mod fake_ws;
+mod run;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use run::loadgen;
 use serde_json::Value;
 use tungstenite::handshake::server::{Request, Response};
 
@@ -153,39 +154,36 @@ fn u(v: &Value, k: &str) -> u64 {
 fn sub_path_and_http_publishing_deliver_everything() {
     let (port, srv) = start();
     let (subs, channels, pubs) = (12u64, 4u64, 2u64);
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["fanout", "--url", &format!("ws://127.0.0.1:{port}/")])
-        .args(["--sub-path", "/sub/{channel}", "--publish-via", "http"])
-        .args([
-            "--pub-url",
-            &format!("http://127.0.0.1:{port}/pub/{{channel}}"),
-        ])
-        .args([
-            "--subs",
-            &subs.to_string(),
-            "--channels",
-            &channels.to_string(),
-        ])
-        .args([
-            "--pubs",
-            &pubs.to_string(),
-            "--rate",
-            "400",
-            "--payload",
-            "128",
-        ])
-        .args(["--warmup", "0.3", "--duration", "1", "--drain", "2"])
-        .args(["--json", "--quiet"])
-        .output()
-        .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value =
-        serde_json::from_str(stdout.lines().last().expect("one JSON line")).expect("JSON output");
+    let url = format!("ws://127.0.0.1:{port}/");
+    let pub_url = format!("http://127.0.0.1:{port}/pub/{{channel}}");
+    let (subs_s, channels_s, pubs_s) = (subs.to_string(), channels.to_string(), pubs.to_string());
+    let r = loadgen(&[
+        "fanout",
+        "--url",
+        &url,
+        "--sub-path",
+        "/sub/{channel}",
+        "--publish-via",
+        "http",
+        "--pub-url",
+        &pub_url,
+        "--subs",
+        &subs_s,
+        "--channels",
+        &channels_s,
+        "--pubs",
+        &pubs_s,
+        "--rate",
+        "400",
+        "--payload",
+        "128",
+        "--warmup",
+        "0.3",
+        "--duration",
+        "1",
+        "--drain",
+        "2",
+    ]);
     let n = u(&r, "published");
     assert!(n >= 300, "publishers kept up: {n} in {r}");
     assert_eq!(u(&r, "subscribed"), subs, "{r}");

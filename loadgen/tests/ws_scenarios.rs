@@ -4,6 +4,7 @@
 //! answer / count without losing anything.
 
 mod fake_ws;
+mod run;
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +14,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use run::loadgen;
 use serde_json::Value;
 use tungstenite::{Bytes, Message};
 
@@ -102,22 +104,6 @@ fn start_nodes(n: usize) -> (Vec<String>, Vec<Arc<AtomicUsize>>) {
 
 fn accepted(counts: &[Arc<AtomicUsize>]) -> Vec<usize> {
     counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-}
-
-fn loadgen(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .args(["--json", "--quiet"])
-        .output()
-        .expect("run loadgen");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "loadgen {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout.lines().last().expect("one JSON line");
-    serde_json::from_str(line).expect("JSON output")
 }
 
 fn u(v: &Value, k: &str) -> u64 {
