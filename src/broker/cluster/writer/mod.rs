@@ -19,9 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use mio::{Events, Poll, Token};
 use slab::Slab;
+
+mod op;
+
+use op::{Op, Pending};
 
 use super::fence::Fence;
 use super::plain;
@@ -29,14 +32,13 @@ use super::topology::{self, Topology};
 use super::{primaries, Addr, FIRST, TOPOLOGY};
 use crate::broker::history::{answer, Found};
 use crate::broker::redis::history::{self as scripts, Scripts};
-use crate::broker::{AckTo, BrokerCmd, ShardLinks};
+use crate::broker::{BrokerCmd, ShardLinks};
 use crate::config::Config;
 use crate::health::Health;
 use crate::inbox::Inbox;
-use crate::msg::HistoryRead;
 use crate::protocol::envelope::EnvelopeBuilder;
 use crate::protocol::ErrorCode;
-use crate::redis::cluster::{key_slot, parse_redirect, RedirectKind};
+use crate::redis::cluster::{parse_redirect, RedirectKind};
 use crate::redis::link::{Link, LinkEvent};
 use crate::redis::resp::{self, Value};
 use crate::redis::RedisUrl;
@@ -45,37 +47,6 @@ const MAX_UNSENT: usize = crate::config::TUNING.max_unsent;
 const REPLY_TIMEOUT: Duration = crate::config::TUNING.reply_timeout;
 /// Redirections one command follows before it fails.
 const MAX_REDIRECTS: u8 = 3;
-
-/// What a command does, kept until its reply so a redirection can send it again.
-enum Op {
-    Publish {
-        channel: Box<str>,
-        payload: Bytes,
-        ack: Option<AckTo>,
-    },
-    Read(Box<HistoryRead>),
-}
-
-impl Op {
-    fn channel(&self) -> &str {
-        match self {
-            Op::Publish { channel, .. } => channel,
-            Op::Read(read) => &read.channel,
-        }
-    }
-
-    fn slot(&self) -> u16 {
-        key_slot(self.channel().as_bytes())
-    }
-}
-
-/// What a sent command's reply is for.
-enum Pending {
-    /// The command, the redirections it followed, whether it went as a bare `SPUBLISH`.
-    Op(Op, u8, bool),
-    /// `SCRIPT LOAD` or `ASKING`: the reply only says it went through.
-    Ignore,
-}
 
 struct Node {
     addr: Addr,
@@ -341,7 +312,7 @@ impl Writer {
             if e.starts_with(b"NOSCRIPT") {
                 self.load_scripts(key, now);
             }
-            if e.starts_with(b"CLUSTERDOWN") && !bare && !self.has_history(&op) {
+            if e.starts_with(b"CLUSTERDOWN") && !bare && !op.has_history(&self.config.namespaces) {
                 self.bare = true;
                 if let Err(op) = self.fence.redo(op.slot(), op) {
                     self.fail(op);
@@ -388,35 +359,16 @@ impl Writer {
     }
 
     /// Whether `op` is a publish through the history script (or a history read).
-    fn has_history(&self, op: &Op) -> bool {
-        match op {
-            Op::Publish { channel, .. } => {
-                self.config.namespaces.lookup(channel).history_size > 0
-                    && !crate::protocol::channel::is_internal(channel)
-            }
-            Op::Read(_) => true,
-        }
-    }
-
     /// Writes `op` into node `key`'s pipeline.
     fn encode(&mut self, key: usize, op: Op, tries: u8, now: Instant) {
         let n = &mut self.nodes[key];
-        let mut bare = false;
-        match &op {
-            Op::Publish {
-                channel, payload, ..
-            } => {
-                let ns = self.config.namespaces.lookup(channel);
-                if ns.history_size > 0 && !crate::protocol::channel::is_internal(channel) {
-                    scripts::encode_publish(&mut n.link.wbuf, &self.scripts, channel, payload, ns);
-                } else {
-                    bare = self.bare;
-                    let sha = (!bare).then_some(self.publish_sha.as_str());
-                    plain::encode(&mut n.link.wbuf, sha, channel, payload);
-                }
-            }
-            Op::Read(read) => scripts::encode_read(&mut n.link.wbuf, &self.scripts, read),
-        }
+        let sha = (!self.bare).then_some(self.publish_sha.as_str());
+        let bare = op.encode(
+            &mut n.link.wbuf,
+            &self.scripts,
+            sha,
+            &self.config.namespaces,
+        );
         self.fence.sent(op.slot(), key);
         n.pending.push_back((Pending::Op(op, tries, bare), now));
     }
